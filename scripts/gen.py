@@ -2,6 +2,8 @@
 
 The generator is pinned through pyproject (grpcio-tools, mypy-protobuf), so the output is the
 same on every machine; tests/unit/test_gen_fresh.py fails when gen/ drifts from proto/.
+It also writes gen/towerco/descriptor_set.binpb: every file with its imports and source info
+(comments), which the gateway reads for OpenAPI descriptions (the _pb2 modules carry no comments).
 Usage: python scripts/gen.py [OUT_DIR]   (default: gen/)
 """
 
@@ -32,8 +34,11 @@ def generate(out: Path) -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     files = sorted(str(p.relative_to(PROTO)) for p in PROTO.rglob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "towerco").mkdir()
         args = ["protoc", *(f"-I{d}" for d in include_dirs())]
         args += [f"--python_out={tmp}", f"--grpc_python_out={tmp}", f"--mypy_out={tmp}", f"--mypy_grpc_out={tmp}"]
+        args += [f"--descriptor_set_out={tmp}/towerco/descriptor_set.binpb", "--include_imports"]
+        args += ["--include_source_info"]
         if protoc.main(args + files) != 0:
             raise SystemExit("protoc failed")
         tmp_path = Path(tmp)
