@@ -291,9 +291,14 @@ SITE_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{2,31}$")
 TENANT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 
 
-def check_site(row: Mapping[str, Any], *, prefix: str = "site") -> None:
-    """A site after create or PATCH must still have a name and a region."""
-    v: list[tuple[str, str]] = []
+def _required_ids(row: Mapping[str, Any], names: Sequence[str], prefix: str) -> list[tuple[str, str]]:
+    return [(f"{prefix}.{n}", "is required") for n in names if not str(row.get(n) or "").strip()]
+
+
+def check_site(row: Mapping[str, Any], *, prefix: str = "site", creating: bool = False) -> None:
+    """A site needs an id on create, and after create or PATCH still a name and a region.
+    (These are checked here, not by declarative `required` rules, so that a PATCH may omit them.)"""
+    v = _required_ids(row, ["id"], prefix) if creating else []
     if not str(row.get("name", "")).strip():
         v.append((f"{prefix}.name", "is required"))
     if not str(row.get("region", "")).strip():
@@ -307,26 +312,33 @@ def default_site_status(status: str) -> str:
     return "active" if status in ("", "unspecified") else status
 
 
-def check_tenant(row: Mapping[str, Any], *, prefix: str = "tenant") -> None:
+def check_tenant(row: Mapping[str, Any], *, prefix: str = "tenant", creating: bool = False) -> None:
+    v = _required_ids(row, ["id"], prefix) if creating else []
     if not str(row.get("name", "")).strip():
-        raise Invalid([(f"{prefix}.name", "is required")])
+        v.append((f"{prefix}.name", "is required"))
+    if v:
+        raise Invalid(v)
 
 
-def check_tenancy(row: Mapping[str, Any], *, prefix: str = "tenancy") -> None:
-    """The DC voltage band, when both ends are set, must not be upside down."""
+def check_tenancy(row: Mapping[str, Any], *, prefix: str = "tenancy", creating: bool = False) -> None:
+    """A tenancy names its site and tenant; its DC voltage band, when both ends are set, must not
+    be upside down."""
+    v = _required_ids(row, ["site_id", "tenant_id"], prefix) if creating else []
     lo = float(row.get("dc_voltage_min_v") or 0)
     hi = float(row.get("dc_voltage_max_v") or 0)
     if lo and hi and lo > hi:
-        raise Invalid([(f"{prefix}.dc_voltage_max_v", f"must be at least dc_voltage_min_v ({lo:g})")])
+        v.append((f"{prefix}.dc_voltage_max_v", f"must be at least dc_voltage_min_v ({lo:g})"))
+    if v:
+        raise Invalid(v)
 
 
-def check_window(row: Mapping[str, Any], *, prefix: str = "window") -> list[str]:
+def check_window(row: Mapping[str, Any], *, prefix: str = "window", creating: bool = False) -> list[str]:
     """Validate a window's own fields; returns its tenant ids de-duplicated in given order.
 
     Rules: end_time after start_time; every tenant id well formed. Whether those tenants are on
     the site is a state question answered by check_window_tenants.
     """
-    v: list[tuple[str, str]] = []
+    v = _required_ids(row, ["site_id"], prefix) if creating else []
     start, end = row.get("start_time"), row.get("end_time")
     if start is None:
         v.append((f"{prefix}.start_time", "is required"))

@@ -71,3 +71,17 @@ CREATE TABLE sites.windows (
 CREATE INDEX windows_site_start_idx ON sites.windows (site_id, start_time, id);
 CREATE INDEX windows_start_idx ON sites.windows (start_time, id);
 CREATE INDEX windows_range_idx ON sites.windows USING gist (tstzrange(start_time, end_time, '[)'));
+
+-- The transactional outbox (text of mesh.outbox.outbox_ddl('sites')); WatchChanges replays it.
+CREATE TABLE IF NOT EXISTS sites.outbox (
+    id           bigserial   PRIMARY KEY,
+    event_id     uuid        NOT NULL UNIQUE,
+    subject      text        NOT NULL,
+    event_type   text        NOT NULL,
+    envelope     bytea       NOT NULL,
+    headers      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON sites.outbox (id) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_published_at_idx ON sites.outbox (published_at) WHERE published_at IS NOT NULL;

@@ -160,6 +160,15 @@ def test_site_tenant_tenancy_invariants():
     assert [f for f, _ in err.value.violations] == ["site.name", "site.region"]
     with pytest.raises(d.Invalid):
         d.check_tenant({"name": ""})
+    with pytest.raises(d.Invalid) as no_id:
+        d.check_site({"id": "", "name": "A", "region": "r"}, creating=True)
+    assert no_id.value.violations == [("site.id", "is required")]
+    with pytest.raises(d.Invalid) as no_ids:
+        d.check_tenancy({"site_id": "", "tenant_id": " "}, creating=True)
+    assert [f for f, _ in no_ids.value.violations] == ["tenancy.site_id", "tenancy.tenant_id"]
+    with pytest.raises(d.Invalid) as no_tid:
+        d.check_tenant({"id": "", "name": "x"}, creating=True)
+    assert no_tid.value.violations == [("tenant.id", "is required")]
     d.check_tenancy({"dc_voltage_min_v": 43, "dc_voltage_max_v": 60})
     d.check_tenancy({"dc_voltage_min_v": 43, "dc_voltage_max_v": 0})  # open band
     with pytest.raises(d.Invalid) as band:
@@ -178,6 +187,10 @@ def test_window_rules():
         d.check_window({**ok, "end_time": t0, "tenant_ids": ["ok", "Bad!"], "category": "unspecified"})
     fields = [f for f, _ in err.value.violations]
     assert fields == ["window.end_time", "window.category", "window.tenant_ids[1]"]
+    with pytest.raises(d.Invalid) as missing:
+        d.check_window({"site_id": "", "tenant_ids": []}, creating=True)
+    assert [f for f, _ in missing.value.violations] == [
+        "window.site_id", "window.start_time", "window.end_time", "window.category"]
     d.check_window_tenants(["a"], ["a", "b"], site_id="S-1")
     with pytest.raises(d.Precondition) as pre:
         d.check_window_tenants(["a", "c"], ["a", "b"], site_id="S-1")

@@ -245,7 +245,9 @@ class Site(_message.Message):
     id: _builtins.str
     """Site code, e.g. "NBO-0042": upper-case letters, digits and dashes, 3 to 32 characters."""
     name: _builtins.str
-    """Human name."""
+    """Human name. Required on create and never blanked by an update (checked by the service, not
+    by a declarative rule, so that a PATCH may leave it out).
+    """
     region: _builtins.str
     """Operations region, e.g. "nairobi"."""
     type: Global___SiteType.ValueType
@@ -307,7 +309,7 @@ class Tenant(_message.Message):
     id: _builtins.str
     """Tenant id: lower-case letters, digits and dashes, 2 to 32 characters, e.g. "safaricom"."""
     name: _builtins.str
-    """Display name."""
+    """Display name. Required on create (checked by the service so that a PATCH may leave it out)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the tenant was created."""
@@ -396,7 +398,9 @@ Global___Tenancy: _TypeAlias = Tenancy  # noqa: Y015
 
 @_typing.final
 class CalendarWindow(_message.Message):
-    """A span of time on a site's calendar."""
+    """A span of time on a site's calendar. start_time, end_time and category are required on create;
+    the service checks them (not declarative rules) so that a PATCH may leave them out.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
