@@ -1,0 +1,1 @@
+"""The ingestor worker: TELEMETRY stream -> telemetry.samples, exactly-once effect."""
