@@ -88,11 +88,11 @@ def topic() -> str:
     return f"towerco.test.t{uuid.uuid4().hex[:12]}"
 
 
-async def _stream_messages(js, stream: str, subject: str, *, expect: int, timeout: float = 10.0) -> list:
+async def _stream_messages(js, stream: str, subject: str, *, expect: int, wait_s: float = 10.0) -> list:
     """Every message stored in `stream` on `subject` (an ephemeral ordered read), waiting until at
-    least `expect` are there or `timeout` passes."""
+    least `expect` are there or `wait_s` passes."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + wait_s
     while True:
         info = await js.stream_info(stream, subjects_filter=subject)
         count = (info.state.subjects or {}).get(subject, 0) if "*" not in subject and ">" not in subject \
