@@ -1,0 +1,251 @@
+"""grpc.aio client interceptors: propagation (token, correlation id, deadline) and the breaker.
+
+Order on a channel built by `create_channel`: PropagationInterceptor first (outermost), then
+BreakerInterceptor, then any interceptors you add. gRPC core retries below all of them, so the
+breaker sees the final outcome of a call after its retries; a call that the propagation
+interceptor refuses (deadline already spent) never reaches the breaker.
+
+Each of the two classes handles all four call kinds; pass `obj.grpc_interceptors()` (four
+adapters, one per grpc.aio interceptor class) to a channel, because grpc.aio files an
+interceptor object under one kind only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import (
+    AioRpcError,
+    ClientCallDetails,
+    Metadata,
+    StreamStreamClientInterceptor,
+    StreamUnaryClientInterceptor,
+    UnaryStreamClientInterceptor,
+    UnaryUnaryClientInterceptor,
+)
+
+from sdk import context
+from sdk.breaker import CircuitBreaker, Permit
+
+__all__ = [
+    "AUTHORIZATION",
+    "CORRELATION_ID",
+    "DEFAULT_MARGIN_S",
+    "BreakerInterceptor",
+    "PropagationInterceptor",
+    "TokenSource",
+]
+
+AUTHORIZATION = "authorization"
+CORRELATION_ID = "x-correlation-id"
+DEFAULT_MARGIN_S = 0.05
+
+TokenSource = str | Callable[[], str | None] | Callable[[], Awaitable[str | None]] | None
+
+
+def _metadata_keys(metadata: Any) -> set[str]:
+    if not metadata:
+        return set()
+    return {key.lower() for key, _ in metadata}
+
+
+class _AllKinds:
+    """Handles the four call kinds. grpc.aio files an interceptor object under ONE kind only
+    (the first base class it matches), so `grpc_interceptors()` wraps this object in four
+    single-kind adapters, one per grpc.aio interceptor class."""
+
+    def grpc_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        return [_UnaryUnary(self), _UnaryStream(self), _StreamUnary(self), _StreamStream(self)]
+
+
+class _UnaryUnary(UnaryUnaryClientInterceptor):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await self.inner.intercept_unary_unary(continuation, client_call_details, request)
+
+
+class _UnaryStream(UnaryStreamClientInterceptor):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await self.inner.intercept_unary_stream(continuation, client_call_details, request)
+
+
+class _StreamUnary(StreamUnaryClientInterceptor):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await self.inner.intercept_stream_unary(continuation, client_call_details, request_iterator)
+
+
+class _StreamStream(StreamStreamClientInterceptor):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await self.inner.intercept_stream_stream(continuation, client_call_details, request_iterator)
+
+
+class PropagationInterceptor(_AllKinds):
+    """Adds `authorization: Bearer <token>`, `x-correlation-id` and a propagated deadline.
+
+    * token: the explicit `token` (a string, or a sync/async callable returning one) wins over
+      the context's outgoing token; metadata the caller passed on the call wins over both.
+    * correlation id: per-call metadata, else the context's, else a new uuid4 hex.
+    * deadline: timeout = min(the call's timeout, context deadline remaining - margin). When no
+      time is left after the margin, the call fails at once with DEADLINE_EXCEEDED and is never
+      sent.
+    """
+
+    def __init__(self, token: TokenSource = None, *, margin_s: float = DEFAULT_MARGIN_S) -> None:
+        self._token = token
+        self._margin_s = margin_s
+
+    async def _token_value(self) -> str | None:
+        source = self._token
+        if source is None:
+            return context.outgoing_token.get()
+        if isinstance(source, str):
+            value: Any = source
+        else:
+            value = source()
+            if inspect.isawaitable(value):
+                value = await value
+        return value or context.outgoing_token.get()
+
+    async def _details(self, details: ClientCallDetails) -> ClientCallDetails:
+        timeout = details.timeout
+        dl = context.deadline.get()
+        if dl is not None:
+            left = dl - time.monotonic() - self._margin_s
+            if left <= 0:
+                raise AioRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    initial_metadata=None,
+                    trailing_metadata=None,
+                    details="deadline exceeded before the call was sent (no time left from the caller's deadline)",
+                    debug_error_string="towerco.sdk deadline propagation",
+                )
+            if timeout is None or left < timeout:
+                timeout = left
+
+        present = _metadata_keys(details.metadata)
+        metadata = Metadata.from_tuple(tuple(details.metadata)) if details.metadata else Metadata()
+        if AUTHORIZATION not in present:
+            token = await self._token_value()
+            if token:
+                if token[:7].lower() != "bearer ":
+                    token = "Bearer " + token
+                metadata.add(AUTHORIZATION, token)
+        if CORRELATION_ID not in present:
+            metadata.add(CORRELATION_ID, context.correlation_id.get() or uuid.uuid4().hex)
+        return details._replace(timeout=timeout, metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(await self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(await self._details(client_call_details), request)
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(await self._details(client_call_details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(await self._details(client_call_details), request_iterator)
+
+
+class BreakerInterceptor(_AllKinds):
+    """Runs every call of a channel through one target's CircuitBreaker.
+
+    * unary-unary: the outcome is the call's final code and its duration (slow calls count).
+    * streams (unary-stream, stream-unary, stream-stream): the outcome is decided at the first
+      sign of life from the server (response headers) or at the end of the call, whichever comes
+      first; a stream that got headers counts as a success, one that ended before headers counts
+      by its code. Stream durations are never judged slow (streams are long by nature).
+    * a call the client cancels is no outcome; its half-open trial slot is given back.
+    """
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+        self._watchers: set[asyncio.Task] = set()
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        breaker = self.breaker
+        permit = breaker.acquire()
+        try:
+            call = await continuation(client_call_details, request)
+        except asyncio.CancelledError:
+            breaker.release(permit)
+            raise
+        except AioRpcError as exc:
+            breaker.record(permit, exc.code(), time.monotonic() - permit.started)
+            raise
+        except BaseException:
+            breaker.release(permit)
+            raise
+        try:
+            await call
+        except AioRpcError as exc:
+            breaker.record(permit, exc.code(), time.monotonic() - permit.started)
+        except asyncio.CancelledError:
+            breaker.release(permit)
+            raise
+        except BaseException:
+            # Not a gRPC outcome (e.g. a response that failed to deserialize): no verdict.
+            breaker.release(permit)
+        else:
+            breaker.record(permit, grpc.StatusCode.OK, time.monotonic() - permit.started)
+        return call
+
+    def _watch(self, call: Any, permit: Permit) -> None:
+        task = asyncio.get_running_loop().create_task(self._observe_stream(call, permit))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _observe_stream(self, call: Any, permit: Permit) -> None:
+        breaker = self.breaker
+        try:
+            await call.initial_metadata()
+            if not call.done():
+                breaker.record(permit, grpc.StatusCode.OK, None)
+                return
+            breaker.record(permit, await call.code(), None)
+        except asyncio.CancelledError:
+            breaker.release(permit)
+            raise
+        except AioRpcError as exc:
+            breaker.record(permit, exc.code(), None)
+        except Exception:
+            breaker.release(permit)
+
+    async def _stream(self, continuation, client_call_details, request_or_iterator):
+        permit = self.breaker.acquire()
+        try:
+            call = await continuation(client_call_details, request_or_iterator)
+        except AioRpcError as exc:
+            self.breaker.record(permit, exc.code(), None)
+            raise
+        except BaseException:
+            self.breaker.release(permit)
+            raise
+        self._watch(call, permit)
+        return call
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await self._stream(continuation, client_call_details, request)
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await self._stream(continuation, client_call_details, request_iterator)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await self._stream(continuation, client_call_details, request_iterator)
