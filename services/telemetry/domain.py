@@ -82,6 +82,8 @@ OUT_OF_RANGE = "OUT_OF_RANGE"
 NOT_BOOLEAN = "NOT_BOOLEAN"
 TENANT_REQUIRED = "TENANT_REQUIRED"
 TENANT_NOT_ALLOWED = "TENANT_NOT_ALLOWED"
+TENANT_TOO_LONG = "TENANT_TOO_LONG"
+MAX_TENANT_LEN = 32
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def check_sample(
     if per_tenant:
         if not tenant_id:
             return ("tenant_id", TENANT_REQUIRED, f"{metric} is per tenancy: tenant_id is required")
+        if len(tenant_id) > MAX_TENANT_LEN:
+            return ("tenant_id", TENANT_TOO_LONG, f"tenant_id is longer than {MAX_TENANT_LEN} characters")
     elif tenant_id:
         return ("tenant_id", TENANT_NOT_ALLOWED, f"{metric} is per site: tenant_id must be empty")
     return None

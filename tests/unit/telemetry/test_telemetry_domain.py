@@ -53,6 +53,7 @@ def test_good_sample_passes():
         ({"metric": "door_open", "value": math.nan}, "value", domain.NOT_FINITE),
         ({"metric": "tenant_link_up", "value": 1.0}, "tenant_id", domain.TENANT_REQUIRED),
         ({"tenant": "opco-a"}, "tenant_id", domain.TENANT_NOT_ALLOWED),
+        ({"metric": "tenant_link_up", "value": 1.0, "tenant": "t" * 33}, "tenant_id", domain.TENANT_TOO_LONG),
     ],
 )
 def test_bad_sample_is_refused_with_field_and_reason(kwargs, field, reason):

@@ -60,7 +60,10 @@ Global___Aggregation: _TypeAlias = Aggregation  # noqa: Y015
 
 @_typing.final
 class Sample(_message.Message):
-    """One measurement."""
+    """One measurement. In Ingest and IngestStream its fields are screened one sample at a time by
+    the service (a bad sample is rejected with a reason, see Rejection) rather than by request
+    validation, so one bad sample never sinks its batch.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -70,13 +73,13 @@ class Sample(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     site_id: _builtins.str
-    """The site."""
+    """The site (at most 32 characters)."""
     metric: _builtins.str
     """The metric name from the catalogue, e.g. "dc_bus_v"."""
     value: _builtins.float
     """The value in the metric's unit; booleans are 0 or 1."""
     tenant_id: _builtins.str
-    """For per-tenancy metrics (tenant_link_up): the tenant."""
+    """For per-tenancy metrics (tenant_link_up): the tenant (at most 32 characters)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it was measured."""
