@@ -1,0 +1,102 @@
+"""The registry of process types: what `towerco up` launches, `towerco serve` runs and
+compose.yaml deploys. Each process is started as `python -m <module>`; the launcher never imports
+service code, it only checks that the module file exists.
+
+To add a process type, append a Process to PROCESSES (a gRPC service: port = its settings key,
+health = "grpc"; the gateway: port = "gateway", health = "http"; a worker: port = None unless it
+serves something). `stage` orders start-up: stage 0 runs before the demo fleet is seeded,
+stage 1 after it (the telemetry simulator needs sites to exist). `compose=False` keeps a
+developer-only process (the simulator) out of the container deployment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mesh.config import Settings
+
+Kind = Literal["service", "worker", "gateway", "tool"]
+Health = Literal["grpc", "http"]
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    kind: Kind
+    module: str
+    port: str | None = None  # settings key: a DEFAULT_PORTS name, or "gateway"
+    health: Health | None = None
+    stage: int = 0
+    compose: bool = True
+    args: tuple[str, ...] = ()
+
+    def listen_port(self, settings: Settings) -> int | None:
+        if self.port is None:
+            return None
+        if self.port == "gateway":
+            return settings.gateway_port
+        return settings.port(self.port)
+
+    def metrics_port(self, settings: Settings) -> int | None:
+        """gRPC processes serve Prometheus on their port + 2000."""
+        if self.health == "grpc" and self.port and self.port != "gateway":
+            return settings.metrics_port(self.port)
+        return None
+
+    def endpoint(self, settings: Settings) -> str | None:
+        port = self.listen_port(settings)
+        if port is None:
+            return None
+        if self.health == "http":
+            return f"http://{settings.host}:{port}"
+        if self.port and self.port != "gateway":
+            return settings.target(self.port)
+        return f"{settings.host}:{port}"
+
+    def exists(self) -> bool:
+        """Whether the module's file is in the tree (found without importing it)."""
+        return module_exists(self.module)
+
+    def command(self, python: str) -> list[str]:
+        return [python, "-m", self.module, *self.args]
+
+
+PROCESSES: tuple[Process, ...] = (
+    Process("sites", "service", "services.sites.server", port="sites", health="grpc"),
+    # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
+    # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
+    # `python -m cli.simulate` with the stack's environment and must run until SIGTERM.
+    Process("simulator", "tool", "cli.simulate", stage=1, compose=False),
+)
+
+BY_NAME: dict[str, Process] = {p.name: p for p in PROCESSES}
+
+
+def module_exists(module: str) -> bool:
+    """Find `a.b.c` as a file under the top-level package's folder, importing nothing but the
+    top-level package itself (whose __init__ is empty by convention)."""
+    top, _, rest = module.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return spec is not None and not rest
+    for base in spec.submodule_search_locations:
+        path = Path(base, *rest.split(".")) if rest else Path(base)
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file() or (path / "__main__.py").is_file():
+            return True
+    return False
+
+
+def available(*, include_tools: bool = True) -> list[Process]:
+    """Every registered process whose module exists today, in registry order."""
+    return [p for p in PROCESSES if p.exists() and (include_tools or p.kind != "tool")]
+
+
+def deployable() -> list[Process]:
+    """Process types that compose.yaml must run (one container each)."""
+    return [p for p in PROCESSES if p.compose]
