@@ -1,0 +1,292 @@
+"""The transactional outbox: a service writes its domain rows and the event that announces them
+in ONE PostgreSQL transaction; a relay publishes committed events to JetStream afterwards.
+
+So a rollback publishes nothing, and a NATS outage loses nothing (rows wait in the table).
+
+    -- in services/<name>/migrations/0001_init.sql, include the text of outbox_ddl("<schema>")
+
+    async with pool.acquire() as conn, conn.transaction():
+        await store.insert_site(conn, ...)
+        await outbox.enqueue(conn, schema="sites", subject="towerco.sites.site.created",
+                             event_type="towerco.sites.site.created", source="sites",
+                             payload=site_created, tenant_ids=[tenant])
+
+    relay = OutboxRelay(pool, js, schema="sites")   # in server.py: rt.spawn(relay.run())
+
+Ordering: `enqueue` takes a transaction-scoped advisory lock on the schema's outbox, so outbox
+writers of one schema commit one after another and row ids (= Envelope.sequence) increase in
+commit order. A reader that remembers the last id it saw (`read_since`, the Sites WatchChanges
+feed) therefore never skips a row that commits late. Call `enqueue` as the last step of the
+transaction so the lock is held briefly.
+
+The relay publishes unpublished rows in id order with Nats-Msg-Id = event id and waits for each
+ack before marking the row published; it is woken by NOTIFY <schema>_outbox (sent at commit) and
+also polls every second. Only one relay per schema publishes at a time (advisory lock + FOR UPDATE
+SKIP LOCKED), and JetStream's duplicate window drops a row published twice after a crash between
+ack and mark. Published rows are kept for TOWERCO_OUTBOX_RETENTION_S (7 days) and then purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+
+from mesh import db, events
+from mesh.events import Envelope
+
+log = logging.getLogger("towerco.outbox")
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+DEFAULT_RETENTION_S = 7 * 86400.0
+
+
+def _check_schema(schema: str) -> str:
+    if not _SCHEMA_RE.match(schema or ""):
+        raise ValueError(f"invalid schema name {schema!r} (lower-case identifier, at most 48 characters)")
+    return schema
+
+
+def channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel that announces new rows in `schema`.outbox."""
+    return f"{_check_schema(schema)}_outbox"
+
+
+def lock_key(schema: str) -> int:
+    """The advisory lock key that orders outbox writers (and relays) of one schema."""
+    return 0x0B0C_0000_0000 + zlib.crc32(f"outbox:{_check_schema(schema)}".encode())
+
+
+def outbox_ddl(schema: str) -> str:
+    """The SQL creating `<schema>.outbox` (the schema itself must exist or be created first)."""
+    s = _check_schema(schema)
+    return f"""
+CREATE TABLE IF NOT EXISTS {s}.outbox (
+    id           bigserial   PRIMARY KEY,
+    event_id     uuid        NOT NULL UNIQUE,
+    subject      text        NOT NULL,
+    event_type   text        NOT NULL,
+    envelope     bytea       NOT NULL,
+    headers      jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON {s}.outbox (id) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_published_at_idx ON {s}.outbox (published_at) WHERE published_at IS NOT NULL;
+"""
+
+
+def retention_s() -> float:
+    raw = os.environ.get("TOWERCO_OUTBOX_RETENTION_S", "")
+    if not raw:
+        return DEFAULT_RETENTION_S
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"TOWERCO_OUTBOX_RETENTION_S must be a number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError("TOWERCO_OUTBOX_RETENTION_S must be positive")
+    return value
+
+
+async def enqueue(conn: asyncpg.Connection, *, schema: str, subject: str, event_type: str, source: str,
+                  payload: Message, tenant_ids: Sequence[str] = (),
+                  headers: Mapping[str, str] | None = None) -> Envelope:
+    """Add an event to the outbox inside the caller's open transaction and return its Envelope
+    (sequence = the outbox row id). It is published only if the transaction commits."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.enqueue must run inside the caller's transaction")
+    s = _check_schema(schema)
+    if not subject.startswith("towerco."):
+        raise ValueError(f"event subject {subject!r} is not on the EVENTS stream (towerco.>)")
+    # The lock (held to commit) orders outbox writers; the CTE makes it precede nextval.
+    row_id = await conn.fetchval(
+        f"WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($1)) "
+        f"SELECT nextval(pg_get_serial_sequence('{s}.outbox', 'id')) FROM l", lock_key(s))
+    env = events.make_envelope(event_type=event_type, source=source, subject=subject, payload=payload,
+                               tenant_ids=tenant_ids, sequence=row_id)
+    hdrs = events.headers_out(headers)
+    await conn.execute(
+        f"WITH row AS (INSERT INTO {s}.outbox (id, event_id, subject, event_type, envelope, headers) "
+        f"VALUES ($1, $2::uuid, $3, $4, $5, $6::jsonb) RETURNING id) "
+        f"SELECT pg_notify($7, '') FROM row",
+        row_id, env.id, subject, event_type, env.SerializeToString(), json.dumps(hdrs), channel(s),
+    )
+    return env
+
+
+async def read_since(conn: asyncpg.Connection, *, schema: str, after_id: int, limit: int
+                     ) -> list[tuple[int, Envelope]]:
+    """Committed outbox rows with id > after_id, oldest first (published or not, until purged)."""
+    s = _check_schema(schema)
+    if limit <= 0:
+        return []
+    rows = await conn.fetch(f"SELECT id, envelope FROM {s}.outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                            after_id, limit)
+    out = []
+    for r in rows:
+        env = Envelope()
+        env.ParseFromString(r["envelope"])
+        out.append((r["id"], env))
+    return out
+
+
+async def oldest_id(conn: asyncpg.Connection, *, schema: str) -> int | None:
+    """The smallest id still in the outbox (None when empty): a reader whose position is below
+    it - 1 has missed purged rows and must resynchronise."""
+    return await conn.fetchval(f"SELECT min(id) FROM {_check_schema(schema)}.outbox")
+
+
+class OutboxRelay:
+    """Publishes `<schema>.outbox` to JetStream. Run it with `await relay.run()` (until cancelled)."""
+
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, schema: str, batch: int = 200,
+                 poll_s: float = 1.0, publish_timeout_s: float = 5.0,
+                 retention: float | None = None, purge_every_s: float = 600.0,
+                 database_url: str | None = None) -> None:
+        self.pool = pool
+        self.js = js
+        self.schema = _check_schema(schema)
+        self.batch = batch
+        self.poll_s = poll_s
+        self.publish_timeout_s = publish_timeout_s
+        self.retention_s = retention if retention is not None else retention_s()
+        self.purge_every_s = purge_every_s
+        self.database_url = database_url
+        self._wake = asyncio.Event()
+        self._listener: Any = None
+        self._pooled = False
+        self.published = 0
+
+    # -- public
+
+    async def run(self) -> None:
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time()
+        try:
+            while True:
+                try:
+                    await self._ensure_listener()
+                    self._wake.clear()
+                    while await self.publish_pending() >= self.batch:
+                        pass
+                    if loop.time() >= next_purge:
+                        await self.purge()
+                        next_purge = loop.time() + self.purge_every_s
+                    delay = 0.2
+                    await self._wait()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - PG or NATS trouble: keep rows, retry
+                    if db.is_unavailable(exc) or events.is_transient(exc):
+                        log.warning("outbox %s relay: %s: %s; retrying in %.1fs", self.schema,
+                                    type(exc).__name__, exc, delay)
+                    else:
+                        log.exception("outbox %s relay failed; retrying in %.1fs", self.schema, delay)
+                    await self._close_listener()
+                    await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                    delay = min(delay * 2, 5.0)
+        finally:
+            await self._close_listener()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished rows in id order; return how many were published.
+        Stops at the first publish failure, keeps the marks of the ones before it, re-raises."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(self.schema) + 1)
+            if not got:
+                return 0  # another relay is publishing this schema right now
+            rows = await conn.fetch(
+                f"SELECT id, event_id, subject, envelope, headers FROM {self.schema}.outbox "
+                f"WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", self.batch)
+            done: list[int] = []
+            failure: BaseException | None = None
+            for r in rows:
+                headers = _headers(r["headers"])
+                try:
+                    await events.publish(self.js, r["subject"], r["envelope"], msg_id=str(r["event_id"]),
+                                         headers=headers, timeout=self.publish_timeout_s)
+                except Exception as exc:  # noqa: BLE001 - re-raised after saving progress
+                    failure = exc
+                    break
+                done.append(r["id"])
+            if done:
+                await conn.execute(
+                    f"UPDATE {self.schema}.outbox SET published_at = now() WHERE id = ANY($1::bigint[])", done)
+        self.published += len(done)
+        if failure is not None:
+            raise failure
+        return len(done)
+
+    async def purge(self) -> int:
+        """Delete rows published more than the retention ago; return how many."""
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(
+                f"DELETE FROM {self.schema}.outbox WHERE published_at IS NOT NULL "
+                f"AND published_at < now() - make_interval(secs => $1)", self.retention_s)
+        count = int(status.split()[-1]) if status.startswith("DELETE") else 0
+        if count:
+            log.info("outbox %s: purged %d published rows", self.schema, count)
+        return count
+
+    # -- internals
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        await self._close_listener()
+        if self.database_url:
+            conn = await db.connect(self.database_url, application_name=f"towerco:outbox-relay:{self.schema}")
+            self._pooled = False
+        else:  # held from the pool for the relay's lifetime (the pool needs >= 2 connections)
+            conn = await self.pool.acquire()
+            self._pooled = True
+        self._listener = conn
+        await conn.add_listener(channel(self.schema), self._notified)
+        conn.add_termination_listener(self._terminated)
+        self._wake.set()  # catch up with anything committed while we were not listening
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    def _terminated(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(channel(self.schema), self._notified)
+        if self._pooled:
+            with contextlib.suppress(Exception):  # the pool replaces a dead connection itself
+                await asyncio.wait_for(self.pool.release(conn), timeout=2)
+        elif not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def _wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return {str(k): str(v) for k, v in dict(raw).items()}
