@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("towerco.sdk.breaker")
+# A library must not print through logging's last-resort handler; configured logging (root
+# handlers, structlog's stdlib bridge) still receives every record.
+logging.getLogger("towerco.sdk").addHandler(logging.NullHandler())
 
 COUNTED_CODES: frozenset[grpc.StatusCode] = frozenset(
     {
@@ -228,6 +231,10 @@ class CircuitBreaker:
     def consecutive_opens(self) -> int:
         return self._opens
 
+    def elapsed(self, permit: Permit) -> float:
+        """Seconds since `permit` was handed out, on the breaker's clock."""
+        return self._clock() - permit.started
+
     def failure_rate(self) -> float:
         with self._lock:
             self._trim(self._clock())
@@ -353,7 +360,8 @@ class CircuitBreaker:
         return (before, State.CLOSED, {})
 
     def _announce(self, before: State, after: State, info: dict) -> None:
-        log.warning(
+        log.log(
+            logging.WARNING if after is not State.CLOSED else logging.INFO,
             "breaker_state_change",
             extra={"target": self.target, "from_state": before.label, "to_state": after.label, **info},
         )

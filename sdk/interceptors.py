@@ -188,7 +188,7 @@ class BreakerInterceptor(_AllKinds):
             breaker.release(permit)
             raise
         except AioRpcError as exc:
-            breaker.record(permit, exc.code(), time.monotonic() - permit.started)
+            breaker.record(permit, exc.code(), breaker.elapsed(permit))
             raise
         except BaseException:
             breaker.release(permit)
@@ -196,7 +196,7 @@ class BreakerInterceptor(_AllKinds):
         try:
             await call
         except AioRpcError as exc:
-            breaker.record(permit, exc.code(), time.monotonic() - permit.started)
+            breaker.record(permit, exc.code(), breaker.elapsed(permit))
         except asyncio.CancelledError:
             breaker.release(permit)
             raise
@@ -204,7 +204,7 @@ class BreakerInterceptor(_AllKinds):
             # Not a gRPC outcome (e.g. a response that failed to deserialize): no verdict.
             breaker.release(permit)
         else:
-            breaker.record(permit, grpc.StatusCode.OK, time.monotonic() - permit.started)
+            breaker.record(permit, grpc.StatusCode.OK, breaker.elapsed(permit))
         return call
 
     def _watch(self, call: Any, permit: Permit) -> None:

@@ -267,7 +267,7 @@ def test_state_changes_are_logged_and_exported(caplog):
     def value(name, **labels):
         return REGISTRY.get_sample_value(name, {"target": target, **labels}) or 0.0
 
-    with caplog.at_level(logging.WARNING, logger="towerco.sdk.breaker"):
+    with caplog.at_level(logging.INFO, logger="towerco.sdk.breaker"):
         trip(cb)
         assert value("towerco_breaker_state") == 1
         with pytest.raises(CircuitOpenError):
