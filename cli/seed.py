@@ -247,10 +247,10 @@ class SeedReport:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"sites {self.sites_created} created / {self.sites_existing} existing, "
-                f"tenants {self.tenants_created} / {self.tenants_existing}, "
-                f"tenancies {self.tenancies_created} / {self.tenancies_existing}, "
-                f"windows {self.windows_created} / {self.windows_existing}"
+        return (f"sites {self.sites_created} new / {self.sites_existing} existing, "
+                f"tenants {self.tenants_created} new / {self.tenants_existing} existing, "
+                f"tenancies {self.tenancies_created} new / {self.tenancies_existing} existing, "
+                f"windows {self.windows_created} new / {self.windows_existing} existing"
                 + (f", {len(self.failures)} failed" if self.failures else ""))
 
 
