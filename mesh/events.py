@@ -45,6 +45,7 @@ from google.protobuf.message import Message
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from prometheus_client import Counter
 from towerco.events.v1 import events_pb2
 
 from mesh import db
@@ -70,6 +71,10 @@ DLQ_SEQUENCE = "Towerco-Dlq-Sequence"
 DLQ_DELIVERIES = "Towerco-Dlq-Deliveries"
 
 Envelope = events_pb2.Envelope
+
+CONSUMER_MESSAGES = Counter(
+    "towerco_consumer_messages_total", "Messages finished by a durable consumer, by outcome "
+    "(acked, naked, dead_lettered)", ["stream", "durable", "outcome"])
 M = TypeVar("M", bound=Message)
 
 
@@ -497,6 +502,7 @@ class PullConsumer:
                 return
             else:
                 self.stats["acked"] += len(msgs)
+                CONSUMER_MESSAGES.labels(self.stream, self.durable, "acked").inc(len(msgs))
                 for m in msgs:
                     with contextlib.suppress(Exception):  # lost ack -> redelivery -> idempotent handler
                         await m.ack()
@@ -544,6 +550,7 @@ class PullConsumer:
         log.warning("consumer %s: message %s failed (delivery %d/%d), redelivery in %.1fs: %s",
                     self.durable, _seq(msg), n, self.max_deliver, delay, reason)
         self.stats["naked"] += 1
+        CONSUMER_MESSAGES.labels(self.stream, self.durable, "naked").inc()
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay)
 
@@ -576,6 +583,7 @@ class PullConsumer:
             return
         log.error("consumer %s: message %s dead-lettered to %s: %s", self.durable, seq, self.dlq_subject, reason)
         self.stats["dead_lettered"] += 1
+        CONSUMER_MESSAGES.labels(self.stream, self.durable, "dead_lettered").inc()
         with contextlib.suppress(Exception):
             await msg.term()
 

@@ -42,6 +42,7 @@ from typing import Any
 import asyncpg
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from mesh import db, events
 from mesh.events import Envelope
@@ -50,6 +51,10 @@ log = logging.getLogger("towerco.outbox")
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 DEFAULT_RETENTION_S = 7 * 86400.0
+
+PUBLISHED = Counter("towerco_outbox_published_total", "Outbox rows published to JetStream", ["schema"])
+PUBLISH_FAILURES = Counter("towerco_outbox_publish_failures_total",
+                           "Outbox publish attempts that failed (rows kept for a retry)", ["schema"])
 
 
 def _check_schema(schema: str) -> str:
@@ -64,8 +69,13 @@ def channel(schema: str) -> str:
 
 
 def lock_key(schema: str) -> int:
-    """The advisory lock key that orders outbox writers (and relays) of one schema."""
+    """The advisory lock key that orders outbox writers of one schema."""
     return 0x0B0C_0000_0000 + zlib.crc32(f"outbox:{_check_schema(schema)}".encode())
+
+
+def relay_lock_key(schema: str) -> int:
+    """The advisory lock key that lets one relay at a time publish a schema's outbox."""
+    return 0x0B0D_0000_0000 + zlib.crc32(f"outbox-relay:{_check_schema(schema)}".encode())
 
 
 def outbox_ddl(schema: str) -> str:
@@ -205,7 +215,7 @@ class OutboxRelay:
         """Publish one batch of unpublished rows in id order; return how many were published.
         Stops at the first publish failure, keeps the marks of the ones before it, re-raises."""
         async with self.pool.acquire() as conn, conn.transaction():
-            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_key(self.schema) + 1)
+            got = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", relay_lock_key(self.schema))
             if not got:
                 return 0  # another relay is publishing this schema right now
             rows = await conn.fetch(
@@ -219,6 +229,7 @@ class OutboxRelay:
                     await events.publish(self.js, r["subject"], r["envelope"], msg_id=str(r["event_id"]),
                                          headers=headers, timeout=self.publish_timeout_s)
                 except Exception as exc:  # noqa: BLE001 - re-raised after saving progress
+                    PUBLISH_FAILURES.labels(self.schema).inc()
                     failure = exc
                     break
                 done.append(r["id"])
@@ -226,6 +237,8 @@ class OutboxRelay:
                 await conn.execute(
                     f"UPDATE {self.schema}.outbox SET published_at = now() WHERE id = ANY($1::bigint[])", done)
         self.published += len(done)
+        if done:
+            PUBLISHED.labels(self.schema).inc(len(done))
         if failure is not None:
             raise failure
         return len(done)

@@ -231,3 +231,31 @@ async def test_consumer_survives_nats_restart(js, topic, nats_down):
     assert published
     await wait_for(lambda: seen == [b"before", b"after"], within=20)
     await c.stop()
+
+
+async def test_message_never_acked_is_dead_lettered_after_max_deliver(js, topic, stream_messages):
+    """A handler that kills its process never acks; the server redelivers after ack_wait, and the
+    delivery past max_deliver is dead-lettered instead of crashing the worker forever."""
+    subject = f"{topic}.crash"
+    await events.publish(js, subject, b"boom", msg_id=f"{topic}-boom")
+    durable = f"d{uuid.uuid4().hex[:10]}"
+    await events.ensure_consumer(js, stream="EVENTS", durable=durable, filter_subject=subject, ack_wait=0.3)
+    raw = await js.pull_subscribe_bind(durable=durable, stream="EVENTS")
+    for n in (1, 2):  # two "crashed" deliveries: fetched, never acked
+        got = await raw.fetch(1, timeout=3)
+        assert got[0].metadata.num_delivered == n
+    await raw.unsubscribe()
+    await asyncio.sleep(0.4)  # let the second ack_wait expire
+
+    async def handler(msgs):
+        raise AssertionError("must not be called for an exhausted message")
+
+    c = events.PullConsumer(js, stream="EVENTS", durable=durable, filter_subject=subject, handler=handler,
+                            ack_wait=0.3, max_deliver=2, fetch_timeout=0.5)
+    start(c)
+    await wait_for(lambda: c.stats["dead_lettered"] == 1)
+    await c.stop()
+    dead = await stream_messages(js, "DLQ", f"dlq.EVENTS.{durable}", expect=1)
+    assert dead[0].data == b"boom"
+    assert dead[0].headers["Towerco-Dlq-Reason"] == "not acknowledged after 2 deliveries"
+    assert dead[0].headers["Towerco-Dlq-Deliveries"] == "3"
