@@ -1,0 +1,328 @@
+"""Server-streaming RPCs bridged to Server-Sent Events and WebSocket.
+
+Every server-streaming RPC with an http rule is reachable at its REST path:
+
+* **SSE** — a plain HTTP GET (`Accept: text/event-stream`). Each upstream message is one event,
+  `data:` holding the message's JSON (unwrapped); when the RPC can resume (request field
+  `after_sequence`, response field `sequence`) the event `id:` is the sequence, so a browser's
+  EventSource resumes by itself through `Last-Event-ID`. A failure is an `event: error` whose
+  data is a google.rpc.Status JSON, then the stream ends. Heartbeats are comment lines
+  (`: heartbeat`).
+* **WebSocket** — the same path over ws:// (query parameters as for GET). Each frame is a JSON
+  text: `{"result": <message>}`, `{"heartbeat": {"time": "..."}}` or `{"error": <Status>}`.
+  Resume with `?after_sequence=<last sequence seen>` on reconnect.
+
+Auth: the `Authorization: Bearer` header, or `?access_token=<jwt>` (browsers cannot set headers
+on EventSource/WebSocket), or — WebSocket only — a first client frame `{"token": "<jwt>"}` sent
+within 10 s. The gateway never logs query strings, so the token does not end up in logs.
+
+Each client has a bounded queue (TOWERCO_GATEWAY_STREAM_QUEUE messages). A client that falls
+that far behind is cut: WebSocket close code 4008 ("slow consumer"), SSE an error event with
+RESOURCE_EXHAUSTED. Close codes for upstream failures are 4000 + the HTTP status of the gRPC
+code (4401, 4403, 4404, 4400, 4503, 4504, ...); 1000 when the stream simply ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import orjson
+import structlog
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from gateway import edge
+from gateway.transcode import codec, errors, request
+
+if TYPE_CHECKING:
+    from gateway.app import Call, Gateway
+    from gateway.transcode.routes import Route
+
+log = structlog.get_logger("gateway.live")
+
+TOKEN_PARAM = "access_token"
+RESERVED_QUERY = frozenset({TOKEN_PARAM})
+CLOSE_NORMAL = 1000
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_AUTH_TIMEOUT = 4401
+FIRST_MESSAGE_TIMEOUT_S = 10.0
+FIRST_ITEM_WAIT_S = 0.5  # SSE: how long to wait for an immediate upstream refusal before the 200
+
+STREAMS = Gauge("towerco_gateway_streams", "Open SSE/WebSocket streams", ["transport"])
+SLOW = Counter("towerco_gateway_slow_consumers_total", "Streams cut because the client fell behind", ["transport"])
+
+_END = object()
+
+
+class SlowConsumer(Exception):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class _Pump:
+    """Reads the upstream stream into a bounded queue; overflow marks the client slow."""
+
+    def __init__(self, call: Any, size: int):
+        self.call = call
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
+        self.overflow = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for msg in self.call:
+                try:
+                    self.queue.put_nowait(msg)
+                except asyncio.QueueFull:
+                    self.overflow.set()
+                    self.call.cancel()
+                    return
+            item: Any = _END
+        except grpc.RpcError as exc:
+            item = exc
+        except asyncio.CancelledError:
+            raise
+        # the end marker may wait for room: the consumer is still draining
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                try:
+                    self.queue.put_nowait(item)
+                    return
+                except asyncio.QueueFull:
+                    await asyncio.sleep(0.01)
+                    if self.overflow.is_set():
+                        return
+
+    async def next(self, heartbeat_s: float) -> Any:
+        """The next message, an RpcError, _END, or None on heartbeat timeout."""
+        if self.overflow.is_set():
+            raise SlowConsumer()
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=heartbeat_s)
+        except TimeoutError:
+            if self.overflow.is_set():
+                raise SlowConsumer() from None
+            return None
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+def _event(msg: Message, resume: bool) -> bytes:
+    data = orjson.dumps(codec.ENCODER.encode(msg))
+    if resume:
+        return b"id: %d\ndata: %s\n\n" % (msg.sequence, data)
+    return b"data: %s\n\n" % data
+
+
+class Live:
+    def __init__(self, gw: Gateway):
+        self.gw = gw
+
+    # ------------------------------------------------------------------------------------ SSE
+    async def sse(self, call: Call, route: Route, msg: Message, receive, send) -> int:
+        gw = self.gw
+        stub = gw.unary(route)
+        upstream = stub(msg, timeout=call.timeout, metadata=call.metadata())
+        pump = _Pump(upstream, gw.config.stream_queue)
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            (b"x-correlation-id", call.cid.encode()),
+            *call.origin_headers,
+        ]
+        # an upstream that refuses the call at once (bad argument, denied, down) gets a plain
+        # HTTP error rather than a 200 stream holding one error event
+        first = None
+        try:
+            first = await pump.next(min(gw.config.heartbeat_s, FIRST_ITEM_WAIT_S))
+        except SlowConsumer:
+            pass
+        if isinstance(first, grpc.RpcError):
+            await pump.close()
+            err = errors.from_rpc_error(first, correlation_id=call.cid)
+            return await gw._error(send, call, err)
+
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        STREAMS.labels("sse").inc()
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        resume = bool(route.resume_field)
+        writer: asyncio.Task | None = None
+        try:
+            item = first
+            while not disconnected.is_set():
+                if item is _END:
+                    break
+                if isinstance(item, grpc.RpcError):
+                    err = errors.from_rpc_error(item, correlation_id=call.cid)
+                    await send({"type": "http.response.body", "body": b"event: error\ndata: %s\n\n" % orjson.dumps(err.body), "more_body": True})
+                    break
+                chunk = b": heartbeat\n\n" if item is None else _event(item, resume)
+                writer = asyncio.ensure_future(send({"type": "http.response.body", "body": chunk, "more_body": True}))
+                overflow = asyncio.ensure_future(pump.overflow.wait())
+                done, _ = await asyncio.wait({writer, overflow, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                overflow.cancel()
+                if writer not in done:
+                    writer.cancel()
+                    if pump.overflow.is_set():
+                        raise SlowConsumer()
+                    break
+                writer.result()
+                item = await pump.next(gw.config.heartbeat_s)
+        except SlowConsumer:
+            SLOW.labels("sse").inc()
+            log.info("slow_consumer", transport="sse", route=route.grpc_path, correlation_id=call.cid)
+            err = errors.make(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow consumer: the client fell too far behind the stream", reason="SLOW_CONSUMER")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    send({"type": "http.response.body", "body": b"event: error\ndata: %s\n\n" % orjson.dumps(err.body), "more_body": True}),
+                    1.0,
+                )
+        except OSError:
+            pass
+        finally:
+            STREAMS.labels("sse").dec()
+            watcher.cancel()
+            await pump.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}), 1.0)
+        return 200
+
+    # ------------------------------------------------------------------------------ WebSocket
+    async def websocket(self, scope: dict, receive, send) -> None:
+        from gateway.app import Call, _headers, _query
+
+        gw = self.gw
+        ws = WebSocket(scope, receive, send)
+        headers = _headers(scope)
+        cid = edge.correlation_id(headers.get("x-correlation-id"))
+        raw = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        route, params, _ = gw.router.match("GET", raw_path.split("?", 1)[0])
+        if route is None or not route.server_streaming:
+            await ws.close(code=4404, reason="no streaming route at this path")
+            return
+        origin = headers.get("origin")
+        if origin and not gw.cors.headers(origin):
+            await ws.close(code=4403, reason="origin not allowed")
+            return
+        await ws.accept(headers=[(b"x-correlation-id", cid.encode())])
+        call = Call(scope, headers, cid, [])
+        query = _query(scope)
+        if not bearer_from(headers) and not any(k == TOKEN_PARAM for k, _ in query):
+            # the token comes in the first message
+            try:
+                first = await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S)
+                token = str(orjson.loads(first).get("token", ""))
+            except (TimeoutError, ValueError, AttributeError, WebSocketDisconnect, RuntimeError):
+                token = ""
+            if token:
+                call.headers = {**headers, "authorization": f"Bearer {token}"}
+        err = gw.authenticate(call, query)
+        if err is None:
+            err = gw.rate_limit(call)
+        if err is None:
+            try:
+                call.timeout = edge.parse_timeout(headers.get("grpc-timeout"), headers.get("x-request-timeout"))
+            except ValueError as exc:
+                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        msg = None
+        if err is None:
+            try:
+                msg = request.build(
+                    request_cls=route.request_cls,
+                    body_rule="",
+                    http_method="GET",
+                    path_params=params,
+                    query=query,
+                    body=b"",
+                    decoder=gw.decoder,
+                    reserved_query=RESERVED_QUERY,
+                )
+            except request.TranscodeError as exc:
+                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, exc.message, violations=exc.violations)
+        if err is not None:
+            await _ws_fail(ws, err)
+            return
+
+        upstream = gw.unary(route)(msg, timeout=call.timeout, metadata=call.metadata())
+        pump = _Pump(upstream, gw.config.stream_queue)
+        STREAMS.labels("ws").inc()
+        closed = asyncio.Event()
+
+        async def watch() -> None:
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+            finally:
+                closed.set()
+
+        watcher = asyncio.ensure_future(watch())
+        writer: asyncio.Task | None = None
+        try:
+            while not closed.is_set():
+                item = await pump.next(gw.config.heartbeat_s)
+                if item is _END:
+                    await ws.close(code=CLOSE_NORMAL)
+                    return
+                if isinstance(item, grpc.RpcError):
+                    await _ws_fail(ws, errors.from_rpc_error(item, correlation_id=cid))
+                    return
+                frame = {"heartbeat": {"time": _now()}} if item is None else {"result": codec.ENCODER.encode(item)}
+                writer = asyncio.ensure_future(ws.send_text(orjson.dumps(frame).decode()))
+                overflow = asyncio.ensure_future(pump.overflow.wait())
+                done, _ = await asyncio.wait({writer, overflow, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                overflow.cancel()
+                if writer not in done:
+                    writer.cancel()
+                    if pump.overflow.is_set():
+                        raise SlowConsumer()
+                    return
+                writer.result()
+        except SlowConsumer:
+            SLOW.labels("ws").inc()
+            log.info("slow_consumer", transport="ws", route=route.grpc_path, correlation_id=cid)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=CLOSE_SLOW_CONSUMER, reason="slow consumer"), 1.0)
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass
+        finally:
+            STREAMS.labels("ws").dec()
+            watcher.cancel()
+            await pump.close()
+
+
+def bearer_from(headers: dict[str, str]) -> str:
+    value = headers.get("authorization", "")
+    return value[7:].strip() if value[:7].lower() == "bearer " else ""
+
+
+async def _ws_fail(ws: WebSocket, err: errors.HttpError) -> None:
+    code = 4000 + err.status if 400 <= err.status <= 599 else 1011
+    with contextlib.suppress(Exception):
+        if ws.application_state == WebSocketState.CONNECTED:
+            await ws.send_text(orjson.dumps({"error": err.body}).decode())
+            await ws.close(code=code, reason=str(err.body.get("message", ""))[:120])

@@ -1,0 +1,399 @@
+"""OpenAPI 3.1 built from the same descriptors and http rules the routes come from.
+
+Schemas follow the proto3 JSON mapping the gateway speaks: lowerCamelCase property names,
+64-bit integers as strings, enums by name, Timestamp as date-time, Duration as "1.5s", FieldMask
+as a comma-separated string, wrappers as nullable scalars. `google.api.field_behavior`
+REQUIRED fields are `required`, OUTPUT_ONLY ones `readOnly`; the project's declarative
+validation rules (towerco.validate.v1) become JSON Schema bounds; proto comments (read from
+gen/towerco/descriptor_set.binpb, which scripts/gen.py writes with source info) become
+descriptions. Errors are the google.rpc.Status JSON the gateway returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from google.api import field_behavior_pb2
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from gateway import live
+from gateway.transcode import codec
+from gateway.transcode.request import resolve_field
+from gateway.transcode.routes import Route
+
+F = FieldDescriptor
+STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
+ERROR_CODES = ("400", "401", "403", "404", "429", "503")
+_INT64_PATTERN = "^-?[0-9]+$"
+_UINT64_PATTERN = "^[0-9]+$"
+_DURATION_PATTERN = r"^-?[0-9]+(\.[0-9]{1,9})?s$"
+_FLOAT_SPECIAL = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
+MAX_QUERY_DEPTH = 3
+
+
+def load_comments(path: Path | None = None) -> dict[str, str]:
+    """full name -> leading comment, from a FileDescriptorSet with source info."""
+    if path is None:
+        import towerco
+
+        path = Path(towerco.__path__[0]) / "descriptor_set.binpb"
+    if not path.exists():
+        return {}
+    fds = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    out: dict[str, str] = {}
+    for f in fds.file:
+        by_path = {tuple(loc.path): loc.leading_comments for loc in f.source_code_info.location if loc.leading_comments}
+        pkg = f.package + "." if f.package else ""
+        for i, m in enumerate(f.message_type):
+            _message_comments(out, by_path, m, pkg, (4, i))
+        for i, e in enumerate(f.enum_type):
+            _enum_comments(out, by_path, e, pkg, (5, i))
+        for i, s in enumerate(f.service):
+            _put(out, pkg + s.name, by_path.get((6, i)))
+            for j, meth in enumerate(s.method):
+                _put(out, f"{pkg}{s.name}.{meth.name}", by_path.get((6, i, 2, j)))
+    return out
+
+
+def _message_comments(out: dict, by_path: dict, m: descriptor_pb2.DescriptorProto, prefix: str, p: tuple[int, ...]) -> None:
+    full = prefix + m.name
+    _put(out, full, by_path.get(p))
+    for j, fld in enumerate(m.field):
+        _put(out, f"{full}.{fld.name}", by_path.get((*p, 2, j)))
+    for k, nested in enumerate(m.nested_type):
+        _message_comments(out, by_path, nested, full + ".", (*p, 3, k))
+    for k, en in enumerate(m.enum_type):
+        _enum_comments(out, by_path, en, full + ".", (*p, 4, k))
+
+
+def _enum_comments(out: dict, by_path: dict, e: descriptor_pb2.EnumDescriptorProto, prefix: str, p: tuple[int, ...]) -> None:
+    full = prefix + e.name
+    _put(out, full, by_path.get(p))
+    for j, v in enumerate(e.value):
+        _put(out, f"{full}.{v.name}", by_path.get((*p, 2, j)))
+
+
+def _put(out: dict[str, str], key: str, text: str | None) -> None:
+    if text:
+        lines = [ln[1:] if ln.startswith(" ") else ln for ln in text.strip("\n").split("\n")]
+        out[key] = "\n".join(lines).strip()
+
+
+def _behaviors(fd: FieldDescriptor) -> set[int]:
+    return set(fd.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+
+
+def _rules(fd: FieldDescriptor) -> Any:
+    try:
+        from towerco.validate.v1 import validate_pb2
+    except ImportError:  # pragma: no cover
+        return None
+    opts = fd.GetOptions()
+    if not opts.HasExtension(validate_pb2.field):
+        return None
+    return opts.Extensions[validate_pb2.field]
+
+
+class Builder:
+    def __init__(self, comments: dict[str, str]):
+        self.comments = comments
+        self.schemas: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------ schemas
+    def ref(self, d: Descriptor) -> dict[str, Any]:
+        wkt = self.wkt(d)
+        if wkt is not None:
+            return wkt
+        if d.full_name not in self.schemas:
+            self.schemas[d.full_name] = {}  # placeholder: recursion
+            self.schemas[d.full_name] = self.message(d)
+        return {"$ref": f"#/components/schemas/{d.full_name}"}
+
+    def wkt(self, d: Descriptor) -> dict[str, Any] | None:
+        full = d.full_name
+        if full == codec.TIMESTAMP:
+            return {"type": "string", "format": "date-time", "examples": ["2026-01-31T12:00:00Z"]}
+        if full == codec.DURATION:
+            return {"type": "string", "pattern": _DURATION_PATTERN, "examples": ["1.5s"]}
+        if full == codec.FIELD_MASK:
+            return {"type": "string", "description": "Comma-separated lowerCamelCase field paths.", "examples": ["name,power.solarKwp"]}
+        if full in codec.WRAPPERS:
+            inner = self.scalar(d.fields_by_name["value"])
+            return {"anyOf": [inner, {"type": "null"}]}
+        if full == "google.protobuf.Struct":
+            return {"type": "object", "additionalProperties": True}
+        if full == "google.protobuf.Value":
+            return {}
+        if full == "google.protobuf.ListValue":
+            return {"type": "array", "items": {}}
+        if full == "google.protobuf.Any":
+            return {"type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"], "additionalProperties": True}
+        if full == codec.EMPTY:
+            return {"type": "object", "additionalProperties": False}
+        return None
+
+    def scalar(self, fd: FieldDescriptor) -> dict[str, Any]:
+        t = fd.type
+        if t == F.TYPE_STRING:
+            return {"type": "string"}
+        if t == F.TYPE_BYTES:
+            return {"type": "string", "format": "byte", "contentEncoding": "base64"}
+        if t == F.TYPE_BOOL:
+            return {"type": "boolean"}
+        if t in codec.INT64_TYPES:
+            return {"type": "string", "format": "int64", "pattern": _INT64_PATTERN}
+        if t in codec.UINT64_TYPES:
+            return {"type": "string", "format": "uint64", "pattern": _UINT64_PATTERN}
+        if t in codec.INT32_TYPES:
+            return {"type": "integer", "format": "int32"}
+        if t in codec.UINT32_TYPES:
+            return {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1}
+        if t in codec.FLOAT_TYPES:
+            fmt = "float" if t == F.TYPE_FLOAT else "double"
+            return {"oneOf": [{"type": "number", "format": fmt}, _FLOAT_SPECIAL]}
+        if t == F.TYPE_ENUM:
+            return self.enum(fd)
+        if t == F.TYPE_MESSAGE:
+            return self.ref(fd.message_type)
+        return {}
+
+    def enum(self, fd: FieldDescriptor) -> dict[str, Any]:
+        ed = fd.enum_type
+        values = [v.name for v in ed.values]
+        lines = [f"- `{v.name}`: {self.comments[f'{ed.full_name}.{v.name}']}" for v in ed.values if f"{ed.full_name}.{v.name}" in self.comments]
+        schema: dict[str, Any] = {"type": "string", "enum": values, "title": ed.name}
+        if lines:
+            head = self.comments.get(ed.full_name, "")
+            schema["description"] = (head + "\n\n" if head else "") + "\n".join(lines)
+        return schema
+
+    def field(self, fd: FieldDescriptor) -> dict[str, Any]:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            val = fd.message_type.fields_by_name["value"]
+            schema: dict[str, Any] = {"type": "object", "additionalProperties": self.scalar(val)}
+        elif fd.is_repeated:
+            schema = {"type": "array", "items": self.scalar(fd)}
+        else:
+            schema = dict(self.scalar(fd))
+        behaviors = _behaviors(fd)
+        desc = self.comments.get(fd.full_name, "")
+        if field_behavior_pb2.OUTPUT_ONLY in behaviors:
+            schema["readOnly"] = True
+        if field_behavior_pb2.IMMUTABLE in behaviors:
+            desc = (desc + " " if desc else "") + "(Immutable.)"
+        if desc:
+            schema["description"] = desc
+        self.apply_rules(fd, schema)
+        return schema
+
+    def apply_rules(self, fd: FieldDescriptor, schema: dict[str, Any]) -> None:
+        rules = _rules(fd)
+        if rules is None:
+            return
+        target = schema
+        if fd.is_repeated:
+            if rules.HasField("min_items"):
+                schema["minItems"] = rules.min_items
+            if rules.HasField("max_items"):
+                schema["maxItems"] = rules.max_items
+            target = schema.get("items", {})
+            if "$ref" in target:
+                return
+            target = schema["items"] = dict(target)
+        if fd.type == F.TYPE_STRING:
+            if rules.HasField("min_len"):
+                target["minLength"] = rules.min_len
+            if rules.HasField("max_len"):
+                target["maxLength"] = rules.max_len
+            if rules.pattern:
+                target["pattern"] = rules.pattern
+        elif fd.type in codec.FLOAT_TYPES or fd.type in codec.INT32_TYPES or fd.type in codec.UINT32_TYPES:
+            num = target["oneOf"][0] if "oneOf" in target else target
+            for name, key in (("gte", "minimum"), ("lte", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")):
+                if rules.HasField(name):
+                    value = getattr(rules, name)
+                    num[key] = int(value) if value.is_integer() and fd.type not in codec.FLOAT_TYPES else value
+            if rules.finite and "oneOf" in target:
+                target.clear()
+                target.update(num)
+
+    def message(self, d: Descriptor) -> dict[str, Any]:
+        props: dict[str, Any] = {}
+        required: list[str] = []
+        for fd in d.fields:
+            props[fd.json_name] = self.field(fd)
+            if field_behavior_pb2.REQUIRED in _behaviors(fd):
+                required.append(fd.json_name)
+        schema: dict[str, Any] = {"type": "object", "title": d.name, "properties": props}
+        if required:
+            schema["required"] = required
+        desc = self.comments.get(d.full_name)
+        if desc:
+            schema["description"] = desc
+        return schema
+
+    # ------------------------------------------------------------------------------ operations
+    def query_params(self, d: Descriptor, prefix: str, skip: set[str], depth: int, snake_prefix: str = "") -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for fd in d.fields:
+            snake = snake_prefix + fd.name
+            if snake in skip:
+                continue
+            name = prefix + fd.json_name
+            is_map = fd.message_type is not None and fd.message_type.GetOptions().map_entry
+            if is_map:
+                continue
+            if fd.type == F.TYPE_MESSAGE and fd.message_type.full_name not in codec.WRAPPERS | {codec.TIMESTAMP, codec.DURATION, codec.FIELD_MASK}:
+                if fd.is_repeated or depth >= MAX_QUERY_DEPTH or fd.message_type.full_name in codec.FREEFORM:
+                    continue
+                out.extend(self.query_params(fd.message_type, name + ".", skip, depth + 1, snake + "."))
+                continue
+            schema = self.field(fd)
+            if fd.type == F.TYPE_MESSAGE:
+                schema = {k: v for k, v in self.wkt(fd.message_type).items() if k != "anyOf"} or {"type": "string"}
+                if fd.message_type.full_name in codec.WRAPPERS:
+                    schema = self.scalar(fd.message_type.fields_by_name["value"])
+            param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+            desc = self.comments.get(fd.full_name)
+            if desc:
+                param["description"] = desc
+            if fd.is_repeated:
+                param["style"] = "form"
+                param["explode"] = True
+            out.append(param)
+        return out
+
+    def operation(self, route: Route) -> dict[str, Any]:
+        m = route.method
+        comment = self.comments.get(m.full_name, "")
+        params: list[dict[str, Any]] = []
+        for var in route.template.variables:
+            chain = resolve_field(m.input_type, var.field_path)
+            schema = self.scalar(chain[-1])
+            if var.multi or route.template.variable_pattern(var) not in ("*",):
+                schema = {"type": "string", "description": f"matches {route.template.variable_pattern(var)}"}
+            param = {"name": var.field_path, "in": "path", "required": True, "schema": schema}
+            desc = self.comments.get(chain[-1].full_name)
+            if desc:
+                param["description"] = desc
+            params.append(param)
+        if route.body != "*":
+            skip = {v.field_path for v in route.template.variables}
+            if route.body:
+                skip.add(route.body)
+            params.extend(self.query_params(m.input_type, "", skip, 0))
+        params.append({"$ref": "#/components/parameters/XRequestTimeout"})
+        params.append({"$ref": "#/components/parameters/XCorrelationId"})
+        op: dict[str, Any] = {
+            "operationId": route.operation_id,
+            "tags": [route.service.name],
+            "summary": comment.split("\n")[0] if comment else m.name,
+            "parameters": params,
+        }
+        if comment:
+            op["description"] = comment
+        if route.body:
+            if route.body == "*":
+                schema = self.ref(m.input_type)
+            else:
+                schema = self.field(m.input_type.fields_by_name[route.body])
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        if route.server_streaming:
+            params.append({"name": live.TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+                           "description": "The bearer token, for clients that cannot send headers (EventSource, WebSocket)."})
+            if route.resume_field:
+                params.append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": _INT64_PATTERN},
+                               "description": f"Resume after this event id (same as {route.resume_field})."})
+            item = self.ref(m.output_type)
+            op["description"] = (comment + "\n\n" if comment else "") + (
+                "Server-streaming: answered as Server-Sent Events (one `data:` JSON message per event, "
+                "`event: error` with a google.rpc.Status on failure, `: heartbeat` comments). The same path "
+                "over WebSocket sends `{\"result\": ...}`, `{\"heartbeat\": ...}` and `{\"error\": ...}` frames."
+            )
+            op["x-server-streaming"] = True
+            op["responses"] = {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string"}, "itemSchema": item}}}}
+        else:
+            if route.response_body:
+                schema = self.field(m.output_type.fields_by_name[route.response_body])
+                schema.pop("description", None)
+            else:
+                schema = self.ref(m.output_type)
+            op["responses"] = {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+        for code in ERROR_CODES:
+            op["responses"][code] = {"$ref": f"#/components/responses/E{code}"}
+        op["responses"]["default"] = {"$ref": "#/components/responses/Error"}
+        return op
+
+
+_ERROR_TEXT = {
+    "400": "Bad request (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE); field violations in a google.rpc.BadRequest detail.",
+    "401": "No or bad bearer token (UNAUTHENTICATED); see WWW-Authenticate.",
+    "403": "The token's roles or tenant do not allow this (PERMISSION_DENIED).",
+    "404": "Not found (NOT_FOUND).",
+    "429": "Rate limited (RESOURCE_EXHAUSTED); see Retry-After.",
+    "503": "The upstream service is unavailable or its circuit breaker is open (UNAVAILABLE); see Retry-After.",
+}
+
+
+def build(routes: list[Route], *, title: str = "Towerco AIOps API", version: str = "v1") -> dict[str, Any]:
+    b = Builder(load_comments())
+    paths: dict[str, dict[str, Any]] = {}
+    tags: dict[str, dict[str, str]] = {}
+    for route in sorted(routes, key=lambda r: (r.template.openapi_path(), r.http_method)):
+        path = route.template.openapi_path()
+        ops = paths.setdefault(path, {})
+        method = route.http_method.lower()
+        if method in ops:  # two templates render alike (wildcard patterns); keep the first
+            continue
+        ops[method] = b.operation(route)
+        svc = route.service
+        tags.setdefault(svc.name, {"name": svc.name, "description": b.comments.get(svc.full_name, "")})
+    error_schema = {
+        "type": "object",
+        "title": "Status",
+        "description": (
+            "google.rpc.Status: `code` is the gRPC status code number, `message` a developer-facing "
+            "text, `details` typed objects (google.rpc.BadRequest with fieldViolations, ErrorInfo, "
+            "RetryInfo, ResourceInfo, RequestInfo), each with an `@type`."
+        ),
+        "properties": {
+            "code": {"type": "integer", "format": "int32"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object", "properties": {"@type": {"type": "string"}}, "required": ["@type"], "additionalProperties": True}},
+        },
+        "required": ["code", "message", "details"],
+    }
+    b.schemas["google.rpc.Status"] = error_schema
+    responses = {f"E{code}": {"description": text, "content": {"application/json": {"schema": STATUS_REF}}} for code, text in _ERROR_TEXT.items()}
+    responses["Error"] = {"description": "Any other error, as a google.rpc.Status.", "content": {"application/json": {"schema": STATUS_REF}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": (
+                "REST transcoding of the Towerco gRPC services (google.api.http rules). JSON follows the "
+                "proto3 JSON mapping: lowerCamelCase names (snake_case accepted), 64-bit integers as strings, "
+                "enums by name. Authorize with a bearer JWT (`towerco token`). Deadlines: `X-Request-Timeout` "
+                "(seconds) or `Grpc-Timeout`, default 10 s."
+            ),
+        },
+        "tags": list(tags.values()),
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(b.schemas.items())),
+            "responses": responses,
+            "parameters": {
+                "XRequestTimeout": {"name": "X-Request-Timeout", "in": "header", "required": False,
+                                    "schema": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s)?$"},
+                                    "description": "Deadline for this request: seconds (\"2.5\", \"2.5s\") or \"800ms\"; default 10 s."},
+                "XCorrelationId": {"name": "X-Correlation-ID", "in": "header", "required": False,
+                                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                                   "description": "Echoed back and forwarded upstream; generated when absent."},
+            },
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearerAuth": []}],
+    }
