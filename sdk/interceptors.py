@@ -168,10 +168,13 @@ class BreakerInterceptor(_AllKinds):
     """Runs every call of a channel through one target's CircuitBreaker.
 
     * unary-unary: the outcome is the call's final code and its duration (slow calls count).
-    * streams (unary-stream, stream-unary, stream-stream): the outcome is decided at the first
-      sign of life from the server (response headers) or at the end of the call, whichever comes
-      first; a stream that got headers counts as a success, one that ended before headers counts
-      by its code. Stream durations are never judged slow (streams are long by nature).
+    * response streams (unary-stream, stream-stream): the outcome is decided at the first sign
+      of life from the server (response headers, which come with the first response at the
+      latest) or at the end of the call, whichever comes first; a stream that got headers counts
+      as a success, one that ended before them counts by its code. A long-lived stream therefore
+      holds a half-open trial slot only until the server first answers.
+    * client streams (stream-unary): the outcome is the final code, at the end of the call.
+    * stream durations are never judged slow (streams are long by nature).
     * a call the client cancels is no outcome; its half-open trial slot is given back.
     """
 
@@ -207,18 +210,19 @@ class BreakerInterceptor(_AllKinds):
             breaker.record(permit, grpc.StatusCode.OK, breaker.elapsed(permit))
         return call
 
-    def _watch(self, call: Any, permit: Permit) -> None:
-        task = asyncio.get_running_loop().create_task(self._observe_stream(call, permit))
+    def _watch(self, call: Any, permit: Permit, *, first_sign: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._observe(call, permit, first_sign))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _observe_stream(self, call: Any, permit: Permit) -> None:
+    async def _observe(self, call: Any, permit: Permit, first_sign: bool) -> None:
         breaker = self.breaker
         try:
-            await call.initial_metadata()
-            if not call.done():
-                breaker.record(permit, grpc.StatusCode.OK, None)
-                return
+            if first_sign:
+                await call.initial_metadata()
+                if not call.done():
+                    breaker.record(permit, grpc.StatusCode.OK, None)
+                    return
             breaker.record(permit, await call.code(), None)
         except asyncio.CancelledError:
             breaker.release(permit)
@@ -228,7 +232,7 @@ class BreakerInterceptor(_AllKinds):
         except Exception:
             breaker.release(permit)
 
-    async def _stream(self, continuation, client_call_details, request_or_iterator):
+    async def _stream(self, continuation, client_call_details, request_or_iterator, *, first_sign: bool):
         permit = self.breaker.acquire()
         try:
             call = await continuation(client_call_details, request_or_iterator)
@@ -238,14 +242,14 @@ class BreakerInterceptor(_AllKinds):
         except BaseException:
             self.breaker.release(permit)
             raise
-        self._watch(call, permit)
+        self._watch(call, permit, first_sign=first_sign)
         return call
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await self._stream(continuation, client_call_details, request)
+        return await self._stream(continuation, client_call_details, request, first_sign=True)
 
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return await self._stream(continuation, client_call_details, request_iterator)
+        return await self._stream(continuation, client_call_details, request_iterator, first_sign=False)
 
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return await self._stream(continuation, client_call_details, request_iterator)
+        return await self._stream(continuation, client_call_details, request_iterator, first_sign=True)

@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
+from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 import sdk
 from sdk import context
@@ -262,6 +263,29 @@ async def test_half_open_admits_only_the_trial_calls_at_once(peer, clock):
     assert cb.state is State.CLOSED
 
 
+async def test_client_cancellation_is_no_outcome_and_frees_the_trial_slot(peer, clock):
+    cb = CircuitBreaker(peer.target, SMALL, clock=clock, rng=lambda: 0.5)
+    cb.force_open()
+    clock.advance(1.5)
+    peer.servicer.delay_s = 1.0
+    channel, stub = stub_for(peer.target, breaker=cb)
+    async with channel:
+        calls = [stub.GetSite(GET, timeout=5) for _ in range(SMALL.half_open_max_calls)]
+        await asyncio.sleep(0.1)  # every trial slot is taken by a call in flight
+        with pytest.raises(CircuitOpenError):
+            await stub.GetSite(GET, timeout=5)
+        for c in calls:
+            c.cancel()
+        for c in calls:
+            with pytest.raises(asyncio.CancelledError):
+                await c
+        assert cb.state is State.HALF_OPEN
+        peer.servicer.delay_s = 0.0
+        for _ in range(SMALL.half_open_max_calls):
+            await stub.GetSite(GET, timeout=5)
+        assert cb.state is State.CLOSED
+
+
 async def test_dead_server_opens_the_breaker(make_peer, clock):
     dead = await make_peer()
     await dead.server.stop(0)  # nothing listens on this port any more
@@ -326,3 +350,66 @@ async def test_client_has_typed_stubs_and_closes(peer):
     assert peer.servicer.seen["GetSite"][0].metadata["authorization"] == "Bearer client-token"
     with pytest.raises(Exception):  # noqa: B017 - any error: the channel is closed
         await client.sites.GetSite(GET, timeout=1)
+
+
+# -- client streaming (stream-unary) -----------------------------------------------------------
+
+
+class _Telemetry(telemetry_pb2_grpc.TelemetryServiceServicer):
+    def __init__(self) -> None:
+        self.metadata: list[dict] = []
+        self.fail: grpc.StatusCode | None = None
+
+    async def IngestStream(self, request_iterator, context):
+        self.metadata.append(dict(context.invocation_metadata()))
+        batches = 0
+        async for _batch in request_iterator:
+            batches += 1
+        if self.fail is not None:
+            await context.abort(self.fail, "scripted")
+        return telemetry_pb2.IngestStreamResponse(batches=batches)
+
+
+async def test_client_streaming_carries_metadata_and_feeds_the_breaker(clock):
+    servicer = _Telemetry()
+    server = grpc.aio.server()
+    telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    target = f"127.0.0.1:{port}"
+    cb = CircuitBreaker(target, SMALL, clock=clock)
+    channel = sdk.create_channel(target, token="ingest-token", breaker=cb)
+    stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
+    try:
+        with context.bind(correlation_id="batch-7"):
+            # The writer API: the interceptors must not hold the call back until it ends.
+            call = stub.IngestStream(timeout=5)
+            for i in range(3):
+                await call.write(telemetry_pb2.IngestStreamRequest(batch_id=f"b{i}"))
+            await call.done_writing()
+            reply = await call
+
+            async def batches():
+                for i in range(2):
+                    yield telemetry_pb2.IngestStreamRequest(batch_id=f"c{i}")
+
+            reply2 = await stub.IngestStream(batches(), timeout=5)
+        assert (reply.batches, reply2.batches) == (3, 2)
+        await asyncio.sleep(0.01)
+        assert cb.window_len() == 2 and cb.failure_rate() == 0.0
+
+        servicer.fail = grpc.StatusCode.RESOURCE_EXHAUSTED
+        for _ in range(2):  # 2 successes + 2 failures: rate 0.5 over the minimum 4 calls
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.IngestStream(batches(), timeout=5)
+            assert not isinstance(err.value, CircuitOpenError)
+            await asyncio.sleep(0.01)
+        assert cb.state is State.OPEN
+        with pytest.raises(CircuitOpenError):
+            await stub.IngestStream(batches(), timeout=5)
+    finally:
+        await channel.close()
+        await server.stop(0)
+    assert servicer.metadata[0]["authorization"] == "Bearer ingest-token"
+    assert all(md["x-correlation-id"] == "batch-7" for md in servicer.metadata[:2])
+    assert len(servicer.metadata) == 4
