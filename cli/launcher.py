@@ -39,6 +39,7 @@ BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_AFTER_S = 30.0
 STOP_GRACE_S = 10.0
 STARTUP_RESTART_LIMIT = 3
+NO_HEALTH_UP_S = 2.0
 TOKEN_TTL_S = 7 * 86400
 DEMO_TENANT = "safaricom"
 
@@ -119,13 +120,15 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings, options: Options, *, out: Callable[[str], None] | None = None,
-                 on_ready: Callable[[dict[str, Any]], None] | None = None, python: str = sys.executable) -> None:
+                 on_ready: Callable[[dict[str, Any]], None] | None = None, python: str = sys.executable,
+                 processes: list[Process] | None = None) -> None:
         self.settings = settings
         self.options = options
         self.root = state.home(settings)
         self.python = python
         self._out = out or (lambda line: print(line, flush=True))
         self._on_ready = on_ready
+        self._processes = processes
         self.children: dict[str, Child] = {}
         self.stopping = asyncio.Event()
         self.pg = None
@@ -209,7 +212,7 @@ class Supervisor:
         self.stopping.set()
 
     async def _start(self) -> None:
-        procs = available()
+        procs = self._processes if self._processes is not None else available()
         first = [p for p in procs if p.stage == 0]
         later = [p for p in procs if p.stage > 0 and (self.options.simulate or p.kind != "tool")]
         self._check_ports(first + later)
@@ -351,7 +354,11 @@ class Supervisor:
                                        + state.tail(child.log_path))
                 if child.status != "running":
                     continue
-                ok, status = await asyncio.to_thread(check, child.spec.health, child.endpoint, 1.0)
+                if child.spec.health is None:  # nothing to ask: healthy once it stays up a moment
+                    up_s = time.monotonic() - child.started_at
+                    ok, status = up_s >= NO_HEALTH_UP_S, f"up {up_s:.1f}s"
+                else:
+                    ok, status = await asyncio.to_thread(check, child.spec.health, child.endpoint, 1.0)
                 last[name] = status
                 if ok:
                     pending.discard(name)

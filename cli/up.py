@@ -122,7 +122,7 @@ def render_summary(recorded: dict[str, Any], *, foreground: bool) -> str:
     lines += ["", "Dev tokens (valid 7 days; `towerco token --help` mints others):"]
     for role, token in tokens.items():
         lines.append(f"  {role}: {token}")
-    lines += ["", "Try:", f"  export TOKEN={tokens.get('admin', '$(towerco token)')}"]
+    lines += ["", "Try:", "  export TOKEN=$(towerco token)    # the admin token above"]
     if grpc_target:
         lines.append(f"  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc_target} list")
         lines.append(f"  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"site_id\": \"NBO-0001\"}}' "

@@ -91,6 +91,14 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     assert not state.alive(supervisor) and not state.alive(child)
     assert not _listening(pg_port) and not _listening(nats_port) and not _listening(t.port("sites"))
     assert t.run("status").returncode == 3
+
+    # Up again: the same embedded ports and the same data.
+    restart = t.run("up", "-d", "--no-seed", "--timeout", "90")
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    recorded = json.loads((t.home / "stack.json").read_text())
+    assert recorded["embedded"]["postgres"]["port"] == pg_port
+    assert len(await _list_sites(sites_target, recorded["tokens"]["admin"])) == 12
+    assert t.run("down").returncode == 0
     again_down = t.run("down")
     assert again_down.returncode == 0 and "nothing running" in again_down.stdout
 
