@@ -45,9 +45,12 @@ class Clock:
         return self.now
 
 
-def make(config: BreakerConfig | None = None, rng: float = 0.5) -> tuple[CircuitBreaker, Clock]:
+def make(
+    config: BreakerConfig | None = None, rng: float = 0.5, metrics: bool = False
+) -> tuple[CircuitBreaker, Clock]:
     clock = Clock()
-    cb = CircuitBreaker(f"t-{uuid.uuid4().hex[:8]}", config or BreakerConfig(), clock=clock, rng=lambda: rng)
+    target = f"t-{uuid.uuid4().hex[:8]}"
+    cb = CircuitBreaker(target, config or BreakerConfig(), clock=clock, rng=lambda: rng, metrics=metrics)
     return cb, clock
 
 
@@ -261,7 +264,7 @@ def test_slow_trial_reopens():
 
 
 def test_state_changes_are_logged_and_exported(caplog):
-    cb, clock = make()
+    cb, clock = make(metrics=True)
     target = cb.target
 
     def value(name, **labels):
