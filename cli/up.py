@@ -84,6 +84,26 @@ def _detach(args: argparse.Namespace, root: Path) -> int:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, cwd=os.getcwd())
     deadline = time.monotonic() + args.timeout + 60  # infrastructure + migrations + seed on top
+    try:
+        return _await_ready(child, root, log_path, deadline)
+    except KeyboardInterrupt:
+        _stop_child(child)
+        raise CliError("interrupted: the background stack was stopped", code=130) from None
+
+
+def _stop_child(child: subprocess.Popen) -> None:
+    child.terminate()
+    try:
+        child.wait(60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(10)
+
+
+def _await_ready(child: subprocess.Popen, root: Path, log_path: Path, deadline: float) -> int:
+    from cli import state
+    from cli.errors import CliError
+
     while True:
         code = child.poll()
         recorded = state.read_stack(root)
@@ -95,11 +115,7 @@ def _detach(args: argparse.Namespace, root: Path) -> int:
             raise CliError(f"the stack did not start (supervisor exit {code}); see {log_path}:\n"
                            + state.tail(log_path))
         if time.monotonic() > deadline:
-            child.terminate()
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            _stop_child(child)
             raise CliError(f"the stack was not ready in time; see {log_path}:\n" + state.tail(log_path))
         time.sleep(0.2)
 
