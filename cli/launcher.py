@@ -303,7 +303,7 @@ class Supervisor:
         return env
 
     async def _launch(self, spec: Process, env: dict[str, str]) -> Child:
-        child = Child(spec=spec, cmd=spec.command(self.python), env=env,
+        child = Child(spec=spec, cmd=spec.command(self.python, sites=self.options.sites), env=env,
                       log_path=state.logs_dir(self.root) / f"{spec.name}.log",
                       endpoint=spec.endpoint(self.settings), metrics_port=spec.metrics_port(self.settings))
         self.children[spec.name] = child

@@ -60,15 +60,18 @@ class Process:
         """Whether the module's file is in the tree (found without importing it)."""
         return module_exists(self.module)
 
-    def command(self, python: str) -> list[str]:
-        return [python, "-m", self.module, *self.args]
+    def command(self, python: str, **values: object) -> list[str]:
+        """`python -m <module> <args>`, with "{name}" placeholders in args filled from values."""
+        return [python, "-m", self.module, *(a.format(**values) if values else a for a in self.args)]
 
 
 PROCESSES: tuple[Process, ...] = (
     Process("sites", "service", "services.sites.server", port="sites", health="grpc"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
-    # `python -m cli.simulate` with the stack's environment and must run until SIGTERM.
+    # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.
+    # In args, "{sites}" becomes the demo fleet size (`towerco up --sites N`, default 300), e.g.
+    # args=("--sites", "{sites}"). `cli.main.standalone(module)` gives the module a __main__.
     Process("simulator", "tool", "cli.simulate", stage=1, compose=False),
 )
 

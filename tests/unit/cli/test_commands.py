@@ -154,3 +154,11 @@ def test_the_cli_imports_no_service_worker_or_gateway_code() -> None:
                 names = [node.module]
             bad += [(path.name, n) for n in names if n.split(".")[0] in {"services", "workers", "gateway"}]
     assert not bad, bad
+
+
+def test_process_command_fills_placeholders() -> None:
+    from cli.processes import Process
+
+    sim = Process("sim", "tool", "cli.simulate", stage=1, compose=False, args=("--sites", "{sites}"))
+    assert sim.command("/py", sites=42) == ["/py", "-m", "cli.simulate", "--sites", "42"]
+    assert BY_NAME["sites"].command("/py", sites=1) == ["/py", "-m", "services.sites.server"]
