@@ -498,7 +498,7 @@ def _int_in(t: int, value: Any) -> int:
     return n
 
 
-_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_MAX = 3.4028235677973366e38  # beyond this a double rounds to float32 infinity
 
 
 def _float_in(t: int, value: Any) -> float:
@@ -521,7 +521,7 @@ def _float_in(t: int, value: Any) -> float:
             raise ValueError(f'expected a number, "NaN", "Infinity" or "-Infinity", got {value!r}')
     else:
         raise ValueError(f"expected a number, got {_kind(value)}")
-    if t == F.TYPE_FLOAT and math.isfinite(f) and abs(f) > _FLOAT32_MAX:
+    if t == F.TYPE_FLOAT and math.isfinite(f) and abs(f) >= _FLOAT32_MAX:
         raise ValueError(f"number {value!r} out of float range")
     if math.isinf(f):
         raise ValueError(f"number {value!r} out of range")
