@@ -189,9 +189,9 @@ class Supervisor:
                 starting.result()  # raises StartupError
                 self.phase = "ready"
                 self.save()
+                self.say(f"stack ready ({len(self.children)} process(es)); Ctrl-C or `towerco down` stops it")
                 if self._on_ready is not None:
                     self._on_ready(self.snapshot())
-                self.say(f"stack ready ({len(self.children)} process(es)); Ctrl-C or `towerco down` stops it")
                 await stop_wait
             else:
                 starting.cancel()

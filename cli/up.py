@@ -137,7 +137,7 @@ def render_summary(recorded: dict[str, Any], *, foreground: bool) -> str:
     tokens = recorded.get("tokens") or {}
     lines += ["", "Dev tokens (valid 7 days; `towerco token --help` mints others):"]
     for role, token in tokens.items():
-        lines.append(f"  {role}: {token}")
+        lines.append(f"  {role} ({_tenant_of(token)}): {token}")
     lines += ["", "Try:", "  export TOKEN=$(towerco token)    # the admin token above"]
     if grpc_target:
         lines.append(f"  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {grpc_target} list")
@@ -153,3 +153,13 @@ def render_summary(recorded: dict[str, Any], *, foreground: bool) -> str:
     lines.append("Ctrl-C stops everything." if foreground else
                  "`towerco status` shows health; `towerco down` stops everything.")
     return "\n".join(lines)
+
+
+def _tenant_of(token: str) -> str:
+    import jwt
+
+    try:
+        tenant = jwt.decode(token, options={"verify_signature": False}).get("tenant", "?")
+    except jwt.PyJWTError:
+        return "?"
+    return "all tenants" if tenant == "*" else f"tenant {tenant}"
