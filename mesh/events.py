@@ -100,23 +100,16 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 30.0) -> Cl
         # Connection refused while reconnecting is expected during an outage; keep it quiet.
         log.debug("nats error: %s", exc, extra={"nats_name": name})
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + connect_timeout_s
-    delay = 0.1
-    while True:
-        try:
-            return await nats.connect(
-                url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                allow_reconnect=True, connect_timeout=2, ping_interval=10, max_outstanding_pings=3,
-                disconnected_cb=disconnected, reconnected_cb=reconnected, closed_cb=closed,
-                error_cb=error,
-            )
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("nats not ready, retrying in %.1fs: %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    # The first connection gets a bounded number of attempts (~every 0.5 s for connect_timeout_s);
+    # once connected, reconnection is unlimited (nats-py reads the option at each reconnect).
+    attempts = max(1, int(connect_timeout_s / 0.5))
+    nc = await nats.connect(
+        url, name=name, max_reconnect_attempts=attempts, reconnect_time_wait=0.5,
+        allow_reconnect=True, connect_timeout=2, ping_interval=10, max_outstanding_pings=3,
+        disconnected_cb=disconnected, reconnected_cb=reconnected, closed_cb=closed, error_cb=error,
+    )
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
 
 
 # --------------------------------------------------------------------------- streams

@@ -259,3 +259,19 @@ async def test_message_never_acked_is_dead_lettered_after_max_deliver(js, topic,
     assert dead[0].data == b"boom"
     assert dead[0].headers["Towerco-Dlq-Reason"] == "not acknowledged after 2 deliveries"
     assert dead[0].headers["Towerco-Dlq-Deliveries"] == "3"
+
+
+async def test_connect_bounds_the_first_attempt_then_reconnects_forever(nc):
+    import time
+
+    import nats.errors
+
+    from mesh.embedded import free_port
+
+    assert nc.is_connected and nc.options["max_reconnect_attempts"] == -1
+    started = time.monotonic()
+    with pytest.raises(nats.errors.NoServersError):
+        await events.connect(f"nats://127.0.0.1:{free_port()}", name="nobody", connect_timeout_s=1.0)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ValueError):
+        await events.connect("", name="x")
