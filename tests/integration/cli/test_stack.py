@@ -44,7 +44,7 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     up = t.run("up", "-d", "--sites", "12", "--timeout", "90")
     assert up.returncode == 0, up.stdout + up.stderr
     sites_target = f"127.0.0.1:{t.port('sites')}"
-    assert sites_target in up.stdout and "grpcurl" in up.stdout and "admin:" in up.stdout
+    assert sites_target in up.stdout and "grpcurl" in up.stdout and "admin (all tenants): ey" in up.stdout
 
     recorded = json.loads((t.home / "stack.json").read_text())
     assert recorded["state"] == "ready"
