@@ -61,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
     recorded = state.read_stack(root)
     supervisor = state.supervisor_pid(root)
     if not recorded or not supervisor or recorded.get("state") == "stopped":
-        print(json.dumps({"state": "not running", "home": str(root)}) if args.json
-              else f"not running (home {root}); start it with `towerco up -d`")
+        orphaned = bool(recorded) and recorded.get("state") != "stopped"
+        hint = ("its supervisor is gone; `towerco down` stops what it left running" if orphaned
+                else "start it with `towerco up -d`")
+        print(json.dumps({"state": "not running", "home": str(root), "orphaned": orphaned}) if args.json
+              else f"not running (home {root}); {hint}")
         return NOT_RUNNING
     table = rows(recorded)
     if args.json:

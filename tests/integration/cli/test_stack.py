@@ -156,6 +156,8 @@ def test_down_cleans_up_after_a_killed_supervisor(towerco_external) -> None:
     os.kill(supervisor, signal.SIGKILL)
     t.wait_for(lambda: not state.alive(supervisor), 10, "the supervisor to die")
     assert state.alive(child)  # children live in their own sessions
+    status = t.run("status")
+    assert status.returncode == 3 and "`towerco down` stops what it left running" in status.stdout
     down = t.run("down")
     assert down.returncode == 0 and "leftover" in down.stdout and "sites" in down.stdout
     assert not state.alive(child) and not _listening(t.port("sites"))
