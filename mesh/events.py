@@ -395,8 +395,8 @@ class PullConsumer:
                     self.stats["fetch_errors"] += 1
                     log.warning("consumer %s fetch failed (%s: %s); retrying in %.1fs",
                                 self.durable, type(exc).__name__, exc, delay)
-                    if isinstance(exc, nats.js.errors.NotFoundError | nats.errors.BadSubscriptionError):
-                        await self._drop_sub()
+                    if isinstance(exc, nats.js.errors.APIError | nats.errors.BadSubscriptionError):
+                        await self._drop_sub()  # e.g. consumer deleted: re-create it on the next round
                     await self._sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 5.0)
                     continue

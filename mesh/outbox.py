@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import nats.js.errors
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from prometheus_client import Counter
@@ -200,6 +201,10 @@ class OutboxRelay:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - PG or NATS trouble: keep rows, retry
+                    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                        # nothing stores towerco.> yet (a fresh NATS): create the streams
+                        with contextlib.suppress(Exception):
+                            await events.ensure_streams(self.js)
                     if db.is_unavailable(exc) or events.is_transient(exc):
                         log.warning("outbox %s relay: %s: %s; retrying in %.1fs", self.schema,
                                     type(exc).__name__, exc, delay)

@@ -275,3 +275,24 @@ async def test_connect_bounds_the_first_attempt_then_reconnects_forever(nc):
     assert time.monotonic() - started < 10
     with pytest.raises(ValueError):
         await events.connect("", name="x")
+
+
+async def test_consumer_recreates_its_durable_when_deleted(js, topic):
+    subject = f"{topic}.del"
+    seen: list[bytes] = []
+
+    async def handler(msgs):
+        seen.extend(m.data for m in msgs)
+
+    durable = f"d{uuid.uuid4().hex[:10]}"
+    c = events.PullConsumer(js, stream="EVENTS", durable=durable, filter_subject=subject, handler=handler,
+                            fetch_timeout=0.3)
+    start(c)
+    await events.publish(js, subject, b"1", msg_id=f"{topic}-1")
+    await wait_for(lambda: seen == [b"1"])
+    await js.delete_consumer("EVENTS", durable)  # an operator mistake
+    await events.publish(js, subject, b"2", msg_id=f"{topic}-2")
+    # re-created with deliver-all: "1" comes again (handlers are idempotent), then "2"
+    await wait_for(lambda: b"2" in seen, within=15)
+    await c.stop()
+    assert seen[-1] == b"2"
