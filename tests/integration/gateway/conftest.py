@@ -5,12 +5,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from gwfake import fake_server, serve_gateway
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from mesh.auth import mint_token
-
-from .fake import fake_server, serve_gateway
 
 
 @pytest.fixture
