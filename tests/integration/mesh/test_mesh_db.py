@@ -87,3 +87,29 @@ async def test_create_pool_waits_for_a_starting_server(stack, postgres_down):
         assert await pool.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
+
+
+@pytest.mark.slow
+async def test_pool_recovers_by_itself_after_postgres_restart(stack, postgres_down):
+    pool = await db.create_pool(stack.database_url, min_size=3, max_size=3)
+    try:
+        async with pool.acquire() as a, pool.acquire() as b, pool.acquire() as c:
+            before = {a.get_server_pid(), b.get_server_pid(), c.get_server_pid()}
+        async with postgres_down():
+            with pytest.raises(Exception) as down:
+                await pool.fetchval("SELECT 1")
+            assert db.is_unavailable(down.value), repr(down.value)
+        failures = 0
+        for _ in range(10):  # each dead pooled connection may fail once, never more
+            try:
+                assert await pool.fetchval("SELECT 1") == 1
+                break
+            except Exception as exc:  # noqa: BLE001
+                assert db.is_unavailable(exc), repr(exc)
+                failures += 1
+        assert failures <= 3
+        async with pool.acquire() as a, pool.acquire() as b:
+            assert await a.fetchval("SELECT 2") == 2 and await b.fetchval("SELECT 3") == 3
+            assert not ({a.get_server_pid(), b.get_server_pid()} & before)
+    finally:
+        await pool.close()
