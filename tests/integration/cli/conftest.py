@@ -76,7 +76,6 @@ def _make(tmp_path: Path, *, database_url: str = "", nats_url: str = "") -> Iter
     for name in DEFAULT_PORTS:
         env[f"TOWERCO_{name.upper()}_PORT"] = str(_free_pair())
     env["TOWERCO_GATEWAY_PORT"] = str(_free_pair())
-    env["TOWERCO_LOG_LEVEL"] = "warning"
     towerco = Towerco(home=tmp_path / "home", env=env, cwd=tmp_path)
     try:
         yield towerco
