@@ -200,6 +200,9 @@ class Supervisor:
         except StartupError as exc:
             self.say(f"start-up failed: {exc}")
             code = 1
+        except Exception as exc:  # report it in one line; the cleanup below still runs
+            self.say(f"start-up failed: {type(exc).__name__}: {exc}")
+            code = 1
         finally:
             await self._shutdown()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -352,10 +352,26 @@ async def seed_fleet(target: str, *, token: str, sites: int = 300, seed: int = 1
     return report
 
 
+def _running_sites_target(settings: Any) -> str:
+    """The Sites endpoint of the running `towerco up` of this home, unless the environment names one."""
+    import os
+
+    from cli import state
+
+    if os.environ.get("TOWERCO_SITES_TARGET") or os.environ.get("TOWERCO_SITES_PORT"):
+        return ""
+    root = state.home(settings)
+    recorded = state.read_stack(root) or {}
+    if recorded.get("state") != "ready" or not state.supervisor_pid(root):
+        return ""
+    return ((recorded.get("processes") or {}).get("sites") or {}).get("endpoint") or ""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sites", type=int, default=300, help="number of sites (default 300)")
     parser.add_argument("--seed", type=int, default=1, help="random seed: same seed, same fleet (default 1)")
-    parser.add_argument("--target", default="", help="Sites gRPC target (default from the settings)")
+    parser.add_argument("--target", default="",
+                        help="Sites gRPC target (default: TOWERCO_SITES_TARGET/PORT, else the running stack's)")
     parser.add_argument("--token", default="", help="bearer token (default: a dev admin token)")
 
 
@@ -366,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sites < 0:
         raise CliError("--sites must be >= 0", code=2)
     settings = get_settings()
-    target = args.target or settings.target("sites")
+    target = args.target or _running_sites_target(settings) or settings.target("sites")
     token = args.token
     if not token:
         from mesh.auth import mint_token

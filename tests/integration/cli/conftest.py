@@ -41,8 +41,9 @@ class Towerco:
     cwd: Path
     started: list[subprocess.Popen] = field(default_factory=list)
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=self.env, cwd=self.cwd,
+    def run(self, *args: str, timeout: float = 120, without: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in self.env.items() if k not in without}
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=self.cwd,
                               capture_output=True, text=True, timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen:

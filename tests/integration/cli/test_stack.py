@@ -73,8 +73,9 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     visible = await _list_sites(sites_target, recorded["tokens"]["tenant_viewer"])
     assert visible and len(visible) < 12 and all("safaricom" in s.tenant_ids for s in visible)
 
-    # Seeding again creates nothing new.
-    again = t.run("seed", "--sites", "12")
+    # Seeding again creates nothing new (and, with no port in the environment, finds the running
+    # stack's Sites endpoint in stack.json).
+    again = t.run("seed", "--sites", "12", without=("TOWERCO_SITES_PORT",))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "sites 0 new / 12 existing" in again.stdout and "tenants 0 new / 3 existing" in again.stdout
     assert "tenancies 0 new /" in again.stdout and "windows 0 new /" in again.stdout
