@@ -1,20 +1,20 @@
 """Fixtures for the mesh data-layer tests: a fresh database per test, a pool, a NATS connection
-with the streams in place, an outbox schema of our own, and helpers that restart the session's
-servers and always bring them back."""
+with the streams in place, an outbox schema of our own, and private servers for fault injection
+(stopped and restarted inside a block, always brought back)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from mesh import db, events, outbox
-from mesh.embedded import wait_port
+from mesh.embedded import EmbeddedNats, EmbeddedPostgres, wait_port
 
 
 def with_database(url: str, name: str) -> str:
@@ -111,31 +111,28 @@ async def _stream_messages(js, stream: str, subject: str, *, expect: int, wait_s
 
 
 @contextlib.asynccontextmanager
-async def _nats_down(stack):
-    """Stop the session's NATS server for the block; it always comes back on the same port and
-    data directory (JetStream file storage persists)."""
-    stack.require_embedded()
-    await asyncio.to_thread(stack.nats.stop)
+async def _nats_down(server: EmbeddedNats):
+    """Stop `server` for the block; it always comes back on the same port and data directory
+    (JetStream file storage persists)."""
+    await asyncio.to_thread(server.stop)
     try:
         yield
     finally:
-        if not stack.nats.running():
-            await asyncio.to_thread(stack.nats.start)
-        await asyncio.to_thread(wait_port, stack.nats.host, stack.nats.port, 30)
+        if not server.running():
+            await asyncio.to_thread(server.start)
+        await asyncio.to_thread(wait_port, server.host, server.port, 30)
 
 
 @contextlib.asynccontextmanager
-async def _postgres_down(stack):
-    """Stop the session's PostgreSQL for the block; it always comes back."""
-    stack.require_embedded()
-    await asyncio.to_thread(stack.pg.stop, "fast")
+async def _postgres_down(server: EmbeddedPostgres):
+    """Stop `server` for the block; it always comes back and accepts sessions again."""
+    await asyncio.to_thread(server.stop, "fast")
     try:
         yield
     finally:
-        if not stack.pg.running():
-            await asyncio.to_thread(stack.pg.start)
-        # accepting TCP is not enough: wait until it accepts sessions
-        conn = await db.connect(stack.database_url, connect_timeout_s=30)
+        if not server.running():
+            await asyncio.to_thread(server.start)
+        conn = await db.connect(server.url, connect_timeout_s=30)
         await conn.close()
 
 
@@ -145,13 +142,58 @@ def stream_messages():
     return _stream_messages
 
 
-@pytest.fixture
-def nats_down(stack):
-    """`async with nats_down(): ...` - NATS is stopped inside the block and restarted after."""
-    return lambda: _nats_down(stack)
+# Fault injection runs against private servers, so restarting one never disturbs the pools and
+# connections other tests hold on the session's servers.
 
 
 @pytest.fixture
-def postgres_down(stack):
-    """`async with postgres_down(): ...` - PostgreSQL is stopped inside the block and restarted after."""
-    return lambda: _postgres_down(stack)
+def private_nats(tmp_path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_pg(tmp_path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "pg", fast=True).start()
+    try:
+        yield server
+    finally:
+        server.stop(mode="immediate")
+
+
+@pytest.fixture
+def nats_down(private_nats):
+    """`async with nats_down(): ...` - the private NATS is stopped inside the block, then restarted."""
+    return lambda: _nats_down(private_nats)
+
+
+@pytest.fixture
+def postgres_down(private_pg):
+    """`async with postgres_down(): ...` - the private PostgreSQL is stopped inside the block, then
+    restarted."""
+    return lambda: _postgres_down(private_pg)
+
+
+@pytest.fixture
+async def private_js(private_nats):
+    """A JetStream context on the private NATS, streams in place."""
+    client = await events.connect(private_nats.url, name="mesh-tests-private")
+    await events.ensure_streams(client.jetstream())
+    try:
+        yield client.jetstream()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout=5)
+
+
+@pytest.fixture
+async def private_pool(private_pg) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(private_pg.url, min_size=1, max_size=5, application_name="mesh-tests-private")
+    try:
+        yield p
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(p.close(), timeout=5)

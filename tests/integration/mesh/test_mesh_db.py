@@ -77,9 +77,9 @@ async def test_gives_up_after_the_connect_timeout():
 
 
 @pytest.mark.slow
-async def test_create_pool_waits_for_a_starting_server(stack, postgres_down):
+async def test_create_pool_waits_for_a_starting_server(private_pg, postgres_down):
     async with postgres_down():
-        pending = asyncio.ensure_future(db.create_pool(stack.database_url, connect_timeout_s=30))
+        pending = asyncio.ensure_future(db.create_pool(private_pg.url, connect_timeout_s=30))
         await asyncio.sleep(1.0)
         assert not pending.done()  # still retrying
     pool = await asyncio.wait_for(pending, timeout=30)
@@ -90,8 +90,8 @@ async def test_create_pool_waits_for_a_starting_server(stack, postgres_down):
 
 
 @pytest.mark.slow
-async def test_pool_recovers_by_itself_after_postgres_restart(stack, postgres_down):
-    pool = await db.create_pool(stack.database_url, min_size=3, max_size=3)
+async def test_pool_recovers_by_itself_after_postgres_restart(private_pg, postgres_down):
+    pool = await db.create_pool(private_pg.url, min_size=3, max_size=3)
     try:
         async with pool.acquire() as a, pool.acquire() as b, pool.acquire() as c:
             before = {a.get_server_pid(), b.get_server_pid(), c.get_server_pid()}

@@ -173,7 +173,9 @@ async def test_purge_keeps_unpublished_and_recent_rows(pool, js, schema, topic):
 
 
 @pytest.mark.slow
-async def test_nats_outage_loses_nothing_and_keeps_order(pool, js, nc, schema, topic, nats_down, stream_messages):
+async def test_nats_outage_loses_nothing_and_keeps_order(pool, private_js, schema, topic, nats_down,
+                                                          stream_messages):
+    js = private_js
     subject = f"{topic}.outage"
     relay = outbox.OutboxRelay(pool, js, schema=schema, publish_timeout_s=0.5)
     async with running(relay):
@@ -191,10 +193,13 @@ async def test_nats_outage_loses_nothing_and_keeps_order(pool, js, nc, schema, t
 
 
 @pytest.mark.slow
-async def test_relay_and_pool_recover_after_postgres_restart(pool, js, schema, topic, postgres_down,
+async def test_relay_and_pool_recover_after_postgres_restart(private_pool, js, topic, postgres_down,
                                                             stream_messages):
     from mesh import db
 
+    pool, schema = private_pool, "outbox_restart"
+    async with pool.acquire() as conn:
+        await conn.execute(f"CREATE SCHEMA {schema};" + outbox.outbox_ddl(schema))
     subject = f"{topic}.pg"
     relay = outbox.OutboxRelay(pool, js, schema=schema, poll_s=0.2)
     async with running(relay) as task:
