@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "migrate": "cli.migrate",
     "seed": "cli.seed",
     "simulate": "cli.simulate",
+    "gateway": "gateway.cli",
 }
 OPTIONAL_COMMANDS: frozenset[str] = frozenset({"simulate"})
 

@@ -67,6 +67,7 @@ class Process:
 
 PROCESSES: tuple[Process, ...] = (
     Process("sites", "service", "services.sites.server", port="sites", health="grpc"),
+    Process("gateway", "gateway", "gateway.server", port="gateway", health="http"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.
