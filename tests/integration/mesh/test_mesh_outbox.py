@@ -193,7 +193,7 @@ async def test_nats_outage_loses_nothing_and_keeps_order(pool, private_js, schem
 
 
 @pytest.mark.slow
-async def test_relay_and_pool_recover_after_postgres_restart(private_pool, js, topic, postgres_down,
+async def test_relay_and_pool_recover_after_postgres_restart(private_pg, private_pool, js, topic, postgres_down,
                                                             stream_messages):
     from mesh import db
 
@@ -201,7 +201,8 @@ async def test_relay_and_pool_recover_after_postgres_restart(private_pool, js, t
     async with pool.acquire() as conn:
         await conn.execute(f"CREATE SCHEMA {schema};" + outbox.outbox_ddl(schema))
     subject = f"{topic}.pg"
-    relay = outbox.OutboxRelay(pool, js, schema=schema, poll_s=0.2)
+    # a dedicated LISTEN connection (database_url), as the services run it
+    relay = outbox.OutboxRelay(pool, js, schema=schema, poll_s=0.2, database_url=private_pg.url)
     async with running(relay) as task:
         await write(pool, schema, subject, "before")
         await wait_for(lambda: _zero(pool, schema))
@@ -235,3 +236,16 @@ async def _zero_quiet(pool, schema):
         return await unpublished(pool, schema) == 0
     except Exception:  # noqa: BLE001 - a stale pooled connection may fail once
         return False
+
+
+async def test_notify_wakes_the_relay_without_waiting_for_the_poll(stack, pool, js, schema, topic, stream_messages):
+    """With a long poll interval, only the NOTIFY sent at commit can make delivery prompt."""
+    relay = outbox.OutboxRelay(pool, js, schema=schema, poll_s=30, database_url=stack.database_url)
+    async with running(relay):
+        await asyncio.sleep(0.3)  # listening
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await write(pool, schema, f"{topic}.fast", "quick")
+        await wait_for(lambda: _zero(pool, schema), within=5, step=0.01)
+        assert loop.time() - t0 < 3
+    assert len(await stream_messages(js, "EVENTS", f"{topic}.fast", expect=1)) == 1
