@@ -1,4 +1,5 @@
-"""Fixtures of the telemetry tests: the migrated schema and a pool on the session's PostgreSQL."""
+"""Fixtures of the telemetry tests: the migrated schema and a pool on the session's PostgreSQL
+(the platform of real processes is in telemetry_support.py)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,5 @@ async def pool(telemetry_db):
     p = await db.create_pool(telemetry_db, min_size=1, max_size=4)
     yield p
     await p.close()
+
+

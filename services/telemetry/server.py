@@ -1,0 +1,86 @@
+"""Wiring of the telemetry service (port 7002): `python -m services.telemetry.server`.
+
+Environment beyond mesh.config: TOWERCO_TELEMETRY_RETENTION_DAYS (90) - samples older than this
+are refused at ingest (and their partitions dropped by the ingestor).
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+from towerco.sites.v1 import sites_pb2
+from towerco.telemetry.v1 import telemetry_pb2_grpc
+
+from mesh import auth
+from mesh.bootstrap import Runtime, ServiceSpec, main
+from mesh.migrate import migrate
+from sdk import Client
+from services.telemetry import domain
+from services.telemetry.servicer import TelemetryServicer, site_info
+from services.telemetry.sites import SiteDirectory
+
+SERVICE = "telemetry"
+FULL_NAME = "towerco.telemetry.v1.TelemetryService"
+SITES_EVENTS = "towerco.sites.>"
+
+
+def retention_days() -> int:
+    raw = os.environ.get("TOWERCO_TELEMETRY_RETENTION_DAYS", "")
+    try:
+        days = int(raw) if raw else domain.DEFAULT_RETENTION_DAYS
+    except ValueError as exc:
+        raise ValueError(f"TOWERCO_TELEMETRY_RETENTION_DAYS must be an integer, got {raw!r}") from exc
+    if days < 1:
+        raise ValueError("TOWERCO_TELEMETRY_RETENTION_DAYS must be at least 1")
+    return days
+
+
+def site_directory(rt: Runtime) -> tuple[SiteDirectory, Client]:
+    client = Client(rt.settings.target("sites"), token=lambda: auth.service_token(SERVICE))
+
+    async def fetch_all() -> list[tuple[str, frozenset[str]]]:
+        out = []
+        token = ""
+        while True:
+            reply = await client.sites.ListSites(
+                sites_pb2.ListSitesRequest(page={"size": 1000, "token": token}), timeout=30)
+            out.extend(site_info(s) for s in reply.sites)
+            token = reply.page.next_token
+            if not token:
+                return out
+
+    async def fetch_one(site_id: str) -> tuple[str, frozenset[str]] | None:
+        try:
+            reply = await client.sites.GetSite(sites_pb2.GetSiteRequest(site_id=site_id), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise
+        return site_info(reply.site)
+
+    return SiteDirectory(partitions=rt.settings.partitions, fetch_all=fetch_all, fetch_one=fetch_one), client
+
+
+async def setup(rt: Runtime) -> list[ServiceSpec]:
+    await migrate(rt.settings.database_url, components=[SERVICE])
+    sites, client = site_directory(rt)
+    servicer = TelemetryServicer(pool=rt.pool, nc=rt.nc, js=rt.js, sites=sites,
+                                 partitions=rt.settings.partitions, retention_days=retention_days())
+
+    async def on_event(msg) -> None:
+        servicer.apply_event(msg.data)
+
+    sub = await rt.nc.subscribe(SITES_EVENTS, cb=on_event)
+    rt.spawn(sites.keep_fresh(), name="telemetry-site-directory")
+
+    async def close() -> None:
+        await sub.unsubscribe()
+        await client.close()
+
+    rt.on_shutdown(close)
+    return [ServiceSpec(FULL_NAME, servicer, telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server)]
+
+
+if __name__ == "__main__":
+    main(SERVICE, setup)
