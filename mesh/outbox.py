@@ -52,6 +52,7 @@ log = logging.getLogger("towerco.outbox")
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 DEFAULT_RETENTION_S = 7 * 86400.0
+MAX_ENVELOPE_BYTES = 900 * 1024  # under NATS' default 1 MiB max_payload, leaving room for headers
 
 PUBLISHED = Counter("towerco_outbox_published_total", "Outbox rows published to JetStream", ["schema"])
 PUBLISH_FAILURES = Counter("towerco_outbox_publish_failures_total",
@@ -127,12 +128,16 @@ async def enqueue(conn: asyncpg.Connection, *, schema: str, subject: str, event_
         f"SELECT nextval(pg_get_serial_sequence('{s}.outbox', 'id')) FROM l", lock_key(s))
     env = events.make_envelope(event_type=event_type, source=source, subject=subject, payload=payload,
                                tenant_ids=tenant_ids, sequence=row_id)
+    data = env.SerializeToString()
+    if len(data) > MAX_ENVELOPE_BYTES:
+        # refuse now, in the writer's transaction, rather than wedge the relay on an unpublishable row
+        raise ValueError(f"event {event_type} is {len(data)} bytes; the limit is {MAX_ENVELOPE_BYTES}")
     hdrs = events.headers_out(headers)
     await conn.execute(
         f"WITH row AS (INSERT INTO {s}.outbox (id, event_id, subject, event_type, envelope, headers) "
         f"VALUES ($1, $2::uuid, $3, $4, $5, $6::jsonb) RETURNING id) "
         f"SELECT pg_notify($7, '') FROM row",
-        row_id, env.id, subject, event_type, env.SerializeToString(), json.dumps(hdrs), channel(s),
+        row_id, env.id, subject, event_type, data, json.dumps(hdrs), channel(s),
     )
     return env
 
@@ -210,7 +215,8 @@ class OutboxRelay:
                                     type(exc).__name__, exc, delay)
                     else:
                         log.exception("outbox %s relay failed; retrying in %.1fs", self.schema, delay)
-                    await self._close_listener()
+                    if not events.is_transient(exc) or db.is_unavailable(exc):
+                        await self._close_listener()  # PG trouble: start from a fresh connection
                     await asyncio.sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 5.0)
         finally:

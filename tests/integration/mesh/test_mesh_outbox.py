@@ -249,3 +249,14 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_poll(stack, pool, 
         await wait_for(lambda: _zero(pool, schema), within=5, step=0.01)
         assert loop.time() - t0 < 3
     assert len(await stream_messages(js, "EVENTS", f"{topic}.fast", expect=1)) == 1
+
+
+async def test_oversized_event_is_refused_in_the_writers_transaction(pool, schema, topic):
+    with pytest.raises(ValueError, match="limit"):
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"INSERT INTO {schema}.things (id) VALUES (99)")
+            await outbox.enqueue(conn, schema=schema, subject=f"{topic}.big", event_type="x", source="t",
+                                 payload=wrappers_pb2.BytesValue(value=b"x" * (outbox.MAX_ENVELOPE_BYTES + 1)))
+    async with pool.acquire() as conn:
+        assert await conn.fetchval(f"SELECT count(*) FROM {schema}.things") == 0
+        assert await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
