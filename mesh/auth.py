@@ -1,0 +1,271 @@
+"""Who is calling: JWT verification, the caller's identity and role checks.
+
+Tokens are JWTs with the claims sub, tenant ("*" for towerco staff), roles (a list), iss, aud,
+exp and iat. On the embedded stack they are HS256 with settings.jwt_secret; in production RS256
+keys come from settings.jwks_url. Only the algorithms in settings.jwt_algorithms are accepted and
+"none" never is.
+
+Roles: viewer, noc_operator, admin, tenant_viewer, service. admin and service imply every role;
+noc_operator implies viewer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+import jwt
+
+from mesh.config import Settings, get_settings
+from mesh.errors import PermissionDenied, Unauthenticated
+
+ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service"})
+STAFF_TENANT = "*"
+_ALL_ROLES_IMPLIED_BY = frozenset({"admin", "service"})
+_IMPLIES: dict[str, frozenset[str]] = {"noc_operator": frozenset({"viewer"})}
+_REQUIRED_CLAIMS = ("sub", "tenant", "roles", "iss", "aud", "exp", "iat")
+LEEWAY_S = 5
+
+
+class AuthError(Exception):
+    """The token cannot be trusted; the message says why (safe to show the caller)."""
+
+
+def _effective(roles: frozenset[str]) -> frozenset[str]:
+    if roles & _ALL_ROLES_IMPLIED_BY:
+        return ROLES
+    out = set(roles)
+    for role in roles:
+        out |= _IMPLIES.get(role, frozenset())
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    tenant: str
+    roles: frozenset[str]
+    token: str = ""
+
+    @property
+    def is_staff(self) -> bool:
+        """Towerco staff (tenant "*") see every tenant's data."""
+        return self.tenant == STAFF_TENANT
+
+    @property
+    def effective_roles(self) -> frozenset[str]:
+        return _effective(self.roles)
+
+    def has_role(self, *roles: str) -> bool:
+        """True when the caller holds (or is implied to hold) at least one of `roles`."""
+        effective = self.effective_roles
+        return any(r in effective for r in roles)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokens
+
+
+def mint_token(
+    *,
+    subject: str,
+    tenant: str,
+    roles: list[str] | tuple[str, ...] | frozenset[str] | set[str],
+    ttl_s: int = 86400,
+    settings: Settings | None = None,
+) -> str:
+    """An HS256 token signed with settings.jwt_secret (the embedded stack's dev issuer)."""
+    settings = settings or get_settings()
+    role_list = sorted(set(roles))
+    unknown = [r for r in role_list if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown roles: {', '.join(unknown)}")
+    if not subject or not tenant:
+        raise ValueError("subject and tenant must not be empty")
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "tenant": tenant,
+        "roles": role_list,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + int(ttl_s),
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+_jwk_clients: dict[str, jwt.PyJWKClient] = {}
+
+
+def _key_for(token: str, alg: str, settings: Settings) -> object:
+    if alg.startswith("HS"):
+        if not settings.jwt_secret:
+            raise AuthError("no shared secret configured")
+        return settings.jwt_secret
+    if not settings.jwks_url:
+        raise AuthError(f"no key set configured for algorithm {alg}")
+    client = _jwk_clients.get(settings.jwks_url)
+    if client is None:
+        client = _jwk_clients[settings.jwks_url] = jwt.PyJWKClient(settings.jwks_url, cache_keys=True)
+    try:
+        return client.get_signing_key_from_jwt(token).key
+    except jwt.PyJWKClientError as exc:
+        raise AuthError(f"signing key not found: {exc}") from None
+
+
+def verify_token(token: str, settings: Settings | None = None) -> Identity:
+    """Check signature, algorithm, expiry, issuer, audience and claims; return the caller."""
+    settings = settings or get_settings()
+    if not token:
+        raise AuthError("empty token")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise AuthError("malformed token") from None
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg.lower() == "none":
+        raise AuthError("unsigned tokens are not accepted")
+    if alg not in settings.jwt_algorithms:
+        raise AuthError(f"algorithm {alg} is not accepted")
+    key = _key_for(token, alg, settings)
+    try:
+        claims = jwt.decode(
+            token,
+            key,  # type: ignore[arg-type]
+            algorithms=[alg],
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+            leeway=LEEWAY_S,
+            options={"require": [c for c in _REQUIRED_CLAIMS if c not in ("iss", "aud")] + ["exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token expired") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError("wrong audience") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError("wrong issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"missing claim {exc.claim}") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError("bad signature") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {type(exc).__name__}") from None
+    return _identity_from_claims(claims, token)
+
+
+def _identity_from_claims(claims: dict, token: str) -> Identity:
+    sub = claims.get("sub")
+    tenant = claims.get("tenant")
+    roles = claims.get("roles")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("missing claim sub")
+    if not isinstance(tenant, str) or not tenant:
+        raise AuthError("missing claim tenant")
+    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+        raise AuthError("missing claim roles")
+    unknown = sorted(r for r in roles if r not in ROLES)
+    if unknown:
+        raise AuthError(f"unknown role {unknown[0]}")
+    return Identity(subject=sub, tenant=tenant, roles=frozenset(roles), token=token)
+
+
+class Authenticator:
+    """verify_token with a bounded cache of good tokens (until they expire): a hot-path helper."""
+
+    def __init__(self, settings: Settings, max_entries: int = 4096):
+        self.settings = settings
+        self._max = max_entries
+        self._cache: dict[str, tuple[Identity, float]] = {}
+
+    def verify(self, token: str) -> Identity:
+        hit = self._cache.get(token)
+        if hit is not None:
+            identity, expires = hit
+            if time.time() < expires:
+                return identity
+            del self._cache[token]
+        identity = verify_token(token, self.settings)
+        try:
+            expires = float(jwt.decode(token, options={"verify_signature": False})["exp"]) + LEEWAY_S
+        except Exception:  # pragma: no cover - verify_token already required exp
+            return identity
+        if len(self._cache) >= self._max:
+            self._cache.clear()
+        self._cache[token] = (identity, expires)
+        return identity
+
+
+def bearer_token(authorization: str) -> str:
+    """The token in an "authorization: Bearer <token>" value ("" when the scheme is not Bearer)."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return token.strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# The caller of the current RPC
+
+_identity: ContextVar[Identity | None] = ContextVar("towerco_identity", default=None)
+
+
+def set_identity(identity: Identity | None) -> Token:
+    """Set the caller for this task (the auth interceptor does this)."""
+    return _identity.set(identity)
+
+
+def reset_identity(token: Token) -> None:
+    _identity.reset(token)
+
+
+@contextlib.contextmanager
+def acting_as(identity: Identity) -> Iterator[Identity]:
+    """Run a block as `identity` (workers and tests that call domain code directly)."""
+    tok = _identity.set(identity)
+    try:
+        yield identity
+    finally:
+        _identity.reset(tok)
+
+
+def current_identity() -> Identity:
+    """The caller of the current RPC; Unauthenticated when there is none."""
+    identity = _identity.get()
+    if identity is None:
+        raise Unauthenticated("authentication required")
+    return identity
+
+
+def require_role(*roles: str) -> Identity:
+    """The caller, if it holds one of `roles` (or a role implying one); PermissionDenied otherwise."""
+    identity = current_identity()
+    if not identity.has_role(*roles):
+        raise PermissionDenied(f"requires role {' or '.join(roles)}")
+    return identity
+
+
+_service_tokens: dict[tuple[str, str], tuple[str, float]] = {}
+SERVICE_TOKEN_TTL_S = 86400
+
+
+def service_token(service: str) -> str:
+    """A token for internal calls made by `service` itself (role service, tenant "*"), cached."""
+    settings = get_settings()
+    key = (service, settings.jwt_secret)
+    hit = _service_tokens.get(key)
+    now = time.time()
+    if hit is not None and now < hit[1]:
+        return hit[0]
+    token = mint_token(
+        subject=f"service:{service}",
+        tenant=STAFF_TENANT,
+        roles=["service"],
+        ttl_s=SERVICE_TOKEN_TTL_S,
+        settings=settings,
+    )
+    _service_tokens[key] = (token, now + SERVICE_TOKEN_TTL_S / 2)
+    return token

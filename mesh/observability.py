@@ -1,0 +1,225 @@
+"""Logs, metrics and traces for every server process.
+
+- Logs: structlog, one JSON object per line on stdout with timestamp, level, event, the service
+  name, every contextvar bound with structlog.contextvars, and trace_id/span_id when an
+  OpenTelemetry span is active. Level from settings.log_level. Standard-library loggers (grpc,
+  asyncio, asyncpg, nats) are rendered the same way.
+- Metrics: prometheus_client in the default registry; `await start_metrics_server(port)` serves
+  /metrics from the event loop (port 0 takes a free port; the real one is returned).
+- Traces: OpenTelemetry, off unless settings.otel_exporter is "console" or "otlp";
+  `setup_tracing` then returns the grpc aio server interceptor to put first in the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+from mesh.config import Settings
+
+# ----------------------------------------------------------------------------------------------
+# Metrics (one set per process, labelled by gRPC service and method)
+
+GRPC_HANDLED = Counter(
+    "towerco_grpc_server_handled",
+    "gRPC calls completed on the server, by status code.",
+    ["service", "method", "code"],
+)
+GRPC_HANDLING_SECONDS = Histogram(
+    "towerco_grpc_server_handling_seconds",
+    "Time from receiving a gRPC call to finishing it (streams: until the stream ends).",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+GRPC_IN_FLIGHT = Gauge(
+    "towerco_grpc_server_in_flight",
+    "gRPC calls being handled right now.",
+    ["service", "method"],
+)
+
+
+async def start_metrics_server(port: int, host: str = "127.0.0.1") -> tuple[int, Callable[[], Awaitable[None]]]:
+    """Serve Prometheus text on GET /metrics at (host, port) from the running event loop.
+
+    Port 0 takes a free port. Returns the bound port and an async function that stops serving.
+    A tiny asyncio HTTP/1.0 responder: no thread, and stopping it is immediate.
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ") + ["", ""]
+            path = path.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+            elif path in ("/metrics", "/"):
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found; try /metrics\n"
+            writer.write(
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode("latin-1")
+            )
+            if method != "HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    real_port = int(server.sockets[0].getsockname()[1])
+
+    async def stop() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return real_port, stop
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs
+
+
+def _trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    if "trace_id" not in event:
+        ids = current_trace_ids()
+        if ids is not None:
+            event["trace_id"], event["span_id"] = ids
+    return event
+
+
+def _json(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+    return orjson.dumps(event, default=repr).decode()
+
+
+class _StdoutLogger:
+    """Writes each rendered line to whatever sys.stdout is now (test capture friendly)."""
+
+    def msg(self, message: str) -> None:
+        out = sys.stdout
+        out.write(message + "\n")
+        out.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _stdout_logger_factory(*_args: Any) -> _StdoutLogger:
+    return _StdoutLogger()
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def configure_logging(settings: Settings, service: str = "") -> None:
+    """Configure structlog JSON logging (and route stdlib logging through it). Idempotent."""
+    level = _LEVELS.get(settings.log_level.lower(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+    if service:
+        def add_service(_l: Any, _n: str, event: dict[str, Any]) -> dict[str, Any]:
+            event.setdefault("service", service)
+            return event
+
+        shared.append(add_service)
+    shared.append(_trace_ids)
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.dict_tracebacks,
+            _json,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=_stdout_logger_factory,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.dict_tracebacks,
+            _json,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_towerco", False)]:
+        root.removeHandler(old)
+    handler._towerco = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.INFO))
+
+
+def get_logger(name: str = "towerco") -> Any:
+    return structlog.get_logger(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Traces
+
+_tracer_provider: Any = None
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) in hex of the active span, or None."""
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def setup_tracing(settings: Settings, service: str) -> Any | None:
+    """Set up OpenTelemetry per settings.otel_exporter; return the grpc aio server interceptor or None."""
+    global _tracer_provider
+    exporter_name = settings.otel_exporter.lower()
+    if exporter_name in ("", "none"):
+        return None
+    log = get_logger("towerco.observability")
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if exporter_name == "console":
+        exporter: Any = ConsoleSpanExporter()
+    elif exporter_name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            log.warning("otel.exporter_missing", exporter="otlp",
+                        hint="pip install opentelemetry-exporter-otlp; tracing stays off")
+            return None
+        exporter = OTLPSpanExporter()
+    else:
+        log.warning("otel.exporter_unknown", exporter=exporter_name)
+        return None
+    if _tracer_provider is None:
+        _tracer_provider = TracerProvider(resource=Resource.create({"service.name": f"towerco-{service}"}))
+        _tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(_tracer_provider)
+    return aio_server_interceptor(tracer_provider=_tracer_provider)
+
+
+def shutdown_tracing() -> None:
+    """Flush spans (called on process stop)."""
+    if _tracer_provider is not None:
+        _tracer_provider.force_flush(timeout_millis=2000)
