@@ -1,0 +1,153 @@
+"""JWT verification and role rules (mesh.auth)."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from mesh import auth
+from mesh.auth import AuthError, Identity, mint_token, verify_token
+from mesh.config import Settings
+from mesh.errors import PermissionDenied, Unauthenticated
+
+S = Settings()
+
+
+def _claims(**over) -> dict:
+    now = int(time.time())
+    claims = {"sub": "alice", "tenant": "safaricom", "roles": ["viewer"], "iss": S.jwt_issuer,
+              "aud": S.jwt_audience, "iat": now, "exp": now + 300}
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _sign(claims: dict, key: str = S.jwt_secret, alg: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def test_minted_token_round_trips() -> None:
+    token = mint_token(subject="alice", tenant="safaricom", roles=["noc_operator"], settings=S)
+    ident = verify_token(token, S)
+    assert ident == Identity("alice", "safaricom", frozenset({"noc_operator"}), token)
+    assert not ident.is_staff
+    assert verify_token(mint_token(subject="ops", tenant="*", roles=["admin"], settings=S), S).is_staff
+
+
+def test_expired_token_is_refused() -> None:
+    token = mint_token(subject="alice", tenant="*", roles=["viewer"], ttl_s=-60, settings=S)
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(token, S)
+
+
+def test_alg_none_is_refused_even_when_listed() -> None:
+    token = jwt.encode(_claims(), None, algorithm="none")
+    with pytest.raises(AuthError, match="unsigned"):
+        verify_token(token, S)
+    lax = Settings(jwt_algorithms=("HS256", "none"))
+    with pytest.raises(AuthError, match="unsigned"):
+        verify_token(token, lax)
+
+
+def test_algorithm_must_be_configured() -> None:
+    long_secret = "k" * 64
+    token = _sign(_claims(), key=long_secret, alg="HS512")
+    with pytest.raises(AuthError, match="HS512 is not accepted"):
+        verify_token(token, Settings(jwt_secret=long_secret))
+    assert verify_token(token, Settings(jwt_secret=long_secret, jwt_algorithms=("HS256", "HS512"))).subject == "alice"
+
+
+def test_wrong_secret_is_refused() -> None:
+    with pytest.raises(AuthError, match="bad signature"):
+        verify_token(_sign(_claims(), key="some-other-secret-that-is-long-enough"), S)
+
+
+def test_wrong_audience_and_issuer_are_refused() -> None:
+    with pytest.raises(AuthError, match="audience"):
+        verify_token(_sign(_claims(aud="someone-else")), S)
+    with pytest.raises(AuthError, match="issuer"):
+        verify_token(_sign(_claims(iss="evil")), S)
+
+
+@pytest.mark.parametrize("claim", ["sub", "tenant", "roles", "exp", "aud", "iss"])
+def test_missing_claims_are_refused(claim: str) -> None:
+    with pytest.raises(AuthError, match="missing claim"):
+        verify_token(_sign(_claims(**{claim: None})), S)
+
+
+def test_empty_or_malformed_claims_are_refused() -> None:
+    with pytest.raises(AuthError, match="missing claim roles"):
+        verify_token(_sign(_claims(roles=[])), S)
+    with pytest.raises(AuthError, match="missing claim roles"):
+        verify_token(_sign(_claims(roles="admin")), S)
+    with pytest.raises(AuthError, match="missing claim sub"):
+        verify_token(_sign(_claims(sub="")), S)
+    with pytest.raises(AuthError, match="malformed"):
+        verify_token("a.b", S)
+    with pytest.raises(AuthError, match="empty"):
+        verify_token("", S)
+
+
+def test_unknown_role_is_refused() -> None:
+    with pytest.raises(AuthError, match="unknown role superuser"):
+        verify_token(_sign(_claims(roles=["viewer", "superuser"])), S)
+    with pytest.raises(ValueError, match="unknown roles"):
+        mint_token(subject="a", tenant="*", roles=["root"], settings=S)
+
+
+def test_role_implication() -> None:
+    def ident(*roles: str) -> Identity:
+        return Identity("x", "*", frozenset(roles))
+
+    assert ident("admin").has_role("viewer") and ident("admin").has_role("tenant_viewer")
+    assert ident("service").has_role("admin", "noc_operator")
+    assert ident("noc_operator").has_role("viewer")
+    assert not ident("noc_operator").has_role("admin")
+    assert not ident("viewer").has_role("noc_operator")
+    assert not ident("tenant_viewer").has_role("viewer")
+    assert ident("tenant_viewer").has_role("viewer", "tenant_viewer")
+    assert ident("noc_operator").effective_roles == {"noc_operator", "viewer"}
+
+
+def test_current_identity_and_require_role() -> None:
+    with pytest.raises(Unauthenticated):
+        auth.current_identity()
+    with auth.acting_as(Identity("bob", "airtel", frozenset({"tenant_viewer"}))) as me:
+        assert auth.current_identity() is me
+        assert auth.require_role("tenant_viewer", "viewer") is me
+        with pytest.raises(PermissionDenied, match="requires role admin"):
+            auth.require_role("admin")
+    with pytest.raises(Unauthenticated):
+        auth.current_identity()
+
+
+def test_service_token_is_cached_and_staff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh.config import reset_settings
+
+    reset_settings()
+    try:
+        t1 = auth.service_token("kpi")
+        assert auth.service_token("kpi") == t1
+        ident = verify_token(t1)
+        assert ident.subject == "service:kpi" and ident.is_staff and ident.roles == {"service"}
+    finally:
+        reset_settings()
+
+
+def test_authenticator_caches_good_tokens_only_until_expiry() -> None:
+    a = auth.Authenticator(S)
+    token = mint_token(subject="alice", tenant="*", roles=["viewer"], settings=S)
+    assert a.verify(token) is a.verify(token)
+    with pytest.raises(AuthError):
+        a.verify(token + "x")
+    expired = mint_token(subject="alice", tenant="*", roles=["viewer"], ttl_s=-60, settings=S)
+    with pytest.raises(AuthError, match="expired"):
+        a.verify(expired)
+
+
+def test_bearer_parsing() -> None:
+    assert auth.bearer_token("Bearer abc") == "abc"
+    assert auth.bearer_token("bearer  abc ") == "abc"
+    assert auth.bearer_token("Basic abc") == ""
+    assert auth.bearer_token("abc") == ""
