@@ -73,6 +73,17 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     visible = await _list_sites(sites_target, recorded["tokens"]["tenant_viewer"])
     assert visible and len(visible) < 12 and all("safaricom" in s.tenant_ids for s in visible)
 
+    # With the gateway in the build, the printed curl works too.
+    if "gateway" in recorded["processes"]:
+        import httpx
+
+        gateway = f"http://127.0.0.1:{t.port('gateway')}"
+        assert recorded["gateway_url"] == gateway and "curl -H" in up.stdout
+        async with httpx.AsyncClient(timeout=10) as http:
+            reply = await http.get(f"{gateway}/api/v1/sites/{sites[0].id}",
+                                   headers={"Authorization": f"Bearer {recorded['tokens']['admin']}"})
+        assert reply.status_code == 200 and reply.json()["id"] == sites[0].id
+
     # Seeding again creates nothing new (and, with no port in the environment, finds the running
     # stack's Sites endpoint in stack.json).
     again = t.run("seed", "--sites", "12", without=("TOWERCO_SITES_PORT",))
