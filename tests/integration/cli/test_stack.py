@@ -41,7 +41,7 @@ async def _list_sites(target: str, token: str) -> list[sites_pb2.Site]:
 
 async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedded) -> None:
     t = towerco_embedded
-    up = t.run("up", "-d", "--sites", "12", "--timeout", "90")
+    up = t.run("up", "-d", "--sites", "12", "--no-simulate", "--timeout", "90")
     assert up.returncode == 0, up.stdout + up.stderr
     sites_target = f"127.0.0.1:{t.port('sites')}"
     assert sites_target in up.stdout and "grpcurl" in up.stdout and "admin (all tenants): ey" in up.stdout
@@ -105,7 +105,7 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     assert t.run("status").returncode == 3
 
     # Up again: the same embedded ports and the same data.
-    restart = t.run("up", "-d", "--no-seed", "--timeout", "90")
+    restart = t.run("up", "-d", "--no-seed", "--no-simulate", "--timeout", "90")
     assert restart.returncode == 0, restart.stdout + restart.stderr
     recorded = json.loads((t.home / "stack.json").read_text())
     assert recorded["embedded"]["postgres"]["port"] == pg_port
@@ -161,7 +161,7 @@ def test_supervisor_restarts_a_killed_child_and_ctrl_c_stops_everything(towerco_
 @pytest.mark.slow
 def test_down_cleans_up_after_a_killed_supervisor(towerco_external) -> None:
     t = towerco_external
-    up = t.run("up", "-d", "--no-seed", "--timeout", "90")
+    up = t.run("up", "-d", "--no-seed", "--no-simulate", "--timeout", "90")
     assert up.returncode == 0, up.stdout + up.stderr
     recorded = state.read_stack(t.home)
     supervisor, child = recorded["supervisor_pid"], recorded["processes"]["sites"]["pid"]
