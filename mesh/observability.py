@@ -1,8 +1,8 @@
 """Logs, metrics and traces for every server process.
 
 - Logs: structlog, one JSON object per line on stdout with timestamp, level, event, the service
-  name, every contextvar bound with structlog.contextvars, and trace_id/span_id when an
-  OpenTelemetry span is active. Level from settings.log_level. Standard-library loggers (grpc,
+  name, every contextvar bound with structlog.contextvars, and trace_id/span_id when tracing is
+  on and an OpenTelemetry span is active. Level from settings.log_level. Standard-library loggers (grpc,
   asyncio, asyncpg, nats) are rendered the same way.
 - Metrics: prometheus_client in the default registry; `await start_metrics_server(port)` serves
   /metrics from the event loop (port 0 takes a free port; the real one is returned).
@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
+from opentelemetry import trace as _otel_trace
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from mesh.config import Settings
@@ -90,7 +91,7 @@ async def start_metrics_server(port: int, host: str = "127.0.0.1") -> tuple[int,
 
 
 def _trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    if "trace_id" not in event:
+    if _tracer_provider is not None and "trace_id" not in event:
         ids = current_trace_ids()
         if ids is not None:
             event["trace_id"], event["span_id"] = ids
@@ -138,7 +139,6 @@ def configure_logging(settings: Settings, service: str = "") -> None:
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.StackInfoRenderer(),
             structlog.processors.dict_tracebacks,
             _json,
         ],
@@ -176,11 +176,7 @@ _tracer_provider: Any = None
 
 def current_trace_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) in hex of the active span, or None."""
-    try:
-        from opentelemetry import trace
-    except ImportError:  # pragma: no cover
-        return None
-    ctx = trace.get_current_span().get_span_context()
+    ctx = _otel_trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
