@@ -123,7 +123,7 @@ async def test_unexpected_exception_is_internal_without_internals(mesh_server: M
     everything = err.value.details() + repr(err.value.trailing_metadata()) + repr(err.value.debug_error_string())
     assert "hunter2" not in everything and "RuntimeError" not in everything and "Traceback" not in everything
     # ...but the server log has it, with the traceback, under the same correlation id.
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"')]
     failure = [x for x in lines if x["event"] == "grpc.unhandled_exception"]
     assert failure and failure[0]["correlation_id"] == "boom-corr"
     assert "hunter2" in json.dumps(failure[0]["exception"])
@@ -165,7 +165,7 @@ async def test_expired_deadline_never_runs_the_handler(capsys) -> None:
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await asyncio.sleep(0.2)  # the server side finishes after the client gave up
         assert calls.names == []
-        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"')]
         guarded = [x for x in lines if x["event"] == "grpc.call" and x["method"].endswith("/ListSites")]
         assert [x["code"] for x in guarded] == ["DEADLINE_EXCEEDED"]  # refused by the guard, not cancelled
     finally:
@@ -272,7 +272,7 @@ async def test_access_log_line_per_call(mesh_server: MeshServer, capsys) -> None
     await mesh_server.sites.ListSites(
         sites_pb2.ListSitesRequest(), metadata=mesh_server.md("viewer", tenant="airtel", **{"x-correlation-id": "c-77"})
     )
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"')]
     calls = [x for x in lines if x["event"] == "grpc.call"]
     assert len(calls) == 1
     line = calls[0]
@@ -366,3 +366,27 @@ async def test_reflection_lists_services_without_token(mesh_server: MeshServer) 
     out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, err.decode()
     assert "rpc GetSite" in out.decode()
+
+
+async def test_tracing_puts_trace_ids_in_the_access_log(capsys) -> None:
+    from mesh import auth
+    from mesh.config import Settings
+
+    settings = Settings(otel_exporter="console")
+    running = await start_mesh_server(settings, Calls(), metrics_port=-1)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        from towerco.sites.v1 import sites_pb2_grpc
+
+        token = auth.mint_token(subject="bob", tenant="*", roles=["viewer"], settings=settings)
+        await sites_pb2_grpc.SitesServiceStub(channel).GetSite(
+            sites_pb2.GetSiteRequest(site_id="NBO-0001"), metadata=(("authorization", f"Bearer {token}"),)
+        )
+    finally:
+        await channel.close()
+        await running.stop(grace=0.5, drain_s=0)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"')]
+    call = [x for x in lines if x.get("event") == "grpc.call"]
+    assert len(call) == 1
+    assert len(call[0]["trace_id"]) == 32 and int(call[0]["trace_id"], 16) != 0
+    assert len(call[0]["span_id"]) == 16
