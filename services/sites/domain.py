@@ -303,8 +303,21 @@ def check_site(row: Mapping[str, Any], *, prefix: str = "site", creating: bool =
         v.append((f"{prefix}.name", "is required"))
     if not str(row.get("region", "")).strip():
         v.append((f"{prefix}.region", "is required"))
+    if row.get("status") == "unspecified":
+        v.append((f"{prefix}.status", "cannot be unset"))
     if v:
         raise Invalid(v)
+
+
+def check_bbox(south: float, west: float, north: float, east: float, *, prefix: str = "bbox") -> None:
+    """South must not be north of north. West > east is allowed: the box crosses the antimeridian."""
+    if south > north:
+        raise Invalid([(f"{prefix}.north_east.latitude", "must be at least south_west.latitude")])
+
+
+def check_range(start: datetime | None, end: datetime | None, *, prefix: str = "range") -> None:
+    if start is not None and end is not None and not end > start:
+        raise Invalid([(f"{prefix}.end_time", "must be after start_time")])
 
 
 def default_site_status(status: str) -> str:

@@ -174,6 +174,18 @@ def test_site_tenant_tenancy_invariants():
     with pytest.raises(d.Invalid) as band:
         d.check_tenancy({"dc_voltage_min_v": 60, "dc_voltage_max_v": 43})
     assert band.value.violations[0][0] == "tenancy.dc_voltage_max_v"
+    with pytest.raises(d.Invalid) as unset:
+        d.check_site({"name": "A", "region": "r", "status": "unspecified"})
+    assert unset.value.violations[0][0] == "site.status"
+    d.check_bbox(-1, 179, 1, -179)  # across the antimeridian is fine
+    with pytest.raises(d.Invalid) as box:
+        d.check_bbox(1, 0, -1, 1)
+    assert box.value.violations[0][0] == "bbox.north_east.latitude"
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    d.check_range(t, None)
+    with pytest.raises(d.Invalid) as rng:
+        d.check_range(t, t)
+    assert rng.value.violations[0][0] == "range.end_time"
     assert d.default_site_status("unspecified") == "active"
     assert d.default_site_status("planned") == "planned"
 
