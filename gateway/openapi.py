@@ -11,6 +11,7 @@ descriptions. Errors are the google.rpc.Status JSON the gateway returns.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ _UINT64_PATTERN = "^[0-9]+$"
 _DURATION_PATTERN = r"^-?[0-9]+(\.[0-9]{1,9})?s$"
 _FLOAT_SPECIAL = {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}
 MAX_QUERY_DEPTH = 3
+_PARAM = re.compile(r"\{([^}]+)\}")
 
 
 def load_comments(path: Path | None = None) -> dict[str, str]:
@@ -274,8 +276,10 @@ class Builder:
             schema = self.scalar(chain[-1])
             if var.multi or route.template.variable_pattern(var) not in ("*",):
                 schema = {"type": "string", "description": f"matches {route.template.variable_pattern(var)}"}
-            param = {"name": var.field_path, "in": "path", "required": True, "schema": schema}
-            desc = self.comments.get(chain[-1].full_name)
+            param = {"name": var.param_name, "in": "path", "required": True, "schema": schema}
+            desc = self.comments.get(chain[-1].full_name, "")
+            if var.param_name != var.field_path:
+                desc = f"{desc} (field `{var.field_path}`)".strip()
             if desc:
                 param["description"] = desc
             params.append(param)
@@ -313,7 +317,7 @@ class Builder:
                 "over WebSocket sends `{\"result\": ...}`, `{\"heartbeat\": ...}` and `{\"error\": ...}` frames."
             )
             op["x-server-streaming"] = True
-            op["responses"] = {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string"}, "itemSchema": item}}}}
+            op["responses"] = {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string", "description": f"Server-Sent Events; each `data:` is one {m.output_type.name} (see x-item-schema)."}, "x-item-schema": item}}}}
         else:
             if route.response_body:
                 schema = self.field(m.output_type.fields_by_name[route.response_body])
@@ -341,13 +345,25 @@ def build(routes: list[Route], *, title: str = "Towerco AIOps API", version: str
     b = Builder(load_comments())
     paths: dict[str, dict[str, Any]] = {}
     tags: dict[str, dict[str, str]] = {}
+    canonical: dict[str, str] = {}  # "/a/{}/b" -> the first path string rendered for it
     for route in sorted(routes, key=lambda r: (r.template.openapi_path(), r.http_method)):
         path = route.template.openapi_path()
+        op = b.operation(route)
+        key = _PARAM.sub("{}", path)
+        first = canonical.setdefault(key, path)
+        if first != path:
+            # the same URL shape with other variable names (e.g. {site_id} and {tenancy_site_id}):
+            # OpenAPI treats them as one path, so rename this operation's path parameters
+            renames = dict(zip(_PARAM.findall(path), _PARAM.findall(first), strict=True))
+            for param in op["parameters"]:
+                if param.get("in") == "path" and param["name"] in renames:
+                    param["name"] = renames[param["name"]]
+            path = first
         ops = paths.setdefault(path, {})
         method = route.http_method.lower()
         if method in ops:  # two templates render alike (wildcard patterns); keep the first
             continue
-        ops[method] = b.operation(route)
+        ops[method] = op
         svc = route.service
         tags.setdefault(svc.name, {"name": svc.name, "description": b.comments.get(svc.full_name, "")})
     error_schema = {
@@ -387,7 +403,7 @@ def build(routes: list[Route], *, title: str = "Towerco AIOps API", version: str
             "responses": responses,
             "parameters": {
                 "XRequestTimeout": {"name": "X-Request-Timeout", "in": "header", "required": False,
-                                    "schema": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s)?$"},
+                                    "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,2}(\.[0-9]{1,3})?s?$"},
                                     "description": "Deadline for this request: seconds (\"2.5\", \"2.5s\") or \"800ms\"; default 10 s."},
                 "XCorrelationId": {"name": "X-Correlation-ID", "in": "header", "required": False,
                                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},

@@ -39,6 +39,11 @@ class Variable:
     end: int  # exclusive
     multi: bool  # spans more than one segment or uses **
 
+    @property
+    def param_name(self) -> str:
+        """The OpenAPI parameter name: "site.id" -> "site_id"."""
+        return self.field_path.replace(".", "_")
+
 
 @dataclass
 class Template:
@@ -101,14 +106,15 @@ class Template:
         return out
 
     def openapi_path(self) -> str:
-        """The path in OpenAPI form: each variable as {field.path}, wildcards outside as-is."""
+        """The path in OpenAPI form: each variable as {field_path} (dots become underscores, since
+        many OpenAPI tools read "{a.b}" as attribute access), wildcards outside as-is."""
         out: list[str] = []
         i = 0
         starts = {v.start: v for v in self.variables}
         while i < len(self.segments):
             var = starts.get(i)
             if var is not None:
-                out.append("{" + var.field_path + "}")
+                out.append("{" + var.param_name + "}")
                 i = var.end
                 continue
             kind, text = self.segments[i]
