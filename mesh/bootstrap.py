@@ -34,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mesh.config import Settings, get_settings
 from mesh.interceptors import server_interceptors
-from mesh.observability import configure_logging, get_logger, shutdown_tracing, start_metrics_server
+from mesh.observability import configure_logging, get_logger, serve_metrics, shutdown_tracing
 
 DRAIN_S = 0.5  # time between health NOT_SERVING and refusing new calls
 
@@ -220,7 +220,7 @@ async def start(
             metrics_port = bound + 2000 if port is None or port != 0 else 0
         if metrics_port >= 0:
             try:
-                real_metrics, stop_metrics = await start_metrics_server(metrics_port, settings.host)
+                real_metrics, stop_metrics = await serve_metrics(metrics_port, settings.host)
             except OSError as exc:
                 log.warning("metrics.unavailable", port=metrics_port, error=str(exc))
         running = RunningServer(

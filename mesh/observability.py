@@ -4,8 +4,9 @@
   name, every contextvar bound with structlog.contextvars, and trace_id/span_id when tracing is
   on and an OpenTelemetry span is active. Level from settings.log_level. Standard-library loggers (grpc,
   asyncio, asyncpg, nats) are rendered the same way.
-- Metrics: prometheus_client in the default registry; `await start_metrics_server(port)` serves
-  /metrics from the event loop (port 0 takes a free port; the real one is returned).
+- Metrics: prometheus_client in the default registry; `await serve_metrics(port)` serves /metrics
+  from the event loop (servers), `start_metrics_server(port)` from a daemon thread (workers);
+  port 0 takes a free port and the real one is returned.
 - Traces: OpenTelemetry, off unless settings.otel_exporter is "console" or "otlp";
   `setup_tracing` then returns the grpc aio server interceptor to put first in the chain.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,7 +48,33 @@ GRPC_IN_FLIGHT = Gauge(
 )
 
 
-async def start_metrics_server(port: int, host: str = "127.0.0.1") -> tuple[int, Callable[[], Awaitable[None]]]:
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> tuple[int, Callable[[], None]]:
+    """Serve /metrics from a daemon thread (for processes without a loop at hand, e.g. workers).
+
+    Port 0 takes a free port. Returns the bound port and a function that stops serving (quickly).
+    """
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            pass
+
+    httpd = make_server(host, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="metrics-http", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=2)
+
+    return int(httpd.server_port), stop
+
+
+async def serve_metrics(port: int, host: str = "127.0.0.1") -> tuple[int, Callable[[], Awaitable[None]]]:
     """Serve Prometheus text on GET /metrics at (host, port) from the running event loop.
 
     Port 0 takes a free port. Returns the bound port and an async function that stops serving.
