@@ -8,49 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from sites_support import detail, fails, fields, new_site, ts
 from towerco.sites.v1 import sites_pb2 as pb
 
-from mesh.errors import unpack_details, violations_of
-
-
-async def fails(call, code: grpc.StatusCode):
-    """Await a call that must fail with `code`; return its google.rpc.Status (from the trailer)."""
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, (err.value.code(), err.value.details())
-    status = rpc_status.from_call(err.value)
-    assert status is not None, "no grpc-status-details-bin trailer"
-    return status
-
-
-def fields(status) -> list[str]:
-    return [v.field for v in violations_of(status)]
-
-
-def detail(status, kind):
-    found = [m for m in unpack_details(status) if isinstance(m, kind)]
-    assert found, f"no {kind.__name__} in {status}"
-    return found[0]
-
-
-def ts(dt: datetime) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromDatetime(dt)
-    return t
-
-
-def new_site(site_id: str, region: str = "nairobi", **kw) -> pb.Site:
-    site = pb.Site(id=site_id, name=f"Site {site_id}", region=region,
-                   location={"latitude": kw.pop("lat", -1.28), "longitude": kw.pop("lon", 36.82)},
-                   type=pb.SITE_TYPE_GREENFIELD,
-                   power=pb.PowerConfig(grid=pb.GRID_CONNECTION_THREE_PHASE, dg_capacity_kva=20, fuel_tank_l=500,
-                                        battery_bank_ah=400, battery_voltage_v=48, rectifier_capacity_kw=12))
-    for k, v in kw.items():
-        setattr(site, k, v)
-    return site
+from mesh.errors import violations_of
 
 
 class World:
