@@ -119,6 +119,30 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(service_names: list[str], server: grpc.aio.Server) -> None:
+    """Server reflection under both names clients use: v1alpha (grpcurl <= 1.8) and v1.
+
+    grpcio-reflection ships only v1alpha; v1's messages are identical on the wire (same fields,
+    other package), so the same servicer answers the v1 method too.
+    """
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(REFLECTION_V1, {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        }),
+    ))
+
+
 async def _close_runtime(rt: Runtime) -> None:
     log = get_logger("towerco.bootstrap")
     tasks = list(rt._tasks)
@@ -201,9 +225,7 @@ async def start(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        _enable_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         wanted = settings.port(service) if port is None and service in settings.ports else (port or 0)
         bound = server.add_insecure_port(f"{settings.host}:{wanted}")
         if bound == 0:

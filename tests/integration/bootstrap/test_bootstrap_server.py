@@ -390,3 +390,20 @@ async def test_tracing_puts_trace_ids_in_the_access_log(capsys) -> None:
     assert len(call) == 1
     assert len(call[0]["trace_id"]) == 32 and int(call[0]["trace_id"], 16) != 0
     assert len(call[0]["span_id"]) == 16
+
+
+async def test_reflection_v1_answers_too(mesh_server: MeshServer) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    info = mesh_server.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+
+    async def ask():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    replies = [r async for r in info(ask())]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert "towerco.sites.v1.SitesService" in names
