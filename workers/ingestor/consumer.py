@@ -50,7 +50,7 @@ class Ingestor:
         self.known_days: set = set()
         self.consumer = PullConsumer(
             js, stream=TELEMETRY_STREAM, durable=DURABLE, filter_subject=FILTER, handler=self.handle,
-            batch=self.config.batch, ack_wait=30.0, max_deliver=5, backoff=(1, 5, 30),
+            batch=self.config.batch, ack_wait=self.config.ack_wait_s, max_deliver=5, backoff=(1, 5, 30),
             fetch_timeout=2.0, max_ack_pending=20_000,
         )
         self.written = 0

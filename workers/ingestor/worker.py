@@ -45,8 +45,11 @@ async def serve() -> None:
     if config.metrics_port >= 0:
         port, stop_metrics = start_metrics_server(config.metrics_port, settings.host)
         log.info("metrics on %s:%d", settings.host, port)
+    # synchronous_commit on whatever the server default: a message is acked only after its rows
+    # are durable, so an acked message must never be lost by a database crash.
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=4,
-                                application_name="towerco:ingestor")
+                                application_name="towerco:ingestor",
+                                server_settings={"synchronous_commit": "on"})
     nc = await events.connect(settings.nats_url, name="ingestor")
     try:
         js = nc.jetstream()

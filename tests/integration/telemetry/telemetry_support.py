@@ -145,6 +145,7 @@ class IngestorProcess:
     def __init__(self, stack, log_path: Path) -> None:
         self.env = stack.env()
         self.env["TOWERCO_INGESTOR_BATCH"] = "50"
+        self.env["TOWERCO_INGESTOR_ACK_WAIT_S"] = "2"  # a killed replica's messages come back fast
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
