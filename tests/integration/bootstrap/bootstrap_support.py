@@ -74,6 +74,12 @@ class CannedSites(sites_pb2_grpc.SitesServiceServicer):
     async def WatchChanges(self, request, context):
         self.calls.names.append("WatchChanges")
         auth.require_role("viewer")
+        if request.after_sequence == 300:  # a live feed that never ends
+            seq = 300
+            while True:
+                seq += 1
+                yield sites_pb2.WatchChangesResponse(sequence=seq)
+                await asyncio.sleep(0.02)
         for seq in range(request.after_sequence + 1, request.after_sequence + 4):
             yield sites_pb2.WatchChangesResponse(sequence=seq)
             if request.after_sequence == 100:

@@ -407,3 +407,28 @@ async def test_reflection_v1_answers_too(mesh_server: MeshServer) -> None:
     replies = [r async for r in info(ask())]
     names = {s.name for s in replies[0].list_services_response.service}
     assert "towerco.sites.v1.SitesService" in names
+
+
+async def test_client_cancel_mid_stream_is_counted_and_releases_in_flight(mesh_server: MeshServer) -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"service": "towerco.sites.v1.SitesService", "method": "WatchChanges"}
+
+    def in_flight() -> float:
+        return REGISTRY.get_sample_value("towerco_grpc_server_in_flight", labels) or 0.0
+
+    def cancelled() -> float:
+        return REGISTRY.get_sample_value("towerco_grpc_server_handled_total", {**labels, "code": "CANCELLED"}) or 0.0
+
+    before = cancelled()
+    call = mesh_server.sites.WatchChanges(sites_pb2.WatchChangesRequest(after_sequence=300),
+                                          metadata=mesh_server.md("viewer"))
+    assert (await call.read()).sequence == 301
+    assert in_flight() == 1
+    call.cancel()
+    for _ in range(100):
+        if in_flight() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert in_flight() == 0
+    assert cancelled() == before + 1
