@@ -370,7 +370,7 @@ class MeshServerInterceptor(AsyncServerInterceptor):
                 method.in_flight.inc()
                 try:
                     admit(call, context)
-                    requests = validated_stream(request_iterator) if self.validate else request_iterator
+                    requests = validated_stream(request_iterator) if check else request_iterator
                     response = inner_su(requests, context)
                     if hasattr(response, "__await__"):
                         response = await response
@@ -391,7 +391,7 @@ class MeshServerInterceptor(AsyncServerInterceptor):
             method.in_flight.inc()
             try:
                 admit(call, context)
-                requests = validated_stream(request_iterator) if self.validate else request_iterator
+                requests = validated_stream(request_iterator) if check else request_iterator
                 result = inner_ss(requests, context)
                 if hasattr(result, "__aiter__"):
                     async for item in result:
