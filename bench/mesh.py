@@ -1,0 +1,260 @@
+"""The cost of the mesh: unary GetSite through the full server interceptor chain vs. the same
+servicer on a bare grpc.aio server, plus the fail-fast latency of an open circuit breaker.
+
+    make bench-mesh            (python -m bench.mesh [--seconds 10] [--passes 3] [--concurrency 16])
+
+Both servers run in this process on their own embedded PostgreSQL + NATS (free ports, temporary
+data) and share one asyncpg pool; GetSite is served from PostgreSQL by services.sites.store.
+"mesh" is mesh.bootstrap.start("sites", ...) - auth (JWT verify), validation, exception mapping,
+metrics, access log, deadline guard. "bare" is grpc.aio.server() with no interceptor at all, whose
+servicer only sets a fixed caller identity (the auth interceptor's job) before the same handler.
+
+The load comes from ONE separate process (multiprocessing, spawn) with the same client code, the
+same token header and the same concurrency for both targets; passes are interleaved (bare, mesh,
+mesh, bare, ...) so drift on a shared machine hits both. Figures: requests per second over all
+passes, p50/p99 latency, throughput ratio mesh/bare (target >= 0.85), and the open breaker's
+fail-fast p50/p99 (target p99 <= 1 ms) from bench.breaker.measure_open_breaker_failfast().
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SITES = 200
+
+
+# ---------------------------------------------------------------------------------------------
+# load generator (runs in a child process; imports only grpc and the generated stubs)
+
+
+def _loadgen(target: str, token: str, seconds: float, concurrency: int, site_ids: list[str], out) -> None:
+    import grpc
+    from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
+
+    async def run() -> dict[str, Any]:
+        channel = grpc.aio.insecure_channel(target)
+        stub = sites_pb2_grpc.SitesServiceStub(channel)
+        md = (("authorization", f"Bearer {token}"),)
+        for sid in site_ids[:50]:  # warm-up: connection, statement caches
+            await stub.GetSite(sites_pb2.GetSiteRequest(site_id=sid), metadata=md, timeout=10)
+        latencies: list[int] = []
+        errors = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < stop_at:
+                req = sites_pb2.GetSiteRequest(site_id=site_ids[i % len(site_ids)])
+                i += concurrency
+                t0 = time.perf_counter_ns()
+                try:
+                    await stub.GetSite(req, metadata=md, timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter_ns() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        await channel.close()
+        latencies.sort()
+        n = len(latencies)
+        return {
+            "n": n,
+            "errors": errors,
+            "seconds": elapsed,
+            "rps": n / elapsed if elapsed else 0.0,
+            "p50_ms": latencies[n // 2] / 1e6 if n else 0.0,
+            "p99_ms": latencies[min(n - 1, int(n * 0.99))] / 1e6 if n else 0.0,
+        }
+
+    out.send(asyncio.run(run()))
+    out.close()
+
+
+async def _load(target: str, token: str, seconds: float, concurrency: int, site_ids: list[str]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_loadgen, args=(target, token, seconds, concurrency, site_ids, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        return await asyncio.to_thread(parent.recv)
+    finally:
+        await asyncio.to_thread(proc.join, 30)
+
+
+# ---------------------------------------------------------------------------------------------
+# servers
+
+
+async def _seed(pool, n: int) -> list[str]:
+    from services.sites import store
+
+    ids = [f"BENCH-{i:04d}" for i in range(n)]
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM sites.sites WHERE id LIKE 'BENCH-%'")
+        await conn.execute("INSERT INTO sites.tenants (id, name) VALUES ('bench-op', 'Bench') ON CONFLICT DO NOTHING")
+        for i, sid in enumerate(ids):
+            await store.create_site(conn, row={
+                "id": sid, "name": f"Bench site {i}", "region": "bench", "latitude": -1.0 + i / 1000,
+                "longitude": 36.0, "type": "greenfield", "status": "active", "grid": "three_phase",
+                "dg_capacity_kva": 20.0, "fuel_tank_l": 500.0, "battery_bank_ah": 400.0, "battery_voltage_v": 48.0,
+                "solar_kwp": 0.0, "rectifier_capacity_kw": 12.0, "dg_start_delay_s": 30.0})
+            await conn.execute("INSERT INTO sites.tenancies (site_id, tenant_id) VALUES ($1, 'bench-op')", sid)
+    return ids
+
+
+async def _bare_server(pool, secret: str):
+    import grpc
+    from towerco.sites.v1 import sites_pb2_grpc
+
+    from mesh import auth
+    from services.sites.servicer import SitesServicer
+
+    identity = auth.Identity(subject="bench", tenant="*", roles=frozenset({"viewer"}))
+
+    class Bare(SitesServicer):
+        async def GetSite(self, request, context):  # the only stage the handler cannot do without
+            token = auth.set_identity(identity)
+            try:
+                return await super().GetSite(request, context)
+            finally:
+                auth.reset_identity(token)
+
+    server = grpc.aio.server()
+    sites_pb2_grpc.add_SitesServiceServicer_to_server(Bare(pool, page_secret=secret), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))] if values else 0.0
+
+
+async def run(seconds: float, passes: int, concurrency: int, failfast_n: int) -> dict[str, Any]:
+    from mesh.embedded import EmbeddedNats, EmbeddedPostgres
+
+    tmp = Path(tempfile.mkdtemp(prefix="towerco-bench-mesh-"))
+    pg = EmbeddedPostgres(tmp / "pg", fast=True).start()
+    nats_server = EmbeddedNats(tmp / "nats").start()
+    os.environ["DATABASE_URL"] = pg.url
+    os.environ["NATS_URL"] = nats_server.url
+    # The servers log as configured (info: one access-log line per call, rendered and written),
+    # into a file so that the table stays readable; the table goes to the real stdout.
+    real_stdout = sys.stdout
+    log_file = (tmp / "server.log").open("w")  # closed in finally
+
+    def say(line: str) -> None:
+        real_stdout.write(line + "\n")
+        real_stdout.flush()
+
+    sys.stdout = log_file
+    running = bare = None
+    try:
+        from mesh import bootstrap
+        from mesh.auth import mint_token
+        from mesh.config import Settings, reset_settings
+        from services.sites.server import setup
+
+        reset_settings()
+        settings = Settings.from_env()
+        running = await bootstrap.start("sites", setup, port=0, metrics_port=-1, settings=settings)
+        site_ids = await _seed(running.runtime.pool, SITES)
+        bare, bare_port = await _bare_server(running.runtime.pool, settings.jwt_secret)
+        token = mint_token(subject="bench", tenant="*", roles=["viewer"], settings=settings)
+        targets = {"bare": f"127.0.0.1:{bare_port}", "mesh": f"127.0.0.1:{running.port}"}
+
+        results: dict[str, list[dict[str, Any]]] = {"bare": [], "mesh": []}
+        say(f"GetSite from PostgreSQL, {concurrency} concurrent clients in one load process, "
+              f"{seconds:.0f} s per run, {passes} interleaved passes")
+        say(f"{'pass':>4} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        for p in range(passes):
+            order = ("bare", "mesh") if p % 2 == 0 else ("mesh", "bare")
+            for name in order:
+                r = await _load(targets[name], token, seconds, concurrency, site_ids)
+                results[name].append(r)
+                say(f"{p + 1:>4} {name:>6} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6}")
+
+        def total(name: str) -> dict[str, float]:
+            rs = results[name]
+            n = sum(r["n"] for r in rs)
+            secs = sum(r["seconds"] for r in rs)
+            return {"rps": n / secs if secs else 0.0, "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+
+        b, m = total("bare"), total("mesh")
+        ratio = m["rps"] / b["rps"] if b["rps"] else 0.0
+        say(f"{'all':>4} {'bare':>6} {b['rps']:>9.0f} {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f} {b['errors']:>6}")
+        say(f"{'all':>4} {'mesh':>6} {m['rps']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}")
+        say(f"throughput ratio mesh/bare = {ratio:.3f} (target >= 0.85)")
+    finally:
+        if bare is not None:
+            await bare.stop(0)
+        if running is not None:
+            await running.stop(grace=1.0, drain_s=0)
+        nats_server.stop()
+        pg.stop(mode="immediate")
+        sys.stdout = real_stdout
+        log_file.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    from bench.breaker import measure_open_breaker_failfast
+
+    ff = await measure_open_breaker_failfast(failfast_n)
+    print(f"open breaker fail-fast: p50 {ff['p50_us']:.1f} us, p99 {ff['p99_us']:.1f} us over {ff['n']} calls "
+          f"(target p99 <= 1000 us)")
+    figures = {
+        "bench": "mesh",
+        "seconds_per_run": seconds,
+        "passes": passes,
+        "concurrency": concurrency,
+        "bare_rps": round(b["rps"], 1),
+        "mesh_rps": round(m["rps"], 1),
+        "throughput_ratio": round(ratio, 3),
+        "throughput_ratio_target": 0.85,
+        "bare_p50_ms": round(b["p50_ms"], 3),
+        "bare_p99_ms": round(b["p99_ms"], 3),
+        "mesh_p50_ms": round(m["p50_ms"], 3),
+        "mesh_p99_ms": round(m["p99_ms"], 3),
+        "errors": int(b["errors"] + m["errors"]),
+        "breaker_failfast_p50_us": ff["p50_us"],
+        "breaker_failfast_p99_us": ff["p99_us"],
+        "breaker_failfast_p99_target_us": 1000,
+    }
+    print(json.dumps(figures))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "10")))
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--failfast-calls", type=int, default=5000)
+    args = ap.parse_args(argv)
+    asyncio.run(run(args.seconds, args.passes, args.concurrency, args.failfast_calls))
+
+
+if __name__ == "__main__":
+    main()
