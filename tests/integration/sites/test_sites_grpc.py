@@ -230,6 +230,11 @@ async def test_calendar_windows(sites, world):
         category=pb.WINDOW_CATEGORY_FORCE_MAJEURE)), metadata=noc)).window
     listed = (await st.ListWindows(pb.ListWindowsRequest(site_id=w.s2), metadata=noc)).windows
     assert [x.id for x in listed] == [created.id, second.id]
+    page1 = await st.ListWindows(pb.ListWindowsRequest(site_id=w.s2, page={"size": 1}), metadata=noc)
+    page2 = await st.ListWindows(pb.ListWindowsRequest(site_id=w.s2, page={"size": 1, "token": page1.page.next_token}),
+                                 metadata=noc)
+    assert [x.id for x in [*page1.windows, *page2.windows]] == [created.id, second.id]
+    assert not page2.page.next_token
     in_range = (await st.ListWindows(pb.ListWindowsRequest(site_id=w.s2, range={
         "start_time": ts(t0 + timedelta(hours=7)), "end_time": ts(t0 + timedelta(days=3))}), metadata=noc)).windows
     assert [x.id for x in in_range] == [second.id]
