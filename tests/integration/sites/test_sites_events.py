@@ -96,6 +96,14 @@ async def test_grpcurl_lists_describes_and_calls(sites, uniq):
     assert body["site"]["id"] == sid and body["site"]["type"] == "SITE_TYPE_GREENFIELD"
     power = body["site"]["power"]
     assert power.get("battery_voltage_v", power.get("batteryVoltageV")) == 48
+    # a PATCH with a field mask (grpcurl takes the FieldMask as an object with paths)
+    admin = sites.token("admin")
+    code, out, err = await _grpcurl("-plaintext", "-H", f"authorization: Bearer {admin}", "-d", json.dumps(
+        {"site": {"id": sid, "name": "ignored", "power": {"solar_kwp": 3}}, "update_mask": {"paths": ["power.solar_kwp"]}}),
+        sites.target, "towerco.sites.v1.SitesService/UpdateSite")
+    assert code == 0, err
+    body = json.loads(out)
+    assert body["site"]["name"] == f"Site {sid}" and body["site"]["power"]["solar_kwp"] == 3
     # without a token: UNAUTHENTICATED, reported by grpcurl
     code, out, err = await _grpcurl("-plaintext", "-d", json.dumps({"site_id": sid}), sites.target,
                                     "towerco.sites.v1.SitesService/GetSite")
