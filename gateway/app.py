@@ -99,6 +99,7 @@ class Gateway:
         self.cors = edge.Cors(self.config.cors_origins)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
+        self._breakers: dict[str, Any] = {}
         self._ready: tuple[float, int, dict[str, str]] | None = None
         self._openapi: bytes | None = None
         self.inner = self._build_inner()
@@ -117,13 +118,37 @@ class Gateway:
             ) from None
 
     def channel(self, upstream: str) -> grpc.aio.Channel:
+        """The upstream channel: the sdk's channel options (retry service config, message size,
+        keepalive) without its Python interceptor chain, which costs more per call than the rest
+        of the gateway together. The gateway sets token, correlation id and deadline on each
+        call itself and applies the sdk's process-wide circuit breaker of the target directly
+        (see `call`), so the behaviour is the mesh's, at a fraction of the cost."""
         ch = self._channels.get(upstream)
         if ch is None:
-            from sdk.channel import create_channel
+            from sdk.retry import retry_options
 
-            ch = create_channel(self.target(upstream), breaker=self.config.breaker, max_message_bytes=self.settings.max_message_bytes)
+            services = [s for s in self.services if routes.short_name(s) == upstream]
+            opts = [
+                ("grpc.max_send_message_length", self.settings.max_message_bytes),
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.keepalive_time_ms", 300_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                *retry_options(services),
+            ]
+            ch = grpc.aio.insecure_channel(self.target(upstream), options=opts)
             self._channels[upstream] = ch
         return ch
+
+    def breaker(self, upstream: str):
+        """The sdk's process-wide circuit breaker of the upstream target (None when off)."""
+        if not self.config.breaker:
+            return None
+        cb = self._breakers.get(upstream)
+        if cb is None:
+            from sdk.breaker import breaker_for
+
+            cb = self._breakers[upstream] = breaker_for(self.target(upstream))
+        return cb
 
     def unary(self, route: routes.Route):
         key = route.grpc_path
@@ -138,6 +163,24 @@ class Gateway:
             )
             self._stubs[key] = stub
         return stub
+
+    async def call(self, route: routes.Route, msg, call: Call):
+        """One unary upstream call through the breaker (raises grpc.RpcError)."""
+        stub = self.unary(route)
+        cb = self.breaker(route.upstream)
+        if cb is None:
+            return await stub(msg, timeout=call.timeout, metadata=call.metadata())
+        permit = cb.acquire()  # raises CircuitOpenError (UNAVAILABLE) when open
+        try:
+            resp = await stub(msg, timeout=call.timeout, metadata=call.metadata())
+        except grpc.aio.AioRpcError as exc:
+            cb.record(permit, exc.code(), cb.elapsed(permit))
+            raise
+        except BaseException:
+            cb.release(permit)
+            raise
+        cb.record(permit, grpc.StatusCode.OK, cb.elapsed(permit))
+        return resp
 
     async def aclose(self) -> None:
         channels, self._channels, self._stubs = self._channels, {}, {}
@@ -239,7 +282,7 @@ class Gateway:
         if route.server_streaming:
             return await self.live.sse(call, route, msg, receive, send)
         try:
-            resp = await self.unary(route)(msg, timeout=call.timeout, metadata=call.metadata())
+            resp = await self.call(route, msg, call)
         except grpc.RpcError as exc:
             err = errors.from_rpc_error(exc, correlation_id=call.cid)
             if err.status >= 500:

@@ -70,15 +70,34 @@ def _now() -> str:
 class _Pump:
     """Reads the upstream stream into a bounded queue; overflow marks the client slow."""
 
-    def __init__(self, call: Any, size: int):
+    def __init__(self, call: Any, size: int, breaker: Any = None, permit: Any = None):
         self.call = call
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
         self.overflow = asyncio.Event()
+        self._breaker, self._permit = breaker, permit
         self.task = asyncio.ensure_future(self._run())
+
+    def _verdict(self, code: grpc.StatusCode | None) -> None:
+        """Tell the breaker once: OK at the first message, else the code the stream ended with."""
+        cb, permit = self._breaker, self._permit
+        if cb is None:
+            return
+        self._breaker = None
+        if code is None:
+            cb.release(permit)
+        else:
+            cb.record(permit, code, None)
 
     async def _run(self) -> None:
         try:
+            await self._pump()
+        finally:
+            self._verdict(None)
+
+    async def _pump(self) -> None:
+        try:
             async for msg in self.call:
+                self._verdict(grpc.StatusCode.OK)
                 try:
                     self.queue.put_nowait(msg)
                 except asyncio.QueueFull:
@@ -88,6 +107,7 @@ class _Pump:
             item: Any = _END
         except grpc.RpcError as exc:
             item = exc
+            self._verdict(exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN)
         except asyncio.CancelledError:
             raise
         # the end marker may wait for room: the consumer is still draining
@@ -130,12 +150,21 @@ class Live:
     def __init__(self, gw: Gateway):
         self.gw = gw
 
+    def open(self, route: Route, msg: Message, call: Call) -> _Pump:
+        """Start the upstream stream through the target's circuit breaker."""
+        gw = self.gw
+        cb = gw.breaker(route.upstream)
+        permit = cb.acquire() if cb is not None else None  # raises CircuitOpenError when open
+        upstream = gw.unary(route)(msg, timeout=call.timeout, metadata=call.metadata())
+        return _Pump(upstream, gw.config.stream_queue, cb, permit)
+
     # ------------------------------------------------------------------------------------ SSE
     async def sse(self, call: Call, route: Route, msg: Message, receive, send) -> int:
         gw = self.gw
-        stub = gw.unary(route)
-        upstream = stub(msg, timeout=call.timeout, metadata=call.metadata())
-        pump = _Pump(upstream, gw.config.stream_queue)
+        try:
+            pump = self.open(route, msg, call)
+        except grpc.RpcError as exc:  # the breaker is open
+            return await gw._error(send, call, errors.from_rpc_error(exc, correlation_id=call.cid))
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -266,8 +295,11 @@ class Live:
             await _ws_fail(ws, err)
             return
 
-        upstream = gw.unary(route)(msg, timeout=call.timeout, metadata=call.metadata())
-        pump = _Pump(upstream, gw.config.stream_queue)
+        try:
+            pump = self.open(route, msg, call)
+        except grpc.RpcError as exc:  # the breaker is open
+            await _ws_fail(ws, errors.from_rpc_error(exc, correlation_id=cid))
+            return
         STREAMS.labels("ws").inc()
         closed = asyncio.Event()
 

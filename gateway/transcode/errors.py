@@ -139,6 +139,11 @@ def from_rpc_error(error: grpc.RpcError, *, correlation_id: str = "") -> HttpErr
             break
     if status is None or status.code != code.value[0]:
         status = status_pb2.Status(code=code.value[0], message=message or "")
+        retry_in = getattr(error, "retry_in_s", None)  # the sdk's CircuitOpenError
+        if retry_in is not None:
+            ri = error_details_pb2.RetryInfo()
+            ri.retry_delay.FromNanoseconds(int(max(retry_in, 0.001) * 1e9))
+            status.details.append(_pack(ri))
     return from_status(code, status, correlation_id=correlation_id)
 
 

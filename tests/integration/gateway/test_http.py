@@ -195,18 +195,25 @@ async def test_dead_upstream_is_503_and_the_breaker_fails_fast(make_gateway, tok
         client.headers["authorization"] = f"Bearer {token}"
         assert (await client.get("/v1/echo")).status_code == 200
         await server.stop(grace=None)
-        codes = []
+        codes, messages = [], []
         for _ in range(30):
             r = await client.get("/v1/echo")
             codes.append(r.status_code)
+            messages.append(r.json()["message"])
             assert r.json()["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
             assert "retry-after" in r.headers
         assert set(codes) == {503}
-        # once open, the breaker answers without waiting for the 10 s deadline (or a connect)
+        # the sdk's breaker of this target opened: later calls never leave the gateway
+        from sdk.breaker import State, breaker_for
+
+        assert breaker_for(app.target("testing")).state is State.OPEN
+        assert "circuit open" in messages[-1]
         started = time.monotonic()
         r = await client.get("/v1/echo")
-        assert r.status_code == 503
+        assert r.status_code == 503 and "circuit open" in r.json()["message"]
         assert time.monotonic() - started < 1.0
+        details = r.json()["details"]
+        assert details[0]["@type"].endswith("google.rpc.RetryInfo")
 
 
 async def test_unknown_fields_can_be_ignored(make_gateway, token) -> None:
