@@ -68,12 +68,15 @@ class Process:
 PROCESSES: tuple[Process, ...] = (
     Process("sites", "service", "services.sites.server", port="sites", health="grpc"),
     Process("gateway", "gateway", "gateway.server", port="gateway", health="http"),
+    Process("telemetry", "service", "services.telemetry.server", port="telemetry", health="grpc"),
+    Process("ingestor", "worker", "workers.ingestor.worker"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.
     # In args, "{sites}" becomes the demo fleet size (`towerco up --sites N`, default 300), e.g.
     # args=("--sites", "{sites}"). `cli.main.standalone(module)` gives the module a __main__.
-    Process("simulator", "tool", "cli.simulate", stage=1, compose=False),
+    Process("simulator", "tool", "cli.simulate", stage=1, compose=False,
+            args=("--sites", "{sites}", "--interval", "15", "--quiet")),
 )
 
 BY_NAME: dict[str, Process] = {p.name: p for p in PROCESSES}
