@@ -137,6 +137,12 @@ def visible_tenant_ids(caller: Caller, tenant_ids: Iterable[str]) -> list[str]:
     return [t for t in ids if t == caller.tenant_scope]
 
 
+def tenant_filter_visible(caller: Caller, tenant_id: str) -> bool:
+    """Whether a "sites of tenant X" filter can match anything for this caller: a tenant may only
+    ask about itself (asking about another operator would reveal where that operator is)."""
+    return not tenant_id or caller.tenant_scope is None or tenant_id == caller.tenant_scope
+
+
 def window_visible(tenant_scope: str | None, *, site_tenants: Iterable[str], window_tenants: Sequence[str]) -> bool:
     """A tenant sees a window on a site it is on, unless the window names only other tenants.
     (store.py applies the same rule in SQL; this is its reference definition.)"""

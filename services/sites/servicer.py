@@ -346,6 +346,8 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
                    "query": request.query, "bbox": list(bbox) if bbox else None}
         fp = d.query_fingerprint("sites", caller.tenant_scope, filters)
         after = self.tokens.decode(request.page.token, fp)
+        if not d.tenant_filter_visible(caller, request.tenant_id):
+            return pb.ListSitesResponse(page={"next_token": ""})
         async with self._conn() as conn:
             rows = await store.list_sites(conn, tenant=caller.tenant_scope, region=request.region,
                                           tenant_id=request.tenant_id, status=filters["status"],

@@ -277,16 +277,30 @@ async def test_list_filters_and_pagination(sites, world, uniq):
     want = sorted(f"P{i:02d}-{uniq}" for i in range(23))
     await asyncio.gather(*(st.CreateSite(pb.CreateSiteRequest(site=new_site(sid, region)), metadata=admin)
                            for sid in want))
-    seen, token, pages = [], "", 0
-    while True:
-        resp = await st.ListSites(pb.ListSitesRequest(region=region, page={"size": 5, "token": token}),
+    for size, expected_pages in ((5, 5), (1, 23), (7, 4), (22, 2), (23, 1), (24, 1)):
+        seen, token, pages = [], "", 0
+        while True:
+            resp = await st.ListSites(pb.ListSitesRequest(region=region, page={"size": size, "token": token}),
+                                      metadata=viewer)
+            seen += [s.id for s in resp.sites]
+            pages += 1
+            token = resp.page.next_token
+            if not token:
+                break
+        assert seen == want and pages == expected_pages, size
+    # a row added behind the cursor mid-walk is not repeated; one ahead of it shows up
+    first = await st.ListSites(pb.ListSitesRequest(region=region, page={"size": 10}), metadata=viewer)
+    await st.CreateSite(pb.CreateSiteRequest(site=new_site(f"P00A-{uniq}", region)), metadata=admin)
+    await st.CreateSite(pb.CreateSiteRequest(site=new_site(f"P99-{uniq}", region)), metadata=admin)
+    rest, token = [], first.page.next_token
+    while token:
+        resp = await st.ListSites(pb.ListSitesRequest(region=region, page={"size": 10, "token": token}),
                                   metadata=viewer)
-        seen += [s.id for s in resp.sites]
-        pages += 1
+        rest += [s.id for s in resp.sites]
         token = resp.page.next_token
-        if not token:
-            break
-    assert seen == want and pages == 5
+    assert [s.id for s in first.sites] + rest == [*want, f"P99-{uniq}"]
+    await st.DeleteSite(pb.DeleteSiteRequest(site_id=f"P00A-{uniq}"), metadata=admin)
+    await st.DeleteSite(pb.DeleteSiteRequest(site_id=f"P99-{uniq}"), metadata=admin)
     # size 0 -> default 50 (one page here); above 1000 is refused, not clamped
     resp = await st.ListSites(pb.ListSitesRequest(region=region), metadata=viewer)
     assert len(resp.sites) == 23 and not resp.page.next_token
@@ -347,7 +361,10 @@ async def test_role_matrix(sites, world):
     listed = await st.ListSites(pb.ListSitesRequest(region=w.region), metadata=tv)
     assert [s.id for s in listed.sites] == [w.s2]
     assert list(listed.sites[0].tenant_ids) == [w.b]  # A's tenancy is not disclosed
+    # asking where another operator is answers nothing (not even the shared site S2)
     assert [s.id for s in (await st.ListSites(pb.ListSitesRequest(region=w.region, tenant_id=w.a),
+                                              metadata=tv)).sites] == []
+    assert [s.id for s in (await st.ListSites(pb.ListSitesRequest(region=w.region, tenant_id=w.b),
                                               metadata=tv)).sites] == [w.s2]
     for call in (st.GetSite(pb.GetSiteRequest(site_id=w.s1), metadata=tv),
                  st.GetSite(pb.GetSiteRequest(site_id=f"NEVER-{w.u}"), metadata=tv),
