@@ -136,11 +136,7 @@ def _wrk(target: str, ids: list[str], token: str, concurrency: int, duration: fl
 
 
 def run_load(mode: str, target: str, ids: list[str], token: str, concurrency: int, duration: float, warmup: float) -> dict:
-    if mode == "http":
-        # warm up through the same path, then measure
-        subprocess.run([PY, "-m", "bench.gateway", "load", "--mode", mode, "--target", target, "--ids", ",".join(ids),
-                        "--token", token, "--concurrency", str(concurrency), "--duration", "0.1", "--warmup", str(warmup)],
-                       cwd=ROOT, check=True, capture_output=True)
+    if mode == "http" and duration >= 1:
         result = _wrk(target, ids, token, concurrency, duration)
         if result is not None:
             return result
@@ -160,7 +156,7 @@ def monolith_app():
     from fastapi import FastAPI
     from fastapi.responses import Response
 
-    from mesh.auth import AuthError, Authenticator, bearer_token
+    from mesh.auth import Authenticator, AuthError, bearer_token
     from mesh.config import get_settings
     from services.sites import store
 
@@ -320,13 +316,22 @@ def main_bench(args: argparse.Namespace) -> int:
         ids = [f"BEN-{i:04d}" for i in range(args.sites)]
         _seed(sites_port, ids, token)
 
+        import psutil
+
+        sites_proc, gw_proc, mono_proc = (psutil.Process(p.pid) for p in procs)
         results = {}
-        for name, mode, target in [
-            ("monolith", "http", f"127.0.0.1:{mono_port}"),
-            ("grpc_direct", "grpc", f"127.0.0.1:{sites_port}"),
-            ("gateway", "http", f"127.0.0.1:{gw_port}"),
+        for name, mode, target, watched in [
+            ("monolith", "http", f"127.0.0.1:{mono_port}", [mono_proc]),
+            ("grpc_direct", "grpc", f"127.0.0.1:{sites_port}", [sites_proc]),
+            ("gateway", "http", f"127.0.0.1:{gw_port}", [gw_proc, sites_proc]),
         ]:
-            results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, args.warmup)
+            run_load(mode, target, ids, token, args.concurrency, args.warmup, 0)  # warm-up, not measured
+            before = [_cpu(p) for p in watched]
+            results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 0)
+            spent = [_cpu(p) - b for p, b in zip(watched, before, strict=True)]
+            n = max(results[name]["requests"], 1)
+            # CPU per request of the server process(es) over the measured window
+            results[name]["cpu_us_per_req"] = [round(x / n * 1e6, 1) for x in spent]
         conv = conversion_us()
     finally:
         for p in procs:
@@ -348,6 +353,9 @@ def main_bench(args: argparse.Namespace) -> int:
     for key, r in results.items():
         print(f"{labels[key]:<34}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}  {r['client']}"
               + (f"  error statuses {r['error_statuses']}" if r.get("error_statuses") else ""))
+    print(f"server CPU per request (us): monolith {results['monolith']['cpu_us_per_req'][0]}, "
+          f"Sites via gRPC {results['grpc_direct']['cpu_us_per_req'][0]}, gateway {results['gateway']['cpu_us_per_req'][0]} "
+          f"+ Sites {results['gateway']['cpu_us_per_req'][1]}")
     print(f"\ngateway / monolith throughput: {ratio:.2f}  (target >= 0.5)")
     print(f"gateway p99: {results['gateway']['p99_ms']:.1f} ms  (target < 50 ms)")
     print(f"conversion per GetSite: ours {conv['get_ours_us']:.1f} us vs json_format {conv['get_json_format_us']:.1f} us; "
@@ -367,6 +375,9 @@ def main_bench(args: argparse.Namespace) -> int:
         "monolith_p99_ms": round(results["monolith"]["p99_ms"], 2),
         "grpc_direct_p99_ms": round(results["grpc_direct"]["p99_ms"], 2),
         "errors": sum(r["errors"] for r in results.values()),
+        "monolith_cpu_us_per_req": results["monolith"]["cpu_us_per_req"][0],
+        "sites_cpu_us_per_req": results["grpc_direct"]["cpu_us_per_req"][0],
+        "gateway_cpu_us_per_req": results["gateway"]["cpu_us_per_req"][0],
         "conversion_get_us": round(conv["get_ours_us"], 2),
         "conversion_get_json_format_us": round(conv["get_json_format_us"], 2),
         "conversion_create_us": round(conv["create_ours_us"], 2),
@@ -376,6 +387,11 @@ def main_bench(args: argparse.Namespace) -> int:
     }
     print(json.dumps(figures))
     return 0
+
+
+def _cpu(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def _seed(port: int, ids: list[str], token: str) -> None:

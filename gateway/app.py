@@ -88,6 +88,16 @@ class Gateway:
         self.config = config or GatewayConfig.from_env()
         self.settings = settings or get_settings()
         self.services = routes.discover_services(self.config.services)
+        if self.config.services is None:
+            # a contract whose service has no known address yet is left out, not fatal
+            kept = []
+            for svc in self.services:
+                try:
+                    self.target(routes.short_name(svc))
+                    kept.append(svc)
+                except ValueError as exc:
+                    log.warning("service_skipped", service=svc.full_name, reason=str(exc))
+            self.services = kept
         self.routes = routes.build_routes(self.services)
         self.router = routes.Router(self.routes)
         self.upstreams = sorted({r.upstream for r in self.routes})
