@@ -301,6 +301,14 @@ def _required_ids(row: Mapping[str, Any], names: Sequence[str], prefix: str) -> 
     return [(f"{prefix}.{n}", "is required") for n in names if not str(row.get(n) or "").strip()]
 
 
+def check_storable_text(values: Iterable[tuple[str, str]]) -> None:
+    """PostgreSQL text cannot hold NUL characters: refuse them up front, naming each field,
+    instead of failing in the database."""
+    bad = [(path, "must not contain NUL characters") for path, text in values if "\x00" in text]
+    if bad:
+        raise Invalid(bad)
+
+
 def check_site(row: Mapping[str, Any], *, prefix: str = "site", creating: bool = False) -> None:
     """A site needs an id on create, and after create or PATCH still a name and a region.
     (These are checked here, not by declarative `required` rules, so that a PATCH may omit them.)"""

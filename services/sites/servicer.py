@@ -57,6 +57,8 @@ def _map(exc: BaseException) -> BaseException | None:
         return _not_found(exc.resource_type, exc.resource_name)
     if isinstance(exc, d.Forbidden):
         return errors.PermissionDenied(str(exc))
+    if isinstance(exc, asyncpg.DataError):  # a value PostgreSQL cannot take (a safety net)
+        return errors.InvalidArgument("a value in the request cannot be stored in the register")
     if not isinstance(exc, errors.RichError) and db.is_unavailable(exc):
         return errors.Unavailable("the site register's database is unavailable; retry shortly", retry_after_s=1.0)
     return None
@@ -66,6 +68,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def unary(self: SitesServicer, request: Message, context: Any) -> Message:
         try:
+            d.check_storable_text(string_fields(request))
             return await fn(self, request, context)
         except Exception as exc:
             mapped = _map(exc)
@@ -125,6 +128,21 @@ def present_paths(msg: Message, prefix: str = "") -> list[str]:
             out.extend(present_paths(value, path + ".") or [path])
         else:
             out.append(path)
+    return out
+
+
+def string_fields(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
+    """(path, value) of every non-empty string in a message, nested and repeated ones included."""
+    out: list[tuple[str, str]] = []
+    for fd, value in msg.ListFields():
+        path = prefix + fd.name
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            if fd.is_repeated:
+                out.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+            else:
+                out.append((path, value))
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE and not fd.is_repeated:
+            out.extend(string_fields(value, path + "."))
     return out
 
 

@@ -122,6 +122,18 @@ async def test_invalid_sites_name_every_bad_field(sites, uniq):
     assert fields(status) == ["site"]
     status = await fails(st.GetSite(pb.GetSiteRequest(), metadata=admin), grpc.StatusCode.INVALID_ARGUMENT)
     assert fields(status) == ["site_id"]
+    # NUL characters cannot be stored in PostgreSQL text: a clear error, never INTERNAL
+    nul = new_site(f"NUL-{uniq}")
+    nul.name = "bad\x00name"
+    status = await fails(st.CreateSite(pb.CreateSiteRequest(site=nul), metadata=admin),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+    assert fields(status) == ["site.name"]
+    status = await fails(st.GetSite(pb.GetSiteRequest(site_id="A\x00B"), metadata=admin),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+    assert fields(status) == ["site_id"]
+    status = await fails(st.ListSites(pb.ListSitesRequest(query="\x00"), metadata=admin),
+                         grpc.StatusCode.INVALID_ARGUMENT)
+    assert fields(status) == ["query"]
 
 
 # --------------------------------------------------------------------------------------------

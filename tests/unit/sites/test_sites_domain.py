@@ -193,6 +193,13 @@ def test_site_tenant_tenancy_invariants():
     assert d.default_site_status("planned") == "planned"
 
 
+def test_nul_characters_are_refused_by_field():
+    d.check_storable_text([("site.name", "ok"), ("site.id", "")])
+    with pytest.raises(d.Invalid) as err:
+        d.check_storable_text([("site.name", "a\x00b"), ("site.region", "r"), ("window.tenant_ids[2]", "\x00")])
+    assert [f for f, _ in err.value.violations] == ["site.name", "window.tenant_ids[2]"]
+
+
 def test_window_rules():
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     ok = {"start_time": t0, "end_time": t0 + timedelta(hours=1), "category": "force_majeure",
