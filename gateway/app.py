@@ -385,7 +385,9 @@ class Gateway:
 
         states = await asyncio.gather(*(check(up) for up in self.upstreams))
         result = dict(zip(self.upstreams, states, strict=True))
-        status = 200 if all(s == "SERVING" for s in states) else 503
+        # one upstream down leaves the others usable (its breaker answers 503 fast), so the
+        # gateway stays in rotation unless no upstream at all is serving
+        status = 200 if any(s == "SERVING" for s in states) or not states else 503
         self._ready = (now, status, result)
         return status, result
 
@@ -408,7 +410,9 @@ class Gateway:
         @app.get("/ready")
         async def ready() -> JSONResponse:
             status, upstreams = await self.ready()
-            return JSONResponse({"status": "READY" if status == 200 else "NOT_READY", "upstreams": upstreams}, status_code=status)
+            every = all(v == "SERVING" for v in upstreams.values())
+            label = "READY" if every else "DEGRADED" if status == 200 else "NOT_READY"
+            return JSONResponse({"status": label, "upstreams": upstreams}, status_code=status)
 
         @app.get("/metrics")
         async def metrics() -> Response:
