@@ -303,3 +303,29 @@ def sum_counts(parts: Sequence[Mapping[str, int]]) -> Counter[str]:
     for p in parts:
         total.update(p)
     return total
+
+
+_COUNT_FIELDS = (
+    "period_minutes", "up_minutes", "unknown_minutes", "outage_total", "outage_dc_low", "outage_dc_high",
+    "outage_link_down", "outage_ignored_short", "outage_unknown_as_down", "excluded_total",
+    "excluded_planned_maintenance", "excluded_force_majeure", "excluded_tenant_caused",
+    "excluded_access_denied", "excluded_unknown",
+)
+
+
+def combine(figs: Sequence[AvailabilityFigures]) -> AvailabilityFigures:
+    """Roll figures up (tenancies of a tenant, a region, a fleet): every minute count is summed and
+    A is recomputed from the sums, never averaged. Tenancies may use different unknown-minute
+    policies: each one's minutes are already classified by its own policy. The rollup's policy and
+    minimum are those of its parts when they agree (0 otherwise) and its SLA target is the lowest."""
+    sums = {f: sum(getattr(x, f) for x in figs) for f in _COUNT_FIELDS}
+    counted = sums["period_minutes"] - sums["excluded_total"]
+    defined = counted > 0
+    a = min(1.0, max(0.0, (counted - sums["outage_total"]) / counted)) if defined else 1.0
+    policies = {x.unknown_policy for x in figs}
+    minimums = {x.min_outage_minutes for x in figs}
+    target = min((x.sla_target for x in figs), default=0.0)
+    return AvailabilityFigures(
+        availability=a, defined=defined, unknown_policy=policies.pop() if len(policies) == 1 else 0,
+        min_outage_minutes=minimums.pop() if len(minimums) == 1 else 0, sla_target=target,
+        sla_met=(not defined) or a >= target, **sums)

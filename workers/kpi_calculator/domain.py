@@ -481,3 +481,23 @@ def affected_hours(minutes: Iterable[int], pad: int) -> set[int]:
         for h in hour_range(m - pad, m + pad + 1):
             out.add(h)
     return out
+
+
+def code_counts(codes: str) -> dict[str, int]:
+    """How many minutes carry each code (every code present, zero when absent)."""
+    out = dict.fromkeys("UuLHN?PFTApfta", 0)
+    for c in codes:
+        out[c] = out.get(c, 0) + 1
+    return out
+
+
+def default_availability(codes: str) -> tuple[float, bool]:
+    """A over the given minutes under the default policy (unknown minutes excluded), for the
+    hour events; the KPI service computes every policy at query time from the same counts."""
+    c = code_counts(codes)
+    down = c["L"] + c["H"] + c["N"]
+    excluded = sum(c[x] for x in "PFTApfta?")
+    counted = len(codes) - excluded
+    if counted <= 0:
+        return 1.0, False
+    return (counted - down) / counted, True

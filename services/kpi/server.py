@@ -1,0 +1,30 @@
+"""Wiring of the KPI service (port 7003): `python -m services.kpi.server`.
+
+The kpi schema belongs to the kpi_calculator worker (workers/kpi_calculator/migrations); the
+service applies it too (idempotent, advisory-locked) so either process can start first.
+"""
+
+from __future__ import annotations
+
+from towerco.kpi.v1 import kpi_pb2_grpc
+
+from mesh.bootstrap import Runtime, ServiceSpec, main
+from mesh.migrate import migrate
+from mesh.outbox import OutboxRelay
+from services.kpi.servicer import SCHEMA, KpiServicer
+
+SERVICE = "kpi"
+FULL_NAME = "towerco.kpi.v1.KpiService"
+
+
+async def setup(rt: Runtime) -> list[ServiceSpec]:
+    await migrate(rt.settings.database_url, components=["kpi_calculator"])
+    servicer = KpiServicer(rt.pool)
+    if rt.js is not None:
+        relay = OutboxRelay(rt.pool, rt.js, schema=SCHEMA, database_url=rt.settings.database_url)
+        rt.spawn(relay.run(), name="kpi-outbox-relay")
+    return [ServiceSpec(FULL_NAME, servicer, kpi_pb2_grpc.add_KpiServiceServicer_to_server)]
+
+
+if __name__ == "__main__":
+    main(SERVICE, setup)

@@ -1,0 +1,160 @@
+"""SQL of the KPI service: reads of the kpi schema the kpi_calculator writes, and the policy table.
+
+Times cross this boundary as minute indexes (minutes since the Unix epoch). Tenant scoping: every
+tenancy query takes `tenant_id` (None only for towerco staff asking about every tenant).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+
+# tenancy_hour count column -> minute code
+COLUMN_CODES = {
+    "up": "U", "ignored": "u", "dc_low": "L", "dc_high": "H", "link_down": "N", "unknown": "?",
+    "ex_pm": "P", "ex_fm": "F", "ex_tc": "T", "ex_ad": "A", "un_pm": "p", "un_fm": "f", "un_tc": "t",
+    "un_ad": "a",
+}
+_SUMS = ", ".join(f"sum({c})::int8 AS {c}" for c in COLUMN_CODES)
+SITE_NUMBERS = ("dg_starts", "dg_fail_to_start", "fuel_consumed_l", "fuel_expected_l", "fuel_drop_dg_off_l",
+                "refuel_l", "refuels", "energy_grid_kwh", "energy_dg_kwh", "energy_battery_kwh")
+SITE_MAP_SUMS = ("power_known", "power_ok", "grid_known", "grid_present", "dg_run_minutes")
+
+
+def ts(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, tz=UTC)
+
+
+def minute_index(t: datetime) -> int:
+    return int(t.timestamp()) // 60
+
+
+def counts_of(row: asyncpg.Record) -> Counter[str]:
+    return Counter({code: int(row[col] or 0) for col, code in COLUMN_CODES.items()})
+
+
+# --------------------------------------------------------------------------- reference
+
+
+async def tenancies(conn: asyncpg.Connection, *, tenant_id: str | None = None, site_id: str | None = None,
+                    region: str | None = None, after_site: str = "", limit: int | None = None
+                    ) -> list[asyncpg.Record]:
+    """Tenancies (site_id, tenant_id, sla_target, region) filtered, ordered by site then tenant."""
+    return await conn.fetch(
+        "SELECT t.site_id, t.tenant_id, max(t.sla_target) AS sla_target, "
+        "COALESCE(max(s.region), '') AS region FROM kpi.tenancy t LEFT JOIN kpi.site s USING (site_id) "
+        "WHERE ($1::text IS NULL OR t.tenant_id = $1) AND ($2::text IS NULL OR t.site_id = $2) "
+        "AND ($3::text IS NULL OR s.region = $3) AND t.site_id > $4 "
+        "GROUP BY t.site_id, t.tenant_id ORDER BY t.site_id, t.tenant_id LIMIT $5",
+        tenant_id, site_id, region, after_site, limit)
+
+
+async def site(conn: asyncpg.Connection, *, site_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM kpi.site WHERE site_id = $1", site_id)
+
+
+async def site_has_data(conn: asyncpg.Connection, *, site_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM kpi.site_hour WHERE site_id = $1)", site_id))
+
+
+async def regions(conn: asyncpg.Connection) -> dict[str, str]:
+    return {r["site_id"]: r["region"] for r in await conn.fetch("SELECT site_id, region FROM kpi.site")}
+
+
+# --------------------------------------------------------------------------- tenancy hours
+
+
+async def tenancy_sums(conn: asyncpg.Connection, *, first_hour: int, last_hour: int, tenant_id: str | None,
+                       site_ids: Sequence[str] | None = None) -> list[asyncpg.Record]:
+    """Code counts per (tenant, site) summed over the whole hours [first_hour, last_hour)."""
+    if last_hour <= first_hour:
+        return []
+    return await conn.fetch(
+        f"SELECT tenant_id, site_id, {_SUMS} FROM kpi.tenancy_hour "
+        "WHERE ($1::text IS NULL OR tenant_id = $1) AND hour >= $2 AND hour < $3 "
+        "AND ($4::text[] IS NULL OR site_id = ANY($4::text[])) GROUP BY tenant_id, site_id",
+        tenant_id, ts(first_hour), ts(last_hour), None if site_ids is None else list(site_ids))
+
+
+async def tenancy_maps(conn: asyncpg.Connection, *, hours: Sequence[int], tenant_id: str | None,
+                       site_ids: Sequence[str] | None = None) -> list[asyncpg.Record]:
+    """Minute maps of the given hours (the partial hours at a range's edges)."""
+    if not hours:
+        return []
+    return await conn.fetch(
+        "SELECT tenant_id, site_id, hour, minutes FROM kpi.tenancy_hour "
+        "WHERE ($1::text IS NULL OR tenant_id = $1) AND hour = ANY($2::timestamptz[]) "
+        "AND ($3::text[] IS NULL OR site_id = ANY($3::text[]))",
+        tenant_id, [ts(h) for h in hours], None if site_ids is None else list(site_ids))
+
+
+async def outage_maps(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: str | None,
+                      site_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """Minute maps of the hours overlapping [lo, hi) that hold outage minutes, oldest first."""
+    return await conn.fetch(
+        "SELECT tenant_id, site_id, hour, minutes FROM kpi.tenancy_hour "
+        "WHERE ($1::text IS NULL OR tenant_id = $1) AND site_id = ANY($2::text[]) "
+        "AND hour > $3 AND hour < $4 AND dc_low + dc_high + link_down > 0 ORDER BY site_id, tenant_id, hour",
+        tenant_id, list(site_ids), ts(lo - 60), ts(hi))
+
+
+async def tenancy_hour_rows(conn: asyncpg.Connection, *, site_id: str, tenant_id: str | None, lo: int, hi: int
+                            ) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT tenant_id, hour, minutes FROM kpi.tenancy_hour WHERE site_id = $1 "
+        "AND ($2::text IS NULL OR tenant_id = $2) AND hour > $3 AND hour < $4 ORDER BY tenant_id, hour",
+        site_id, tenant_id, ts(lo - 60), ts(hi))
+
+
+# --------------------------------------------------------------------------- site hours
+
+
+async def site_hours(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int) -> list[asyncpg.Record]:
+    """Every site-hour row overlapping [lo, hi), oldest first."""
+    return await conn.fetch(
+        "SELECT * FROM kpi.site_hour WHERE site_id = $1 AND hour > $2 AND hour < $3 ORDER BY hour",
+        site_id, ts(lo - 60), ts(hi))
+
+
+async def site_sums(conn: asyncpg.Connection, *, first_hour: int, last_hour: int,
+                    site_ids: Sequence[str] | None) -> list[asyncpg.Record]:
+    """Additive site figures per site over the whole hours [first_hour, last_hour)."""
+    if last_hour <= first_hour:
+        return []
+    cols = ", ".join(f"sum({c}) AS {c}" for c in (*SITE_MAP_SUMS, *SITE_NUMBERS))
+    return await conn.fetch(
+        f"SELECT site_id, {cols} FROM kpi.site_hour WHERE hour >= $1 AND hour < $2 "
+        "AND ($3::text[] IS NULL OR site_id = ANY($3::text[])) GROUP BY site_id",
+        ts(first_hour), ts(last_hour), None if site_ids is None else list(site_ids))
+
+
+async def site_edge_rows(conn: asyncpg.Connection, *, hours: Sequence[int], site_ids: Sequence[str] | None
+                         ) -> list[asyncpg.Record]:
+    if not hours:
+        return []
+    return await conn.fetch(
+        "SELECT * FROM kpi.site_hour WHERE hour = ANY($1::timestamptz[]) "
+        "AND ($2::text[] IS NULL OR site_id = ANY($2::text[]))",
+        [ts(h) for h in hours], None if site_ids is None else list(site_ids))
+
+
+# --------------------------------------------------------------------------- policies
+
+
+async def policies(conn: asyncpg.Connection, *, tenant_ids: Sequence[str] | None = None) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT * FROM kpi.policy WHERE ($1::text[] IS NULL OR tenant_id = ANY($1::text[]))",
+        None if tenant_ids is None else list(tenant_ids))
+    return {r["tenant_id"]: r for r in rows}
+
+
+async def upsert_policy(conn: asyncpg.Connection, *, tenant_id: str, unknown_policy: int,
+                        min_outage_minutes: int) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO kpi.policy (tenant_id, unknown_policy, min_outage_minutes) VALUES ($1, $2, $3) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET unknown_policy = EXCLUDED.unknown_policy, "
+        "min_outage_minutes = EXCLUDED.min_outage_minutes, update_time = now() RETURNING *",
+        tenant_id, unknown_policy, min_outage_minutes)

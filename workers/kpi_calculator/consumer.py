@@ -1,0 +1,485 @@
+"""The kpi_calculator's consumers: TELEMETRY -> minute aggregates -> hour rows, register changes
+-> recomputation, closed hours -> towerco.kpi.hour.computed events (through the kpi outbox).
+
+Everything that must survive is in PostgreSQL (schema kpi) or JetStream; the in-memory
+reference data (sites, tenancies, windows, policies) is reloaded from the kpi tables on start and
+refreshed from the Sites service, so a killed worker loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from towerco.common.v1 import common_pb2
+from towerco.events.v1 import events_pb2
+from towerco.kpi.v1 import kpi_pb2
+from towerco.sites.v1 import sites_pb2
+from towerco.telemetry.v1 import telemetry_pb2
+
+from mesh import events, outbox
+from workers.kpi_calculator import domain, store
+
+log = logging.getLogger("towerco.kpi_calculator")
+
+SCHEMA = "kpi"
+HOUR_SUBJECT = "towerco.kpi.hour.computed"
+SITES_FILTER = "towerco.sites.>"
+POLICY_SUBJECT = "towerco.kpi.policy.updated"
+RECOMPUTE_CHUNK_H = 24
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    return float(raw) if raw else default
+
+
+def parse_partitions(spec: str, count: int) -> list[int]:
+    """"" -> all; "0-7" -> 0..7; "1,3,5" -> those."""
+    if not spec.strip():
+        return list(range(count))
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    bad = [p for p in out if not 0 <= p < count]
+    if bad:
+        raise ValueError(f"partitions {bad} outside 0..{count - 1}")
+    return sorted(out)
+
+
+@dataclass(frozen=True)
+class CalculatorConfig:
+    """From the environment (all optional):
+    TOWERCO_KPI_PARTITIONS          partitions this replica owns, e.g. "0-7" (all)
+    TOWERCO_KPI_ALLOWED_LATENESS_S  samples older than this are not folded in (7 days)
+    TOWERCO_KPI_RECOMPUTE_DAYS      how far back a register change is re-evaluated (35)
+    TOWERCO_KPI_PUBLISH_GRACE_S     an hour is announced this long after it ends (60)
+    TOWERCO_KPI_PUBLISH_INTERVAL_S  how often closed hours are looked for (5)
+    TOWERCO_KPI_MINUTE_RETENTION_DAYS  minute aggregates kept (35)
+    TOWERCO_KPI_REPLICA             a name for this replica's register-event consumer (partitions)
+    """
+
+    partitions: tuple[int, ...]
+    allowed_lateness_s: float = 7 * 86400.0
+    recompute_days: float = 35.0
+    publish_grace_s: float = 60.0
+    publish_interval_s: float = 5.0
+    minute_retention_days: float = 35.0
+    replica: str = "all"
+    batch: int = 50
+    durable_prefix: str = "kpi-calculator"
+
+    @classmethod
+    def from_env(cls, partition_count: int) -> CalculatorConfig:
+        parts = parse_partitions(os.environ.get("TOWERCO_KPI_PARTITIONS", ""), partition_count)
+        replica = os.environ.get("TOWERCO_KPI_REPLICA", "") or (
+            "all" if len(parts) == partition_count else "p" + "_".join(map(str, parts)))
+        return cls(
+            partitions=tuple(parts),
+            allowed_lateness_s=_env_float("TOWERCO_KPI_ALLOWED_LATENESS_S", 7 * 86400.0),
+            recompute_days=_env_float("TOWERCO_KPI_RECOMPUTE_DAYS", 35.0),
+            publish_grace_s=_env_float("TOWERCO_KPI_PUBLISH_GRACE_S", 60.0),
+            publish_interval_s=_env_float("TOWERCO_KPI_PUBLISH_INTERVAL_S", 5.0),
+            minute_retention_days=_env_float("TOWERCO_KPI_MINUTE_RETENTION_DAYS", 35.0),
+            replica=replica,
+        )
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+@dataclass
+class Reference:
+    """Sites, tenancies, windows and policies as the calculator needs them."""
+
+    sites: dict[str, dict] = field(default_factory=dict)  # site_id -> kpi.site columns
+    tenancies: dict[str, dict] = field(default_factory=dict)  # tenancy_id -> kpi.tenancy columns
+    windows: dict[str, dict] = field(default_factory=dict)  # window_id -> kpi.calendar_window columns
+    policies: dict[str, int] = field(default_factory=dict)  # tenant_id -> min outage minutes
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, list]) -> Reference:
+        ref = cls()
+        ref.sites = {r["site_id"]: dict(r) for r in rows["sites"]}
+        ref.tenancies = {r["tenancy_id"]: dict(r) for r in rows["tenancies"]}
+        ref.windows = {r["window_id"]: dict(r) for r in rows["windows"]}
+        ref.policies = {r["tenant_id"]: int(r["min_outage_minutes"]) for r in rows["policies"]}
+        return ref
+
+    def site_cfg(self, site_id: str) -> domain.SiteCfg:
+        s = self.sites.get(site_id, {})
+        tenancies = sorted(
+            (domain.TenancyCfg(t["tenant_id"], float(t["dc_min_v"]), float(t["dc_max_v"]),
+                               self.policies.get(t["tenant_id"], 0))
+             for t in self.tenancies.values() if t["site_id"] == site_id),
+            key=lambda t: t.tenant_id)
+        windows = tuple(
+            domain.WindowCfg(store.minute_index(w["start_time"]), -(-int(w["end_time"].timestamp()) // 60),
+                             int(w["category"]), frozenset(w["tenant_ids"] or ()))
+            for w in self.windows.values() if w["site_id"] == site_id)
+        return domain.SiteCfg(site_id, float(s.get("dg_capacity_kva", 0.0)), float(s.get("dg_start_delay_s", 0.0)),
+                              float(s.get("battery_bank_ah", 0.0)), tuple(tenancies), windows)
+
+
+def band(t: sites_pb2.Tenancy) -> tuple[float, float]:
+    """A tenancy's DC band; an unset (0/0) band means the default 43-60 V."""
+    lo, hi = t.dc_voltage_min_v, t.dc_voltage_max_v
+    if lo == 0 and hi == 0:
+        return domain.DEFAULT_BAND
+    return lo, (hi if hi > 0 else domain.DEFAULT_BAND[1])
+
+
+def _ts(t) -> datetime:
+    return t.ToDatetime(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- the calculator
+
+
+class Calculator:
+    def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, config: CalculatorConfig,
+                 partition_count: int, fetch_register: Callable[[], Awaitable[dict]] | None = None,
+                 clock: Callable[[], float] = time.time, database_url: str | None = None) -> None:
+        self.pool = pool
+        self.database_url = database_url
+        self.js = js
+        self.config = config
+        self.partition_count = partition_count
+        self.fetch_register = fetch_register
+        self.clock = clock
+        self.ref = Reference()
+        self.owned = frozenset(config.partitions)
+        self.consumers: list[events.PullConsumer] = []
+        self.stats = defaultdict(int)
+        self.last_batch_accepted: float | None = None  # accepted_time of the newest folded batch
+        self._lock = asyncio.Lock()  # serialises hour recomputation of the register path
+
+    def owns(self, site_id: str) -> bool:
+        return events.partition_of(site_id, self.partition_count) in self.owned
+
+    # -- lifecycle
+
+    async def load(self) -> None:
+        async with self.pool.acquire() as conn:
+            self.ref = Reference.from_rows(await store.load_reference(conn))
+
+    async def run(self) -> None:
+        await self.load()
+        tasks = []
+        for p in self.config.partitions:
+            c = events.PullConsumer(
+                self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
+                filter_subject=f"telemetry.samples.{p}", handler=self.handle_telemetry,
+                batch=self.config.batch, ack_wait=60.0)
+            self.consumers.append(c)
+        reg = events.PullConsumer(
+            self.js, stream=events.EVENTS_STREAM, durable=f"{self.config.durable_prefix}-register-{self.config.replica}",
+            filter_subject="towerco.>", handler=self.handle_events, batch=50, ack_wait=120.0)
+        self.consumers.append(reg)
+        tasks = [asyncio.create_task(c.run(), name=c.durable) for c in self.consumers]
+        tasks.append(asyncio.create_task(self._publish_loop(), name="kpi-publish"))
+        tasks.append(asyncio.create_task(self._purge_loop(), name="kpi-purge"))
+        if self.fetch_register is not None:
+            tasks.append(asyncio.create_task(self._sync_loop(), name="kpi-sync"))
+        relay = outbox.OutboxRelay(self.pool, self.js, schema=SCHEMA, database_url=self.database_url)
+        tasks.append(asyncio.create_task(relay.run(), name="kpi-outbox"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            # cancel each task once (a second cancel would interrupt its own clean-up)
+            for t in tasks:
+                if not t.done() and not t.cancelling():
+                    t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        for c in self.consumers:
+            await c.stop()
+
+    # -- telemetry
+
+    async def handle_telemetry(self, msgs: list[Msg]) -> None:
+        batches: list[tuple[str, telemetry_pb2.TelemetryBatch]] = []
+        for msg in msgs:
+            batch = telemetry_pb2.TelemetryBatch()
+            try:
+                batch.ParseFromString(msg.data)
+            except Exception as exc:  # noqa: BLE001
+                raise events.Poison(f"not a TelemetryBatch: {exc}") from exc
+            msg_id = (msg.headers or {}).get(events.MSG_ID_HEADER, "")
+            key = msg_id or f"{batch.batch_id}:{batch.partition}"
+            batches.append((key, batch))
+        now = self.clock()
+        oldest = now - self.config.allowed_lateness_s
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await store.claim_batches(conn, keys=[k for k, _ in batches])
+            samples = []
+            for key, batch in batches:
+                if key not in fresh:
+                    self.stats["duplicate_batches"] += 1
+                    continue
+                for s in batch.samples:
+                    t = s.time.seconds + s.time.nanos / 1e9
+                    if t < oldest:
+                        self.stats["too_late_samples"] += 1
+                        continue
+                    samples.append((s.site_id, s.metric, s.tenant_id, t, s.value))
+            folded = domain.fold(samples)
+            if folded:
+                existing = await store.load_minutes(conn, keys=folded.keys())
+                for key, aggs in folded.items():
+                    domain.merge(existing.setdefault(key, {}), aggs)
+                await store.save_minutes(conn, minutes=existing)
+                by_site: dict[str, set[int]] = defaultdict(set)
+                for site_id, minute in folded:
+                    by_site[site_id].add(minute)
+                for site_id, minutes in sorted(by_site.items()):
+                    cfg = self.ref.site_cfg(site_id)
+                    await self._recompute(conn, cfg, domain.affected_hours(minutes, cfg.pad_minutes))
+            self.stats["samples"] += len(samples)
+        self.stats["batches"] += len(batches)
+        accepted = [b.accepted_time.seconds for _, b in batches if b.HasField("accepted_time")]
+        if accepted:
+            self.last_batch_accepted = max(accepted)
+
+    async def _recompute(self, conn: asyncpg.Connection, cfg: domain.SiteCfg, hours: Iterable[int]) -> int:
+        hours = sorted(set(hours))
+        done = 0
+        for i in range(0, len(hours), RECOMPUTE_CHUNK_H):
+            chunk = hours[i:i + RECOMPUTE_CHUNK_H]
+            pad = cfg.pad_minutes
+            states = await store.minute_states(conn, site_id=cfg.site_id, lo=chunk[0] - pad,
+                                               hi=chunk[-1] + 60 + pad)
+            site_rows, ten_rows = domain.evaluate_hours(cfg, chunk, states)
+            await store.save_hours(conn, site_rows=site_rows, tenancy_rows=ten_rows, site_id=cfg.site_id,
+                                   hours=[r.hour for r in site_rows])
+            done += len(site_rows)
+        self.stats["hours_computed"] += done
+        return done
+
+    async def recompute_site(self, site_id: str, *, lo: int | None = None, hi: int | None = None) -> int:
+        """Re-evaluate a site's stored hours (all within the recompute horizon, or [lo, hi))."""
+        if not self.owns(site_id):
+            return 0
+        since = int(self.clock() // 60 - self.config.recompute_days * 1440)
+        async with self._lock, self.pool.acquire() as conn, conn.transaction():
+            cfg = self.ref.site_cfg(site_id)
+            hours = await store.site_hours_with_data(conn, site_id=site_id, since=since)
+            if lo is not None and hi is not None:
+                hours = [h for h in hours if h + 60 > lo - cfg.pad_minutes and h < hi + cfg.pad_minutes]
+            return await self._recompute(conn, cfg, hours)
+
+    # -- register changes and policies
+
+    async def handle_events(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            subject = msg.subject
+            if not (subject.startswith("towerco.sites.") or subject == POLICY_SUBJECT):
+                continue
+            env = events_pb2.Envelope()
+            try:
+                env.ParseFromString(msg.data)
+            except Exception as exc:  # noqa: BLE001
+                raise events.Poison(f"not an Envelope: {exc}") from exc
+            if subject == POLICY_SUBJECT:
+                await self.apply_policy(events.unpack(env, kpi_pb2.PolicyUpdated).policy)
+            else:
+                await self.apply_change(events.unpack(env, sites_pb2.SitesChange))
+
+    async def apply_policy(self, policy: kpi_pb2.AvailabilityPolicy) -> None:
+        old = self.ref.policies.get(policy.tenant_id, 0)
+        self.ref.policies[policy.tenant_id] = policy.min_outage_minutes
+        if old != policy.min_outage_minutes:
+            sites = sorted({t["site_id"] for t in self.ref.tenancies.values()
+                            if t["tenant_id"] == policy.tenant_id})
+            for site_id in sites:
+                await self.recompute_site(site_id)
+
+    async def apply_change(self, change: sites_pb2.SitesChange) -> None:
+        kind = change.kind
+        deleted = kind == sites_pb2.CHANGE_KIND_DELETED
+        which = change.WhichOneof("entity")
+        async with self.pool.acquire() as conn, conn.transaction():
+            if which == "site":
+                s = change.site
+                if deleted:
+                    await store.delete_site(conn, site_id=s.id)
+                else:
+                    await store.upsert_site(conn, site_id=s.id, region=s.region,
+                                            dg_capacity_kva=s.power.dg_capacity_kva,
+                                            dg_start_delay_s=s.power.dg_start_delay_s,
+                                            battery_bank_ah=s.power.battery_bank_ah)
+                affected = (s.id, None, None)
+            elif which == "tenancy":
+                t = change.tenancy
+                if deleted:
+                    await store.delete_tenancy(conn, tenancy_id=t.id)
+                else:
+                    lo, hi = band(t)
+                    await store.upsert_tenancy(conn, tenancy_id=t.id, site_id=t.site_id, tenant_id=t.tenant_id,
+                                               sla_target=t.sla_availability_target, dc_min_v=lo, dc_max_v=hi)
+                affected = (t.site_id, None, None)
+            elif which == "window":
+                w = change.window
+                old = await store.get_window(conn, window_id=w.id)
+                start, end = _ts(w.start_time), _ts(w.end_time)
+                if deleted:
+                    await store.delete_window(conn, window_id=w.id)
+                else:
+                    await store.upsert_window(conn, window_id=w.id, site_id=w.site_id, start=start, end=end,
+                                              category=int(w.category), tenant_ids=list(w.tenant_ids))
+                lo, hi = store.minute_index(start), -(-int(end.timestamp()) // 60)
+                if old is not None:
+                    lo = min(lo, store.minute_index(old["start_time"]))
+                    hi = max(hi, -(-int(old["end_time"].timestamp()) // 60))
+                affected = (w.site_id, lo, hi)
+            else:
+                return  # tenants themselves change nothing here
+            self.ref = Reference.from_rows(await store.load_reference(conn))
+        site_id, lo, hi = affected
+        await self.recompute_site(site_id, lo=lo, hi=hi)
+        self.stats["register_changes"] += 1
+
+    async def sync_register(self) -> int:
+        """Replace the reference copy with the Sites service's register; recompute changed sites."""
+        assert self.fetch_register is not None
+        reg = await self.fetch_register()
+        before = {sid: self.ref.site_cfg(sid) for sid in self._known_sites()}
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM kpi.tenancy")  # replaced wholesale below
+            await conn.execute("DELETE FROM kpi.calendar_window")
+            await conn.execute("DELETE FROM kpi.site")
+            for s in reg["sites"]:
+                await store.upsert_site(conn, site_id=s.id, region=s.region,
+                                        dg_capacity_kva=s.power.dg_capacity_kva,
+                                        dg_start_delay_s=s.power.dg_start_delay_s,
+                                        battery_bank_ah=s.power.battery_bank_ah)
+            for t in reg["tenancies"]:
+                lo, hi = band(t)
+                await store.upsert_tenancy(conn, tenancy_id=t.id, site_id=t.site_id, tenant_id=t.tenant_id,
+                                           sla_target=t.sla_availability_target, dc_min_v=lo, dc_max_v=hi)
+            for w in reg["windows"]:
+                await store.upsert_window(conn, window_id=w.id, site_id=w.site_id, start=_ts(w.start_time),
+                                          end=_ts(w.end_time), category=int(w.category),
+                                          tenant_ids=list(w.tenant_ids))
+            self.ref = Reference.from_rows(await store.load_reference(conn))
+        changed = 0
+        for sid in sorted(set(before) | self._known_sites()):
+            if before.get(sid) != self.ref.site_cfg(sid):
+                changed += 1
+                await self.recompute_site(sid)
+        return changed
+
+    def _known_sites(self) -> set[str]:
+        return set(self.ref.sites) | {t["site_id"] for t in self.ref.tenancies.values()}
+
+    async def _sync_loop(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                changed = await self.sync_register()
+                log.info("kpi register synced: %d sites, %d changed", len(self.ref.sites), changed)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Sites down: keep the copy we have, retry
+                log.warning("kpi register sync failed (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    # -- announcing hours
+
+    async def publish_closed(self, *, limit: int = 500) -> int:
+        closed_before = int((self.clock() - self.config.publish_grace_s) // 60) - 60
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await store.unpublished_hours(conn, closed_before=closed_before + 1, site_ids=None,
+                                                 limit=limit)
+            for row in rows:
+                hour = store.minute_index(row["hour"])
+                tenancy_rows = await store.tenancy_rows_of(conn, site_id=row["site_id"], hour=hour)
+                payload = kpi_pb2.HourComputed(kpis=hour_kpis(row, tenancy_rows, self.ref),
+                                               revision=row["revision"])
+                await outbox.enqueue(conn, schema=SCHEMA, subject=HOUR_SUBJECT, event_type=HOUR_SUBJECT,
+                                     source="kpi_calculator", payload=payload,
+                                     tenant_ids=sorted({r["tenant_id"] for r in tenancy_rows}))
+                await store.mark_published(conn, site_id=row["site_id"], hour=hour, revision=row["revision"])
+        self.stats["hours_published"] += len(rows)
+        return len(rows)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            try:
+                while await self.publish_closed() > 0:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.warning("kpi publish failed: %s", exc)
+            await asyncio.sleep(self.config.publish_interval_s)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                async with self.pool.acquire() as conn:
+                    await store.purge_consumed(conn, older_than_s=self.config.allowed_lateness_s + 86400)
+                    await store.purge_minutes(conn, older_than_s=self.config.minute_retention_days * 86400)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("kpi purge failed: %s", exc)
+
+
+def hour_kpis(row, tenancy_rows: Sequence, ref: Reference) -> kpi_pb2.SiteKpis:
+    """The SiteKpis of one site-hour row, for the hour event (tenancies under the default
+    EXCLUDED unknown-minute policy; the KPI service applies other policies at query time)."""
+    site_id = row["site_id"]
+    start = row["hour"]
+    rng = common_pb2.TimeRange()
+    rng.start_time.FromDatetime(start)
+    rng.end_time.FromSeconds(int(start.timestamp()) + 3600)
+    k = kpi_pb2.SiteKpis(
+        site_id=site_id, region=ref.sites.get(site_id, {}).get("region", ""), range=rng, period_minutes=60,
+        power_known_minutes=row["power_known"], power_ok_minutes=row["power_ok"],
+        power_availability=row["power_ok"] / row["power_known"] if row["power_known"] else 1.0,
+        grid_known_minutes=row["grid_known"], grid_present_minutes=row["grid_present"],
+        grid_availability=row["grid_present"] / row["grid_known"] if row["grid_known"] else 1.0,
+        dg_run_hours=row["dg_run_minutes"] / 60.0, dg_starts=row["dg_starts"],
+        dg_fail_to_start=row["dg_fail_to_start"], fuel_consumed_l=row["fuel_consumed_l"],
+        fuel_expected_l=row["fuel_expected_l"], fuel_drop_dg_off_l=row["fuel_drop_dg_off_l"],
+        refuel_l=row["refuel_l"], refuels=row["refuels"], energy_grid_kwh=row["energy_grid_kwh"],
+        energy_dg_kwh=row["energy_dg_kwh"], energy_battery_kwh=row["energy_battery_kwh"],
+    )
+    bank = float(ref.sites.get(site_id, {}).get("battery_bank_ah", 0.0))
+    if row["soc_pct"] is not None and row["load_a"] and bank > 0:
+        k.battery_autonomy_h = max(0.0, row["soc_pct"]) / 100.0 * bank / row["load_a"]
+        k.battery_autonomy_time.FromDatetime(row["soc_time"])
+    for t in tenancy_rows:
+        c = domain.code_counts(t["minutes"])
+        a, defined = domain.default_availability(t["minutes"])
+        k.tenancies.add(
+            site_id=site_id, tenant_id=t["tenant_id"], region=k.region,
+            availability=kpi_pb2.Availability(
+                availability=a, defined=defined, unknown_policy=kpi_pb2.UNKNOWN_POLICY_EXCLUDED,
+                period_minutes=60, up_minutes=c["U"] + c["u"], unknown_minutes=c["?"],
+                outage=kpi_pb2.OutageMinutes(total=c["L"] + c["H"] + c["N"], dc_low=c["L"], dc_high=c["H"],
+                                             link_down=c["N"], ignored_short=c["u"]),
+                excluded=kpi_pb2.ExcludedMinutes(
+                    total=sum(c[x] for x in "PFTApfta?"), planned_maintenance=c["P"] + c["p"],
+                    force_majeure=c["F"] + c["f"], tenant_caused=c["T"] + c["t"],
+                    access_denied=c["A"] + c["a"], unknown=c["?"]),
+                sla_target=float(t["sla_target"]),
+                sla_met=(not defined) or a >= float(t["sla_target"])))
+    return k

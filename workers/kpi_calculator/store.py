@@ -1,0 +1,252 @@
+"""SQL of the kpi_calculator worker (schema kpi). Times cross this boundary as minute indexes
+(minutes since the Unix epoch); the columns are timestamptz."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from workers.kpi_calculator import domain
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# tenancy_hour count columns, by minute code
+CODE_COLUMNS = {
+    "U": "up", "u": "ignored", "L": "dc_low", "H": "dc_high", "N": "link_down", "?": "unknown",
+    "P": "ex_pm", "F": "ex_fm", "T": "ex_tc", "A": "ex_ad", "p": "un_pm", "f": "un_fm", "t": "un_tc",
+    "a": "un_ad",
+}
+
+
+def ts(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, tz=UTC)
+
+
+def minute_index(t: datetime) -> int:
+    return int(t.timestamp()) // 60
+
+
+# --------------------------------------------------------------------------- telemetry folding
+
+
+async def claim_batches(conn: asyncpg.Connection, *, keys: Sequence[str]) -> set[str]:
+    """Record batch keys as consumed; returns the ones that were new (inside the transaction)."""
+    rows = await conn.fetch(
+        "INSERT INTO kpi.consumed (batch_key) SELECT unnest($1::text[]) "
+        "ON CONFLICT DO NOTHING RETURNING batch_key", list(keys))
+    return {r["batch_key"] for r in rows}
+
+
+async def purge_consumed(conn: asyncpg.Connection, *, older_than_s: float) -> int:
+    status = await conn.execute(
+        "DELETE FROM kpi.consumed WHERE consumed_at < now() - make_interval(secs => $1)", older_than_s)
+    return int(status.split()[-1])
+
+
+async def load_minutes(conn: asyncpg.Connection, *, keys: Iterable[tuple[str, int]]
+                       ) -> dict[tuple[str, int], domain.MinuteAggs]:
+    keys = list(keys)
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        "SELECT m.site_id, m.minute, m.aggs FROM kpi.site_minute m "
+        "JOIN unnest($1::text[], $2::timestamptz[]) AS k(site_id, minute) "
+        "ON m.site_id = k.site_id AND m.minute = k.minute FOR UPDATE OF m",
+        [k[0] for k in keys], [ts(k[1]) for k in keys])
+    return {(r["site_id"], minute_index(r["minute"])): domain.aggs_from_json(orjson.loads(r["aggs"]))
+            for r in rows}
+
+
+async def save_minutes(conn: asyncpg.Connection, *, minutes: Mapping[tuple[str, int], domain.MinuteAggs]
+                       ) -> None:
+    if not minutes:
+        return
+    items = sorted(minutes.items())
+    await conn.execute(
+        "INSERT INTO kpi.site_minute (site_id, minute, aggs) "
+        "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) "
+        "ON CONFLICT (site_id, minute) DO UPDATE SET aggs = EXCLUDED.aggs",
+        [k[0] for k, _ in items], [ts(k[1]) for k, _ in items],
+        [orjson.dumps(domain.aggs_to_json(v)).decode() for _, v in items])
+
+
+async def minute_states(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int
+                        ) -> dict[int, domain.MinuteState]:
+    rows = await conn.fetch(
+        "SELECT minute, aggs FROM kpi.site_minute WHERE site_id = $1 AND minute >= $2 AND minute < $3",
+        site_id, ts(lo), ts(hi))
+    return {minute_index(r["minute"]): domain.minute_state(domain.aggs_from_json(orjson.loads(r["aggs"])))
+            for r in rows}
+
+
+async def purge_minutes(conn: asyncpg.Connection, *, older_than_s: float) -> int:
+    status = await conn.execute(
+        "DELETE FROM kpi.site_minute WHERE minute < now() - make_interval(secs => $1)", older_than_s)
+    return int(status.split()[-1])
+
+
+# --------------------------------------------------------------------------- hour rows
+
+
+async def save_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.SiteHour],
+                     tenancy_rows: Sequence[domain.TenancyHour], site_id: str, hours: Sequence[int]) -> None:
+    """Replace the rows of these site-hours. A site-hour row's revision increases only when its
+    content changes, so an unchanged recompute publishes nothing new."""
+    if site_rows:
+        cols = _site_columns(site_rows)
+        await conn.execute(
+            """
+            INSERT INTO kpi.site_hour (site_id, hour, grid_map, power_map, dg_map, source_map,
+                power_known, power_ok, grid_known, grid_present, dg_run_minutes, dg_starts,
+                dg_fail_to_start, fuel_consumed_l, fuel_expected_l, fuel_drop_dg_off_l, refuel_l,
+                refuels, energy_grid_kwh, energy_dg_kwh, energy_battery_kwh, soc_pct, load_a, soc_time)
+            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                $6::text[], $7::int2[], $8::int2[], $9::int2[], $10::int2[], $11::int2[], $12::int[],
+                $13::int[], $14::float8[], $15::float8[], $16::float8[], $17::float8[], $18::int[],
+                $19::float8[], $20::float8[], $21::float8[], $22::float8[], $23::float8[],
+                $24::timestamptz[])
+            ON CONFLICT (site_id, hour) DO UPDATE SET
+                grid_map = EXCLUDED.grid_map, power_map = EXCLUDED.power_map, dg_map = EXCLUDED.dg_map,
+                source_map = EXCLUDED.source_map, power_known = EXCLUDED.power_known,
+                power_ok = EXCLUDED.power_ok, grid_known = EXCLUDED.grid_known,
+                grid_present = EXCLUDED.grid_present, dg_run_minutes = EXCLUDED.dg_run_minutes,
+                dg_starts = EXCLUDED.dg_starts, dg_fail_to_start = EXCLUDED.dg_fail_to_start,
+                fuel_consumed_l = EXCLUDED.fuel_consumed_l, fuel_expected_l = EXCLUDED.fuel_expected_l,
+                fuel_drop_dg_off_l = EXCLUDED.fuel_drop_dg_off_l, refuel_l = EXCLUDED.refuel_l,
+                refuels = EXCLUDED.refuels, energy_grid_kwh = EXCLUDED.energy_grid_kwh,
+                energy_dg_kwh = EXCLUDED.energy_dg_kwh, energy_battery_kwh = EXCLUDED.energy_battery_kwh,
+                soc_pct = EXCLUDED.soc_pct, load_a = EXCLUDED.load_a, soc_time = EXCLUDED.soc_time,
+                revision = kpi.site_hour.revision + 1, computed_at = now()
+            WHERE (kpi.site_hour.grid_map, kpi.site_hour.power_map, kpi.site_hour.dg_map,
+                   kpi.site_hour.source_map, kpi.site_hour.dg_starts, kpi.site_hour.dg_fail_to_start,
+                   kpi.site_hour.fuel_consumed_l, kpi.site_hour.refuel_l, kpi.site_hour.energy_grid_kwh,
+                   kpi.site_hour.energy_dg_kwh, kpi.site_hour.energy_battery_kwh, kpi.site_hour.soc_time)
+                IS DISTINCT FROM
+                  (EXCLUDED.grid_map, EXCLUDED.power_map, EXCLUDED.dg_map, EXCLUDED.source_map,
+                   EXCLUDED.dg_starts, EXCLUDED.dg_fail_to_start, EXCLUDED.fuel_consumed_l,
+                   EXCLUDED.refuel_l, EXCLUDED.energy_grid_kwh, EXCLUDED.energy_dg_kwh,
+                   EXCLUDED.energy_battery_kwh, EXCLUDED.soc_time)
+            """, *cols)
+    # tenancy rows: replace the site's rows of these hours (tenancies may have come or gone)
+    await conn.execute("DELETE FROM kpi.tenancy_hour WHERE site_id = $1 AND hour = ANY($2::timestamptz[])",
+                       site_id, [ts(h) for h in hours])
+    if tenancy_rows:
+        names = list(CODE_COLUMNS.values())
+        counts = [[r.minutes.count(code) for r in tenancy_rows] for code in CODE_COLUMNS]
+        await conn.execute(
+            f"INSERT INTO kpi.tenancy_hour (tenant_id, site_id, hour, minutes, {', '.join(names)}) "
+            f"SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
+            + ", ".join(f"${i + 5}::int2[]" for i in range(len(names))) + ")",
+            [r.tenant_id for r in tenancy_rows], [r.site_id for r in tenancy_rows],
+            [ts(r.hour) for r in tenancy_rows], [r.minutes for r in tenancy_rows], *counts)
+
+
+def _site_columns(rows: Sequence[domain.SiteHour]) -> list[list[Any]]:
+    return [
+        [r.site_id for r in rows], [ts(r.hour) for r in rows], [r.grid_map for r in rows],
+        [r.power_map for r in rows], [r.dg_map for r in rows], [r.source_map for r in rows],
+        [sum(1 for c in r.power_map if c != "?") for r in rows], [r.power_map.count("1") for r in rows],
+        [sum(1 for c in r.grid_map if c != "?") for r in rows], [r.grid_map.count("1") for r in rows],
+        [r.dg_map.count("1") for r in rows], [r.dg_starts for r in rows], [r.dg_fail_to_start for r in rows],
+        [r.fuel_consumed_l for r in rows], [r.fuel_expected_l for r in rows],
+        [r.fuel_drop_dg_off_l for r in rows], [r.refuel_l for r in rows], [r.refuels for r in rows],
+        [r.energy_grid_kwh for r in rows], [r.energy_dg_kwh for r in rows],
+        [r.energy_battery_kwh for r in rows], [r.soc_pct for r in rows], [r.load_a for r in rows],
+        [None if r.soc_time is None else datetime.fromtimestamp(r.soc_time, tz=UTC) for r in rows],
+    ]
+
+
+async def site_hours_with_data(conn: asyncpg.Connection, *, site_id: str, since: int) -> list[int]:
+    """Hours of the site that have minute data since `since` (minute index)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT date_trunc('hour', minute) AS h FROM kpi.site_minute "
+        "WHERE site_id = $1 AND minute >= $2 ORDER BY h", site_id, ts(since))
+    return [minute_index(r["h"]) for r in rows]
+
+
+async def unpublished_hours(conn: asyncpg.Connection, *, closed_before: int, site_ids: Sequence[str] | None,
+                            limit: int) -> list[asyncpg.Record]:
+    """Closed site-hours whose latest revision has not been announced yet, oldest first."""
+    rows = await conn.fetch(
+        "SELECT * FROM kpi.site_hour WHERE revision > published_revision AND hour < $1 "
+        "AND ($2::text[] IS NULL OR site_id = ANY($2::text[])) ORDER BY hour, site_id LIMIT $3 "
+        "FOR UPDATE SKIP LOCKED", ts(closed_before), None if site_ids is None else list(site_ids), limit)
+    return rows
+
+
+async def tenancy_rows_of(conn: asyncpg.Connection, *, site_id: str, hour: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT h.*, COALESCE(t.sla_target, 0) AS sla_target FROM kpi.tenancy_hour h "
+        "LEFT JOIN LATERAL (SELECT sla_target FROM kpi.tenancy WHERE site_id = h.site_id "
+        "AND tenant_id = h.tenant_id LIMIT 1) t ON true "
+        "WHERE h.site_id = $1 AND h.hour = $2 ORDER BY h.tenant_id", site_id, ts(hour))
+
+
+async def mark_published(conn: asyncpg.Connection, *, site_id: str, hour: int, revision: int) -> None:
+    await conn.execute(
+        "UPDATE kpi.site_hour SET published_revision = $3 WHERE site_id = $1 AND hour = $2",
+        site_id, ts(hour), revision)
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+async def upsert_site(conn: asyncpg.Connection, *, site_id: str, region: str, dg_capacity_kva: float,
+                      dg_start_delay_s: float, battery_bank_ah: float) -> None:
+    await conn.execute(
+        "INSERT INTO kpi.site (site_id, region, dg_capacity_kva, dg_start_delay_s, battery_bank_ah) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (site_id) DO UPDATE SET region = EXCLUDED.region, "
+        "dg_capacity_kva = EXCLUDED.dg_capacity_kva, dg_start_delay_s = EXCLUDED.dg_start_delay_s, "
+        "battery_bank_ah = EXCLUDED.battery_bank_ah, update_time = now()",
+        site_id, region, dg_capacity_kva, dg_start_delay_s, battery_bank_ah)
+
+
+async def delete_site(conn: asyncpg.Connection, *, site_id: str) -> None:
+    await conn.execute("DELETE FROM kpi.tenancy WHERE site_id = $1", site_id)
+    await conn.execute("DELETE FROM kpi.calendar_window WHERE site_id = $1", site_id)
+    await conn.execute("DELETE FROM kpi.site WHERE site_id = $1", site_id)
+
+
+async def upsert_tenancy(conn: asyncpg.Connection, *, tenancy_id: str, site_id: str, tenant_id: str,
+                         sla_target: float, dc_min_v: float, dc_max_v: float) -> None:
+    await conn.execute(
+        "INSERT INTO kpi.tenancy (tenancy_id, site_id, tenant_id, sla_target, dc_min_v, dc_max_v) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenancy_id) DO UPDATE SET site_id = EXCLUDED.site_id, "
+        "tenant_id = EXCLUDED.tenant_id, sla_target = EXCLUDED.sla_target, dc_min_v = EXCLUDED.dc_min_v, "
+        "dc_max_v = EXCLUDED.dc_max_v, update_time = now()",
+        tenancy_id, site_id, tenant_id, sla_target, dc_min_v, dc_max_v)
+
+
+async def delete_tenancy(conn: asyncpg.Connection, *, tenancy_id: str) -> None:
+    await conn.execute("DELETE FROM kpi.tenancy WHERE tenancy_id = $1", tenancy_id)
+
+
+async def upsert_window(conn: asyncpg.Connection, *, window_id: str, site_id: str, start: datetime,
+                        end: datetime, category: int, tenant_ids: Sequence[str]) -> None:
+    await conn.execute(
+        "INSERT INTO kpi.calendar_window (window_id, site_id, start_time, end_time, category, tenant_ids) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (window_id) DO UPDATE SET site_id = EXCLUDED.site_id, "
+        "start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time, category = EXCLUDED.category, "
+        "tenant_ids = EXCLUDED.tenant_ids",
+        window_id, site_id, start, end, category, list(tenant_ids))
+
+
+async def delete_window(conn: asyncpg.Connection, *, window_id: str) -> None:
+    await conn.execute("DELETE FROM kpi.calendar_window WHERE window_id = $1", window_id)
+
+
+async def load_reference(conn: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
+    return {
+        "sites": await conn.fetch("SELECT * FROM kpi.site"),
+        "tenancies": await conn.fetch("SELECT * FROM kpi.tenancy ORDER BY site_id, tenant_id"),
+        "windows": await conn.fetch("SELECT * FROM kpi.calendar_window"),
+        "policies": await conn.fetch("SELECT * FROM kpi.policy"),
+    }
+
+
+async def get_window(conn: asyncpg.Connection, *, window_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM kpi.calendar_window WHERE window_id = $1", window_id)

@@ -1,0 +1,116 @@
+"""Process wiring of the kpi_calculator: `python -m workers.kpi_calculator.worker`
+(or `towerco serve kpi_calculator`).
+
+Connects to PostgreSQL and NATS (DATABASE_URL / NATS_URL), waits for the kpi schema
+(`towerco migrate`), then consumes its TELEMETRY partitions (TOWERCO_KPI_PARTITIONS, all by
+default) and the register events until SIGTERM/SIGINT. The register is fetched from the Sites
+service (TOWERCO_SITES_TARGET) with the kpi service token; while Sites is unreachable the copy in
+the kpi schema is used. Prometheus metrics on TOWERCO_KPI_CALCULATOR_METRICS_PORT (off when unset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from towerco.common.v1 import common_pb2
+from towerco.sites.v1 import sites_pb2
+
+from mesh import db, events
+from mesh.auth import service_token
+from mesh.config import get_settings
+from mesh.observability import configure_logging, start_metrics_server
+from sdk import Client
+from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
+
+log = logging.getLogger("towerco.kpi_calculator")
+
+
+async def wait_for_schema(pool, *, timeout_s: float = 120.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                if await conn.fetchval("SELECT to_regclass('kpi.tenancy_hour') IS NOT NULL"):
+                    return
+        except Exception as exc:  # noqa: BLE001
+            if not db.is_unavailable(exc):
+                raise
+        if loop.time() > deadline:
+            raise RuntimeError("the kpi schema does not exist: run `towerco migrate`")
+        await asyncio.sleep(1.0)
+
+
+def register_fetcher(target: str):
+    """An async function returning every site, tenancy and window of the register (paged)."""
+
+    async def fetch() -> dict:
+        async with Client(target, token=lambda: service_token("kpi")) as c:
+            out: dict[str, list] = {"sites": [], "tenancies": [], "windows": []}
+            for key, call, req_cls, field in (
+                ("sites", c.sites.ListSites, sites_pb2.ListSitesRequest, "sites"),
+                ("tenancies", c.sites.ListTenancies, sites_pb2.ListTenanciesRequest, "tenancies"),
+                ("windows", c.sites.ListWindows, sites_pb2.ListWindowsRequest, "windows"),
+            ):
+                token = ""
+                while True:
+                    resp = await call(req_cls(page=common_pb2.PageRequest(size=1000, token=token)), timeout=30)
+                    out[key].extend(getattr(resp, field))
+                    token = resp.page.next_token
+                    if not token:
+                        break
+            return out
+
+    return fetch
+
+
+async def serve() -> None:
+    settings = get_settings()
+    configure_logging(settings, "kpi_calculator")
+    config = CalculatorConfig.from_env(settings.partitions)
+    stop_metrics = None
+    metrics_port = os.environ.get("TOWERCO_KPI_CALCULATOR_METRICS_PORT", "")
+    if metrics_port:
+        port, stop_metrics = start_metrics_server(int(metrics_port), settings.host)
+        log.info("metrics on %s:%d", settings.host, port)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=6)
+    nc = await events.connect(settings.nats_url, name="kpi_calculator")
+    try:
+        js = nc.jetstream()
+        await wait_for_schema(pool)
+        await events.ensure_streams(js)
+        calc = Calculator(pool, js, config=config, partition_count=settings.partitions,
+                          fetch_register=register_fetcher(settings.target("sites")),
+                          database_url=settings.database_url)
+        task = asyncio.create_task(calc.run())
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        log.info("kpi_calculator consuming partitions %s", list(config.partitions))
+        done, _ = await asyncio.wait([task, asyncio.create_task(stopping.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        await calc.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await pool.close()
+        if stop_metrics:
+            stop_metrics()
+
+
+def main() -> None:
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
