@@ -105,3 +105,13 @@ def test_message_ids_and_chunks():
     assert domain.chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
     assert domain.chunks([], 2) == [[]]
     assert domain.subject(7) == "telemetry.samples.7"
+
+
+def test_docs_metric_catalogue_matches_the_code():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    for m in domain.CATALOGUE.values():
+        rng = "0 or 1" if m.boolean else f"{m.low:g} to {m.high:g}"
+        series = "per tenancy" if m.per_tenant else "per site"
+        assert f"| `{m.name}` | {m.unit} | {rng} | {series} |" in text, m.name
