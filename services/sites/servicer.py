@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -102,12 +102,18 @@ _CATEGORY = (pb.WindowCategory.DESCRIPTOR, "WINDOW_CATEGORY_")
 _KIND = {"created": pb.CHANGE_KIND_CREATED, "updated": pb.CHANGE_KIND_UPDATED, "deleted": pb.CHANGE_KIND_DELETED}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A timestamptz (microsecond precision) as a Timestamp; integer arithmetic, no float rounding."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    micros = (value - _EPOCH) // _MICROSECOND
+    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
 def _dt(msg: Message, field: str) -> datetime | None:
