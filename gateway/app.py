@@ -114,6 +114,7 @@ class Gateway:
         self._openapi: bytes | None = None
         self.inner = self._build_inner()
         self.live = live.Live(self)
+        edge.install_log_redaction()
 
     # -------------------------------------------------------------------------------- upstreams
     def target(self, upstream: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -121,3 +122,28 @@ class Cors:
             (b"access-control-allow-headers", self.ALLOW_HEADERS.encode()),
             (b"access-control-max-age", b"600"),
         ]
+
+
+_TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Blank `access_token=` query values in log lines (uvicorn logs WebSocket paths with their
+    query string at INFO, and streams accept the token there)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        if "access_token=" in message:
+            record.msg = _TOKEN_IN_QUERY.sub(r"\1REDACTED", message)
+            record.args = ()
+        return True
+
+
+def install_log_redaction() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())

@@ -128,10 +128,10 @@ async def fake_server(port: int = 0) -> AsyncIterator[tuple[str, FakeTranscoding
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(app) -> AsyncIterator[str]:
+async def serve_gateway(app, log_level: str = "warning") -> AsyncIterator[str]:
     """Run the ASGI app under a real uvicorn server in this event loop; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on", ws_ping_interval=None)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, access_log=False, lifespan="on", ws_ping_interval=None)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.ensure_future(server.serve())

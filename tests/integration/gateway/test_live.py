@@ -181,3 +181,28 @@ async def test_tokens_for_other_principals_stream_independently(make_gateway) ->
             sse_events(client, "/v1/ticks?count=3", headers={"authorization": f"Bearer {t2}"}),
         )
         assert [len(ev) for _, ev in res] == [2, 3]
+
+
+async def test_query_token_never_reaches_the_logs(token, caplog) -> None:
+    import logging
+
+    from gwfake import fake_server, serve_gateway
+
+    from gateway.app import create_app
+    from gateway.config import GatewayConfig
+
+    async with fake_server() as (target, *_):
+        app = create_app(GatewayConfig(services=("testing",), targets={"testing": target}))
+        async with serve_gateway(app, log_level="info") as base:
+            uv = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
+            uv.addHandler(caplog.handler)
+            try:
+                with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+                    async with websockets.connect(ws_url(base, f"/v1/ticks?count=1&access_token={token}")) as ws:
+                        assert "result" in orjson.loads(await ws.recv())
+                    await asyncio.sleep(0.1)
+            finally:
+                uv.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("WebSocket" in line and "access_token=REDACTED" in line for line in lines), lines
+    assert token not in caplog.text
