@@ -33,6 +33,7 @@ U = uuid.uuid4().hex[:6]
 SITE_A, SITE_B = f"KSA-{U.upper()}", f"KSB-{U.upper()}"
 ACME, BETA = f"acme-{U}", f"beta-{U}"
 H0 = hours_ago(4)
+NORTH, SOUTH = f"north-{U}", f"south-{U}"
 
 
 def rng(a: int, b: int) -> common_pb2.TimeRange:
@@ -62,8 +63,8 @@ async def world(stack):
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         async with running_calculator(pool, js, [SITE_A, SITE_B]):
-            await register_site(js, SITE_A, region="north")
-            await register_site(js, SITE_B, region="south", dg_delay_s=120.0)
+            await register_site(js, SITE_A, region=NORTH)
+            await register_site(js, SITE_B, region=SOUTH, dg_delay_s=120.0)
             await register_tenancy(js, SITE_A, ACME, sla=0.999)
             await register_tenancy(js, SITE_A, BETA, lo=45.0, hi=58.0, sla=0.99)
             await register_tenancy(js, SITE_B, ACME, sla=0.999)
@@ -107,7 +108,7 @@ async def test_tenant_availability_rolls_up_exact_minutes(world):
     site_a = by_site[SITE_A]
     assert site_a.availability.availability == pytest.approx(105 / 115)
     assert site_a.availability.outage.dc_low == 10
-    assert site_a.region == "north"
+    assert site_a.region == NORTH
     [iv] = site_a.outages
     assert (iv.start_time.seconds, iv.end_time.seconds, iv.cause, iv.minutes) == (
         (H0 + 10) * 60, (H0 + 20) * 60, kpi_pb2.OUTAGE_CAUSE_DC_LOW, 10)
@@ -182,7 +183,7 @@ async def test_series_hourly(world):
 
 async def test_worst_sites_and_fleet_summary(world):
     md = world.md("viewer")
-    worst = await world.stub.ListWorstSites(kpi_pb2.ListWorstSitesRequest(range=rng(0, 120), region="north"),
+    worst = await world.stub.ListWorstSites(kpi_pb2.ListWorstSitesRequest(range=rng(0, 120), region=NORTH),
                                             metadata=md)
     assert [(s.site_id, s.tenant_id) for s in worst.sites] == [(SITE_A, BETA), (SITE_A, ACME)]
     grid = await world.stub.ListWorstSites(
@@ -196,10 +197,10 @@ async def test_worst_sites_and_fleet_summary(world):
     scoped = await world.stub.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(range=rng(0, 120)),
                                               metadata=world.md("tenant_viewer", tenant=ACME))
     regions = {g.key: g for g in scoped.regions}
-    assert sorted(regions) == ["north", "south"]
-    assert regions["south"].grid_availability == pytest.approx(0.75)
-    assert regions["south"].dg_run_hours == pytest.approx(27 / 60)
-    assert regions["north"].availability.availability == pytest.approx(105 / 115)
+    assert sorted(regions) == [NORTH, SOUTH]
+    assert regions[SOUTH].grid_availability == pytest.approx(0.75)
+    assert regions[SOUTH].dg_run_hours == pytest.approx(27 / 60)
+    assert regions[NORTH].availability.availability == pytest.approx(105 / 115)
     assert [g.key for g in scoped.tenants] == [ACME]
 
 
