@@ -131,7 +131,7 @@ def render_summary(recorded: dict[str, Any], *, foreground: bool) -> str:
         extra = f"   metrics http://{endpoint.rsplit(':', 1)[0]}:{info['metrics_port']}/metrics" \
             if info.get("metrics_port") and info.get("health") == "grpc" else ""
         kind = info.get("health") or info.get("kind")
-        lines.append(f"  {name:<16}{kind:<6}{endpoint}{extra}")
+        lines.append(f"  {name:<16}{kind:<8}{endpoint}{extra}")
         if name == "sites":
             grpc_target = endpoint
     tokens = recorded.get("tokens") or {}
