@@ -70,6 +70,8 @@ PROCESSES: tuple[Process, ...] = (
     Process("gateway", "gateway", "gateway.server", port="gateway", health="http"),
     Process("telemetry", "service", "services.telemetry.server", port="telemetry", health="grpc"),
     Process("ingestor", "worker", "workers.ingestor.worker"),
+    Process("kpi", "service", "services.kpi.server", port="kpi", health="grpc"),
+    Process("kpi_calculator", "worker", "workers.kpi_calculator.worker"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.
