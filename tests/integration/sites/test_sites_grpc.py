@@ -430,10 +430,16 @@ async def test_watch_changes_replays_then_follows_and_is_tenant_scoped(sites, un
     await st.UpdateSite(pb.UpdateSiteRequest(site=pb.Site(id=w.s1, name="A only")), metadata=w.admin)
 
     got_staff = []
-    async for r in staff:
+    while True:
+        r = await asyncio.wait_for(staff.read(), timeout=10)
         got_staff.append(r)
         if r.change.HasField("site") and r.change.site.name == "A only":
             break
+    # caught up: the next change arrives live on the same stream
+    await asyncio.sleep(0.2)
+    await st.UpdateSite(pb.UpdateSiteRequest(site=pb.Site(id=w.s3, name="Later")), metadata=w.admin)
+    live_next = await asyncio.wait_for(staff.read(), timeout=10)
+    assert live_next.change.site.name == "Later" and live_next.sequence > got_staff[-1].sequence
     staff.cancel()
     seqs = [r.sequence for r in got_staff]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] > resume_after
