@@ -32,8 +32,8 @@ Health (grpc.health.v1.Health) and reflection need no token and bypass the chain
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -188,7 +188,7 @@ class MeshServerInterceptor(AsyncServerInterceptor):
             elif key == CORRELATION_HEADER:
                 cid = value
         if not cid or not isinstance(cid, str) or len(cid) > 128:
-            cid = uuid.uuid4().hex
+            cid = os.urandom(16).hex()
         call.correlation_id = cid
         sdk_context.correlation_id.set(cid)
         _bind_log_context(correlation_id=cid)
