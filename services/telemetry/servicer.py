@@ -78,9 +78,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     # ------------------------------------------------------------------ ingest
 
     async def _ingest(self, batch_id: str, samples: Any) -> Outcome:
-        rows = [(s.site_id, s.metric, s.tenant_id, _ts(s.time), s.value) for s in samples]
         known = self.sites.partitions
-        unknown = {r[0] for r in rows if r[0] not in known}
+        unknown = {sid for sid in (s.site_id for s in samples) if sid not in known}
         if unknown:
             try:
                 await self.sites.resolve(unknown)
@@ -88,7 +87,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 raise Unavailable("the site register cannot be reached; retry with the same batch_id",
                                   retry_after_s=1.0) from exc
         now = time.time()
-        screened = domain.screen(rows, sites=self.sites.partitions, now=now, retention_s=self.retention_s)
+        screened = domain.screen_samples(samples, sites=self.sites.partitions, now=now,
+                                         retention_s=self.retention_s)
         out = Outcome()
         out.accepted = screened.accepted
         out.rejected = len(screened.refusals)

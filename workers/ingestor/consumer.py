@@ -48,11 +48,15 @@ class Ingestor:
         self.config = config or domain.IngestorConfig()
         self.encoder = store.RowEncoder()
         self.known_days: set = set()
-        self.consumer = PullConsumer(
-            js, stream=TELEMETRY_STREAM, durable=DURABLE, filter_subject=FILTER, handler=self.handle,
-            batch=self.config.batch, ack_wait=self.config.ack_wait_s, max_deliver=5, backoff=(1, 5, 30),
-            fetch_timeout=2.0, max_ack_pending=20_000,
-        )
+        # Several loops on the same durable consumer: while one writes, another fetches and decodes.
+        self.consumers = [
+            PullConsumer(
+                js, stream=TELEMETRY_STREAM, durable=DURABLE, filter_subject=FILTER, handler=self.handle,
+                batch=self.config.batch, ack_wait=self.config.ack_wait_s, max_deliver=5, backoff=(1, 5, 30),
+                fetch_timeout=2.0, max_ack_pending=20_000,
+            )
+            for _ in range(self.config.concurrency)
+        ]
         self.written = 0
 
     # -- the handler
@@ -76,10 +80,7 @@ class Ingestor:
                 bad.append(m)
                 reasons.append("no message id and no batch_id")
                 continue
-            enc = self.encoder.encode(
-                (s.site_id, s.metric, s.tenant_id, s.time.seconds, s.time.nanos, s.value)
-                for s in batch.samples
-            )
+            enc = self.encoder.encode_samples(batch.samples)
             if enc.rows and not domain.plausible_span(enc.min_s, enc.max_s, now_s=now,
                                                       retention_days=self.config.retention_days):
                 bad.append(m)
@@ -161,11 +162,11 @@ class Ingestor:
         """Upkeep once, then consume until cancelled."""
         upkeep = asyncio.create_task(self._upkeep_loop())
         try:
-            await self.consumer.run()
+            await asyncio.gather(*(c.run() for c in self.consumers))
         finally:
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        await asyncio.gather(*(c.stop() for c in self.consumers))

@@ -46,7 +46,8 @@ class IngestorConfig:
     """Environment: TOWERCO_TELEMETRY_RETENTION_DAYS (90), TOWERCO_INGESTOR_PARTITIONS_AHEAD_DAYS
     (3), TOWERCO_INGESTOR_BATCH (messages per fetch, 200), TOWERCO_INGESTOR_UPKEEP_S (3600),
     TOWERCO_INGESTOR_METRICS_PORT (-1: off; 0: a free port), TOWERCO_INGESTOR_ACK_WAIT_S (30: how
-    soon the messages a killed replica held are redelivered to another)."""
+    soon the messages a killed replica held are redelivered to another), TOWERCO_INGESTOR_CONCURRENCY
+    (2: fetch-and-write loops per process, so decoding one batch overlaps writing another)."""
 
     retention_days: int = 90
     ahead_days: int = 3
@@ -54,6 +55,7 @@ class IngestorConfig:
     upkeep_s: float = 3600.0
     metrics_port: int = -1
     ack_wait_s: float = 30.0
+    concurrency: int = 2
 
     @classmethod
     def from_env(cls) -> IngestorConfig:
@@ -74,8 +76,9 @@ class IngestorConfig:
             upkeep_s=num("TOWERCO_INGESTOR_UPKEEP_S", 3600.0, float),
             metrics_port=num("TOWERCO_INGESTOR_METRICS_PORT", -1),
             ack_wait_s=num("TOWERCO_INGESTOR_ACK_WAIT_S", 30.0, float),
+            concurrency=num("TOWERCO_INGESTOR_CONCURRENCY", 2),
         )
         if cfg.retention_days < 1 or cfg.ahead_days < 0 or cfg.batch < 1 or cfg.upkeep_s <= 0 \
-                or cfg.ack_wait_s < 1:
+                or cfg.ack_wait_s < 1 or not 1 <= cfg.concurrency <= 16:
             raise ValueError("ingestor settings out of range (retention >= 1 day, batch >= 1, upkeep > 0)")
         return cfg

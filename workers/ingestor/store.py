@@ -88,6 +88,35 @@ class RowEncoder:
         return Encoded(parts, n, lo or 0, hi or 0)
 
 
+    def encode_samples(self, samples: Iterable) -> Encoded:
+        """The same as encode(), reading objects with site_id, metric, tenant_id, time.seconds,
+        time.nanos and value attributes (the TelemetryBatch samples) without building tuples:
+        the hot path, about twice as fast as going through tuples."""
+        parts: list[bytes] = []
+        append = parts.append
+        sites = self._sites
+        metrics = self._metrics
+        pack = _TIME_VALUE.pack
+        lo = hi = None
+        for s in samples:
+            site_id = s.site_id
+            enc_site = sites.get(site_id) or self._site(site_id)
+            key = (s.metric, s.tenant_id)
+            enc_metric = metrics.get(key) or self._metric(*key)
+            t = s.time
+            seconds = t.seconds
+            append(enc_site)
+            append(enc_metric)
+            append(pack(8, (seconds - _PG_EPOCH_S) * 1_000_000 + t.nanos // 1000, 8, s.value))
+            if lo is None:
+                lo = hi = seconds
+            elif seconds < lo:
+                lo = seconds
+            elif seconds > hi:  # type: ignore[operator]
+                hi = seconds
+        return Encoded(parts, len(parts) // 3, lo or 0, hi or 0)
+
+
 def payload(encoded: Sequence[Encoded]) -> bytes:
     body = [_HEADER]
     for e in encoded:

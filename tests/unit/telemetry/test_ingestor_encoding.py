@@ -32,3 +32,17 @@ def test_min_max_track_any_order():
 def test_empty_batch():
     enc = RowEncoder().encode([])
     assert enc.rows == 0 and payload([enc]).endswith(struct.pack(">h", -1))
+
+
+def test_encoding_samples_directly_gives_the_same_bytes():
+    from towerco.telemetry.v1 import telemetry_pb2 as pb
+
+    msg = pb.TelemetryBatch(batch_id="b", partition=0)
+    rows = [("S1", "dc_bus_v", "", 1_700_000_000, 5_000, 53.5), ("S2", "tenant_link_up", "op", 1_700_000_060, 0, 1.0),
+            ("S1", "load_a", "", 1_699_999_000, 999_999_999, 12.25)]
+    for site, metric, tenant, sec, nanos, value in rows:
+        s = msg.samples.add(site_id=site, metric=metric, tenant_id=tenant, value=value)
+        s.time.seconds, s.time.nanos = sec, nanos
+    a, b = RowEncoder().encode(rows), RowEncoder().encode_samples(msg.samples)
+    assert payload([a]) == payload([b])
+    assert (b.rows, b.min_s, b.max_s) == (3, 1_699_999_000, 1_700_000_060)
