@@ -12,7 +12,9 @@ servicer only sets a fixed caller identity (the auth interceptor's job) before t
 The load comes from ONE separate process (multiprocessing, spawn) with the same client code, the
 same token header and the same concurrency for both targets; passes are interleaved (bare, mesh,
 mesh, bare, ...) so drift on a shared machine hits both. Figures: requests per second over all
-passes, p50/p99 latency, throughput ratio mesh/bare (target >= 0.85), and the open breaker's
+passes, p50/p99 latency, throughput ratio mesh/bare (target >= 0.85), the servers' CPU time per
+request (process CPU time over each run: less sensitive to a busy machine than wall-clock
+throughput, so its bare/mesh ratio is the steadier figure), and the open breaker's
 fail-fast p50/p99 (target p99 <= 1 ms) from bench.breaker.measure_open_breaker_failfast().
 Ends with one JSON line.
 """
@@ -188,26 +190,35 @@ async def run(seconds: float, passes: int, concurrency: int, failfast_n: int) ->
         results: dict[str, list[dict[str, Any]]] = {"bare": [], "mesh": []}
         say(f"GetSite from PostgreSQL, {concurrency} concurrent clients in one load process, "
               f"{seconds:.0f} s per run, {passes} interleaved passes")
-        say(f"{'pass':>4} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        say(f"{'pass':>4} {'server':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu us/req':>10}")
         for p in range(passes):
             order = ("bare", "mesh") if p % 2 == 0 else ("mesh", "bare")
             for name in order:
+                cpu0 = time.process_time()  # this process = the servers only (load and PG are elsewhere)
                 r = await _load(targets[name], token, seconds, concurrency, site_ids)
+                r["cpu_s"] = time.process_time() - cpu0
+                r["cpu_us_per_req"] = r["cpu_s"] / max(1, r["n"]) * 1e6
                 results[name].append(r)
-                say(f"{p + 1:>4} {name:>6} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6}")
+                say(f"{p + 1:>4} {name:>6} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>6} "
+                    f"{r['cpu_us_per_req']:>10.0f}")
 
         def total(name: str) -> dict[str, float]:
             rs = results[name]
             n = sum(r["n"] for r in rs)
             secs = sum(r["seconds"] for r in rs)
             return {"rps": n / secs if secs else 0.0, "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+                    "p99_ms": statistics.median(r["p99_ms"] for r in rs), "errors": sum(r["errors"] for r in rs),
+                    "cpu_us_per_req": sum(r["cpu_s"] for r in rs) / max(1, n) * 1e6}
 
         b, m = total("bare"), total("mesh")
         ratio = m["rps"] / b["rps"] if b["rps"] else 0.0
-        say(f"{'all':>4} {'bare':>6} {b['rps']:>9.0f} {b['p50_ms']:>8.2f} {b['p99_ms']:>8.2f} {b['errors']:>6}")
-        say(f"{'all':>4} {'mesh':>6} {m['rps']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}")
+        cpu_ratio = b["cpu_us_per_req"] / m["cpu_us_per_req"] if m["cpu_us_per_req"] else 0.0
+        for name, t in (("bare", b), ("mesh", m)):
+            say(f"{'all':>4} {name:>6} {t['rps']:>9.0f} {t['p50_ms']:>8.2f} {t['p99_ms']:>8.2f} {t['errors']:>6} "
+                f"{t['cpu_us_per_req']:>10.0f}")
         say(f"throughput ratio mesh/bare = {ratio:.3f} (target >= 0.85)")
+        say(f"server CPU per request bare/mesh = {cpu_ratio:.3f} (the same ratio with the shared machine's "
+            "noise removed: the capacity the mesh leaves when the server is CPU-bound)")
     finally:
         if bare is not None:
             await bare.stop(0)
@@ -233,6 +244,9 @@ async def run(seconds: float, passes: int, concurrency: int, failfast_n: int) ->
         "mesh_rps": round(m["rps"], 1),
         "throughput_ratio": round(ratio, 3),
         "throughput_ratio_target": 0.85,
+        "cpu_ratio": round(cpu_ratio, 3),
+        "bare_cpu_us_per_req": round(b["cpu_us_per_req"], 1),
+        "mesh_cpu_us_per_req": round(m["cpu_us_per_req"], 1),
         "bare_p50_ms": round(b["p50_ms"], 3),
         "bare_p99_ms": round(b["p99_ms"], 3),
         "mesh_p50_ms": round(m["p50_ms"], 3),
