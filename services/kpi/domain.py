@@ -9,12 +9,14 @@ a period and recombining the parts gives exactly the whole-period figure.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 MINUTE_S = 60
 HOUR_MIN = 60
+DAY_MIN = 1440
 MAX_RANGE_MIN = 400 * 24 * 60
 
 EXCLUDED = 1
@@ -131,6 +133,13 @@ def slice_map(hour: int, codes: str, lo: int, hi: int) -> str:
     return codes[a:b] if b > a else ""
 
 
+def split_days(first: int, last: int) -> tuple[int, int]:
+    """The whole UTC days inside the whole hours [first, last) (minute indexes) as [d1, d2)."""
+    d1 = -(-first // DAY_MIN) * DAY_MIN
+    d2 = (last // DAY_MIN) * DAY_MIN
+    return (d1, d2) if d2 > d1 else (first, first)
+
+
 def split_edges(lo: int, hi: int) -> tuple[int, int]:
     """The whole hours inside [lo, hi) (minute indexes) as [first, last): the rest is edges."""
     first = -(-lo // HOUR_MIN) * HOUR_MIN
@@ -154,25 +163,26 @@ class Interval:
         return self.end - self.start
 
 
+_OUTAGE_RUN = re.compile(r"L+|H+|N+")
+
+
 def outage_intervals(hour_maps: Iterable[tuple[int, str]], lo: int, hi: int, *, limit: int = 1000
                      ) -> list[Interval]:
     """Runs of consecutive outage minutes of one cause inside [lo, hi), oldest first, merged
     across hour boundaries. `hour_maps` are (hour, codes) pairs of one tenancy."""
     out: list[Interval] = []
     for hour, codes in sorted(hour_maps):
-        for i, c in enumerate(codes):
-            m = hour + i
-            if m < lo or m >= hi:
-                continue
-            cause = OUTAGE_CAUSES.get(c)
-            if cause is None:
-                continue
-            if out and out[-1].end == m and out[-1].cause == cause:
-                out[-1].end = m + 1
+        a, b = max(lo - hour, 0), min(hi - hour, len(codes))
+        if b <= a:
+            continue
+        for run in _OUTAGE_RUN.finditer(codes, a, b):
+            start, end, cause = hour + run.start(), hour + run.end(), OUTAGE_CAUSES[run.group()[0]]
+            if out and out[-1].end == start and out[-1].cause == cause:
+                out[-1].end = end
             else:
                 if len(out) >= limit:
                     return out
-                out.append(Interval(m, m + 1, cause))
+                out.append(Interval(start, end, cause))
     return out
 
 

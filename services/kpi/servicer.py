@@ -121,9 +121,12 @@ async def tenancy_counts(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_i
                          site_ids: Sequence[str] | None = None) -> dict[tuple[str, str], Counter[str]]:
     """Minute-code counts of every tenancy in [lo, hi): whole hours summed in SQL, edges sliced."""
     first, last = domain.split_edges(lo, hi)
+    d1, d2 = domain.split_days(first, last)
     out: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    for r in await store.tenancy_sums(conn, first_hour=first, last_hour=last, tenant_id=tenant_id,
-                                      site_ids=site_ids):
+    rows = await store.tenancy_day_sums(conn, first_day=d1, last_day=d2, tenant_id=tenant_id, site_ids=site_ids)
+    for a, b in ((first, d1), (d2, last)) if d2 > d1 else ((first, last),):
+        rows += await store.tenancy_sums(conn, first_hour=a, last_hour=b, tenant_id=tenant_id, site_ids=site_ids)
+    for r in rows:
         out[(r["tenant_id"], r["site_id"])].update(store.counts_of(r))
     edges = _edge_hours(lo, hi, first, last)
     for r in await store.tenancy_maps(conn, hours=edges, tenant_id=tenant_id, site_ids=site_ids):
@@ -174,16 +177,20 @@ async def site_totals(conn: asyncpg.Connection, *, lo: int, hi: int, site_ids: S
     first, last = domain.split_edges(lo, hi)
     out: dict[str, domain.SiteTotals] = defaultdict(domain.SiteTotals)
     for r in await store.site_sums(conn, first_hour=first, last_hour=last, site_ids=site_ids):
-        t = out[r["site_id"]]
-        t.power_known += int(r["power_known"])
-        t.power_ok += int(r["power_ok"])
-        t.grid_known += int(r["grid_known"])
-        t.grid_present += int(r["grid_present"])
-        t.dg_run_minutes += int(r["dg_run_minutes"])
-        t.add_numbers(r)
+        add_site_counts(out[r["site_id"]], r)
     for r in await store.site_edge_rows(conn, hours=_edge_hours(lo, hi, first, last), site_ids=site_ids):
         add_site_row(out[r["site_id"]], r, lo, hi)
     return out
+
+
+def add_site_counts(t: domain.SiteTotals, r: asyncpg.Record) -> None:
+    """Add a whole hour (or a sum of whole hours) from its count columns."""
+    t.power_known += int(r["power_known"])
+    t.power_ok += int(r["power_ok"])
+    t.grid_known += int(r["grid_known"])
+    t.grid_present += int(r["grid_present"])
+    t.dg_run_minutes += int(r["dg_run_minutes"])
+    t.add_numbers(r)
 
 
 def add_site_row(t: domain.SiteTotals, r: asyncpg.Record, lo: int, hi: int) -> None:
@@ -259,7 +266,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
             if (site is None and not await store.site_has_data(conn, site_id=request.site_id)) or (
                     tenant is not None and not tenancies):
                 raise NotFound(f"site {request.site_id} not found", "site", request.site_id)
-            rows = await store.site_hours(conn, site_id=request.site_id, lo=lo, hi=hi)
+            rows = await store.site_hours(conn, site_id=request.site_id, lo=lo, hi=hi, maps=False)
             maps = []
             pols = {}
             if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis:
@@ -267,29 +274,32 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
                 pols = await resolved_policies(conn, (t["tenant_id"] for t in tenancies), request.unknown_policy)
         buckets = domain.series_buckets(lo, hi, step)
         totals: dict[int, domain.SiteTotals] = {b: domain.SiteTotals() for b in buckets}
-        for r in rows:
-            add_site_row(totals[domain.bucket_of(store.minute_index(r["hour"]), lo, step)], r, lo, hi)
+        for r in rows:  # the range is on whole hours: every row is a whole hour of it
+            add_site_counts(totals[domain.bucket_of(store.minute_index(r["hour"]), lo, step)], r)
+        stamps = {b: _ts(b) for b in buckets}
         resp = kpi_pb2.GetKpiSeriesResponse()
         for kpi in kpis:
             if kpi == kpi_pb2.KPI_TENANT_AVAILABILITY:
                 continue
-            series = resp.series.add(kpi=kpi)
+            points = []
             for b in buckets:
                 value, known = _series_value(kpi, totals[b], min(step, hi - b))
-                series.points.add(time=_ts(b), value=value, known_minutes=known)
+                points.append(kpi_pb2.KpiPoint(time=stamps[b], value=value, known_minutes=known))
+            resp.series.add(kpi=kpi).points.extend(points)
         if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis:
             counts: dict[str, dict[int, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
             for m in maps:
                 h = store.minute_index(m["hour"])
-                counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(m["minutes"])
+                counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(store.counts_of(m))
             for t in tenancies:
                 pol, minimum = pols[t["tenant_id"]]
-                series = resp.series.add(kpi=kpi_pb2.KPI_TENANT_AVAILABILITY, tenant_id=t["tenant_id"])
+                points = []
                 for b in buckets:
                     fig = domain.availability(counts[t["tenant_id"]][b], min(step, hi - b), policy=pol,
                                               min_outage_minutes=minimum)
-                    series.points.add(time=_ts(b), value=fig.availability,
-                                      known_minutes=fig.period_minutes - fig.excluded_total)
+                    points.append(kpi_pb2.KpiPoint(time=stamps[b], value=fig.availability,
+                                                   known_minutes=fig.period_minutes - fig.excluded_total))
+                resp.series.add(kpi=kpi_pb2.KPI_TENANT_AVAILABILITY, tenant_id=t["tenant_id"]).points.extend(points)
         return resp
 
     async def GetTenantAvailability(self, request, context):

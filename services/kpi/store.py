@@ -79,6 +79,18 @@ async def tenancy_sums(conn: asyncpg.Connection, *, first_hour: int, last_hour: 
         tenant_id, ts(first_hour), ts(last_hour), None if site_ids is None else list(site_ids))
 
 
+async def tenancy_day_sums(conn: asyncpg.Connection, *, first_day: int, last_day: int, tenant_id: str | None,
+                           site_ids: Sequence[str] | None = None) -> list[asyncpg.Record]:
+    """Code counts per (tenant, site) summed over the whole days [first_day, last_day)."""
+    if last_day <= first_day:
+        return []
+    return await conn.fetch(
+        f"SELECT tenant_id, site_id, {_SUMS} FROM kpi.tenancy_day "
+        "WHERE ($1::text IS NULL OR tenant_id = $1) AND day >= $2 AND day < $3 "
+        "AND ($4::text[] IS NULL OR site_id = ANY($4::text[])) GROUP BY tenant_id, site_id",
+        tenant_id, ts(first_day), ts(last_day), None if site_ids is None else list(site_ids))
+
+
 async def tenancy_maps(conn: asyncpg.Connection, *, hours: Sequence[int], tenant_id: str | None,
                        site_ids: Sequence[str] | None = None) -> list[asyncpg.Record]:
     """Minute maps of the given hours (the partial hours at a range's edges)."""
@@ -104,7 +116,7 @@ async def outage_maps(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: 
 async def tenancy_hour_rows(conn: asyncpg.Connection, *, site_id: str, tenant_id: str | None, lo: int, hi: int
                             ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT tenant_id, hour, minutes FROM kpi.tenancy_hour WHERE site_id = $1 "
+        f"SELECT tenant_id, hour, minutes, {', '.join(COLUMN_CODES)} FROM kpi.tenancy_hour WHERE site_id = $1 "
         "AND ($2::text IS NULL OR tenant_id = $2) AND hour > $3 AND hour < $4 ORDER BY tenant_id, hour",
         site_id, tenant_id, ts(lo - 60), ts(hi))
 
@@ -112,10 +124,13 @@ async def tenancy_hour_rows(conn: asyncpg.Connection, *, site_id: str, tenant_id
 # --------------------------------------------------------------------------- site hours
 
 
-async def site_hours(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int) -> list[asyncpg.Record]:
-    """Every site-hour row overlapping [lo, hi), oldest first."""
+async def site_hours(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int, maps: bool = True
+                     ) -> list[asyncpg.Record]:
+    """Every site-hour row overlapping [lo, hi), oldest first (without the minute maps when
+    `maps` is False: enough for whole hours)."""
+    cols = "*" if maps else "site_id, hour, " + ", ".join((*SITE_MAP_SUMS, *SITE_NUMBERS))
     return await conn.fetch(
-        "SELECT * FROM kpi.site_hour WHERE site_id = $1 AND hour > $2 AND hour < $3 ORDER BY hour",
+        f"SELECT {cols} FROM kpi.site_hour WHERE site_id = $1 AND hour > $2 AND hour < $3 ORDER BY hour",
         site_id, ts(lo - 60), ts(hi))
 
 

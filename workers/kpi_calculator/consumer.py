@@ -267,6 +267,7 @@ class Calculator:
             site_rows, ten_rows = domain.evaluate_hours(cfg, chunk, states)
             await store.save_hours(conn, site_rows=site_rows, tenancy_rows=ten_rows, site_id=cfg.site_id,
                                    hours=[r.hour for r in site_rows])
+            await store.refresh_days(conn, site_id=cfg.site_id, hours=[r.hour for r in site_rows])
             done += len(site_rows)
         self.stats["hours_computed"] += done
         return done

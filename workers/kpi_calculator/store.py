@@ -145,6 +145,23 @@ async def save_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.Sit
             [ts(r.hour) for r in tenancy_rows], [r.minutes for r in tenancy_rows], *counts)
 
 
+async def refresh_days(conn: asyncpg.Connection, *, site_id: str, hours: Sequence[int]) -> None:
+    """Rewrite the kpi.tenancy_day rows of the site's days that contain these hours."""
+    days = sorted({h - h % 1440 for h in hours})
+    if not days:
+        return
+    names = list(CODE_COLUMNS.values())
+    await conn.execute("DELETE FROM kpi.tenancy_day WHERE site_id = $1 AND day = ANY($2::timestamptz[])",
+                       site_id, [ts(d) for d in days])
+    await conn.execute(
+        f"INSERT INTO kpi.tenancy_day (tenant_id, site_id, day, {', '.join(names)}) "
+        f"SELECT tenant_id, site_id, date_trunc('day', hour, 'UTC') AS d, "
+        + ", ".join(f"sum({c})" for c in names)
+        + " FROM kpi.tenancy_hour WHERE site_id = $1 AND hour >= $2 AND hour < $3 "
+        "AND date_trunc('day', hour, 'UTC') = ANY($4::timestamptz[]) GROUP BY tenant_id, site_id, d",
+        site_id, ts(days[0]), ts(days[-1] + 1440), [ts(d) for d in days])
+
+
 def _site_columns(rows: Sequence[domain.SiteHour]) -> list[list[Any]]:
     return [
         [r.site_id for r in rows], [ts(r.hour) for r in rows], [r.grid_map for r in rows],

@@ -138,3 +138,22 @@ def test_splitting_a_period_and_recombining_gives_the_whole(states, windows, min
                                                                         strict=True))
     assert left.outage_total + right.outage_total == whole.outage_total
     assert left.excluded_total + right.excluded_total == whole.excluded_total
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="UuLHN?PFTApfta", min_size=1, max_size=60))
+def test_event_availability_matches_the_service_formula(codes):
+    a, defined = d.default_availability(codes)
+    fig = q.availability(Counter(codes), len(codes), policy=q.EXCLUDED)
+    assert (a, defined) == (pytest.approx(fig.availability), fig.defined)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(alphabet="UuLHN?PFTApfta", max_size=60), min_size=1, max_size=5), POLICY)
+def test_rollup_of_tenancies_equals_figure_of_summed_counts(maps, policy):
+    figs = [q.availability(Counter(m), 60, policy=policy) for m in maps]
+    rolled = q.combine(figs)
+    direct = q.availability(q.sum_counts([Counter(m) for m in maps]), 60 * len(maps), policy=policy)
+    assert rolled.availability == pytest.approx(direct.availability)
+    assert (rolled.outage_total, rolled.excluded_total, rolled.defined) == (
+        direct.outage_total, direct.excluded_total, direct.defined)
