@@ -35,12 +35,12 @@ async def test_valid_call_sees_identity_correlation_id_and_deadline(mesh_server:
     resp = await mesh_server.sites.GetSite(
         sites_pb2.GetSiteRequest(site_id="NBO-0042"),
         metadata=mesh_server.md("viewer", tenant="safaricom", **{"x-correlation-id": "corr-123"}),
-        timeout=5.0,
+        timeout=30.0,
     )
     assert resp.site.id == "NBO-0042"
     assert resp.site.region == "safaricom"  # the verified identity's tenant
     assert resp.site.name == "corr-123"  # the caller's correlation id is bound for internal calls
-    assert 0 < resp.site.power.dg_start_delay_s <= 5.0  # remaining deadline is bound too
+    assert 0 < resp.site.power.dg_start_delay_s <= 30.0  # remaining deadline is bound too
     assert list(resp.site.tenant_ids) == ["token-forwarded"]
 
 
