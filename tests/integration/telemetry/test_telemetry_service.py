@@ -104,6 +104,25 @@ async def test_roles(p):
         "tenant_viewer", tenant="someone-else")), grpc.StatusCode.NOT_FOUND)
 
 
+async def test_tenant_viewer_sees_its_sites_and_only_its_own_tenancy_series(p):
+    mine, other = f"op{uuid.uuid4().hex[:6]}", f"op{uuid.uuid4().hex[:6]}"
+    [site] = await p.create_sites(1, tenants=(mine, other))
+    req = tpb.IngestRequest(batch_id=uuid.uuid4().hex)
+    for tenant in (mine, other):
+        req.samples.add(site_id=site, metric="tenant_link_up", tenant_id=tenant, value=1.0).time.GetCurrentTime()
+    req.samples.add(site_id=site, metric="dc_bus_v", value=53.0).time.GetCurrentTime()
+    assert (await p.telemetry.Ingest(req, metadata=p.service)).accepted == 3
+    await p.wait_count([site], 3)
+    viewer = p.md("tenant_viewer", tenant=mine)
+    snap = await p.telemetry.LatestSnapshot(tpb.LatestSnapshotRequest(site_id=site), metadata=viewer)
+    assert sorted((s.metric, s.tenant_id) for s in snap.samples) == [("dc_bus_v", ""), ("tenant_link_up", mine)]
+    staff = await p.telemetry.LatestSnapshot(tpb.LatestSnapshotRequest(site_id=site), metadata=p.md("viewer"))
+    assert len(staff.samples) == 3
+    rng = {"start_time": {"seconds": int(time.time()) - 600}, "end_time": {"seconds": int(time.time()) + 600}}
+    q = await p.telemetry.QuerySamples(tpb.QuerySamplesRequest(site_id=site, range=rng), metadata=viewer)
+    assert sorted((s.metric, s.tenant_id) for s in q.series) == [("dc_bus_v", ""), ("tenant_link_up", mine)]
+
+
 async def test_ingest_stream_sums_every_batch(p):
     sites = await p.create_sites(5)
     now = time.time()
