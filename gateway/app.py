@@ -249,7 +249,22 @@ class Gateway:
             REQUESTS.labels("unmatched", "404" if not allowed else "405").inc()
             return
         label = f"{route.http_method} {route.template.text}"
-        status = await self._api(call, route, params, receive, send)
+        started_response = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+            await send(message)
+
+        try:
+            status = await self._api(call, route, params, receive, tracked)
+        except Exception:  # noqa: BLE001 - a bug must still answer with a Status, never a traceback
+            log.exception("gateway_error", route=route.grpc_path, correlation_id=cid)
+            status = 500
+            if not started_response:
+                err = errors.make(grpc.StatusCode.INTERNAL, "internal error", correlation_id=cid)
+                await self._error(send, call, err)
         REQUESTS.labels(label, str(status)).inc()
         LATENCY.labels(label).observe(time.perf_counter() - started)
 

@@ -64,6 +64,7 @@ _TS_RE = re.compile(
 )
 _DURATION_RE = re.compile(r"^(-)?(\d+)(?:\.(\d{1,9}))?s$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_DEPTH = 64  # protobuf refuses to parse messages nested deeper than 100
 
 
 class JsonError(Exception):
@@ -307,7 +308,10 @@ class Decoder:
         self._plans[d.full_name] = plan
         return plan
 
-    def _merge(self, obj: Any, msg: Message, path: str, errors: list[FieldViolation]) -> list[str]:
+    def _merge(self, obj: Any, msg: Message, path: str, errors: list[FieldViolation], depth: int = 0) -> list[str]:
+        if depth > MAX_DEPTH:
+            errors.append(FieldViolation(path or "body", f"nested deeper than {MAX_DEPTH} messages"))
+            return []
         d = msg.DESCRIPTOR
         full = d.full_name
         if full in FREEFORM or full in WRAPPERS or full in (TIMESTAMP, DURATION, FIELD_MASK):
@@ -348,7 +352,7 @@ class Decoder:
             elif kind == "message":
                 sub = getattr(msg, fd.name)
                 n = len(errors)
-                self._merge(value, sub, fpath, errors)
+                self._merge(value, sub, fpath, errors, depth + 1)
                 if len(errors) == n:
                     sub.SetInParent()
             elif kind == "repeated":
@@ -361,7 +365,7 @@ class Decoder:
                     if item is None:
                         errors.append(FieldViolation(ipath, "null is not allowed in an array"))
                     elif fd.type == F.TYPE_MESSAGE:
-                        self._merge(item, target.add(), ipath, errors)
+                        self._merge(item, target.add(), ipath, errors, depth + 1)
                     else:
                         try:
                             target.append(_scalar_in(fd, item))
@@ -384,7 +388,7 @@ class Decoder:
                     if v is None:
                         errors.append(FieldViolation(kpath, "null is not allowed as a map value"))
                     elif val_fd.type == F.TYPE_MESSAGE:
-                        self._merge(v, target[mk], kpath, errors)
+                        self._merge(v, target[mk], kpath, errors, depth + 1)
                     else:
                         try:
                             target[mk] = _scalar_in(val_fd, v)

@@ -147,6 +147,8 @@ def build(
             obj = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise TranscodeError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise TranscodeError("the body is nested too deeply") from None
         try:
             if body_rule == "*":
                 decoder.decode(obj, msg)
@@ -160,6 +162,8 @@ def build(
                     decoder.decode({fd.name: obj}, msg)
         except codec.JsonError as exc:
             violations.extend(exc.violations)
+        except RecursionError:
+            raise TranscodeError("the body is nested too deeply") from None
 
     # 2. path variables (they win over the body)
     for field_path, text in path_params.items():

@@ -228,3 +228,14 @@ async def test_concurrent_requests(gw) -> None:
     assert [r.json()["view"] for r in rs] == [str(i) for i in range(50)]
 
 
+
+
+async def test_deeply_nested_and_odd_bodies_are_400_not_500(gw) -> None:
+    client, _ = gw
+    deep = '{"child": ' * 900 + "{}" + "}" * 900
+    body = '{"everything": {"inner": ' + deep + "}}"
+    deep_struct = '{"everything": {"attributes": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}}"
+    for payload in [body.encode(), deep_struct.encode(), b"[" * 5000 + b"]" * 5000, b"\xff\xfe", b'{"everything": {"i64": 1e400}}', b"null"]:
+        r = await client.post("/v1/echo", content=payload)
+        assert r.status_code in (200, 400), (payload[:40], r.text)
+        assert r.headers["content-type"] == "application/json"
