@@ -258,11 +258,17 @@ class SiteTotals:
         self.dg_run_minutes += dg.count("1")
 
     def add_numbers(self, row: Mapping[str, float]) -> None:
-        for name in ("dg_starts", "dg_fail_to_start", "refuels"):
-            setattr(self, name, getattr(self, name) + int(row.get(name) or 0))
-        for name in ("fuel_consumed_l", "fuel_expected_l", "fuel_drop_dg_off_l", "refuel_l",
-                     "energy_grid_kwh", "energy_dg_kwh", "energy_battery_kwh"):
-            setattr(self, name, getattr(self, name) + float(row.get(name) or 0.0))
+        g = row.get
+        self.dg_starts += int(g("dg_starts") or 0)
+        self.dg_fail_to_start += int(g("dg_fail_to_start") or 0)
+        self.refuels += int(g("refuels") or 0)
+        self.fuel_consumed_l += float(g("fuel_consumed_l") or 0.0)
+        self.fuel_expected_l += float(g("fuel_expected_l") or 0.0)
+        self.fuel_drop_dg_off_l += float(g("fuel_drop_dg_off_l") or 0.0)
+        self.refuel_l += float(g("refuel_l") or 0.0)
+        self.energy_grid_kwh += float(g("energy_grid_kwh") or 0.0)
+        self.energy_dg_kwh += float(g("energy_dg_kwh") or 0.0)
+        self.energy_battery_kwh += float(g("energy_battery_kwh") or 0.0)
 
     def merge(self, other: SiteTotals) -> None:
         for name in self.__dataclass_fields__:

@@ -276,30 +276,34 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         totals: dict[int, domain.SiteTotals] = {b: domain.SiteTotals() for b in buckets}
         for r in rows:  # the range is on whole hours: every row is a whole hour of it
             add_site_counts(totals[domain.bucket_of(store.minute_index(r["hour"]), lo, step)], r)
-        stamps = {b: _ts(b) for b in buckets}
+        seconds = [b * 60 for b in buckets]
         resp = kpi_pb2.GetKpiSeriesResponse()
         for kpi in kpis:
             if kpi == kpi_pb2.KPI_TENANT_AVAILABILITY:
                 continue
-            points = []
-            for b in buckets:
-                value, known = _series_value(kpi, totals[b], min(step, hi - b))
-                points.append(kpi_pb2.KpiPoint(time=stamps[b], value=value, known_minutes=known))
-            resp.series.add(kpi=kpi).points.extend(points)
+            value_of = _SERIES_VALUES[kpi]
+            series = resp.series.add(kpi=kpi)
+            for b, sec in zip(buckets, seconds, strict=True):
+                value, known = value_of(totals[b], min(step, hi - b))
+                p = series.points.add()
+                p.time.seconds = sec
+                p.value = value
+                p.known_minutes = known
         if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis:
             counts: dict[str, dict[int, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
             for m in maps:
                 h = store.minute_index(m["hour"])
-                counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(store.counts_of(m))
+                counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(m["minutes"])
             for t in tenancies:
                 pol, minimum = pols[t["tenant_id"]]
-                points = []
-                for b in buckets:
+                series = resp.series.add(kpi=kpi_pb2.KPI_TENANT_AVAILABILITY, tenant_id=t["tenant_id"])
+                for b, sec in zip(buckets, seconds, strict=True):
                     fig = domain.availability(counts[t["tenant_id"]][b], min(step, hi - b), policy=pol,
                                               min_outage_minutes=minimum)
-                    points.append(kpi_pb2.KpiPoint(time=stamps[b], value=fig.availability,
-                                                   known_minutes=fig.period_minutes - fig.excluded_total))
-                resp.series.add(kpi=kpi_pb2.KPI_TENANT_AVAILABILITY, tenant_id=t["tenant_id"]).points.extend(points)
+                    p = series.points.add()
+                    p.time.seconds = sec
+                    p.value = fig.availability
+                    p.known_minutes = fig.period_minutes - fig.excluded_total
         return resp
 
     async def GetTenantAvailability(self, request, context):
@@ -445,18 +449,18 @@ def _fill_site(k: kpi_pb2.SiteKpis, t: domain.SiteTotals) -> None:
     k.energy_battery_kwh = t.energy_battery_kwh
 
 
-def _series_value(kpi: int, t: domain.SiteTotals, minutes: int) -> tuple[float, int]:
-    if kpi == kpi_pb2.KPI_POWER_AVAILABILITY:
-        return t.power_availability, t.power_known
-    if kpi == kpi_pb2.KPI_GRID_AVAILABILITY:
-        return t.grid_availability, t.grid_known
-    value = {
-        kpi_pb2.KPI_DG_RUN_HOURS: t.dg_run_hours, kpi_pb2.KPI_DG_STARTS: float(t.dg_starts),
-        kpi_pb2.KPI_FUEL_CONSUMED_L: t.fuel_consumed_l, kpi_pb2.KPI_FUEL_EXPECTED_L: t.fuel_expected_l,
-        kpi_pb2.KPI_REFUEL_L: t.refuel_l, kpi_pb2.KPI_ENERGY_GRID_KWH: t.energy_grid_kwh,
-        kpi_pb2.KPI_ENERGY_DG_KWH: t.energy_dg_kwh, kpi_pb2.KPI_ENERGY_BATTERY_KWH: t.energy_battery_kwh,
-    }[kpi]
-    return value, minutes
+_SERIES_VALUES = {
+    kpi_pb2.KPI_POWER_AVAILABILITY: lambda t, n: (t.power_availability, t.power_known),
+    kpi_pb2.KPI_GRID_AVAILABILITY: lambda t, n: (t.grid_availability, t.grid_known),
+    kpi_pb2.KPI_DG_RUN_HOURS: lambda t, n: (t.dg_run_hours, n),
+    kpi_pb2.KPI_DG_STARTS: lambda t, n: (float(t.dg_starts), n),
+    kpi_pb2.KPI_FUEL_CONSUMED_L: lambda t, n: (t.fuel_consumed_l, n),
+    kpi_pb2.KPI_FUEL_EXPECTED_L: lambda t, n: (t.fuel_expected_l, n),
+    kpi_pb2.KPI_REFUEL_L: lambda t, n: (t.refuel_l, n),
+    kpi_pb2.KPI_ENERGY_GRID_KWH: lambda t, n: (t.energy_grid_kwh, n),
+    kpi_pb2.KPI_ENERGY_DG_KWH: lambda t, n: (t.energy_dg_kwh, n),
+    kpi_pb2.KPI_ENERGY_BATTERY_KWH: lambda t, n: (t.energy_battery_kwh, n),
+}
 
 
 def _group(key: str, sites: set[str], figs: list, totals: dict[str, domain.SiteTotals]) -> kpi_pb2.GroupSummary:

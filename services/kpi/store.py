@@ -116,7 +116,7 @@ async def outage_maps(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: 
 async def tenancy_hour_rows(conn: asyncpg.Connection, *, site_id: str, tenant_id: str | None, lo: int, hi: int
                             ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        f"SELECT tenant_id, hour, minutes, {', '.join(COLUMN_CODES)} FROM kpi.tenancy_hour WHERE site_id = $1 "
+        "SELECT tenant_id, hour, minutes FROM kpi.tenancy_hour WHERE site_id = $1 "
         "AND ($2::text IS NULL OR tenant_id = $2) AND hour > $3 AND hour < $4 ORDER BY tenant_id, hour",
         site_id, tenant_id, ts(lo - 60), ts(hi))
 

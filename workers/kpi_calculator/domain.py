@@ -151,7 +151,7 @@ class MinuteState:
     dc_max: float | None = None
     dc_avg: float | None = None
     load_a: float | None = None
-    fuel_l: float | None = None  # the last reading of the minute
+    fuel_l: float | None = None  # the mean reading of the minute (sensor noise averages out)
     soc_pct: float | None = None
     soc_t: float | None = None
     links: Mapping[str, int] = field(default_factory=dict)  # tenant -> 1 up in every sample, else 0
@@ -179,7 +179,7 @@ def minute_state(aggs: Mapping[str, Agg]) -> MinuteState:
         dc_max=None if dc is None else dc.hi,
         dc_avg=None if dc is None else dc.avg,
         load_a=None if load is None else load.avg,
-        fuel_l=None if fuel is None else fuel.last_v,
+        fuel_l=None if fuel is None else fuel.avg,
         soc_pct=None if soc is None else soc.last_v,
         soc_t=None if soc is None else soc.last_t,
         links=links,
@@ -424,24 +424,72 @@ def _site_hour(site: SiteCfg, h: int, span: Sequence[MinuteState | None], pad: i
                 row.energy_battery_kwh += kwh
         if s.dg == 1:
             row.fuel_expected_l += (FUEL_A * rated_kw + FUEL_B * (kw or 0.0)) / 60.0
-        # fuel: change against the last reading at most FUEL_LOOKBACK_MIN minutes before
+        # refuels: a rise of more than REFUEL_THRESHOLD_L against the previous reading
         if s.fuel_l is not None:
-            for back in range(1, FUEL_LOOKBACK_MIN + 1):
-                p = span[i - back]
-                if p is not None and p.fuel_l is not None:
-                    delta = s.fuel_l - p.fuel_l
-                    if delta > REFUEL_THRESHOLD_L:
-                        row.refuel_l += delta
-                        if not _was_refuelling(span, i - back):
-                            row.refuels += 1
-                    elif delta < 0:
-                        row.fuel_consumed_l -= delta
-                        if s.dg != 1 and p.dg != 1:
-                            row.fuel_drop_dg_off_l -= delta
-                    break
+            back = _previous_fuel(span, i)
+            if back is not None and s.fuel_l - span[back].fuel_l > REFUEL_THRESHOLD_L:
+                row.refuel_l += s.fuel_l - span[back].fuel_l
+                if not _was_refuelling(span, back):
+                    row.refuels += 1
         if s.soc_pct is not None and s.load_a is not None:
             row.soc_pct, row.load_a, row.soc_time = s.soc_pct, s.load_a, s.soc_t
+    _fuel_balance(row, span, pad)
     return row
+
+
+def _previous_fuel(span: Sequence[MinuteState | None], i: int) -> int | None:
+    """Index of the latest minute before span[i], at most FUEL_LOOKBACK_MIN back, with a fuel reading."""
+    for back in range(1, FUEL_LOOKBACK_MIN + 1):
+        if i - back < 0:
+            return None
+        p = span[i - back]
+        if p is not None and p.fuel_l is not None:
+            return i - back
+    return None
+
+
+def _fuel_balance(row: SiteHour, span: Sequence[MinuteState | None], pad: int) -> None:
+    """Fuel consumed = level at the hour's start - level at its end + refuelled volume, where the
+    level at a boundary is the latest minute mean before it (at most FUEL_LOOKBACK_MIN back; else
+    the hour's first / last reading). A net balance, so sensor noise does not add up, and hours
+    telescope: consecutive hours share their boundary level. The part lost with the generator
+    stopped (theft indicator) is the same balance over each run of steps in which it ran in
+    neither minute. Both are clipped at 0."""
+    readings = [i for i in range(pad, pad + 60) if span[i] is not None and span[i].fuel_l is not None]
+    if not readings:
+        return
+    start_i = _previous_fuel(span, pad)
+    end_i = _previous_fuel(span, pad + 60)
+    start = span[start_i if start_i is not None else readings[0]].fuel_l
+    end = span[end_i if end_i is not None else readings[-1]].fuel_l
+    row.fuel_consumed_l = max(0.0, start - end + row.refuel_l)
+    # generator-off runs
+    run_start: float | None = None
+    run_last: float | None = None
+    run_refuel = 0.0
+    drop = 0.0
+    for i in range(pad, pad + 60):
+        s = span[i]
+        if s is None or s.fuel_l is None:
+            continue
+        back = _previous_fuel(span, i)
+        if back is None:
+            continue
+        p = span[back]
+        if s.dg == 1 or p.dg == 1:
+            if run_start is not None:
+                drop += max(0.0, run_start - run_last + run_refuel)
+            run_start = None
+            continue
+        if run_start is None:
+            run_start, run_refuel = p.fuel_l, 0.0
+        delta = s.fuel_l - p.fuel_l
+        if delta > REFUEL_THRESHOLD_L:
+            run_refuel += delta
+        run_last = s.fuel_l
+    if run_start is not None:
+        drop += max(0.0, run_start - run_last + run_refuel)
+    row.fuel_drop_dg_off_l = drop
 
 
 def _fails_to_start(span: Sequence[MinuteState | None], i: int, k: int) -> bool:

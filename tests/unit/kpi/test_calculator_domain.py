@@ -201,3 +201,26 @@ def test_hours_without_samples_give_no_rows_and_site_band_is_tightest():
     assert site.band == (45, 58)
     assert d.evaluate_hours(site, [H], {}) == ([], [])
     assert d.SiteCfg(SITE).band == d.DEFAULT_BAND
+
+
+def test_fuel_sensor_noise_does_not_add_up_and_hours_telescope():
+    import random
+
+    rng = random.Random(3)
+    samples = []
+    for m in range(120):  # DG running, burning 0.05 l/min, four noisy readings a minute
+        for k in range(4):
+            t = float((H + m) * 60 + k * 15)
+            level = 400.0 - 0.05 * (m + k / 4) + rng.gauss(0, 0.5)
+            samples += [(SITE, "fuel_level_l", "", t, level), (SITE, "dg_running", "", t, 1.0),
+                        (SITE, "mains_present", "", t, 0.0)]
+    site = d.SiteCfg(SITE, dg_capacity_kva=20.0)
+    rows, _ = run(samples, site, hours=(H, H + 60))
+    total = sum(r.fuel_consumed_l for r in rows)
+    assert total == pytest.approx(0.05 * 119, abs=1.0)  # first to last minute mean, noise < 1 l
+    assert all(r.refuels == 0 and r.fuel_drop_dg_off_l == 0.0 for r in rows)
+    # the same noise with the DG stopped and nothing taken: next to nothing "consumed"
+    idle = [(s, m, tn, t, 400.0 + rng.gauss(0, 0.5) if m == "fuel_level_l" else 0.0)
+            for s, m, tn, t, v in samples]
+    [row], _ = run(idle, site)
+    assert row.fuel_consumed_l < 1.0 and row.fuel_drop_dg_off_l < 1.0
