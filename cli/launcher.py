@@ -68,6 +68,8 @@ class Options:
     sites: int = 300
     simulate: bool = True
     startup_timeout: float = 120.0
+    only: tuple[str, ...] = ()  # start only these processes (registry names); empty: all
+    skip: tuple[str, ...] = ()
 
 
 @dataclass
@@ -216,6 +218,8 @@ class Supervisor:
 
     async def _start(self) -> None:
         procs = self._processes if self._processes is not None else available()
+        procs = [p for p in procs if (not self.options.only or p.name in self.options.only)
+                 and p.name not in self.options.skip]
         first = [p for p in procs if p.stage == 0]
         later = [p for p in procs if p.stage > 0 and (self.options.simulate or p.kind != "tool")]
         self._check_ports(first + later)

@@ -27,7 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-simulate", action="store_true", help="do not start the telemetry simulator")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for health checks (default 120)")
+    parser.add_argument("--only", type=_names, default=(), metavar="A,B",
+                        help="start only these processes (comma list of registry names)")
+    parser.add_argument("--skip", type=_names, default=(), metavar="A,B", help="do not start these processes")
     parser.add_argument("--foreground-supervisor", action="store_true", help=argparse.SUPPRESS)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    from cli.processes import BY_NAME
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown process {', '.join(unknown) or '(none)'}; choose from {', '.join(sorted(BY_NAME))}")
+    return names
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
@@ -36,6 +50,10 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         out.append("--no-seed")
     if args.no_simulate:
         out.append("--no-simulate")
+    if args.only:
+        out += ["--only", ",".join(args.only)]
+    if args.skip:
+        out += ["--skip", ",".join(args.skip)]
     return out
 
 
@@ -63,7 +81,7 @@ def _foreground(args: argparse.Namespace, settings: Any, *, banner: bool) -> int
     from cli.launcher import Options, Supervisor
 
     options = Options(seed=not args.no_seed, sites=args.sites, simulate=not args.no_simulate,
-                      startup_timeout=args.timeout)
+                      startup_timeout=args.timeout, only=tuple(args.only), skip=tuple(args.skip))
 
     def announce(recorded: dict[str, Any]) -> None:
         if banner:

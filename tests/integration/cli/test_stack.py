@@ -105,7 +105,7 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     assert t.run("status").returncode == 3
 
     # Up again: the same embedded ports and the same data.
-    restart = t.run("up", "-d", "--no-seed", "--no-simulate", "--timeout", "90")
+    restart = t.run("up", "-d", "--no-seed", "--only", "sites", "--timeout", "90")
     assert restart.returncode == 0, restart.stdout + restart.stderr
     recorded = json.loads((t.home / "stack.json").read_text())
     assert recorded["embedded"]["postgres"]["port"] == pg_port
@@ -138,7 +138,7 @@ def test_migrate_and_bad_seed_target_errors(towerco_external) -> None:
 @pytest.mark.slow
 def test_supervisor_restarts_a_killed_child_and_ctrl_c_stops_everything(towerco_external) -> None:
     t = towerco_external
-    fg = t.popen("up", "--no-seed", "--no-simulate", "--timeout", "90")
+    fg = t.popen("up", "--no-seed", "--only", "sites", "--timeout", "90")
     t.wait_for(lambda: (state.read_stack(t.home) or {}).get("state") == "ready", 120, "the stack to be ready")
     first = state.read_stack(t.home)["processes"]["sites"]["pid"]
 
@@ -161,9 +161,10 @@ def test_supervisor_restarts_a_killed_child_and_ctrl_c_stops_everything(towerco_
 @pytest.mark.slow
 def test_down_cleans_up_after_a_killed_supervisor(towerco_external) -> None:
     t = towerco_external
-    up = t.run("up", "-d", "--no-seed", "--no-simulate", "--timeout", "90")
+    up = t.run("up", "-d", "--no-seed", "--only", "sites", "--timeout", "90")
     assert up.returncode == 0, up.stdout + up.stderr
     recorded = state.read_stack(t.home)
+    assert set(recorded["processes"]) == {"sites"}
     supervisor, child = recorded["supervisor_pid"], recorded["processes"]["sites"]["pid"]
     os.kill(supervisor, signal.SIGKILL)
     t.wait_for(lambda: not state.alive(supervisor), 10, "the supervisor to die")
