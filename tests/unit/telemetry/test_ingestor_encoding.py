@@ -46,3 +46,18 @@ def test_encoding_samples_directly_gives_the_same_bytes():
     a, b = RowEncoder().encode(rows), RowEncoder().encode_samples(msg.samples)
     assert payload([a]) == payload([b])
     assert (b.rows, b.min_s, b.max_s) == (3, 1_699_999_000, 1_700_000_060)
+
+
+def test_payload_groups_series_in_sorted_order_across_messages():
+    enc = RowEncoder()
+    a = enc.encode([("S2", "load_a", "", 1_700_000_000, 0, 1.0), ("S1", "load_a", "", 1_700_000_000, 0, 2.0)])
+    b = enc.encode([("S1", "load_a", "", 1_700_000_060, 0, 3.0), ("S1", "dc_bus_v", "", 1_700_000_060, 0, 4.0)])
+    merged = payload([a, b])
+    one_by_one = payload([enc.encode([
+        ("S1", "dc_bus_v", "", 1_700_000_060, 0, 4.0),
+        ("S1", "load_a", "", 1_700_000_000, 0, 2.0),
+        ("S1", "load_a", "", 1_700_000_060, 0, 3.0),
+        ("S2", "load_a", "", 1_700_000_000, 0, 1.0),
+    ])])
+    assert merged == one_by_one
+    assert payload([a, b]) == merged  # inputs are not consumed
