@@ -14,6 +14,7 @@ correlation id and deadline forwarded; its circuit breaker fails fast with 503) 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from importlib import resources
 from typing import Any
@@ -260,7 +261,9 @@ class Gateway:
         try:
             status = await self._api(call, route, params, receive, tracked)
         except Exception:  # noqa: BLE001 - a bug must still answer with a Status, never a traceback
-            log.exception("gateway_error", route=route.grpc_path, correlation_id=cid)
+            # type and text only: rendering a traceback's locals can take longer than the request
+            exc = sys.exc_info()[1]
+            log.error("gateway_error", route=route.grpc_path, correlation_id=cid, error=f"{type(exc).__name__}: {exc}"[:500])
             status = 500
             if not started_response:
                 err = errors.make(grpc.StatusCode.INTERNAL, "internal error", correlation_id=cid)
@@ -318,8 +321,8 @@ class Gateway:
             raise
         try:
             payload = orjson.dumps(request.encode_response(resp, route.response_body))
-        except ValueError:
-            log.exception("encode_failed", route=route.grpc_path, correlation_id=call.cid)
+        except Exception as exc:  # noqa: BLE001 - e.g. a Timestamp out of range from upstream
+            log.error("encode_failed", route=route.grpc_path, correlation_id=call.cid, error=f"{type(exc).__name__}: {exc}"[:500])
             return await self._error(send, call, errors.make(grpc.StatusCode.INTERNAL, "bad upstream response", correlation_id=call.cid))
         await _send(send, 200, payload, [(b"x-correlation-id", call.cid.encode()), *call.origin_headers])
         return 200

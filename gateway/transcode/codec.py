@@ -416,7 +416,7 @@ class Decoder:
                 msg.value = _scalar_in(msg.DESCRIPTOR.fields_by_name["value"], obj)
             else:
                 json_format.ParseDict(obj, msg, ignore_unknown_fields=self.ignore_unknown)
-        except ValueError as exc:  # json_format.ParseError is a ValueError
+        except (ValueError, json_format.ParseError) as exc:  # ParseError is not a ValueError
             errors.append(FieldViolation(where, str(exc)))
 
 

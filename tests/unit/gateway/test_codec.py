@@ -197,6 +197,7 @@ BAD_JSON = [
     ({"text": "a", "text_": 1}, "text_", "unknown"),
     ({"fl": 1e39}, "fl", "out of float range"),
     ({"inner": []}, "inner", "object"),
+    ({"list": 5}, "list", ""),  # json_format.ParseError (not a ValueError) from a free-form type
 ]
 
 
