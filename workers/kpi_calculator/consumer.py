@@ -71,6 +71,7 @@ class CalculatorConfig:
     TOWERCO_KPI_PUBLISH_INTERVAL_S  how often closed hours are looked for (5)
     TOWERCO_KPI_MINUTE_RETENTION_DAYS  minute aggregates kept (35)
     TOWERCO_KPI_REPLICA             a name for this replica's register-event consumer (partitions)
+    TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
     """
 
     partitions: tuple[int, ...]
@@ -96,6 +97,7 @@ class CalculatorConfig:
             publish_interval_s=_env_float("TOWERCO_KPI_PUBLISH_INTERVAL_S", 5.0),
             minute_retention_days=_env_float("TOWERCO_KPI_MINUTE_RETENTION_DAYS", 35.0),
             replica=replica,
+            durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
         )
 
 
@@ -240,6 +242,7 @@ class Calculator:
                     samples.append((s.site_id, s.metric, s.tenant_id, t, s.value))
             folded = domain.fold(samples)
             if folded:
+                await store.lock_sites(conn, site_ids=[site for site, _ in folded])
                 existing = await store.load_minutes(conn, keys=folded.keys())
                 for key, aggs in folded.items():
                     domain.merge(existing.setdefault(key, {}), aggs)
@@ -278,6 +281,7 @@ class Calculator:
             return 0
         since = int(self.clock() // 60 - self.config.recompute_days * 1440)
         async with self._lock, self.pool.acquire() as conn, conn.transaction():
+            await store.lock_sites(conn, site_ids=[site_id])
             cfg = self.ref.site_cfg(site_id)
             hours = await store.site_hours_with_data(conn, site_id=site_id, since=since)
             if lo is not None and hi is not None:

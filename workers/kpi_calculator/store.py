@@ -13,6 +13,7 @@ import orjson
 from workers.kpi_calculator import domain
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SITE_LOCK_CLASS = 0x6B7069  # "kpi"
 
 # tenancy_hour count columns, by minute code
 CODE_COLUMNS = {
@@ -31,6 +32,13 @@ def minute_index(t: datetime) -> int:
 
 
 # --------------------------------------------------------------------------- telemetry folding
+
+
+async def lock_sites(conn: asyncpg.Connection, *, site_ids: Iterable[str]) -> None:
+    """Serialise work on these sites until the transaction ends (telemetry and register paths,
+    any replica); taken in sorted order so two transactions never deadlock."""
+    for site_id in sorted(set(site_ids)):
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, site_id)
 
 
 async def claim_batches(conn: asyncpg.Connection, *, keys: Sequence[str]) -> set[str]:
