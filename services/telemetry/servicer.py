@@ -102,12 +102,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         accepted_time = pb.TelemetryBatch().accepted_time
         accepted_time.FromNanoseconds(int(now * 1e9))
         pubs = []
+        headers = events.headers_out()  # correlation id and trace context ride along
         for part, indexes in screened.by_partition.items():
             for n, chunk in enumerate(domain.chunks(indexes)):
                 msg = pb.TelemetryBatch(batch_id=batch_id, partition=part, accepted_time=accepted_time)
                 msg.samples.extend([samples[i] for i in chunk])
                 pubs.append(events.publish(self.js, domain.subject(part), msg.SerializeToString(),
-                                           msg_id=domain.message_id(batch_id, part, n)))
+                                           msg_id=domain.message_id(batch_id, part, n), headers=headers))
         try:
             acks = await asyncio.gather(*pubs)
         except Exception as exc:  # noqa: BLE001 - NATS down, no stream, timeout: the client retries
