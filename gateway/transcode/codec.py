@@ -89,6 +89,12 @@ def _nanos_text(nanos: int) -> str:
     return f".{nanos:09d}"
 
 
+def _double_out(value: float) -> Any:
+    if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+        return value
+    return _float_out(value, False)
+
+
 def _float_out(value: float, is_float32: bool) -> Any:
     if math.isnan(value):
         return "NaN"
@@ -103,10 +109,19 @@ def timestamp_to_json(seconds: int, nanos: int) -> str:
     if not (_TS_MIN <= seconds <= _TS_MAX) or not (0 <= nanos < 1_000_000_000):
         raise ValueError("timestamp out of range")
     days, secs = divmod(seconds, 86400)
-    dt = datetime.fromordinal(719163 + days)  # 719163 = date(1970, 1, 1).toordinal()
+    # civil date from days since 1970-01-01 (H. Hinnant's algorithm): integer arithmetic only
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
     hh, rem = divmod(secs, 3600)
     mm, ss = divmod(rem, 60)
-    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{hh:02d}:{mm:02d}:{ss:02d}{_nanos_text(nanos)}Z"
+    return f"{year:04d}-{month:02d}-{day:02d}T{hh:02d}:{mm:02d}:{ss:02d}{_nanos_text(nanos)}Z"
 
 
 def duration_to_json(seconds: int, nanos: int) -> str:
@@ -234,7 +249,7 @@ class Encoder:
         if t == F.TYPE_FLOAT:
             return lambda v: _float_out(v, True)
         if t == F.TYPE_DOUBLE:
-            return lambda v: _float_out(v, False)
+            return _double_out
         if t == F.TYPE_BYTES:
             return lambda v: base64.b64encode(v).decode("ascii")
         if t == F.TYPE_ENUM:

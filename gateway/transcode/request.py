@@ -30,8 +30,22 @@ class TranscodeError(Exception):
         self.violations = list(violations)
 
 
+_RESOLVED: dict[tuple[str, str], list[FieldDescriptor]] = {}
+
+
 def resolve_field(desc: Descriptor, dotted: str) -> list[FieldDescriptor]:
-    """The chain of fields a dotted path (snake_case or lowerCamelCase parts) names."""
+    """The chain of fields a dotted path (snake_case or lowerCamelCase parts) names (cached)."""
+    key = (desc.full_name, dotted)
+    hit = _RESOLVED.get(key)
+    if hit is not None:
+        return hit
+    chain = _resolve(desc, dotted)
+    if len(_RESOLVED) < 100_000:
+        _RESOLVED[key] = chain
+    return chain
+
+
+def _resolve(desc: Descriptor, dotted: str) -> list[FieldDescriptor]:
     chain: list[FieldDescriptor] = []
     d: Descriptor | None = desc
     for part in dotted.split("."):
