@@ -18,6 +18,9 @@ Figures:
   ingestor_rss_mb    peak resident memory of the ingestor process
 The table goes to stdout, then ONE JSON line with the figures.
 
+Profiling: BENCH_PROFILE=<telemetry|ingestor0|sites> runs that process under pyinstrument and
+writes <logs>/<name>.profile.txt.
+
 Options: --samples N (total per phase, default 1,500,000), --batch N (samples per request, 5000),
 --sites N (1000), --concurrency N (unary calls in flight, 8), --ingestors N (replicas, 2).
 """
@@ -127,7 +130,9 @@ class Proc:
     def __init__(self, name: str, module: str, env: dict, logdir: Path, extra: list[str] | None = None) -> None:
         self.name = name
         log = open(logdir / f"{name}.log", "ab")  # noqa: SIM115
-        self.p = subprocess.Popen([sys.executable, "-m", module, *(extra or [])], cwd=ROOT, env=env,
+        prefix = ["-m", "pyinstrument", "-o", str(logdir / f"{name}.profile.txt")] \
+            if os.environ.get("BENCH_PROFILE") == name else []
+        self.p = subprocess.Popen([sys.executable, *prefix, "-m", module, *(extra or [])], cwd=ROOT, env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 

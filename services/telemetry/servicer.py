@@ -78,17 +78,20 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     # ------------------------------------------------------------------ ingest
 
     async def _ingest(self, batch_id: str, samples: Any) -> Outcome:
-        known = self.sites.partitions
-        unknown = {sid for sid in (s.site_id for s in samples) if sid not in known}
+        now = time.time()
+        screened = domain.screen_samples(samples, sites=self.sites.partitions, now=now,
+                                         retention_s=self.retention_s)
+        unknown = {samples[r.index].site_id for r in screened.refusals if r.reason == domain.UNKNOWN_SITE}
         if unknown:
+            # Not in the cache: ask the register (a site created a moment ago), then judge again.
             try:
                 await self.sites.resolve(unknown)
             except SiteDirectoryUnavailable as exc:
                 raise Unavailable("the site register cannot be reached; retry with the same batch_id",
                                   retry_after_s=1.0) from exc
-        now = time.time()
-        screened = domain.screen_samples(samples, sites=self.sites.partitions, now=now,
-                                         retention_s=self.retention_s)
+            if any(sid in self.sites.partitions for sid in unknown):
+                screened = domain.screen_samples(samples, sites=self.sites.partitions, now=now,
+                                                 retention_s=self.retention_s)
         out = Outcome()
         out.accepted = screened.accepted
         out.rejected = len(screened.refusals)
