@@ -65,7 +65,14 @@ class Call:
         self.timeout: float | None = None
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"), ("x-correlation-id", self.cid))
+        md = (("authorization", f"Bearer {self.token}"), ("x-correlation-id", self.cid))
+        trace = self.headers.get("traceparent")  # W3C trace context rides along to the service
+        if trace:
+            md += (("traceparent", trace),)
+            state = self.headers.get("tracestate")
+            if state:
+                md += (("tracestate", state),)
+        return md
 
 
 def _headers(scope: dict) -> dict[str, str]:

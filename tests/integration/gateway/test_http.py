@@ -108,6 +108,9 @@ async def test_correlation_id_accepted_generated_echoed_forwarded(gw) -> None:
     assert len(cid) == 32 and r.json()["correlationId"] == cid
     r = await client.get("/v1/nothing")
     assert r.headers["x-correlation-id"]
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await client.get("/v1/echo", headers={"traceparent": trace, "tracestate": "k=v"})
+    assert servicer.last_metadata["traceparent"] == trace and servicer.last_metadata["tracestate"] == "k=v"
 
 
 async def test_deadline_default_headers_and_504(gw) -> None:
