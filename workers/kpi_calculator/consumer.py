@@ -72,6 +72,7 @@ class CalculatorConfig:
     TOWERCO_KPI_MINUTE_RETENTION_DAYS  minute aggregates kept (35)
     TOWERCO_KPI_REPLICA             a name for this replica's register-event consumer (partitions)
     TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
+    TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
     """
 
     partitions: tuple[int, ...]
@@ -83,6 +84,7 @@ class CalculatorConfig:
     replica: str = "all"
     batch: int = 50
     durable_prefix: str = "kpi-calculator"
+    ack_wait_s: float = 60.0
 
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
@@ -98,6 +100,7 @@ class CalculatorConfig:
             minute_retention_days=_env_float("TOWERCO_KPI_MINUTE_RETENTION_DAYS", 35.0),
             replica=replica,
             durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
+            ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
         )
 
 
@@ -186,7 +189,7 @@ class Calculator:
             c = events.PullConsumer(
                 self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
                 filter_subject=f"telemetry.samples.{p}", handler=self.handle_telemetry,
-                batch=self.config.batch, ack_wait=60.0)
+                batch=self.config.batch, ack_wait=self.config.ack_wait_s)
             self.consumers.append(c)
         reg = events.PullConsumer(
             self.js, stream=events.EVENTS_STREAM, durable=f"{self.config.durable_prefix}-register-{self.config.replica}",

@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
-import pytest
 from kpi_support import eventually
 from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
@@ -38,7 +37,6 @@ def iso(raw: str) -> float:
     return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
 
 
-@pytest.mark.slow
 async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path):
     from services.kpi.server import setup as kpi_setup
     from services.sites.server import setup as sites_setup
