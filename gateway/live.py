@@ -253,7 +253,8 @@ class Live:
             await ws.close(code=4404, reason="no streaming route at this path")
             return
         origin = headers.get("origin")
-        if origin and not gw.cors.headers(origin):
+        same_origin = bool(origin) and origin.split("://", 1)[-1] == headers.get("host")
+        if origin and not same_origin and not gw.cors.headers(origin):
             await ws.close(code=4403, reason="origin not allowed")
             return
         await ws.accept(headers=[(b"x-correlation-id", cid.encode())])

@@ -206,3 +206,16 @@ async def test_query_token_never_reaches_the_logs(token, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records]
     assert any("WebSocket" in line and "access_token=REDACTED" in line for line in lines), lines
     assert token not in caplog.text
+
+
+async def test_websocket_origin_check(make_gateway, token) -> None:
+    async with make_gateway(cors_origins=("https://noc.example.com",)) as (client, servicer, app, base, server):
+        url = ws_url(base, f"/v1/ticks?count=1&access_token={token}")
+        host = base.split("://", 1)[1]
+        for origin in ("https://noc.example.com", f"http://{host}"):  # listed, and same origin
+            async with websockets.connect(url, origin=origin) as ws:
+                assert "result" in orjson.loads(await ws.recv())
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:  # refused at the handshake
+            async with websockets.connect(url, origin="https://evil.example.com") as ws:
+                await ws.recv()
+        assert info.value.response.status_code == 403
