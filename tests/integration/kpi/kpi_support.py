@@ -133,3 +133,29 @@ async def running_calculator(pool, js, site_ids, *, database_url=None, **kw):
         for c in calc.consumers:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(c.stream, c.durable)
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app):
+    """Run an ASGI app (the gateway) under uvicorn in this event loop; yields its base URL."""
+    import uvicorn
+
+    from mesh.embedded import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    server.install_signal_handlers = lambda: None
+    task = asyncio.ensure_future(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)

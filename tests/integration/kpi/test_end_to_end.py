@@ -12,11 +12,12 @@ import math
 import subprocess
 import sys
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from kpi_support import eventually
+import httpx
+from kpi_support import eventually, serve_asgi
 from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
@@ -162,6 +163,25 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
             for sid in sites:
                 k = (await kpi.GetSiteKpis(kpi_pb2.GetSiteKpisRequest(site_id=sid, range=rng), metadata=viewer)).kpis
                 assert k.grid_known_minutes - k.grid_present_minutes == len(want_grid[sid]), sid
+
+        # the same figures over REST through the gateway, and a bad request as a 400 with field violations
+        from gateway.app import create_app
+        from gateway.config import GatewayConfig
+
+        app = create_app(GatewayConfig(services=("kpi",), targets={"kpi": f"127.0.0.1:{kpi_srv.port}"},
+                                       rate_per_s=0), settings)
+        async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+            headers = {"authorization": viewer[0][1]}
+            params = {"range.start_time": _rfc3339(lo * 60), "range.end_time": _rfc3339(hi * 60)}
+            r = await http.get(f"/api/v1/tenants/{tenant}/availability", params=params, headers=headers)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert int(body["availability"]["outage"]["total"]) == expected_total
+            assert body["availability"]["unknownPolicy"] == "UNKNOWN_POLICY_EXCLUDED"
+            bad = await http.get(f"/api/v1/tenants/{tenant}/availability",
+                                 params={**params, "range.end_time": _rfc3339(lo * 60)}, headers=headers)
+            assert bad.status_code == 400
+            assert "range" in bad.text and bad.json()["code"] == 3
     finally:
         for p in procs:
             p.terminate()
@@ -172,3 +192,7 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
                 await p.wait()
         for r in reversed(running):
             await r.stop(grace=1.0, drain_s=0)
+
+
+def _rfc3339(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
