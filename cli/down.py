@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cli import state
-    from cli.launcher import stop_recorded
+    from cli.launcher import stop_postmaster, stop_recorded
     from mesh.config import get_settings
 
     root = state.home(get_settings())
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         leftovers = stop_recorded(recorded)
         recorded["state"] = "stopped"
         state.write_json(state.stack_path(root), recorded)
+    if stop_postmaster(root / "pg"):  # an embedded PostgreSQL that outlived its supervisor
+        leftovers.append("postgres")
     with contextlib.suppress(FileNotFoundError):
         state.pid_path(root).unlink()
     if leftovers:

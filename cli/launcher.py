@@ -433,6 +433,10 @@ class Supervisor:
             self.say("NATS stopped")
         if self.pg is not None:
             await asyncio.to_thread(self.pg.stop)
+            # pg_ctl can fail (e.g. the data folder became unreachable for the postgres user):
+            # then stop the postmaster by its pid.
+            if await asyncio.to_thread(stop_postmaster, self.pg.data_dir):
+                self.say("PostgreSQL: pg_ctl stop failed; stopped the postmaster directly")
             self.say("PostgreSQL stopped")
         self.phase = "stopped"
         with contextlib.suppress(Exception):
@@ -447,7 +451,7 @@ def _stop_leftovers(root: Path) -> None:
     recorded = state.read_stack(root)
     if recorded and recorded.get("state") != "stopped":
         stop_recorded(recorded)
-    _stop_postmaster(root / "pg")
+    stop_postmaster(root / "pg")
 
 
 def stop_recorded(recorded: dict[str, Any], grace: float = STOP_GRACE_S) -> list[str]:
@@ -470,12 +474,12 @@ def stop_recorded(recorded: dict[str, Any], grace: float = STOP_GRACE_S) -> list
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
     pg = (recorded.get("embedded") or {}).get("postgres") or {}
-    if pg.get("data_dir") and _stop_postmaster(Path(pg["data_dir"])):
+    if pg.get("data_dir") and stop_postmaster(Path(pg["data_dir"])):
         live.append(("postgres", 0, None))
     return [n for n, _, _ in live]
 
 
-def _stop_postmaster(data_dir: Path, timeout: float = 30.0) -> bool:
+def stop_postmaster(data_dir: Path, timeout: float = 30.0) -> bool:
     """Fast-stop a PostgreSQL left running on this data folder (SIGINT to the postmaster)."""
     try:
         pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])

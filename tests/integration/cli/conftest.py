@@ -4,9 +4,11 @@ tests never collide with a developer's `towerco up`, the system services or each
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,9 +92,18 @@ def _make(tmp_path: Path, *, database_url: str = "", nats_url: str = "") -> Iter
 
 
 @pytest.fixture
-def towerco_embedded(tmp_path: Path) -> Iterator[Towerco]:
-    """`towerco` with DATABASE_URL/NATS_URL unset: it starts its own embedded PostgreSQL and NATS."""
-    yield from _make(tmp_path)
+def towerco_embedded() -> Iterator[Towerco]:
+    """`towerco` with DATABASE_URL/NATS_URL unset: it starts its own embedded PostgreSQL and NATS.
+
+    The home is NOT under pytest's tmp_path: as root, PostgreSQL runs as an unprivileged user that
+    must traverse the path, and every new pytest session (other test runs on this machine) resets
+    /tmp/pytest-of-<user> to mode 0700.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="towerco-cli-test-"))
+    try:
+        yield from _make(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture
