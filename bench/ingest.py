@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -325,6 +326,8 @@ async def orchestrate(args: argparse.Namespace) -> dict:
             p.stop()
         nats.stop()
         pg.stop()
+        for data in ("pg", "nats"):  # keep the logs, drop the data
+            shutil.rmtree(tmp / data, ignore_errors=True)
 
 
 def main() -> None:
