@@ -9,6 +9,7 @@ refreshed from the Sites service, so a killed worker loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -85,6 +86,7 @@ class CalculatorConfig:
     batch: int = 50
     durable_prefix: str = "kpi-calculator"
     ack_wait_s: float = 60.0
+    recompute_interval_s: float = 0.25
 
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
@@ -172,6 +174,7 @@ class Calculator:
         self.stats = defaultdict(int)
         self.last_batch_accepted: float | None = None  # accepted_time of the newest folded batch
         self._lock = asyncio.Lock()  # serialises hour recomputation of the register path
+        self._dirty = asyncio.Event()
 
     def owns(self, site_id: str) -> bool:
         return events.partition_of(site_id, self.partition_count) in self.owned
@@ -196,6 +199,7 @@ class Calculator:
             filter_subject="towerco.>", handler=self.handle_events, batch=50, ack_wait=120.0)
         self.consumers.append(reg)
         tasks = [asyncio.create_task(c.run(), name=c.durable) for c in self.consumers]
+        tasks.append(asyncio.create_task(self._recompute_loop(), name="kpi-recompute"))
         tasks.append(asyncio.create_task(self._publish_loop(), name="kpi-publish"))
         tasks.append(asyncio.create_task(self._purge_loop(), name="kpi-purge"))
         if self.fetch_register is not None:
@@ -253,10 +257,12 @@ class Calculator:
                 by_site: dict[str, set[int]] = defaultdict(set)
                 for site_id, minute in folded:
                     by_site[site_id].add(minute)
-                for site_id, minutes in sorted(by_site.items()):
-                    cfg = self.ref.site_cfg(site_id)
-                    await self._recompute(conn, cfg, domain.affected_hours(minutes, cfg.pad_minutes))
+                await store.mark_dirty(conn, hours={
+                    site_id: domain.affected_hours(minutes, self.ref.site_cfg(site_id).pad_minutes)
+                    for site_id, minutes in by_site.items()})
             self.stats["samples"] += len(samples)
+        if samples:
+            self._dirty.set()
         self.stats["batches"] += len(batches)
         accepted = [b.accepted_time.seconds for _, b in batches if b.HasField("accepted_time")]
         if accepted:
@@ -277,6 +283,34 @@ class Calculator:
             done += len(site_rows)
         self.stats["hours_computed"] += done
         return done
+
+    async def recompute_dirty(self, *, limit: int = 500) -> int:
+        """Re-evaluate every marked site-hour once (each site in its own short transaction)."""
+        done = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                sites = await store.dirty_sites(conn, limit=limit)
+            if not sites:
+                return done
+            for site_id in sites:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await store.lock_sites(conn, site_ids=[site_id])
+                    hours = await store.take_dirty(conn, site_id=site_id)
+                    if hours:
+                        done += await self._recompute(conn, self.ref.site_cfg(site_id), hours)
+
+    async def _recompute_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=self.config.recompute_interval_s * 4)
+            self._dirty.clear()
+            try:
+                await self.recompute_dirty()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - marks stay in the table; retried next round
+                log.warning("kpi recompute failed: %s", exc)
+            await asyncio.sleep(self.config.recompute_interval_s)
 
     async def recompute_site(self, site_id: str, *, lo: int | None = None, hi: int | None = None) -> int:
         """Re-evaluate a site's stored hours (all within the recompute horizon, or [lo, hi))."""

@@ -41,6 +41,32 @@ async def lock_sites(conn: asyncpg.Connection, *, site_ids: Iterable[str]) -> No
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, site_id)
 
 
+async def mark_dirty(conn: asyncpg.Connection, *, hours: Mapping[str, Iterable[int]]) -> int:
+    """Mark site-hours for re-evaluation."""
+    sites: list[str] = []
+    stamps: list[datetime] = []
+    for site_id, hs in sorted(hours.items()):
+        for h in sorted(set(hs)):
+            sites.append(site_id)
+            stamps.append(ts(h))
+    if sites:
+        await conn.execute(
+            "INSERT INTO kpi.dirty_hour (site_id, hour) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+            "ON CONFLICT DO NOTHING", sites, stamps)
+    return len(sites)
+
+
+async def dirty_sites(conn: asyncpg.Connection, *, limit: int) -> list[str]:
+    rows = await conn.fetch("SELECT DISTINCT site_id FROM kpi.dirty_hour ORDER BY site_id LIMIT $1", limit)
+    return [r["site_id"] for r in rows]
+
+
+async def take_dirty(conn: asyncpg.Connection, *, site_id: str) -> list[int]:
+    """Remove and return the site's marked hours (call holding the site lock)."""
+    rows = await conn.fetch("DELETE FROM kpi.dirty_hour WHERE site_id = $1 RETURNING hour", site_id)
+    return sorted(minute_index(r["hour"]) for r in rows)
+
+
 async def claim_batches(conn: asyncpg.Connection, *, keys: Sequence[str]) -> set[str]:
     """Record batch keys as consumed; returns the ones that were new (inside the transaction)."""
     rows = await conn.fetch(

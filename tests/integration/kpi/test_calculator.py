@@ -89,6 +89,7 @@ async def test_register_and_telemetry_become_minute_maps_and_hour_events(pool, j
                   headers={events.MSG_ID_HEADER: f"dup-{site}"})
         await calc.handle_telemetry([msg])
         await calc.handle_telemetry([msg])
+        await calc.recompute_dirty()
         assert calc.stats["duplicate_batches"] >= 1
         async with pool.acquire() as conn:
             aggs = await conn.fetchval("SELECT aggs FROM kpi.site_minute WHERE site_id = $1 AND minute = $2",

@@ -153,7 +153,8 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
                     kpi_pb2.GetTenantAvailabilityRequest(tenant_id=tenant, range=rng), metadata=viewer)
 
             expected_total = sum(len(v) for v in want_out.values())
-            rep = await eventually(report, lambda r: r.availability.outage.total == expected_total, within=30)
+            rep = await eventually(report, lambda r: r.availability.outage.total == expected_total
+                                   and r.availability.unknown_minutes == 0, within=30)
             for t in rep.tenancies:
                 got = set()
                 for iv in t.outages:
