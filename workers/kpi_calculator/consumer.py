@@ -74,6 +74,8 @@ class CalculatorConfig:
     TOWERCO_KPI_REPLICA             a name for this replica's register-event consumer (partitions)
     TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
     TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
+    TOWERCO_KPI_RECOMPUTE_INTERVAL_S  pause between re-evaluation rounds of marked hours (0.5): longer
+                                    batches more changes into one re-evaluation under heavy load
     """
 
     partitions: tuple[int, ...]
@@ -86,7 +88,7 @@ class CalculatorConfig:
     batch: int = 50
     durable_prefix: str = "kpi-calculator"
     ack_wait_s: float = 60.0
-    recompute_interval_s: float = 0.25
+    recompute_interval_s: float = 0.5
 
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
@@ -103,6 +105,7 @@ class CalculatorConfig:
             replica=replica,
             durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
             ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
+            recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.5),
         )
 
 
@@ -302,7 +305,7 @@ class Calculator:
     async def _recompute_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=self.config.recompute_interval_s * 4)
+                await asyncio.wait_for(self._dirty.wait(), timeout=5.0)
             self._dirty.clear()
             try:
                 await self.recompute_dirty()
