@@ -10,6 +10,7 @@ kpi.site_hour rows of one site) is loaded with COPY, then timed through gRPC:
   report_ms     GetTenantAvailability of the tenant for the whole period, every site with its
                 breakdown and outage intervals (page of 1,000)            target < 1,000 ms
   series_ms     GetKpiSeries of one site over the period at a 1-hour step, every KPI   target < 50 ms
+  fleet_ms / worst_ms   GetFleetSummary and ListWorstSites over the same fleet (no target)
   baseline: the bare SQL the report rests on (the whole-hour SUM ... GROUP BY site) and a bare
   SELECT of the site's hour rows, timed in this process; ratio = gRPC / bare SQL.
 Median of --repeat calls after one warm-up.
@@ -141,8 +142,9 @@ async def phase_queries(args, env, pool, tmp: Path) -> dict:
         await conn.copy_records_to_table(
             "tenancy_hour", schema_name="kpi", columns=["tenant_id", "site_id", "hour", "minutes", *CODES],
             records=tenancy_hour_rows(sites, start, hours))
-        await conn.copy_records_to_table("site_hour", schema_name="kpi", columns=SITE_HOUR_COLUMNS,
-                                         records=site_hour_rows(sites[0], start, hours))
+        for sid in sites:
+            await conn.copy_records_to_table("site_hour", schema_name="kpi", columns=SITE_HOUR_COLUMNS,
+                                             records=site_hour_rows(sid, start, hours))
         # the daily rollup, as the worker maintains it (store.refresh_days)
         await conn.execute(
             "INSERT INTO kpi.tenancy_day (tenant_id, site_id, day, " + ", ".join(CODES) + ") "
@@ -169,8 +171,17 @@ async def phase_queries(args, env, pool, tmp: Path) -> dict:
                 kpi_pb2.GetKpiSeriesRequest(site_id=sites[0], range=rng, step=duration_pb2.Duration(seconds=3600)),
                 metadata=md, timeout=30)
 
+        async def fleet():
+            return await stub.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(range=rng), metadata=md, timeout=60)
+
+        async def worst():
+            return await stub.ListWorstSites(kpi_pb2.ListWorstSitesRequest(range=rng, limit=20), metadata=md,
+                                             timeout=60)
+
         report_ms, rep = await timed(report, args.repeat)
         series_ms, ser = await timed(series, args.repeat)
+        fleet_ms, _ = await timed(fleet, max(1, args.repeat // 2))
+        worst_ms, _ = await timed(worst, max(1, args.repeat // 2))
 
     async def bare_report():
         async with pool.acquire() as conn:
@@ -198,6 +209,7 @@ async def phase_queries(args, env, pool, tmp: Path) -> dict:
         "availability": round(rep.availability.availability, 6),
         "series_ms": round(series_ms, 1), "bare_series_ms": round(bare_series_ms, 2),
         "series_ratio": round(series_ms / bare_series_ms, 2),
+        "fleet_ms": round(fleet_ms, 1), "worst_ms": round(worst_ms, 1),
     }
 
 
@@ -347,6 +359,8 @@ def main() -> None:
         ("  bare SQL sum of the hour rows (baseline)", f"{f['bare_report_ms']} ms", f"ratio {f['report_ratio']}"),
         ("site series, 1 h step (gRPC)", f"{f['series_ms']} ms", "< 50 ms"),
         ("  bare SQL select (baseline)", f"{f['bare_series_ms']} ms", f"ratio {f['series_ratio']}"),
+        ("fleet summary, every site (gRPC)", f"{f['fleet_ms']} ms", "no target"),
+        ("worst 20 tenancies (gRPC)", f"{f['worst_ms']} ms", "no target"),
     ]
     if "calc_sps" in f:
         rows += [

@@ -110,6 +110,25 @@ def availability(counts: Mapping[str, int], period_minutes: int, *, policy: int 
     )
 
 
+def availability_value(counts: Mapping[str, int], period_minutes: int, policy: int = EXCLUDED) -> tuple[float, int]:
+    """Just (A, minutes counted) of `availability` (for long series): same formula, no breakdown."""
+    g = counts.get
+    stored = sum(counts.values())
+    unknown = g("?", 0) + (period_minutes - stored)
+    down = g("L", 0) + g("H", 0) + g("N", 0)
+    excluded = g("P", 0) + g("F", 0) + g("T", 0) + g("A", 0)
+    unknown_in_window = g("p", 0) + g("f", 0) + g("t", 0) + g("a", 0)
+    if policy == EXCLUDED:
+        excluded += unknown + unknown_in_window
+    elif policy == DOWN:
+        down += unknown
+        excluded += unknown_in_window
+    counted = period_minutes - excluded
+    if counted <= 0:
+        return 1.0, 0
+    return min(1.0, max(0.0, (counted - down) / counted)), counted
+
+
 # --------------------------------------------------------------------------- time slicing
 
 

@@ -295,15 +295,15 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
                 h = store.minute_index(m["hour"])
                 counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(m["minutes"])
             for t in tenancies:
-                pol, minimum = pols[t["tenant_id"]]
+                pol, _minimum = pols[t["tenant_id"]]
                 series = resp.series.add(kpi=kpi_pb2.KPI_TENANT_AVAILABILITY, tenant_id=t["tenant_id"])
+                per_bucket = counts[t["tenant_id"]]
                 for b, sec in zip(buckets, seconds, strict=True):
-                    fig = domain.availability(counts[t["tenant_id"]][b], min(step, hi - b), policy=pol,
-                                              min_outage_minutes=minimum)
+                    value, known = domain.availability_value(per_bucket[b], min(step, hi - b), pol)
                     p = series.points.add()
                     p.time.seconds = sec
-                    p.value = fig.availability
-                    p.known_minutes = fig.period_minutes - fig.excluded_total
+                    p.value = value
+                    p.known_minutes = known
         return resp
 
     async def GetTenantAvailability(self, request, context):

@@ -157,3 +157,12 @@ def test_rollup_of_tenancies_equals_figure_of_summed_counts(maps, policy):
     assert rolled.availability == pytest.approx(direct.availability)
     assert (rolled.outage_total, rolled.excluded_total, rolled.defined) == (
         direct.outage_total, direct.excluded_total, direct.defined)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="UuLHN?PFTApfta", max_size=120), st.integers(0, 30), POLICY)
+def test_series_value_matches_the_full_formula(codes, extra, policy):
+    fig = q.availability(Counter(codes), len(codes) + extra, policy=policy)
+    value, known = q.availability_value(Counter(codes), len(codes) + extra, policy)
+    assert value == pytest.approx(fig.availability)
+    assert known == (fig.period_minutes - fig.excluded_total if fig.defined else 0)
