@@ -32,7 +32,8 @@ class SiteDirectoryUnavailable(Exception):
 
 class SiteDirectory:
     def __init__(self, *, partitions: int, fetch_all: FetchAll, fetch_one: FetchOne,
-                 refresh_s: float = 300.0, negative_ttl_s: float = 10.0, max_lookups: int = 32) -> None:
+                 refresh_s: float = 300.0, negative_ttl_s: float = 10.0, max_lookups: int = 1000,
+                 lookup_concurrency: int = 16) -> None:
         self.partitions_count = partitions
         self.partitions: dict[str, int] = {}  # site id -> partition: the hot-path lookup
         self.tenants: dict[str, frozenset[str]] = {}
@@ -41,6 +42,7 @@ class SiteDirectory:
         self.refresh_s = refresh_s
         self.negative_ttl_s = negative_ttl_s
         self.max_lookups = max_lookups
+        self._lookups = asyncio.Semaphore(lookup_concurrency)
         self._misses: dict[str, float] = {}
         self.loaded = asyncio.Event()
         self.last_refresh = 0.0
@@ -85,8 +87,9 @@ class SiteDirectory:
         return tenant is None or tenant in self.tenants.get(site_id, frozenset())
 
     async def resolve(self, site_ids: Iterable[str]) -> None:
-        """Look up the given ids that the cache does not know (at most max_lookups per call).
-        Raises SiteDirectoryUnavailable when the register cannot be asked."""
+        """Look up the given ids that the cache does not know (at most max_lookups per call,
+        lookup_concurrency at a time). Raises SiteDirectoryUnavailable when the register cannot
+        be asked."""
         now = time.monotonic()
         todo = []
         for sid in set(site_ids):
@@ -99,7 +102,11 @@ class SiteDirectory:
         if not todo:
             return
         todo = todo[: self.max_lookups]
-        results = await asyncio.gather(*(self._fetch_one(sid) for sid in todo), return_exceptions=True)
+        async def one(sid: str) -> SiteInfo | None:
+            async with self._lookups:
+                return await self._fetch_one(sid)
+
+        results = await asyncio.gather(*(one(sid) for sid in todo), return_exceptions=True)
         for sid, res in zip(todo, results, strict=True):
             if isinstance(res, BaseException):
                 raise SiteDirectoryUnavailable(str(res)) from res

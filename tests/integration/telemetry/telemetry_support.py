@@ -168,3 +168,19 @@ class IngestorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def pg_ctl(stack, action: str) -> None:
+    """Run `EmbeddedPostgres(...).<action>` for the session's PostgreSQL in a fresh single-threaded
+    Python process (use it for "start()"): pg_ctl forked straight from this busy multi-threaded
+    test process (gRPC, NATS threads) has been seen to die with SIGSEGV before it ran."""
+    pg = stack.pg
+    code = ("from pathlib import Path; from mesh.embedded import EmbeddedPostgres; "
+            f"EmbeddedPostgres(Path({str(pg.data_dir)!r}), port={pg.port}, fast={pg.fast!r}).{action}")
+    for attempt in range(3):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0 and (action != "start()" or pg.running()):
+            return
+        if attempt == 2:
+            raise RuntimeError(f"pg {action} failed: {done.stdout}{done.stderr}")
+        time.sleep(0.5)

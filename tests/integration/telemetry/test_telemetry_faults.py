@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 import uuid
 
 import grpc
 import pytest
-from telemetry_support import IngestorProcess, batch, platform
+from telemetry_support import IngestorProcess, batch, pg_ctl, platform
 
 pytestmark = pytest.mark.slow
 
@@ -67,17 +66,6 @@ class Sender:
             self.batches += 1
             k += 1
             await asyncio.sleep(0.01)
-
-
-def start_pg(stack) -> None:
-    for attempt in range(3):  # pg_ctl forked from this busy multi-threaded process can die early
-        try:
-            stack.pg.start()
-            return
-        except subprocess.CalledProcessError:
-            if attempt == 2:
-                raise
-            time.sleep(0.5)
 
 
 async def settle(p, sender: Sender, sites: list[str], wait_s: float = 60.0) -> None:
@@ -136,9 +124,9 @@ async def test_postgres_restart_ingestor_resumes_without_loss_or_duplicates(p, i
     sender = Sender(p, sites)
     task = await run_sender(sender)
     await p.wait_count(sites, 1000)
-    stack.pg.stop(mode="immediate")  # a crash: committed work survives only if it was flushed
+    await asyncio.to_thread(stack.pg.stop, mode="immediate")  # a crash: only flushed commits survive
     await asyncio.sleep(2.0)
-    await asyncio.to_thread(start_pg, stack)
+    await asyncio.to_thread(pg_ctl, stack, "start()")
     await asyncio.sleep(1.0)
     await finish(sender, task)
     with contextlib.suppress(Exception):
