@@ -214,7 +214,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         tenant = _scope(identity)
         async with self.pool.acquire() as conn:
             site = await store.site(conn, site_id=request.site_id)
-            tenancies = await store.tenancies(conn, site_id=request.site_id, tenant_id=tenant)
+            tenancies = await store.tenancies(conn, lo=lo, hi=hi, site_id=request.site_id, tenant_id=tenant)
             if (site is None and not await store.site_has_data(conn, site_id=request.site_id)) or (
                     tenant is not None and not tenancies):
                 raise NotFound(f"site {request.site_id} not found", "site", request.site_id)
@@ -261,7 +261,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         tenant = _scope(identity)
         kpis = list(dict.fromkeys(request.kpis)) or [k for k in kpi_pb2.Kpi.values() if k]
         async with self.pool.acquire() as conn:
-            tenancies = await store.tenancies(conn, site_id=request.site_id, tenant_id=tenant)
+            tenancies = await store.tenancies(conn, lo=lo, hi=hi, site_id=request.site_id, tenant_id=tenant)
             site = await store.site(conn, site_id=request.site_id)
             if (site is None and not await store.site_has_data(conn, site_id=request.site_id)) or (
                     tenant is not None and not tenancies):
@@ -313,7 +313,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         size = request.page.size or DEFAULT_PAGE
         after = _decode_token(request.page.token)
         async with self.pool.acquire() as conn:
-            tenancies = await store.tenancies(conn, tenant_id=tenant)
+            tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
             figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
                                          override=request.unknown_policy)
             page = [t for t in tenancies if t["site_id"] > after][:size]
@@ -342,7 +342,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         lo, hi = _minute_range(request.range)
         tenant = _scope(identity)
         async with self.pool.acquire() as conn:
-            tenancies = await store.tenancies(conn, tenant_id=tenant)
+            tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
             figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
                                          override=request.unknown_policy)
             regions = await store.regions(conn)
@@ -374,7 +374,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         rank_by = request.rank_by or kpi_pb2.RANK_BY_TENANT_AVAILABILITY
         region = request.region or None
         async with self.pool.acquire() as conn:
-            tenancies = await store.tenancies(conn, tenant_id=tenant, region=region)
+            tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant, region=region)
             regions = await store.regions(conn)
             resp = kpi_pb2.ListWorstSitesResponse()
             if rank_by == kpi_pb2.RANK_BY_TENANT_AVAILABILITY:

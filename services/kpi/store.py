@@ -39,17 +39,21 @@ def counts_of(row: asyncpg.Record) -> Counter[str]:
 # --------------------------------------------------------------------------- reference
 
 
-async def tenancies(conn: asyncpg.Connection, *, tenant_id: str | None = None, site_id: str | None = None,
-                    region: str | None = None, after_site: str = "", limit: int | None = None
-                    ) -> list[asyncpg.Record]:
-    """Tenancies (site_id, tenant_id, sla_target, region) filtered, ordered by site then tenant."""
+async def tenancies(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: str | None = None,
+                    site_id: str | None = None, region: str | None = None) -> list[asyncpg.Record]:
+    """Tenancies (site_id, tenant_id, sla_target, region) filtered, ordered by site then tenant: the
+    register's current ones plus any with figures in [lo, hi) (a tenancy ended since keeps its
+    history; its SLA target is then unknown, 0)."""
     return await conn.fetch(
-        "SELECT t.site_id, t.tenant_id, max(t.sla_target) AS sla_target, "
-        "COALESCE(max(s.region), '') AS region FROM kpi.tenancy t LEFT JOIN kpi.site s USING (site_id) "
-        "WHERE ($1::text IS NULL OR t.tenant_id = $1) AND ($2::text IS NULL OR t.site_id = $2) "
-        "AND ($3::text IS NULL OR s.region = $3) AND t.site_id > $4 "
-        "GROUP BY t.site_id, t.tenant_id ORDER BY t.site_id, t.tenant_id LIMIT $5",
-        tenant_id, site_id, region, after_site, limit)
+        "SELECT u.site_id, u.tenant_id, max(u.sla_target) AS sla_target, COALESCE(max(s.region), '') AS region "
+        "FROM (SELECT site_id, tenant_id, sla_target FROM kpi.tenancy "
+        "      WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR site_id = $2) "
+        "      UNION ALL SELECT DISTINCT site_id, tenant_id, 0 FROM kpi.tenancy_day "
+        "      WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR site_id = $2) "
+        "      AND day >= $4 AND day < $5) u "
+        "LEFT JOIN kpi.site s USING (site_id) WHERE ($3::text IS NULL OR s.region = $3) "
+        "GROUP BY u.site_id, u.tenant_id ORDER BY u.site_id, u.tenant_id",
+        tenant_id, site_id, region, ts(lo - lo % 1440), ts(hi))
 
 
 async def site(conn: asyncpg.Connection, *, site_id: str) -> asyncpg.Record | None:

@@ -281,7 +281,7 @@ class Calculator:
                                                hi=chunk[-1] + 60 + pad)
             site_rows, ten_rows = domain.evaluate_hours(cfg, chunk, states)
             await store.save_hours(conn, site_rows=site_rows, tenancy_rows=ten_rows, site_id=cfg.site_id,
-                                   hours=[r.hour for r in site_rows])
+                                   hours=[r.hour for r in site_rows], tenants=[t.tenant_id for t in cfg.tenancies])
             await store.refresh_days(conn, site_id=cfg.site_id, hours=[r.hour for r in site_rows])
             done += len(site_rows)
         self.stats["hours_computed"] += done
@@ -371,8 +371,10 @@ class Calculator:
                 affected = (s.id, None, None)
             elif which == "tenancy":
                 t = change.tenancy
-                if deleted:
+                if deleted:  # its figures so far stay as history; nothing to re-evaluate
                     await store.delete_tenancy(conn, tenancy_id=t.id)
+                    self.ref = Reference.from_rows(await store.load_reference(conn))
+                    return
                 else:
                     lo, hi = band(t)
                     await store.upsert_tenancy(conn, tenancy_id=t.id, site_id=t.site_id, tenant_id=t.tenant_id,

@@ -127,9 +127,12 @@ async def purge_minutes(conn: asyncpg.Connection, *, older_than_s: float) -> int
 
 
 async def save_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.SiteHour],
-                     tenancy_rows: Sequence[domain.TenancyHour], site_id: str, hours: Sequence[int]) -> None:
-    """Replace the rows of these site-hours. A site-hour row's revision increases only when its
-    content changes, so an unchanged recompute publishes nothing new."""
+                     tenancy_rows: Sequence[domain.TenancyHour], site_id: str, hours: Sequence[int],
+                     tenants: Sequence[str] | None = None) -> None:
+    """Replace the rows of these site-hours: the site's, and those of `tenants` (the site's current
+    tenancies; None: every tenant). Rows of a tenancy that has ended are kept as history. A
+    site-hour row's revision increases only when its content changes, so an unchanged recompute
+    publishes nothing new."""
     if site_rows:
         cols = _site_columns(site_rows)
         await conn.execute(
@@ -166,8 +169,9 @@ async def save_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.Sit
                    EXCLUDED.energy_battery_kwh, EXCLUDED.soc_time)
             """, *cols)
     # tenancy rows: replace the site's rows of these hours (tenancies may have come or gone)
-    await conn.execute("DELETE FROM kpi.tenancy_hour WHERE site_id = $1 AND hour = ANY($2::timestamptz[])",
-                       site_id, [ts(h) for h in hours])
+    await conn.execute("DELETE FROM kpi.tenancy_hour WHERE site_id = $1 AND hour = ANY($2::timestamptz[]) "
+                       "AND ($3::text[] IS NULL OR tenant_id = ANY($3::text[]))",
+                       site_id, [ts(h) for h in hours], None if tenants is None else list(tenants))
     if tenancy_rows:
         names = list(CODE_COLUMNS.values())
         counts = [[r.minutes.count(code) for r in tenancy_rows] for code in CODE_COLUMNS]

@@ -22,6 +22,7 @@ from towerco.kpi.v1 import kpi_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
 from mesh import events
+from services.kpi import store as service_store
 from workers.kpi_calculator import store
 
 
@@ -128,6 +129,21 @@ async def test_window_deleted_and_tenancy_band_changed_recompute(pool, js):
         await publish_change(js, sites_pb2.SitesChange(kind=sites_pb2.CHANGE_KIND_DELETED, window=w),
                              "window", "deleted")
         await eventually(lambda: tenancy_map(pool, site, "acme", h), lambda v: v is not None and v.count("L") == 10)
+        # the tenancy ends: its figures so far stay (a month's report still covers them)
+        await publish_change(js, sites_pb2.SitesChange(kind=sites_pb2.CHANGE_KIND_DELETED, tenancy=t),
+                             "tenancy", "deleted")
+        await eventually(lambda: _count(pool, "tenancy", site), lambda n: n == 0)
+        await publish_samples(js, minute_samples(site, [h + 59], overrides={h + 59: {"dc_bus_v": 30.0}}))
+        await eventually(lambda: _power_map(pool, site, h), lambda v: v is not None and v[59] == "L")
+        assert (await tenancy_map(pool, site, "acme", h)).count("L") == 10
+        async with pool.acquire() as conn:
+            listed = await service_store.tenancies(conn, lo=h, hi=h + 60, site_id=site)
+        assert [(r["site_id"], r["tenant_id"]) for r in listed] == [(site, "acme")]
+
+
+async def _power_map(pool, site, hour):
+    row = await site_row(pool, site, hour)
+    return None if row is None else row["power_map"]
 
 
 async def test_samples_older_than_the_allowed_lateness_are_not_folded(pool, js):
