@@ -292,12 +292,17 @@ class OutboxRelay:
         conn, self._listener = self._listener, None
         if conn is None:
             return
+        if self._pooled:
+            # Never hand a LISTENing connection back to the pool: terminate it (synchronous, so a
+            # second cancellation cannot skip it) and release it shielded, so pool.close() is
+            # never left waiting for a connection a cancelled relay still holds.
+            conn.terminate()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.pool.release(conn))
+            return
         with contextlib.suppress(Exception):
             await conn.remove_listener(channel(self.schema), self._notified)
-        if self._pooled:
-            with contextlib.suppress(Exception):  # the pool replaces a dead connection itself
-                await asyncio.wait_for(self.pool.release(conn), timeout=2)
-        elif not conn.is_closed():
+        if not conn.is_closed():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), timeout=2)
             if not conn.is_closed():

@@ -260,3 +260,25 @@ async def test_oversized_event_is_refused_in_the_writers_transaction(pool, schem
     async with pool.acquire() as conn:
         assert await conn.fetchval(f"SELECT count(*) FROM {schema}.things") == 0
         assert await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
+
+
+async def test_a_cancelled_relay_without_database_url_gives_its_connection_back(stack, schema):
+    """The relay borrows its LISTEN connection from the pool when it has no database_url; a
+    cancelled relay (even cancelled twice, as a shutdown with a timeout does) must hand it back,
+    or pool.close() waits forever."""
+    import asyncpg
+
+    own = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
+    relay = outbox.OutboxRelay(own, None, schema=schema, poll_s=30)
+    task = asyncio.create_task(relay.run())
+    await wait_for(lambda: _true(relay._listener is not None))
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(own.close(), timeout=5)
+
+
+async def _true(value: bool) -> bool:
+    return value
