@@ -109,11 +109,31 @@ class EmbeddedPostgres:
         return self
 
     def stop(self, mode: str = "fast") -> None:
-        if (self.data_dir / "postmaster.pid").exists():
-            try:
-                self._run(["pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
-            except subprocess.CalledProcessError:
-                pass
+        """Stop the server (pg_ctl modes: smart, fast, immediate). When pg_ctl cannot (e.g. the
+        unprivileged user lost access to the data folder's parent), signal the postmaster named
+        in postmaster.pid directly, as pg_ctl would, and wait for it to exit."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        try:
+            self._run(["pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"])
+            return
+        except subprocess.CalledProcessError:
+            pass
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        deadline = time.monotonic() + 60
+        try:
+            os.kill(pid, sig)
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def running(self) -> bool:
         try:
