@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint bench-mesh bench-ingest bench-gateway bench-kpi clean
+.PHONY: up down status test test-fast gen lint breaking bench-mesh bench-ingest bench-gateway bench-kpi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ gen: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python scripts/buf.py lint
 	$(BIN)/ruff check .
+
+# buf breaking (FILE rules) of proto/ against a git ref: make breaking AGAINST=origin/main
+AGAINST ?= main
+breaking: $(STAMP)
+	$(BIN)/python scripts/buf.py breaking $(AGAINST)
 
 bench-mesh: $(STAMP)
 	$(BIN)/python -m bench.mesh
