@@ -2,12 +2,15 @@
 (a) the same RPC called directly over gRPC and (b) a bare FastAPI + asyncpg monolith handler
 running the same query. One worker process each, 50 concurrent connections, load from a
 separate process (wrk when installed, else a small asyncio HTTP/1.1 keep-alive client; a
-grpc.aio client for (a)). Plus the JSON/proto conversion cost per request, ours vs json_format.
+grpc.aio client for (a)). Each target is run at saturation (closed loop) and then at one fixed
+offered rate shared by all three (open loop, latency from each request's due time). CPU per
+request is reported for every process: the server(s), PostgreSQL and the load client. Plus the
+JSON/proto conversion cost per request, ours vs json_format.
 
 Targets: gateway throughput >= 0.5 x monolith, gateway p99 < 50 ms, conversion < 50 us.
 Prints a table, then one JSON line of the figures.
 
-    python -m bench.gateway [--duration 8] [--concurrency 50] [--sites 200]
+    python -m bench.gateway [--duration 8] [--concurrency 50] [--sites 200] [--rate R]
 """
 
 from __future__ import annotations
@@ -30,84 +33,205 @@ PY = sys.executable
 
 
 # ---------------------------------------------------------------------------------- load
-async def _http_worker(host: str, port: int, paths: list[str], token: str, stop_at: float, lat: list[float],
-                       errors: list[int], offset: int) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    i = offset
-    try:
-        while time.perf_counter() < stop_at:
-            path = paths[i % len(paths)]
-            i += 1
-            req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
-                   "Accept: application/json\r\n\r\n").encode()
-            t0 = time.perf_counter()
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
+# The load generator shares the machine's cores with the servers it measures, so it must cost
+# little and cost the same for both HTTP targets: requests are pre-built bytes, responses are
+# parsed with bytes.find on an asyncio.Protocol (no StreamReader), uvloop drives it when
+# installed. Two phases per target:
+#   saturation  closed loop, every connection sends its next request when the answer is in:
+#               throughput; its latency is mostly queueing (Little: concurrency / throughput)
+#   fixed rate  open loop, the same offered rate for every target, spread over the same
+#               connections, latency counted from when each request was due (not when a busy
+#               connection got round to it), so a stall is not hidden: latency under load
+
+
+class _HttpConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.need = -1  # bytes of the whole response once its head is in
+        self.status = 0
+        self.waiter: asyncio.Future | None = None
+        self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            head = buf[:end].lower()
+            self.status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
             length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-            lat.append(time.perf_counter() - t0)
-            if status != 200:
-                errors.append(status)
-    finally:
-        writer.close()
+            if at >= 0:
+                eol = head.find(b"\r\n", at + 17)
+                length = int(head[at + 17 : eol if eol > 0 else len(head)])
+            self.need = end + 4 + length
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        self.buf = buf[self.need :]
+        self.need = -1
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.status)
+
+    def request(self, data: bytes) -> asyncio.Future:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return self.waiter
 
 
-async def _grpc_worker(stub, requests, md, stop_at: float, lat: list[float], errors: list[int], offset: int) -> None:
+async def _http_clients(target: str, ids: list[str], token: str, concurrency: int):
+    host, port = target.rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    reqs = [(f"GET /api/v1/sites/{i} HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {token}\r\n"
+             "Accept: application/json\r\n\r\n").encode() for i in ids]
+    conns = [(await loop.create_connection(_HttpConn, host, int(port)))[1] for _ in range(concurrency)]
+
+    def make(k: int):
+        conn = conns[k]
+
+        async def one(i: int) -> int:
+            status = await conn.request(reqs[i % len(reqs)])
+            return 0 if status == 200 else status
+        return one
+
+    def close() -> None:
+        for c in conns:
+            c.transport.close()
+    return [make(k) for k in range(concurrency)], close
+
+
+async def _grpc_clients(target: str, ids: list[str], token: str, concurrency: int):
     import grpc
+    from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
-    i = offset
-    while time.perf_counter() < stop_at:
-        req = requests[i % len(requests)]
-        i += 1
-        t0 = time.perf_counter()
+    channel = grpc.aio.insecure_channel(target)
+    stub = sites_pb2_grpc.SitesServiceStub(channel)
+    reqs = [sites_pb2.GetSiteRequest(site_id=i) for i in ids]
+    md = (("authorization", f"Bearer {token}"),)
+
+    async def one(i: int) -> int:
         try:
-            await stub.GetSite(req, metadata=md, timeout=10)
-        except grpc.RpcError:
-            errors.append(1)
-        lat.append(time.perf_counter() - t0)
+            await stub.GetSite(reqs[i % len(reqs)], metadata=md, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code().value[0] or 2
+        return 0
+
+    return [one] * concurrency, channel.close
+
+
+async def _closed_loop(clients, until: float, lat: list[float], errors: list[int]) -> None:
+    clock = time.perf_counter
+
+    async def worker(k: int, one) -> None:
+        i = k * 7919
+        while clock() < until:
+            t0 = clock()
+            failed = await one(i)
+            lat.append(clock() - t0)
+            if failed:
+                errors.append(failed)
+            i += 1
+
+    await asyncio.gather(*(worker(k, one) for k, one in enumerate(clients)))
+
+
+async def _open_loop(clients, rate: float, until: float, lat: list[float], errors: list[int]) -> None:
+    """`rate` requests/s due at fixed times over the connections; latency from the due time."""
+    clock = time.perf_counter
+    due: asyncio.Queue[float] = asyncio.Queue()
+    done = object()
+
+    async def ticker() -> None:
+        start = clock()
+        n = 0
+        while True:
+            now = clock()
+            if now >= until:
+                break
+            while start + n / rate <= now:
+                due.put_nowait(start + n / rate)
+                n += 1
+            await asyncio.sleep(max(start + n / rate - clock(), 0))
+        for _ in clients:
+            due.put_nowait(done)  # type: ignore[arg-type]
+
+    async def worker(k: int, one) -> None:
+        i = k * 7919
+        while True:
+            t_due = await due.get()
+            if t_due is done:
+                return
+            failed = await one(i)
+            lat.append(clock() - t_due)
+            if failed:
+                errors.append(failed)
+            i += 1
+
+    await asyncio.gather(ticker(), *(worker(k, one) for k, one in enumerate(clients)))
 
 
 async def _load(args: argparse.Namespace) -> dict:
+    import resource
+
     ids = args.ids.split(",")
+    make = _grpc_clients if args.mode == "grpc" else _http_clients
+    clients, close = await make(args.target, ids, args.token, args.concurrency)
     lat: list[float] = []
     errors: list[int] = []
-    warm_until = time.perf_counter() + args.warmup
-    if args.mode == "grpc":
-        import grpc
-        from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
-
-        channel = grpc.aio.insecure_channel(args.target)
-        stub = sites_pb2_grpc.SitesServiceStub(channel)
-        reqs = [sites_pb2.GetSiteRequest(site_id=i) for i in ids]
-        md = (("authorization", f"Bearer {args.token}"),)
-        await asyncio.gather(*(_grpc_worker(stub, reqs, md, warm_until, [], [], k) for k in range(args.concurrency)))
-        started = time.perf_counter()
-        stop_at = started + args.duration
-        await asyncio.gather(*(_grpc_worker(stub, reqs, md, stop_at, lat, errors, k) for k in range(args.concurrency)))
-        await channel.close()
-    else:
-        host, port = args.target.rsplit(":", 1)
-        paths = [f"/api/v1/sites/{i}" for i in ids]
-        await asyncio.gather(*(_http_worker(host, int(port), paths, args.token, warm_until, [], [], k) for k in range(args.concurrency)))
-        started = time.perf_counter()
-        stop_at = started + args.duration
-        await asyncio.gather(*(_http_worker(host, int(port), paths, args.token, stop_at, lat, errors, k) for k in range(args.concurrency)))
-    elapsed = time.perf_counter() - started
+    try:
+        clock = time.perf_counter
+        if args.warmup > 0:
+            await _closed_loop(clients, clock() + args.warmup, [], [])
+        print("measuring", file=sys.stderr, flush=True)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = clock()
+        if args.rate > 0:
+            await _open_loop(clients, args.rate, started + args.duration, lat, errors)
+        else:
+            await _closed_loop(clients, started + args.duration, lat, errors)
+        elapsed = clock() - started
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        res = close()
+        if asyncio.iscoroutine(res):
+            await res
     lat.sort()
+    n = len(lat)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {
-        "requests": len(lat),
+        "requests": n,
         "errors": len(errors),
-        "rps": len(lat) / elapsed,
-        "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
-        "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else None,
-        "client": "asyncio",
+        "rps": n / elapsed,
+        "p50_ms": 1000 * lat[n // 2] if lat else None,
+        "p99_ms": 1000 * lat[min(int(n * 0.99), n - 1)] if lat else None,
+        "max_ms": 1000 * lat[-1] if lat else None,
+        "client": ("asyncio" if args.mode == "http" else "grpc.aio") + ("+uvloop" if _uvloop() else ""),
+        "client_cpu_us_per_req": round(cpu / max(n, 1) * 1e6, 1),
         "error_statuses": sorted(set(errors))[:5],
     }
+
+
+def _uvloop():
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
 
 
 def _wrk(target: str, ids: list[str], token: str, concurrency: int, duration: float) -> dict | None:
@@ -134,17 +258,31 @@ def _wrk(target: str, ids: list[str], token: str, concurrency: int, duration: fl
             "p50_ms": d["p50_us"] / 1000, "p99_ms": d["p99_us"] / 1000, "client": "wrk"}
 
 
-def run_load(mode: str, target: str, ids: list[str], token: str, concurrency: int, duration: float, warmup: float) -> dict:
-    if mode == "http" and duration >= 1:
+def run_load(mode: str, target: str, ids: list[str], token: str, concurrency: int, duration: float, warmup: float,
+             rate: float = 0.0, watched=()) -> dict:
+    """One load run from a separate process; with `watched` (psutil processes) it adds their CPU
+    per request over the measured window (the warm-up excluded)."""
+    if mode == "http" and duration >= 1 and rate <= 0 and not warmup:
+        before = [_cpu(p) for p in watched]
         result = _wrk(target, ids, token, concurrency, duration)
         if result is not None:
+            n = max(result["requests"], 1)
+            result["cpu_us_per_req"] = [round((_cpu(p) - b) / n * 1e6, 1) for p, b in zip(watched, before, strict=True)]
             return result
-    out = subprocess.run(
-        [PY, "-m", "bench.gateway", "load", "--mode", mode, "--target", target, "--ids", ",".join(ids), "--token", token,
-         "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    cmd = [PY, "-m", "bench.gateway", "load", "--mode", mode, "--target", target, "--ids", ",".join(ids), "--token", token,
+           "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup), "--rate", str(rate)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the client says when its measured window starts (after connecting and warming up)
+    marker = proc.stderr.readline()
+    before = [_cpu(p) for p in watched]
+    out, err = proc.communicate()
+    after = [_cpu(p) for p in watched]
+    if proc.returncode != 0 or not marker.startswith("measuring"):
+        raise RuntimeError(f"load client failed: {marker}{err[-2000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    n = max(result["requests"], 1)
+    result["cpu_us_per_req"] = [round((a - b) / n * 1e6, 1) for a, b in zip(after, before, strict=True)]
+    return result
 
 
 # ---------------------------------------------------------------------------------- monolith
@@ -324,19 +462,26 @@ def main_bench(args: argparse.Namespace) -> int:
         import psutil
 
         sites_proc, gw_proc, mono_proc = (psutil.Process(p.pid) for p in procs)
-        results = {}
-        for name, mode, target, watched in [
-            ("monolith", "http", f"127.0.0.1:{mono_port}", [mono_proc]),
-            ("grpc_direct", "grpc", f"127.0.0.1:{sites_port}", [sites_proc]),
-            ("gateway", "http", f"127.0.0.1:{gw_port}", [gw_proc, sites_proc]),
-        ]:
-            run_load(mode, target, ids, token, args.concurrency, args.warmup, 0)  # warm-up, not measured
-            before = [_cpu(p) for p in watched]
-            results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 0)
-            spent = [_cpu(p) - b for p, b in zip(watched, before, strict=True)]
-            n = max(results[name]["requests"], 1)
-            # CPU per request of the server process(es) over the measured window
-            results[name]["cpu_us_per_req"] = [round(x / n * 1e6, 1) for x in spent]
+        pg_proc = _PgCpu(pg)
+        plan = [
+            ("monolith", "http", f"127.0.0.1:{mono_port}", [mono_proc, pg_proc]),
+            ("grpc_direct", "grpc", f"127.0.0.1:{sites_port}", [sites_proc, pg_proc]),
+            ("gateway", "http", f"127.0.0.1:{gw_port}", [gw_proc, sites_proc, pg_proc]),
+        ]
+        results: dict[str, dict] = {}
+        for name, mode, target, watched in plan:  # saturation: closed loop, 50 connections
+            if mode == "http" and shutil.which("wrk"):
+                run_load(mode, target, ids, token, args.concurrency, args.warmup, 0)  # warm-up, not measured
+                results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 0, watched=watched)
+            else:
+                results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, args.warmup,
+                                         watched=watched)
+        # latency under load: the same offered rate for all three, one every target sustains
+        rate = args.rate or max(50.0, round(0.5 * min(r["rps"] for r in results.values()) / 50) * 50)
+        at_rate: dict[str, dict] = {}
+        for name, mode, target, watched in plan:
+            at_rate[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 1.0, rate=rate,
+                                     watched=watched)
         conv = conversion_us()
     finally:
         for p in procs:
@@ -351,18 +496,30 @@ def main_bench(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ratio = results["gateway"]["rps"] / results["monolith"]["rps"]
-    print(f"\nGET /api/v1/sites/{{id}}, {args.concurrency} connections, {args.duration:g} s each, one worker each")
-    print(f"{'path':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}  client")
     labels = {"monolith": "(b) FastAPI + asyncpg monolith", "grpc_direct": "(a) gRPC direct -> Sites -> PG",
               "gateway": "gateway -> Sites -> PG"}
-    for key, r in results.items():
-        print(f"{labels[key]:<34}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}  {r['client']}"
-              + (f"  error statuses {r['error_statuses']}" if r.get("error_statuses") else ""))
-    print(f"server CPU per request (us): monolith {results['monolith']['cpu_us_per_req'][0]}, "
-          f"Sites via gRPC {results['grpc_direct']['cpu_us_per_req'][0]}, gateway {results['gateway']['cpu_us_per_req'][0]} "
-          f"+ Sites {results['gateway']['cpu_us_per_req'][1]}")
+    print(f"\nGET /api/v1/sites/{{id}}, {args.concurrency} connections, {args.duration:g} s per run, one worker each, "
+          f"{os.cpu_count()} CPUs shared by servers, PostgreSQL and the load client")
+    print("CPU us/req: per process over the measured window (server = monolith, Sites or gateway; PG = all "
+          "PostgreSQL processes; client = the load generator)")
+    for title, table in [("saturation (closed loop: each connection sends again as soon as it is answered)", results),
+                         (f"fixed rate {rate:g} req/s (open loop; latency counted from when each request was due)", at_rate)]:
+        print(f"\n{title}")
+        print(f"{'path':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}   CPU us/req: server (+Sites) / PG / client")
+        for key, r in table.items():
+            cpu = r["cpu_us_per_req"]
+            server = f"{cpu[0]:.0f}" + (f" + Sites {cpu[1]:.0f}" if key == "gateway" else "")
+            client = r.get("client_cpu_us_per_req")
+            print(f"{labels[key]:<34}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>7}   "
+                  f"{server} / {cpu[-1]:.0f} / {client if client is not None else '-'}  ({r['client']})"
+                  + (f"  error statuses {r['error_statuses']}" if r.get("error_statuses") else ""))
+    little = args.concurrency / results["gateway"]["rps"] * 1000
     print(f"\ngateway / monolith throughput: {ratio:.2f}  (target >= 0.5)")
-    print(f"gateway p99: {results['gateway']['p99_ms']:.1f} ms  (target < 50 ms)")
+    print(f"gateway p99 at saturation: {results['gateway']['p99_ms']:.1f} ms (target < 50 ms; a closed loop of "
+          f"{args.concurrency} connections waits {little:.0f} ms on average by Little's law alone, "
+          f"monolith p99 {results['monolith']['p99_ms']:.1f} ms)")
+    print(f"gateway p99 at {rate:g} req/s: {at_rate['gateway']['p99_ms']:.1f} ms "
+          f"(monolith {at_rate['monolith']['p99_ms']:.1f} ms, gRPC direct {at_rate['grpc_direct']['p99_ms']:.1f} ms)")
     print(f"conversion per GetSite: ours {conv['get_ours_us']:.1f} us vs json_format {conv['get_json_format_us']:.1f} us; "
           f"per CreateSite body: ours {conv['create_ours_us']:.1f} us vs json_format {conv['create_json_format_us']:.1f} us"
           "  (target < 50 us)")
@@ -371,32 +528,70 @@ def main_bench(args: argparse.Namespace) -> int:
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "monolith_rps": round(results["monolith"]["rps"], 1),
         "grpc_direct_rps": round(results["grpc_direct"]["rps"], 1),
         "gateway_rps": round(results["gateway"]["rps"], 1),
         "gateway_vs_monolith": round(ratio, 3),
         "gateway_p50_ms": round(results["gateway"]["p50_ms"], 2),
         "gateway_p99_ms": round(results["gateway"]["p99_ms"], 2),
+        "monolith_p50_ms": round(results["monolith"]["p50_ms"], 2),
         "monolith_p99_ms": round(results["monolith"]["p99_ms"], 2),
+        "grpc_direct_p50_ms": round(results["grpc_direct"]["p50_ms"], 2),
         "grpc_direct_p99_ms": round(results["grpc_direct"]["p99_ms"], 2),
-        "errors": sum(r["errors"] for r in results.values()),
+        "fixed_rate_rps": rate,
+        "gateway_p50_ms_at_rate": round(at_rate["gateway"]["p50_ms"], 2),
+        "gateway_p99_ms_at_rate": round(at_rate["gateway"]["p99_ms"], 2),
+        "monolith_p99_ms_at_rate": round(at_rate["monolith"]["p99_ms"], 2),
+        "grpc_direct_p99_ms_at_rate": round(at_rate["grpc_direct"]["p99_ms"], 2),
+        "errors": sum(r["errors"] for r in [*results.values(), *at_rate.values()]),
         "monolith_cpu_us_per_req": results["monolith"]["cpu_us_per_req"][0],
         "sites_cpu_us_per_req": results["grpc_direct"]["cpu_us_per_req"][0],
         "gateway_cpu_us_per_req": results["gateway"]["cpu_us_per_req"][0],
+        "gateway_path_sites_cpu_us_per_req": results["gateway"]["cpu_us_per_req"][1],
+        "pg_cpu_us_per_req": results["gateway"]["cpu_us_per_req"][2],
+        "client_cpu_us_per_req": {k: r.get("client_cpu_us_per_req") for k, r in results.items()},
         "conversion_get_us": round(conv["get_ours_us"], 2),
         "conversion_get_json_format_us": round(conv["get_json_format_us"], 2),
         "conversion_create_us": round(conv["create_ours_us"], 2),
         "conversion_create_json_format_us": round(conv["create_json_format_us"], 2),
         "load_client": results["gateway"]["client"],
+        # the issue's targets as written: p99 at saturation with 50 connections
         "targets_met": ratio >= 0.5 and results["gateway"]["p99_ms"] < 50 and conv["get_ours_us"] < 50,
+        "p99_target_met_at_rate": at_rate["gateway"]["p99_ms"] < 50,
     }
     print(json.dumps(figures))
     return 0
 
 
 def _cpu(proc) -> float:
+    if isinstance(proc, _PgCpu):
+        return proc.cpu()
     t = proc.cpu_times()
     return t.user + t.system
+
+
+class _PgCpu:
+    """CPU of the postmaster and every backend (backends come and go with the pools; one that
+    ended inside a window is missed, which only ever under-counts)."""
+
+    def __init__(self, pg) -> None:
+        import psutil
+
+        pid = int((Path(pg.data_dir) / "postmaster.pid").read_text().split()[0])
+        self.root = psutil.Process(pid)
+        self.seen: dict[int, float] = {}
+
+    def cpu(self) -> float:
+        import psutil
+
+        for p in [self.root, *self.root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            self.seen[p.pid] = t.user + t.system
+        return sum(self.seen.values())
 
 
 def _seed(port: int, ids: list[str], token: str) -> None:
@@ -428,15 +623,20 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--concurrency", type=int, default=50)
     load.add_argument("--duration", type=float, default=8)
     load.add_argument("--warmup", type=float, default=2)
+    load.add_argument("--rate", type=float, default=0, help="open loop at this many req/s (0: closed loop)")
     mono = sub.add_parser("monolith")
     mono.add_argument("--port", type=int, required=True)
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--sites", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=0,
+                        help="offered rate of the fixed-rate phase (default: half the slowest target's saturation rate)")
     args = parser.parse_args(argv)
     if args.cmd == "load":
-        print(json.dumps(asyncio.run(_load(args))))
+        uvloop = _uvloop()
+        result = uvloop.run(_load(args)) if uvloop else asyncio.run(_load(args))
+        print(json.dumps(result))
         return 0
     if args.cmd == "monolith":
         import uvicorn

@@ -18,6 +18,7 @@ import sys
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 import grpc
 import orjson
@@ -48,6 +49,18 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JSON_CT = (b"content-type", b"application/json")
+_CHILDREN: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def _observe(label: str, status: int, seconds: float) -> None:
+    """Count and time one request; the labelled children are looked up once per route/status
+    (prometheus_client's labels() takes a lock and builds a tuple on every call)."""
+    pair = _CHILDREN.get((label, status))
+    if pair is None:
+        pair = _CHILDREN[(label, status)] = (REQUESTS.labels(label, str(status)), LATENCY.labels(label))
+    pair[0].inc()
+    if seconds >= 0:
+        pair[1].observe(seconds)
 
 
 class Call:
@@ -83,8 +96,6 @@ def _headers(scope: dict) -> dict[str, str]:
 
 
 def _query(scope: dict) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     qs = scope.get("query_string") or b""
     if not qs:
         return []
@@ -179,6 +190,9 @@ class Gateway:
                 route.grpc_path,
                 request_serializer=route.request_cls.SerializeToString,
                 response_deserializer=route.response_cls.FromString,
+                # as generated stubs do: the method is registered with the channel once,
+                # instead of gRPC core resolving its name on every call
+                _registered_method=True,
             )
             self._stubs[key] = stub
         return stub
@@ -254,9 +268,9 @@ class Gateway:
                 await self._error(send, call, err, status=405, extra=[(b"allow", ", ".join(allowed).encode())])
             else:
                 await self._error(send, call, errors.make(grpc.StatusCode.NOT_FOUND, f"no route for {method} {path}"))
-            REQUESTS.labels("unmatched", "404" if not allowed else "405").inc()
+            _observe("unmatched", 405 if allowed else 404, -1.0)
             return
-        label = f"{route.http_method} {route.template.text}"
+        label = route.label
         started_response = False
 
         async def tracked(message: dict) -> None:
@@ -275,8 +289,7 @@ class Gateway:
             if not started_response:
                 err = errors.make(grpc.StatusCode.INTERNAL, "internal error", correlation_id=cid)
                 await self._error(send, call, err)
-        REQUESTS.labels(label, str(status)).inc()
-        LATENCY.labels(label).observe(time.perf_counter() - started)
+        _observe(label, status, time.perf_counter() - started)
 
     async def _api(self, call: Call, route: routes.Route, params: dict[str, str], receive, send) -> int:
         query = _query(call.scope)
@@ -361,19 +374,31 @@ class Gateway:
             )
         return None
 
+    def _too_big(self) -> errors.HttpError:
+        limit = self.config.max_body_bytes
+        err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, f"the request body exceeds {limit} bytes", reason="BODY_TOO_LARGE")
+        err.status = 413
+        return err
+
     async def _read_body(self, call: Call, receive) -> tuple[bytes, errors.HttpError | None]:
         limit = self.config.max_body_bytes
-        too_big = errors.make(grpc.StatusCode.INVALID_ARGUMENT, f"the request body exceeds {limit} bytes", reason="BODY_TOO_LARGE")
-        too_big.status = 413
         length = call.headers.get("content-length")
         if length is not None:
             try:
                 if int(length) > limit:
-                    return b"", too_big
+                    return b"", self._too_big()
             except ValueError:
                 return b"", errors.make(grpc.StatusCode.INVALID_ARGUMENT, "bad Content-Length")
-        chunks: list[bytes] = []
-        size = 0
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", None
+        body = message.get("body", b"")
+        if len(body) > limit:
+            return b"", self._too_big()
+        if not message.get("more_body", False):
+            return body, None  # the usual case: the whole body (or none) in one message
+        chunks: list[bytes] = [body]
+        size = len(body)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -381,7 +406,7 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return b"", too_big
+                return b"", self._too_big()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break

@@ -17,7 +17,7 @@ import base64
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
@@ -64,6 +64,7 @@ _TS_RE = re.compile(
 )
 _DURATION_RE = re.compile(r"^(-)?(\d+)(?:\.(\d{1,9}))?s$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 MAX_DEPTH = 64  # protobuf refuses to parse messages nested deeper than 100
 
 
@@ -108,20 +109,10 @@ def _float_out(value: float, is_float32: bool) -> Any:
 def timestamp_to_json(seconds: int, nanos: int) -> str:
     if not (_TS_MIN <= seconds <= _TS_MAX) or not (0 <= nanos < 1_000_000_000):
         raise ValueError("timestamp out of range")
-    days, secs = divmod(seconds, 86400)
-    # civil date from days since 1970-01-01 (H. Hinnant's algorithm): integer arithmetic only
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (month <= 2)
-    hh, rem = divmod(secs, 3600)
-    mm, ss = divmod(rem, 60)
-    return f"{year:04d}-{month:02d}-{day:02d}T{hh:02d}:{mm:02d}:{ss:02d}{_nanos_text(nanos)}Z"
+    # datetime's C arithmetic; isoformat() pads the year to four digits and, with no
+    # microseconds, stops at the seconds
+    text = (_NAIVE_EPOCH + timedelta(seconds=seconds)).isoformat()
+    return f"{text}{_nanos_text(nanos)}Z"
 
 
 def duration_to_json(seconds: int, nanos: int) -> str:
@@ -185,10 +176,15 @@ def snake_to_camel(name: str) -> str:
 
 
 class Encoder:
-    """Message -> dict, exactly as json_format.MessageToDict with default options."""
+    """Message -> dict, exactly as json_format.MessageToDict with default options.
+
+    Each message type is compiled once into one function (its fields' JSON names and value
+    converters bound in a plan), so encoding a nested message costs one dict lookup per field
+    and no per-message type dispatch."""
 
     def __init__(self) -> None:
         self._plans: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {}
+        self._fns: dict[str, Callable[[Message], Any]] = {}
         self._special: dict[str, Callable[[Message], Any]] = {
             TIMESTAMP: lambda m: timestamp_to_json(m.seconds, m.nanos),
             DURATION: lambda m: duration_to_json(m.seconds, m.nanos),
@@ -198,31 +194,50 @@ class Encoder:
 
     def encode(self, msg: Message) -> Any:
         d = msg.DESCRIPTOR
-        special = self._special.get(d.full_name)
-        if special is not None:
-            return special(msg)
+        fn = self._fns.get(d.full_name)
+        if fn is None:
+            fn = self._message_fn(d)
+        return fn(msg)
+
+    def _message_fn(self, d: Descriptor) -> Callable[[Message], Any]:
         full = d.full_name
-        if full in WRAPPERS:
-            return self._scalar_fn(d.fields_by_name["value"])(msg.value)
-        if full in FREEFORM:
-            return json_format.MessageToDict(msg)
-        plan = self._plans.get(full)
-        if plan is None:
-            plan = self._plan(d)
-        out: dict[str, Any] = {}
-        for fd, value in msg.ListFields():
-            entry = plan.get(fd.name)
-            if entry is None:  # an extension: json_format writes "[full.name]"
-                return json_format.MessageToDict(msg)
-            out[entry[0]] = entry[1](value)
-        return out
+        fn = self._fns.get(full)
+        if fn is not None:
+            return fn
+        special = self._special.get(full)
+        if special is not None:
+            fn = special
+        elif full in WRAPPERS:
+            value_fn = self._scalar_fn(d.fields_by_name["value"])
+            fn = lambda m: value_fn(m.value)  # noqa: E731
+        elif full in FREEFORM:
+            fn = json_format.MessageToDict
+        else:
+            plan: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+            get = plan.get
+            to_dict = json_format.MessageToDict
+
+            def fn(msg: Message) -> Any:
+                out: dict[str, Any] = {}
+                for fd, value in msg.ListFields():
+                    entry = get(fd.name)
+                    if entry is None:  # an extension: json_format writes "[full.name]"
+                        return to_dict(msg)
+                    out[entry[0]] = entry[1](value)
+                return out
+
+            # registered before the fields are planned: recursive messages find it
+            self._fns[full] = fn
+            self._plans[full] = plan
+            for fd in d.fields:
+                plan[fd.name] = (fd.json_name, self._field_fn(fd))
+            return fn
+        self._fns[full] = fn
+        return fn
 
     def _plan(self, d: Descriptor) -> dict[str, tuple[str, Callable[[Any], Any]]]:
-        plan: dict[str, tuple[str, Callable[[Any], Any]]] = {}
-        self._plans[d.full_name] = plan  # before recursing: recursive messages
-        for fd in d.fields:
-            plan[fd.name] = (fd.json_name, self._field_fn(fd))
-        return plan
+        self._message_fn(d)
+        return self._plans[d.full_name]
 
     def _field_fn(self, fd: FieldDescriptor) -> Callable[[Any], Any]:
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
@@ -239,7 +254,7 @@ class Encoder:
 
     def _single_fn(self, fd: FieldDescriptor) -> Callable[[Any], Any]:
         if fd.type == F.TYPE_MESSAGE or fd.type == F.TYPE_GROUP:
-            return self.encode
+            return self._message_fn(fd.message_type)
         return self._scalar_fn(fd)
 
     def _scalar_fn(self, fd: FieldDescriptor) -> Callable[[Any], Any]:

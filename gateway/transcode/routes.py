@@ -41,10 +41,12 @@ class Route:
     binding_index: int  # 0 for the main rule, 1.. for additional_bindings
     grpc_path: str = ""
     path_fields: list[str] = field(default_factory=list)
+    label: str = ""  # the metrics label: "GET /api/v1/sites/{site_id}"
 
     def __post_init__(self) -> None:
         self.grpc_path = f"/{self.service.full_name}/{self.method.name}"
         self.path_fields = [v.field_path for v in self.template.variables]
+        self.label = f"{self.http_method} {self.template.text}"
 
     @property
     def operation_id(self) -> str:
@@ -174,7 +176,12 @@ def build_routes(services: list[ServiceDescriptor]) -> list[Route]:
 
 
 class Router:
-    """Finds the route for (HTTP method, raw path); the most specific template wins."""
+    """Finds the route for (HTTP method, raw path); the most specific template wins.
+
+    Templates are tried in specificity order, but only those that can match the path's number
+    of segments: a template without `**` matches exactly its own count, one with `**` any count
+    from its own less one. The candidate lists per count are built once here, so a request
+    tries a handful of templates instead of every route of every service."""
 
     def __init__(self, routes: list[Route]):
         self.routes = sorted(routes, key=lambda r: r.template.specificity)
@@ -186,11 +193,21 @@ class Router:
                     f"{r.method.full_name} and {seen[key].method.full_name} both bind {key[0]} {key[1]}"
                 )
             seen[key] = r
+        longest = max((len(r.template.segments) for r in self.routes), default=0)
+        self._by_count: list[list[Route]] = [
+            [r for r in self.routes if _may_match(r.template, n)] for n in range(longest + 2)
+        ]
+        self._longer = [r for r in self.routes if r.template.dstar >= 0]  # paths beyond `longest`
+
+    def candidates(self, raw_path: str) -> list[Route]:
+        """The routes whose templates can match a path of this many segments, in order."""
+        n = raw_path.count("/")  # "/a/b:verb" has 2 segments; a verb never holds a "/"
+        return self._by_count[n] if n < len(self._by_count) else self._longer
 
     def match(self, http_method: str, raw_path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         """(route, path bindings, allowed methods when only other methods match)."""
         allowed: list[str] = []
-        for r in self.routes:
+        for r in self.candidates(raw_path):
             params = r.template.match(raw_path)
             if params is None:
                 continue
@@ -199,3 +216,8 @@ class Router:
             if r.http_method not in allowed:
                 allowed.append(r.http_method)
         return None, {}, allowed
+
+
+def _may_match(tpl: pattern.Template, n: int) -> bool:
+    m = len(tpl.segments)
+    return n >= m - 1 if tpl.dstar >= 0 else n == m
