@@ -479,7 +479,7 @@ def main_bench(args: argparse.Namespace) -> int:
         # latency under load: the same offered rate for all three, one every target sustains
         rate = args.rate or max(50.0, round(0.5 * min(r["rps"] for r in results.values()) / 50) * 50)
         at_rate: dict[str, dict] = {}
-        for name, mode, target, watched in plan:
+        for name, mode, target, watched in reversed(plan):  # reversed: drift in the machine's load evens out
             at_rate[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 1.0, rate=rate,
                                      watched=watched)
         conv = conversion_us()
@@ -506,7 +506,8 @@ def main_bench(args: argparse.Namespace) -> int:
                          (f"fixed rate {rate:g} req/s (open loop; latency counted from when each request was due)", at_rate)]:
         print(f"\n{title}")
         print(f"{'path':<34}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}   CPU us/req: server (+Sites) / PG / client")
-        for key, r in table.items():
+        for key in labels:
+            r = table[key]
             cpu = r["cpu_us_per_req"]
             server = f"{cpu[0]:.0f}" + (f" + Sites {cpu[1]:.0f}" if key == "gateway" else "")
             client = r.get("client_cpu_us_per_req")
