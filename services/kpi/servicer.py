@@ -276,19 +276,23 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         totals: dict[int, domain.SiteTotals] = {b: domain.SiteTotals() for b in buckets}
         for r in rows:  # the range is on whole hours: every row is a whole hour of it
             add_site_counts(totals[domain.bucket_of(store.minute_index(r["hour"]), lo, step)], r)
-        seconds = [b * 60 for b in buckets]
+        # every series has the same point times: built once, copied, then the values filled in
+        # (much cheaper than adding each point and its time field by field)
+        template = kpi_pb2.KpiSeries()
+        for b in buckets:
+            template.points.add().time.seconds = b * 60
+        lengths = [min(step, hi - b) for b in buckets]
+        bucket_totals = [totals[b] for b in buckets]
         resp = kpi_pb2.GetKpiSeriesResponse()
         for kpi in kpis:
             if kpi == kpi_pb2.KPI_TENANT_AVAILABILITY:
                 continue
             value_of = _SERIES_VALUES[kpi]
-            series = resp.series.add(kpi=kpi)
-            for b, sec in zip(buckets, seconds, strict=True):
-                value, known = value_of(totals[b], min(step, hi - b))
-                p = series.points.add()
-                p.time.seconds = sec
-                p.value = value
-                p.known_minutes = known
+            series = resp.series.add()
+            series.CopyFrom(template)
+            series.kpi = kpi
+            for p, t, n in zip(series.points, bucket_totals, lengths, strict=True):
+                p.value, p.known_minutes = value_of(t, n)
         if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis:
             counts: dict[str, dict[int, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
             for m in maps:
@@ -296,14 +300,13 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
                 counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(m["minutes"])
             for t in tenancies:
                 pol, _minimum = pols[t["tenant_id"]]
-                series = resp.series.add(kpi=kpi_pb2.KPI_TENANT_AVAILABILITY, tenant_id=t["tenant_id"])
+                series = resp.series.add()
+                series.CopyFrom(template)
+                series.kpi = kpi_pb2.KPI_TENANT_AVAILABILITY
+                series.tenant_id = t["tenant_id"]
                 per_bucket = counts[t["tenant_id"]]
-                for b, sec in zip(buckets, seconds, strict=True):
-                    value, known = domain.availability_value(per_bucket[b], min(step, hi - b), pol)
-                    p = series.points.add()
-                    p.time.seconds = sec
-                    p.value = value
-                    p.known_minutes = known
+                for p, b, n in zip(series.points, buckets, lengths, strict=True):
+                    p.value, p.known_minutes = domain.availability_value(per_bucket[b], n, pol)
         return resp
 
     async def GetTenantAvailability(self, request, context):

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,6 +37,7 @@ HOUR_SUBJECT = "towerco.kpi.hour.computed"
 SITES_FILTER = "towerco.sites.>"
 POLICY_SUBJECT = "towerco.kpi.policy.updated"
 RECOMPUTE_CHUNK_H = 24
+RECOMPUTE_GROUP = 16  # sites re-evaluated in one transaction
 
 
 def _env_float(name: str, default: float) -> float:
@@ -76,6 +77,7 @@ class CalculatorConfig:
     TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
     TOWERCO_KPI_RECOMPUTE_INTERVAL_S  pause between re-evaluation rounds of marked hours (0.5): longer
                                     batches more changes into one re-evaluation under heavy load
+    TOWERCO_KPI_RECOMPUTE_CONCURRENCY  sites re-evaluated at once, each in its own transaction (3)
     """
 
     partitions: tuple[int, ...]
@@ -89,6 +91,7 @@ class CalculatorConfig:
     durable_prefix: str = "kpi-calculator"
     ack_wait_s: float = 60.0
     recompute_interval_s: float = 0.5
+    recompute_concurrency: int = 3
 
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
@@ -106,6 +109,7 @@ class CalculatorConfig:
             durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
             ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
             recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.5),
+            recompute_concurrency=max(1, int(_env_float("TOWERCO_KPI_RECOMPUTE_CONCURRENCY", 3))),
         )
 
 
@@ -120,6 +124,9 @@ class Reference:
     tenancies: dict[str, dict] = field(default_factory=dict)  # tenancy_id -> kpi.tenancy columns
     windows: dict[str, dict] = field(default_factory=dict)  # window_id -> kpi.calendar_window columns
     policies: dict[str, int] = field(default_factory=dict)  # tenant_id -> min outage minutes
+    # built on first use; `changed()` drops them after the dicts above are changed in place
+    cfg_cache: dict[str, domain.SiteCfg] = field(default_factory=dict, compare=False, repr=False)
+    site_index: dict[str, tuple[list, list]] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_rows(cls, rows: dict[str, list]) -> Reference:
@@ -130,17 +137,35 @@ class Reference:
         ref.policies = {r["tenant_id"]: int(r["min_outage_minutes"]) for r in rows["policies"]}
         return ref
 
+    def changed(self) -> None:
+        """Call after changing the dicts above in place: drops the cached configurations."""
+        self.cfg_cache.clear()
+        self.site_index = None
+
     def site_cfg(self, site_id: str) -> domain.SiteCfg:
+        cfg = self.cfg_cache.get(site_id)
+        if cfg is None:
+            if self.site_index is None:  # tenancies and windows by site, indexed once per change
+                index: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+                for t in self.tenancies.values():
+                    index[t["site_id"]][0].append(t)
+                for w in self.windows.values():
+                    index[w["site_id"]][1].append(w)
+                self.site_index = dict(index)
+            cfg = self.cfg_cache[site_id] = self._build_cfg(site_id, *self.site_index.get(site_id, ((), ())))
+        return cfg
+
+    def _build_cfg(self, site_id: str, tenancies_of: Iterable[dict], windows_of: Iterable[dict]) -> domain.SiteCfg:
         s = self.sites.get(site_id, {})
         tenancies = sorted(
             (domain.TenancyCfg(t["tenant_id"], float(t["dc_min_v"]), float(t["dc_max_v"]),
                                self.policies.get(t["tenant_id"], 0))
-             for t in self.tenancies.values() if t["site_id"] == site_id),
+             for t in tenancies_of),
             key=lambda t: t.tenant_id)
         windows = tuple(
             domain.WindowCfg(store.minute_index(w["start_time"]), -(-int(w["end_time"].timestamp()) // 60),
                              int(w["category"]), frozenset(w["tenant_ids"] or ()))
-            for w in self.windows.values() if w["site_id"] == site_id)
+            for w in windows_of)
         return domain.SiteCfg(site_id, float(s.get("dg_capacity_kva", 0.0)), float(s.get("dg_start_delay_s", 0.0)),
                               float(s.get("battery_bank_ah", 0.0)), tuple(tenancies), windows)
 
@@ -239,31 +264,32 @@ class Calculator:
         oldest = now - self.config.allowed_lateness_s
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await store.claim_batches(conn, keys=[k for k, _ in batches])
-            samples = []
+            todo = []
             for key, batch in batches:
-                if key not in fresh:
+                if key in fresh:
+                    fresh.discard(key)  # the same message twice in one fetch is folded once
+                    todo.append(batch.samples)
+                else:
                     self.stats["duplicate_batches"] += 1
-                    continue
-                for s in batch.samples:
-                    t = s.time.seconds + s.time.nanos / 1e9
-                    if t < oldest:
-                        self.stats["too_late_samples"] += 1
-                        continue
-                    samples.append((s.site_id, s.metric, s.tenant_id, t, s.value))
-            folded = domain.fold(samples)
+            folded, samples, late = domain.fold_messages(todo, oldest=oldest)
+            self.stats["too_late_samples"] += late
             if folded:
-                await store.lock_sites(conn, site_ids=[site for site, _ in folded])
-                existing = await store.load_minutes(conn, keys=folded.keys())
-                for key, aggs in folded.items():
-                    domain.merge(existing.setdefault(key, {}), aggs)
-                await store.save_minutes(conn, minutes=existing)
                 by_site: dict[str, set[int]] = defaultdict(set)
                 for site_id, minute in folded:
                     by_site[site_id].add(minute)
+                await store.lock_sites(conn, site_ids=by_site)
+                existing = await store.load_minutes_raw(conn, keys=folded.keys())
+                for key, aggs in folded.items():
+                    have = existing.get(key)
+                    if have is None:
+                        existing[key] = aggs
+                    else:
+                        domain.merge_raw(have, aggs)
+                await store.save_minutes_raw(conn, minutes=existing)
                 await store.mark_dirty(conn, hours={
                     site_id: domain.affected_hours(minutes, self.ref.site_cfg(site_id).pad_minutes)
                     for site_id, minutes in by_site.items()})
-            self.stats["samples"] += len(samples)
+            self.stats["samples"] += samples
         if samples:
             self._dirty.set()
         self.stats["batches"] += len(batches)
@@ -288,19 +314,57 @@ class Calculator:
         return done
 
     async def recompute_dirty(self, *, limit: int = 500) -> int:
-        """Re-evaluate every marked site-hour once (each site in its own short transaction)."""
+        """Re-evaluate every marked site-hour once (groups of sites, each in its own short transaction)."""
         done = 0
         while True:
             async with self.pool.acquire() as conn:
                 sites = await store.dirty_sites(conn, limit=limit)
             if not sites:
                 return done
-            for site_id in sites:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await store.lock_sites(conn, site_ids=[site_id])
-                    hours = await store.take_dirty(conn, site_id=site_id)
-                    if hours:
-                        done += await self._recompute(conn, self.ref.site_cfg(site_id), hours)
+            # groups of sites, each in one transaction; a few groups at once, so one group's SQL
+            # round trips overlap another's evaluation
+            todo = iter([sites[i:i + RECOMPUTE_GROUP] for i in range(0, len(sites), RECOMPUTE_GROUP)])
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._recompute_groups(todo))
+                         for _ in range(min(self.config.recompute_concurrency, len(sites)))]
+            done += sum(t.result() for t in tasks)
+
+    async def _recompute_groups(self, groups: Iterator[list[str]]) -> int:
+        """Re-evaluate the marked hours of the site groups taken from `groups` (shared by several
+        of these): per group one transaction holding the group's site locks, one read of the minutes,
+        one write of the hour rows and day rollups."""
+        done = 0
+        for group in groups:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.lock_sites(conn, site_ids=group)
+                dirty = await store.take_dirty_many(conn, site_ids=group)
+                ranges: dict[str, tuple[int, int]] = {}
+                for site_id, hours in sorted(dirty.items()):
+                    cfg = self.ref.site_cfg(site_id)
+                    if hours[-1] - hours[0] >= RECOMPUTE_CHUNK_H * 60:  # a long span: chunk by chunk
+                        done += await self._recompute(conn, cfg, hours)
+                    else:
+                        ranges[site_id] = (hours[0] - cfg.pad_minutes, hours[-1] + 60 + cfg.pad_minutes)
+                if not ranges:
+                    continue
+                states = await store.minute_states_many(conn, ranges=ranges)
+                site_rows: list[domain.SiteHour] = []
+                ten_rows: list[domain.TenancyHour] = []
+                tenants: dict[str, list[str]] = {}
+                for site_id in ranges:
+                    cfg = self.ref.site_cfg(site_id)
+                    rows, trows = domain.evaluate_hours(cfg, dirty[site_id], states[site_id])
+                    site_rows += rows
+                    ten_rows += trows
+                    tenants[site_id] = [t.tenant_id for t in cfg.tenancies]
+                await store.replace_hours(conn, site_rows=site_rows, tenancy_rows=ten_rows, tenants=tenants)
+                by_site: dict[str, list[int]] = defaultdict(list)
+                for r in site_rows:
+                    by_site[r.site_id].append(r.hour)
+                await store.refresh_days_many(conn, hours=by_site)
+                self.stats["hours_computed"] += len(site_rows)
+                done += len(site_rows)
+        return done
 
     async def _recompute_loop(self) -> None:
         while True:
@@ -348,6 +412,7 @@ class Calculator:
     async def apply_policy(self, policy: kpi_pb2.AvailabilityPolicy) -> None:
         old = self.ref.policies.get(policy.tenant_id, 0)
         self.ref.policies[policy.tenant_id] = policy.min_outage_minutes
+        self.ref.changed()
         if old != policy.min_outage_minutes:
             sites = sorted({t["site_id"] for t in self.ref.tenancies.values()
                             if t["tenant_id"] == policy.tenant_id})

@@ -102,22 +102,129 @@ def agg_key(metric: str, tenant_id: str = "") -> str:
     return f"{LINK_METRIC}:{tenant_id}" if metric == LINK_METRIC else metric
 
 
+RawAgg = list  # [n, total, lo, hi, last_t, last_v]: an Agg as stored (JSON) and folded on the hot path
+RawAggs = dict[str, RawAgg]  # key as in MinuteAggs
+
+# metric -> aggregate key of the site metrics (the link metric's key depends on the tenant)
+_SITE_KEYS = {m: m for m in SITE_METRICS}
+_LINK_PREFIX = LINK_METRIC + ":"
+_LINK_LEN = len(_LINK_PREFIX)
+
+
 def fold(samples: Iterable[tuple[str, str, str, float, float]]) -> dict[tuple[str, int], MinuteAggs]:
     """Fold (site_id, metric, tenant_id, epoch seconds, value) samples into per site-minute
     aggregates. Unknown metrics and non-finite values are skipped (the ingest API rejects them)."""
-    out: dict[tuple[str, int], MinuteAggs] = {}
+    out: dict[tuple[str, int], dict[str, RawAgg]] = {}
     for site_id, metric, tenant_id, t, v in samples:
-        if metric not in KNOWN_METRICS or not math.isfinite(v) or not math.isfinite(t):
+        if not math.isfinite(t):
             continue
-        if metric == LINK_METRIC and not tenant_id:
+        _fold_one(out, site_id, metric, tenant_id, minute_of(t), t, v)
+    return {k: {kk: Agg.from_list(a) for kk, a in aggs.items()} for k, aggs in out.items()}
+
+
+def _fold_one(out: dict, site_id: str, metric: str, tenant_id: str, minute: int, t: float, v: float) -> None:
+    key = _SITE_KEYS.get(metric)
+    if key is None:
+        if metric != LINK_METRIC or not tenant_id:
+            return
+        key = _LINK_PREFIX + tenant_id
+    if not math.isfinite(v):
+        return
+    aggs = out.get((site_id, minute))
+    if aggs is None:
+        aggs = out[(site_id, minute)] = {}
+    a = aggs.get(key)
+    if a is None:
+        aggs[key] = [1, 0.0 + v, v, v, t, v]
+        return
+    a[0] += 1
+    a[1] += v
+    if v < a[2]:
+        a[2] = v
+    if v > a[3]:
+        a[3] = v
+    if t >= a[4]:
+        a[4] = t
+        a[5] = v
+
+
+def fold_messages(batches: Iterable[Iterable], *, oldest: float) -> tuple[dict[tuple[str, int], RawAggs], int, int]:
+    """The hot path of `fold`, straight from TelemetryBatch samples (anything with site_id, metric,
+    tenant_id, value and a Timestamp-like `time`), in raw form. A sample belongs to the minute of
+    its whole epoch seconds; its time (for "latest") is seconds + nanos / 1e9. Samples older than
+    `oldest` are counted and left out. Returns (site-minute -> raw aggregates, samples taken,
+    samples too late); "taken" includes the unknown-metric and non-finite samples fold() skips."""
+    out: dict[tuple[str, int], RawAggs] = {}
+    site_keys = _SITE_KEYS
+    link_prefix = _LINK_PREFIX
+    link_metric = LINK_METRIC
+    taken = late = 0
+    last_site: str | None = None
+    last_minute = -1
+    aggs: RawAggs = {}
+    for samples in batches:
+        for s in samples:
+            tm = s.time
+            sec = tm.seconds
+            nanos = tm.nanos
+            t = sec + nanos / 1e9
+            if t < oldest:
+                late += 1
+                continue
+            taken += 1
+            metric = s.metric
+            key = site_keys.get(metric)
+            if key is None:
+                if metric != link_metric:
+                    continue
+                tenant_id = s.tenant_id
+                if not tenant_id:
+                    continue
+                key = link_prefix + tenant_id
+            v = s.value
+            if v - v != 0.0:  # nan or infinite
+                continue
+            site_id = s.site_id
+            minute = sec // 60
+            if minute != last_minute or site_id != last_site:
+                mk = (site_id, minute)
+                aggs = out.get(mk)  # type: ignore[assignment]
+                if aggs is None:
+                    aggs = out[mk] = {}
+                last_site, last_minute = site_id, minute
+            a = aggs.get(key)
+            if a is None:
+                aggs[key] = [1, 0.0 + v, v, v, t, v]
+                continue
+            a[0] += 1
+            a[1] += v
+            if v < a[2]:
+                a[2] = v
+            if v > a[3]:
+                a[3] = v
+            if t >= a[4]:
+                a[4] = t
+                a[5] = v
+    return out, taken, late
+
+
+def merge_raw(into: RawAggs, other: Mapping[str, RawAgg]) -> RawAggs:
+    """`merge` on raw aggregates (`other`'s lists are taken over, not copied)."""
+    for key, b in other.items():
+        a = into.get(key)
+        if a is None:
+            into[key] = b
             continue
-        aggs = out.setdefault((site_id, minute_of(t)), {})
-        key = agg_key(metric, tenant_id)
-        agg = aggs.get(key)
-        if agg is None:
-            agg = aggs[key] = Agg()
-        agg.add(t, v)
-    return out
+        a[0] += b[0]
+        a[1] += b[1]
+        if b[2] < a[2]:
+            a[2] = b[2]
+        if b[3] > a[3]:
+            a[3] = b[3]
+        if b[4] >= a[4]:
+            a[4] = b[4]
+            a[5] = b[5]
+    return into
 
 
 def merge(into: MinuteAggs, other: Mapping[str, Agg]) -> MinuteAggs:
@@ -164,24 +271,39 @@ class MinuteState:
 
 
 def minute_state(aggs: Mapping[str, Agg]) -> MinuteState:
-    def get(name: str) -> Agg | None:
-        a = aggs.get(name)
-        return a if a is not None and a.n > 0 else None
+    return minute_state_raw({k: a.to_list() for k, a in aggs.items()})
 
-    mains, dg, dc, load, fuel, soc = (get(m) for m in (
-        "mains_present", "dg_running", "dc_bus_v", "load_a", "fuel_level_l", "battery_soc_pct"))
-    links = {k.split(":", 1)[1]: (1 if a.lo >= 0.5 else 0) for k, a in aggs.items()
-             if k.startswith(LINK_METRIC + ":") and a.n > 0}
+
+def minute_state_raw(raw: Mapping[str, Sequence[float]]) -> MinuteState:
+    """The state of a minute from its raw aggregates ([n, total, lo, hi, last_t, last_v] by key,
+    as stored); an aggregate without samples counts as absent."""
+    get = raw.get
+    mains, dg, dc, load, fuel, soc = (get("mains_present"), get("dg_running"), get("dc_bus_v"),
+                                      get("load_a"), get("fuel_level_l"), get("battery_soc_pct"))
+    links = {k[_LINK_LEN:]: (1 if a[2] >= 0.5 else 0) for k, a in raw.items()
+             if k[:_LINK_LEN] == _LINK_PREFIX and a[0] > 0}
+    if mains is not None and not mains[0] > 0:
+        mains = None
+    if dg is not None and not dg[0] > 0:
+        dg = None
+    if dc is not None and not dc[0] > 0:
+        dc = None
+    if load is not None and not load[0] > 0:
+        load = None
+    if fuel is not None and not fuel[0] > 0:
+        fuel = None
+    if soc is not None and not soc[0] > 0:
+        soc = None
     return MinuteState(
-        mains=None if mains is None else (1 if mains.lo >= 0.5 else 0),
-        dg=None if dg is None else (1 if dg.hi >= 0.5 else 0),
-        dc_min=None if dc is None else dc.lo,
-        dc_max=None if dc is None else dc.hi,
-        dc_avg=None if dc is None else dc.avg,
-        load_a=None if load is None else load.avg,
-        fuel_l=None if fuel is None else fuel.avg,
-        soc_pct=None if soc is None else soc.last_v,
-        soc_t=None if soc is None else soc.last_t,
+        mains=None if mains is None else (1 if mains[2] >= 0.5 else 0),
+        dg=None if dg is None else (1 if dg[3] >= 0.5 else 0),
+        dc_min=None if dc is None else float(dc[2]),
+        dc_max=None if dc is None else float(dc[3]),
+        dc_avg=None if dc is None else float(dc[1]) / int(dc[0]),
+        load_a=None if load is None else float(load[1]) / int(load[0]),
+        fuel_l=None if fuel is None else float(fuel[1]) / int(fuel[0]),
+        soc_pct=None if soc is None else float(soc[5]),
+        soc_t=None if soc is None else float(soc[4]),
         links=links,
     )
 
@@ -247,6 +369,9 @@ def power_code(s: MinuteState, lo: float, hi: float) -> str:
     if s.dc_max > hi:
         return "H"
     return "1"
+
+
+_BIT_CODE = {None: "?", 0: "0", 1: "1"}  # grid / generator map code of a 0/1/None minute field
 
 
 def source_code(s: MinuteState) -> str:
@@ -388,17 +513,25 @@ def evaluate_hours(site: SiteCfg, hours: Iterable[int], states: Mapping[int, Min
 
 def _site_hour(site: SiteCfg, h: int, span: Sequence[MinuteState | None], pad: int,
                hour_states: Sequence[MinuteState | None], lo: float, hi: float) -> SiteHour:
-    def code(s: MinuteState | None, f) -> str:
-        return "?" if s is None else f(s)
-
-    row = SiteHour(
-        site_id=site.site_id, hour=h,
-        grid_map="".join(code(s, lambda s: "?" if s.mains is None else str(s.mains)) for s in hour_states),
-        power_map="".join(code(s, lambda s: power_code(s, lo, hi)) for s in hour_states),
-        dg_map="".join(code(s, lambda s: "?" if s.dg is None else str(s.dg)) for s in hour_states),
-        source_map="".join(code(s, source_code) for s in hour_states),
-        samples_minutes=sum(1 for s in hour_states if s is not None),
-    )
+    grid: list[str] = []
+    power: list[str] = []
+    dg: list[str] = []
+    source: list[str] = []
+    known = 0
+    for s in hour_states:
+        if s is None:
+            grid.append("?")
+            power.append("?")
+            dg.append("?")
+            source.append("?")
+            continue
+        known += 1
+        grid.append(_BIT_CODE[s.mains])
+        power.append(power_code(s, lo, hi))
+        dg.append(_BIT_CODE[s.dg])
+        source.append(source_code(s))
+    row = SiteHour(site_id=site.site_id, hour=h, grid_map="".join(grid), power_map="".join(power),
+                   dg_map="".join(dg), source_map="".join(source), samples_minutes=known)
     rated_kw = site.dg_capacity_kva * DG_POWER_FACTOR
     for i in range(pad, pad + 60):
         s = span[i]

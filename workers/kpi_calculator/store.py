@@ -36,22 +36,29 @@ def minute_index(t: datetime) -> int:
 
 async def lock_sites(conn: asyncpg.Connection, *, site_ids: Iterable[str]) -> None:
     """Serialise work on these sites until the transaction ends (telemetry and register paths,
-    any replica); taken in sorted order so two transactions never deadlock."""
-    for site_id in sorted(set(site_ids)):
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, site_id)
+    any replica); taken in one statement, in sorted order, so two transactions never deadlock."""
+    ids = sorted(set(site_ids))
+    if len(ids) == 1:
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", SITE_LOCK_CLASS, ids[0])
+    elif ids:
+        # WITH ORDINALITY + ORDER BY: the locks are taken in the order of the sorted array
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(s)) FROM "
+            "(SELECT s FROM unnest($2::text[]) WITH ORDINALITY AS u(s, i) ORDER BY i) AS o", SITE_LOCK_CLASS, ids)
 
 
 async def mark_dirty(conn: asyncpg.Connection, *, hours: Mapping[str, Iterable[int]]) -> int:
     """Mark site-hours for re-evaluation."""
     sites: list[str] = []
-    stamps: list[datetime] = []
+    stamps: list[int] = []
     for site_id, hs in sorted(hours.items()):
         for h in sorted(set(hs)):
             sites.append(site_id)
-            stamps.append(ts(h))
+            stamps.append(h * 60)
     if sites:
         await conn.execute(
-            "INSERT INTO kpi.dirty_hour (site_id, hour) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+            "INSERT INTO kpi.dirty_hour (site_id, hour) "
+            "SELECT s, to_timestamp(e) FROM unnest($1::text[], $2::int8[]) AS k(s, e) "
             "ON CONFLICT DO NOTHING", sites, stamps)
     return len(sites)
 
@@ -65,6 +72,18 @@ async def take_dirty(conn: asyncpg.Connection, *, site_id: str) -> list[int]:
     """Remove and return the site's marked hours (call holding the site lock)."""
     rows = await conn.fetch("DELETE FROM kpi.dirty_hour WHERE site_id = $1 RETURNING hour", site_id)
     return sorted(minute_index(r["hour"]) for r in rows)
+
+
+async def take_dirty_many(conn: asyncpg.Connection, *, site_ids: Sequence[str]) -> dict[str, list[int]]:
+    """`take_dirty` for several sites (call holding their locks): site -> sorted hours."""
+    rows = await conn.fetch("DELETE FROM kpi.dirty_hour WHERE site_id = ANY($1::text[]) "
+                            "RETURNING site_id, (extract(epoch FROM hour) / 60)::int8", list(site_ids))
+    out: dict[str, list[int]] = {}
+    for site_id, hour in rows:
+        out.setdefault(site_id, []).append(hour)
+    for hours in out.values():
+        hours.sort()
+    return out
 
 
 async def claim_batches(conn: asyncpg.Connection, *, keys: Sequence[str]) -> set[str]:
@@ -83,38 +102,69 @@ async def purge_consumed(conn: asyncpg.Connection, *, older_than_s: float) -> in
 
 async def load_minutes(conn: asyncpg.Connection, *, keys: Iterable[tuple[str, int]]
                        ) -> dict[tuple[str, int], domain.MinuteAggs]:
+    return {k: domain.aggs_from_json(v) for k, v in (await load_minutes_raw(conn, keys=keys)).items()}
+
+
+async def load_minutes_raw(conn: asyncpg.Connection, *, keys: Iterable[tuple[str, int]]
+                           ) -> dict[tuple[str, int], domain.RawAggs]:
+    """The stored aggregates of these site-minutes (locked until the transaction ends), raw."""
     keys = list(keys)
     if not keys:
         return {}
     rows = await conn.fetch(
-        "SELECT m.site_id, m.minute, m.aggs FROM kpi.site_minute m "
-        "JOIN unnest($1::text[], $2::timestamptz[]) AS k(site_id, minute) "
-        "ON m.site_id = k.site_id AND m.minute = k.minute FOR UPDATE OF m",
-        [k[0] for k in keys], [ts(k[1]) for k in keys])
-    return {(r["site_id"], minute_index(r["minute"])): domain.aggs_from_json(orjson.loads(r["aggs"]))
-            for r in rows}
+        "SELECT m.site_id, k.e, m.aggs::text FROM kpi.site_minute m "
+        "JOIN unnest($1::text[], $2::int8[]) AS k(site_id, e) "
+        "ON m.site_id = k.site_id AND m.minute = to_timestamp(k.e * 60) FOR UPDATE OF m",
+        [k[0] for k in keys], [k[1] for k in keys])
+    loads = orjson.loads
+    return {(r[0], r[1]): loads(r[2]) for r in rows}
 
 
 async def save_minutes(conn: asyncpg.Connection, *, minutes: Mapping[tuple[str, int], domain.MinuteAggs]
                        ) -> None:
+    await save_minutes_raw(conn, minutes={k: domain.aggs_to_json(v) for k, v in minutes.items()})
+
+
+async def save_minutes_raw(conn: asyncpg.Connection, *, minutes: Mapping[tuple[str, int], domain.RawAggs]
+                           ) -> None:
     if not minutes:
         return
     items = sorted(minutes.items())
+    dumps = orjson.dumps
     await conn.execute(
         "INSERT INTO kpi.site_minute (site_id, minute, aggs) "
-        "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::jsonb[]) "
+        "SELECT s, to_timestamp(e * 60), a::jsonb FROM unnest($1::text[], $2::int8[], $3::text[]) AS k(s, e, a) "
         "ON CONFLICT (site_id, minute) DO UPDATE SET aggs = EXCLUDED.aggs",
-        [k[0] for k, _ in items], [ts(k[1]) for k, _ in items],
-        [orjson.dumps(domain.aggs_to_json(v)).decode() for _, v in items])
+        [k[0] for k, _ in items], [k[1] for k, _ in items], [dumps(v).decode() for _, v in items])
 
 
 async def minute_states(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int
                         ) -> dict[int, domain.MinuteState]:
     rows = await conn.fetch(
-        "SELECT minute, aggs FROM kpi.site_minute WHERE site_id = $1 AND minute >= $2 AND minute < $3",
-        site_id, ts(lo), ts(hi))
-    return {minute_index(r["minute"]): domain.minute_state(domain.aggs_from_json(orjson.loads(r["aggs"])))
-            for r in rows}
+        "SELECT (extract(epoch FROM minute) / 60)::int8, aggs::text FROM kpi.site_minute "
+        "WHERE site_id = $1 AND minute >= $2 AND minute < $3", site_id, ts(lo), ts(hi))
+    loads = orjson.loads
+    state = domain.minute_state_raw
+    return {r[0]: state(loads(r[1])) for r in rows}
+
+
+async def minute_states_many(conn: asyncpg.Connection, *, ranges: Mapping[str, tuple[int, int]]
+                             ) -> dict[str, dict[int, domain.MinuteState]]:
+    """`minute_states` of several sites at once (site -> [lo, hi) minute indexes)."""
+    out: dict[str, dict[int, domain.MinuteState]] = {s: {} for s in ranges}
+    if not ranges:
+        return out
+    items = sorted(ranges.items())
+    rows = await conn.fetch(
+        "SELECT m.site_id, (extract(epoch FROM m.minute) / 60)::int8, m.aggs::text "
+        "FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(s, lo, hi) JOIN kpi.site_minute m "
+        "ON m.site_id = k.s AND m.minute >= to_timestamp(k.lo * 60) AND m.minute < to_timestamp(k.hi * 60)",
+        [k for k, _ in items], [r[0] for _, r in items], [r[1] for _, r in items])
+    loads = orjson.loads
+    state = domain.minute_state_raw
+    for site_id, minute, aggs in rows:
+        out[site_id][minute] = state(loads(aggs))
+    return out
 
 
 async def purge_minutes(conn: asyncpg.Connection, *, older_than_s: float) -> int:
@@ -133,54 +183,79 @@ async def save_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.Sit
     tenancies; None: every tenant). Rows of a tenancy that has ended are kept as history. A
     site-hour row's revision increases only when its content changes, so an unchanged recompute
     publishes nothing new."""
-    if site_rows:
-        cols = _site_columns(site_rows)
-        await conn.execute(
-            """
-            INSERT INTO kpi.site_hour (site_id, hour, grid_map, power_map, dg_map, source_map,
-                power_known, power_ok, grid_known, grid_present, dg_run_minutes, dg_starts,
-                dg_fail_to_start, fuel_consumed_l, fuel_expected_l, fuel_drop_dg_off_l, refuel_l,
-                refuels, energy_grid_kwh, energy_dg_kwh, energy_battery_kwh, soc_pct, load_a, soc_time)
-            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                $6::text[], $7::int2[], $8::int2[], $9::int2[], $10::int2[], $11::int2[], $12::int[],
-                $13::int[], $14::float8[], $15::float8[], $16::float8[], $17::float8[], $18::int[],
-                $19::float8[], $20::float8[], $21::float8[], $22::float8[], $23::float8[],
-                $24::timestamptz[])
-            ON CONFLICT (site_id, hour) DO UPDATE SET
-                grid_map = EXCLUDED.grid_map, power_map = EXCLUDED.power_map, dg_map = EXCLUDED.dg_map,
-                source_map = EXCLUDED.source_map, power_known = EXCLUDED.power_known,
-                power_ok = EXCLUDED.power_ok, grid_known = EXCLUDED.grid_known,
-                grid_present = EXCLUDED.grid_present, dg_run_minutes = EXCLUDED.dg_run_minutes,
-                dg_starts = EXCLUDED.dg_starts, dg_fail_to_start = EXCLUDED.dg_fail_to_start,
-                fuel_consumed_l = EXCLUDED.fuel_consumed_l, fuel_expected_l = EXCLUDED.fuel_expected_l,
-                fuel_drop_dg_off_l = EXCLUDED.fuel_drop_dg_off_l, refuel_l = EXCLUDED.refuel_l,
-                refuels = EXCLUDED.refuels, energy_grid_kwh = EXCLUDED.energy_grid_kwh,
-                energy_dg_kwh = EXCLUDED.energy_dg_kwh, energy_battery_kwh = EXCLUDED.energy_battery_kwh,
-                soc_pct = EXCLUDED.soc_pct, load_a = EXCLUDED.load_a, soc_time = EXCLUDED.soc_time,
-                revision = kpi.site_hour.revision + 1, computed_at = now()
-            WHERE (kpi.site_hour.grid_map, kpi.site_hour.power_map, kpi.site_hour.dg_map,
-                   kpi.site_hour.source_map, kpi.site_hour.dg_starts, kpi.site_hour.dg_fail_to_start,
-                   kpi.site_hour.fuel_consumed_l, kpi.site_hour.refuel_l, kpi.site_hour.energy_grid_kwh,
-                   kpi.site_hour.energy_dg_kwh, kpi.site_hour.energy_battery_kwh, kpi.site_hour.soc_time)
-                IS DISTINCT FROM
-                  (EXCLUDED.grid_map, EXCLUDED.power_map, EXCLUDED.dg_map, EXCLUDED.source_map,
-                   EXCLUDED.dg_starts, EXCLUDED.dg_fail_to_start, EXCLUDED.fuel_consumed_l,
-                   EXCLUDED.refuel_l, EXCLUDED.energy_grid_kwh, EXCLUDED.energy_dg_kwh,
-                   EXCLUDED.energy_battery_kwh, EXCLUDED.soc_time)
-            """, *cols)
+    await upsert_site_hours(conn, rows=site_rows)
     # tenancy rows: replace the site's rows of these hours (tenancies may have come or gone)
     await conn.execute("DELETE FROM kpi.tenancy_hour WHERE site_id = $1 AND hour = ANY($2::timestamptz[]) "
                        "AND ($3::text[] IS NULL OR tenant_id = ANY($3::text[]))",
                        site_id, [ts(h) for h in hours], None if tenants is None else list(tenants))
-    if tenancy_rows:
-        names = list(CODE_COLUMNS.values())
-        counts = [[r.minutes.count(code) for r in tenancy_rows] for code in CODE_COLUMNS]
+    await insert_tenancy_hours(conn, rows=tenancy_rows)
+
+
+async def upsert_site_hours(conn: asyncpg.Connection, *, rows: Sequence[domain.SiteHour]) -> None:
+    """Write site-hour rows (any sites); a row's revision increases only when its content changes."""
+    if not rows:
+        return
+    cols = _site_columns(rows)
+    await conn.execute(
+        """
+        INSERT INTO kpi.site_hour (site_id, hour, grid_map, power_map, dg_map, source_map,
+            power_known, power_ok, grid_known, grid_present, dg_run_minutes, dg_starts,
+            dg_fail_to_start, fuel_consumed_l, fuel_expected_l, fuel_drop_dg_off_l, refuel_l,
+            refuels, energy_grid_kwh, energy_dg_kwh, energy_battery_kwh, soc_pct, load_a, soc_time)
+        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::int2[], $8::int2[], $9::int2[], $10::int2[], $11::int2[], $12::int[],
+            $13::int[], $14::float8[], $15::float8[], $16::float8[], $17::float8[], $18::int[],
+            $19::float8[], $20::float8[], $21::float8[], $22::float8[], $23::float8[],
+            $24::timestamptz[])
+        ON CONFLICT (site_id, hour) DO UPDATE SET
+            grid_map = EXCLUDED.grid_map, power_map = EXCLUDED.power_map, dg_map = EXCLUDED.dg_map,
+            source_map = EXCLUDED.source_map, power_known = EXCLUDED.power_known,
+            power_ok = EXCLUDED.power_ok, grid_known = EXCLUDED.grid_known,
+            grid_present = EXCLUDED.grid_present, dg_run_minutes = EXCLUDED.dg_run_minutes,
+            dg_starts = EXCLUDED.dg_starts, dg_fail_to_start = EXCLUDED.dg_fail_to_start,
+            fuel_consumed_l = EXCLUDED.fuel_consumed_l, fuel_expected_l = EXCLUDED.fuel_expected_l,
+            fuel_drop_dg_off_l = EXCLUDED.fuel_drop_dg_off_l, refuel_l = EXCLUDED.refuel_l,
+            refuels = EXCLUDED.refuels, energy_grid_kwh = EXCLUDED.energy_grid_kwh,
+            energy_dg_kwh = EXCLUDED.energy_dg_kwh, energy_battery_kwh = EXCLUDED.energy_battery_kwh,
+            soc_pct = EXCLUDED.soc_pct, load_a = EXCLUDED.load_a, soc_time = EXCLUDED.soc_time,
+            revision = kpi.site_hour.revision + 1, computed_at = now()
+        WHERE (kpi.site_hour.grid_map, kpi.site_hour.power_map, kpi.site_hour.dg_map,
+               kpi.site_hour.source_map, kpi.site_hour.dg_starts, kpi.site_hour.dg_fail_to_start,
+               kpi.site_hour.fuel_consumed_l, kpi.site_hour.refuel_l, kpi.site_hour.energy_grid_kwh,
+               kpi.site_hour.energy_dg_kwh, kpi.site_hour.energy_battery_kwh, kpi.site_hour.soc_time)
+            IS DISTINCT FROM
+              (EXCLUDED.grid_map, EXCLUDED.power_map, EXCLUDED.dg_map, EXCLUDED.source_map,
+               EXCLUDED.dg_starts, EXCLUDED.dg_fail_to_start, EXCLUDED.fuel_consumed_l,
+               EXCLUDED.refuel_l, EXCLUDED.energy_grid_kwh, EXCLUDED.energy_dg_kwh,
+               EXCLUDED.energy_battery_kwh, EXCLUDED.soc_time)
+        """, *cols)
+
+
+async def insert_tenancy_hours(conn: asyncpg.Connection, *, rows: Sequence[domain.TenancyHour]) -> None:
+    if not rows:
+        return
+    names = list(CODE_COLUMNS.values())
+    counts = [[r.minutes.count(code) for r in rows] for code in CODE_COLUMNS]
+    await conn.execute(
+        f"INSERT INTO kpi.tenancy_hour (tenant_id, site_id, hour, minutes, {', '.join(names)}) "
+        f"SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
+        + ", ".join(f"${i + 5}::int2[]" for i in range(len(names))) + ")",
+        [r.tenant_id for r in rows], [r.site_id for r in rows],
+        [ts(r.hour) for r in rows], [r.minutes for r in rows], *counts)
+
+
+async def replace_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.SiteHour],
+                        tenancy_rows: Sequence[domain.TenancyHour], tenants: Mapping[str, Sequence[str]]) -> None:
+    """`save_hours` for several sites at once: for each site-hour of `site_rows`, the site's row
+    and the rows of the site's current tenants (`tenants`: site -> tenant ids) are replaced."""
+    await upsert_site_hours(conn, rows=site_rows)
+    keys = [(r.site_id, r.hour * 60, t) for r in site_rows for t in tenants.get(r.site_id, ())]
+    if keys:
         await conn.execute(
-            f"INSERT INTO kpi.tenancy_hour (tenant_id, site_id, hour, minutes, {', '.join(names)}) "
-            f"SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
-            + ", ".join(f"${i + 5}::int2[]" for i in range(len(names))) + ")",
-            [r.tenant_id for r in tenancy_rows], [r.site_id for r in tenancy_rows],
-            [ts(r.hour) for r in tenancy_rows], [r.minutes for r in tenancy_rows], *counts)
+            "DELETE FROM kpi.tenancy_hour h USING unnest($1::text[], $2::int8[], $3::text[]) AS k(s, e, t) "
+            "WHERE h.site_id = k.s AND h.hour = to_timestamp(k.e) AND h.tenant_id = k.t",
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+    await insert_tenancy_hours(conn, rows=tenancy_rows)
 
 
 async def refresh_days(conn: asyncpg.Connection, *, site_id: str, hours: Sequence[int]) -> None:
@@ -198,6 +273,24 @@ async def refresh_days(conn: asyncpg.Connection, *, site_id: str, hours: Sequenc
         + " FROM kpi.tenancy_hour WHERE site_id = $1 AND hour >= $2 AND hour < $3 "
         "AND date_trunc('day', hour, 'UTC') = ANY($4::timestamptz[]) GROUP BY tenant_id, site_id, d",
         site_id, ts(days[0]), ts(days[-1] + 1440), [ts(d) for d in days])
+
+
+async def refresh_days_many(conn: asyncpg.Connection, *, hours: Mapping[str, Iterable[int]]) -> None:
+    """`refresh_days` for several sites at once (site -> hours)."""
+    pairs = sorted({(site_id, h - h % 1440) for site_id, hs in hours.items() for h in hs})
+    if not pairs:
+        return
+    names = list(CODE_COLUMNS.values())
+    sites, days = [p[0] for p in pairs], [p[1] * 60 for p in pairs]
+    await conn.execute(
+        "DELETE FROM kpi.tenancy_day d USING unnest($1::text[], $2::int8[]) AS k(s, e) "
+        "WHERE d.site_id = k.s AND d.day = to_timestamp(k.e)", sites, days)
+    await conn.execute(
+        f"INSERT INTO kpi.tenancy_day (tenant_id, site_id, day, {', '.join(names)}) "
+        f"SELECT h.tenant_id, h.site_id, to_timestamp(k.e), " + ", ".join(f"sum(h.{c})" for c in names)
+        + " FROM unnest($1::text[], $2::int8[]) AS k(s, e) JOIN kpi.tenancy_hour h ON h.site_id = k.s "
+        "AND h.hour >= to_timestamp(k.e) AND h.hour < to_timestamp(k.e + 86400) "
+        "GROUP BY h.tenant_id, h.site_id, k.e", sites, days)
 
 
 def _site_columns(rows: Sequence[domain.SiteHour]) -> list[list[Any]]:

@@ -77,7 +77,7 @@ async def serve() -> None:
     if metrics_port:
         port, stop_metrics = start_metrics_server(int(metrics_port), settings.host)
         log.info("metrics on %s:%d", settings.host, port)
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=6)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=8)
     nc = await events.connect(settings.nats_url, name="kpi_calculator")
     try:
         js = nc.jetstream()
