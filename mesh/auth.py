@@ -119,6 +119,11 @@ def _key_for(token: str, alg: str, settings: Settings) -> object:
 
 def verify_token(token: str, settings: Settings | None = None) -> Identity:
     """Check signature, algorithm, expiry, issuer, audience and claims; return the caller."""
+    return _verify(token, settings)[0]
+
+
+def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dict]:
+    """verify_token, also returning the verified claims."""
     settings = settings or get_settings()
     if not token:
         raise AuthError("empty token")
@@ -154,7 +159,7 @@ def verify_token(token: str, settings: Settings | None = None) -> Identity:
         raise AuthError("bad signature") from None
     except jwt.PyJWTError as exc:
         raise AuthError(f"invalid token: {type(exc).__name__}") from None
-    return _identity_from_claims(claims, token)
+    return _identity_from_claims(claims, token), claims
 
 
 def _identity_from_claims(claims: dict, token: str) -> Identity:
@@ -173,30 +178,58 @@ def _identity_from_claims(claims: dict, token: str) -> Identity:
     return Identity(subject=sub, tenant=tenant, roles=frozenset(roles), token=token)
 
 
+class MissingBearer(AuthError):
+    """The authorization value carries no Bearer token at all."""
+
+
 class Authenticator:
-    """verify_token with a bounded cache of good tokens (until they expire): a hot-path helper."""
+    """verify_token with a bounded cache of good tokens (until they expire): a hot-path helper.
+
+    `verify(token)` caches by token; `verify_authorization(value)` caches by the raw
+    "Bearer <token>" metadata value, so a repeat caller costs one dict lookup and a clock read.
+    Refused tokens are never cached (each refusal is verified again and says why).
+    """
 
     def __init__(self, settings: Settings, max_entries: int = 4096):
         self.settings = settings
         self._max = max_entries
         self._cache: dict[str, tuple[Identity, float]] = {}
+        self._by_header: dict[str, tuple[Identity, float]] = {}
 
-    def verify(self, token: str) -> Identity:
+    def _verified(self, token: str) -> tuple[Identity, float]:
         hit = self._cache.get(token)
         if hit is not None:
-            identity, expires = hit
-            if time.time() < expires:
-                return identity
+            if time.time() < hit[1]:
+                return hit
             del self._cache[token]
-        identity = verify_token(token, self.settings)
-        try:
-            expires = float(jwt.decode(token, options={"verify_signature": False})["exp"]) + LEEWAY_S
-        except Exception:  # pragma: no cover - verify_token already required exp
-            return identity
+        identity, claims = _verify(token, self.settings)
+        entry = (identity, float(claims["exp"]) + LEEWAY_S)  # exp is required and numeric
         if len(self._cache) >= self._max:
             self._cache.clear()
-        self._cache[token] = (identity, expires)
-        return identity
+        self._cache[token] = entry
+        return entry
+
+    def verify(self, token: str) -> Identity:
+        return self._verified(token)[0]
+
+    def verify_authorization(self, authorization: str) -> Identity:
+        """The caller named by an "authorization" metadata value ("Bearer <jwt>").
+
+        Raises MissingBearer when there is no Bearer token, AuthError when the token is refused.
+        """
+        hit = self._by_header.get(authorization)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            del self._by_header[authorization]
+        token = bearer_token(authorization)
+        if not token:
+            raise MissingBearer("missing bearer token")
+        entry = self._verified(token)
+        if len(self._by_header) >= self._max:
+            self._by_header.clear()
+        self._by_header[authorization] = entry
+        return entry[0]
 
 
 def bearer_token(authorization: str) -> str:

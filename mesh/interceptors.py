@@ -32,7 +32,8 @@ Health (grpc.health.v1.Health) and reflection need no token and bypass the chain
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -54,7 +55,7 @@ from mesh.errors import (
     Unavailable,
     status_of_exception,
 )
-from mesh.observability import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_IN_FLIGHT
+from mesh.observability import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_IN_FLIGHT, log_enabled, log_line
 from mesh.validation import has_rules, violations
 from sdk import context as sdk_context
 
@@ -64,12 +65,36 @@ PUBLIC_PREFIXES: tuple[str, ...] = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 CORRELATION_HEADER = "x-correlation-id"
+_MISSING_TOKEN = "missing bearer token (metadata 'authorization: Bearer <jwt>')"
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 
 _log = structlog.get_logger("towerco.grpc")
-_bind_log_context = structlog.contextvars.bind_contextvars
+
+
+def _structlog_var(key: str) -> Any:
+    """The ContextVar behind structlog.contextvars.bind_contextvars(key=...), so that the chain
+    sets it directly (what bind_contextvars does, minus its per-call key handling)."""
+    token = structlog.contextvars.bind_contextvars(**{key: None})[key]
+    token.var.reset(token)  # leave the importing context as it was
+    return token.var
+
+
+_set_log_correlation_id = _structlog_var("correlation_id").set
+_INFO = logging.INFO
+_random_bits = random.getrandbits  # reseeded in forked children by the random module itself
+_set_correlation_id = sdk_context.correlation_id.set
+_set_deadline = sdk_context.deadline.set
+_set_outgoing_token = sdk_context.outgoing_token.set
+_set_identity = auth.set_identity
+_monotonic = time.monotonic
+_perf_counter = time.perf_counter
+
+
+def new_correlation_id() -> str:
+    """32 random hex digits (a correlation id, not a secret: no system call per request)."""
+    return f"{_random_bits(128):032x}"
 
 
 def _db_unavailable(exc: BaseException) -> bool:
@@ -81,7 +106,8 @@ def _db_unavailable(exc: BaseException) -> bool:
 
 
 class _Method:
-    """Per-method constants: metric children and whether its request type has rules."""
+    """Per-method constants: metric children (one per code, bound on first use) and whether its
+    request type has rules."""
 
     __slots__ = ("full", "service", "name", "hist", "in_flight", "handled", "validate")
 
@@ -92,7 +118,7 @@ class _Method:
         self.name = name
         self.hist = GRPC_HANDLING_SECONDS.labels(service, name)
         self.in_flight = GRPC_IN_FLIGHT.labels(service, name)
-        self.handled: dict[grpc.StatusCode, Any] = {}
+        self.handled: dict[grpc.StatusCode, Any] = {_OK: GRPC_HANDLED.labels(service, name, "OK")}
         descriptor = getattr(request_type, "DESCRIPTOR", None)
         # Unknown request type: validate dynamically (violations() caches per type anyway).
         self.validate = True if descriptor is None else has_rules(descriptor)
@@ -111,7 +137,7 @@ class _Call:
 
     def __init__(self, method: _Method):
         self.method = method
-        self.start = time.perf_counter()
+        self.start = _perf_counter()
         self.code = _OK
         self.correlation_id = ""
         self.identity: auth.Identity | None = None
@@ -180,37 +206,38 @@ class MeshServerInterceptor(AsyncServerInterceptor):
 
     def _admit(self, call: _Call, context: Any) -> None:
         """Deadline guard and auth; binds identity, token, correlation id and deadline."""
-        token_header = ""
+        authorization = ""
         cid = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
-                token_header = value
+                authorization = value
             elif key == CORRELATION_HEADER:
                 cid = value
         if not cid or not isinstance(cid, str) or len(cid) > 128:
-            cid = os.urandom(16).hex()
+            cid = new_correlation_id()
         call.correlation_id = cid
-        sdk_context.correlation_id.set(cid)
-        _bind_log_context(correlation_id=cid)
+        _set_correlation_id(cid)
+        _set_log_correlation_id(cid)  # = structlog.contextvars.bind_contextvars(correlation_id=cid)
 
         left = context.time_remaining()
         if left is not None:
             if left <= 0:
                 raise DeadlineExceeded("deadline exceeded before the call started")
-            sdk_context.deadline.set(time.monotonic() + left)
+            _set_deadline(_monotonic() + left)
 
         if not self.authenticate:
             return
-        token = auth.bearer_token(token_header) if isinstance(token_header, str) else ""
-        if not token:
-            raise Unauthenticated("missing bearer token (metadata 'authorization: Bearer <jwt>')")
+        if not authorization or not isinstance(authorization, str):
+            raise Unauthenticated(_MISSING_TOKEN)
         try:
-            identity = self.authenticator.verify(token)
+            identity = self.authenticator.verify_authorization(authorization)
+        except auth.MissingBearer:
+            raise Unauthenticated(_MISSING_TOKEN) from None
         except auth.AuthError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
         call.identity = identity
-        auth.set_identity(identity)
-        sdk_context.outgoing_token.set(token)
+        _set_identity(identity)
+        _set_outgoing_token(identity.token)
 
     async def _fail(self, call: _Call, context: Any, exc: BaseException) -> None:
         """Map `exc` to a status and abort the call (raises), or return to let it pass through."""
@@ -252,21 +279,23 @@ class MeshServerInterceptor(AsyncServerInterceptor):
 
     def _finish(self, call: _Call) -> None:
         method = call.method
-        elapsed = time.perf_counter() - call.start
+        elapsed = _perf_counter() - call.start
+        code = call.code
         method.in_flight.dec()
         method.hist.observe(elapsed)
-        method.count(call.code)
-        if self.access_log:
+        method.count(code)
+        if self.access_log and log_enabled(_INFO):
             identity = call.identity
-            _log.info(
-                "grpc.call",
-                method=method.full,
-                code=call.code.name,
-                duration_ms=round(elapsed * 1000, 3),
-                correlation_id=call.correlation_id,
-                tenant=identity.tenant if identity else None,
-                subject=identity.subject if identity else None,
-            )
+            # Rendered by mesh.observability.log_line: the same JSON line as
+            # _log.info("grpc.call", ...) without structlog's processor chain.
+            log_line("grpc.call", {
+                "method": method.full,
+                "code": code.name,
+                "duration_ms": round(elapsed * 1000, 3),
+                "correlation_id": call.correlation_id,
+                "tenant": identity.tenant if identity else None,
+                "subject": identity.subject if identity else None,
+            }, _INFO, logger=_log)
 
     def _check(self, request: Any) -> None:
         found = violations(request)

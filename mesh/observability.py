@@ -3,7 +3,9 @@
 - Logs: structlog, one JSON object per line on stdout with timestamp, level, event, the service
   name, every contextvar bound with structlog.contextvars, and trace_id/span_id when tracing is
   on and an OpenTelemetry span is active. Level from settings.log_level. Standard-library loggers (grpc,
-  asyncio, asyncpg, nats) are rendered the same way.
+  asyncio, asyncpg, nats) are rendered the same way. `log_line()` writes one such line without
+  the processor chain (same keys, same format), for events logged on every request (the gRPC
+  access log); it falls back to structlog when the process runs another structlog configuration.
 - Metrics: prometheus_client in the default registry; `await serve_metrics(port)` serves /metrics
   from the event loop (servers), `start_metrics_server(port)` from a daemon thread (workers);
   port 0 takes a free port and the real one is returned.
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,6 +120,31 @@ async def serve_metrics(port: int, host: str = "127.0.0.1") -> tuple[int, Callab
 # ----------------------------------------------------------------------------------------------
 # Logs
 
+# (whole second, "YYYY-MM-DDTHH:MM:SS") of the last timestamp: one tuple, swapped atomically, so
+# threads (stdlib loggers) may share it.
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp(now: float | None = None) -> str:
+    """`now` (default: time.time()) as UTC ISO 8601 with microseconds and "Z".
+
+    E.g. "2026-11-25T13:36:55.777451Z". The date and time of day are formatted once per second;
+    the rest is one f-string, several times cheaper than datetime.isoformat().
+    """
+    global _ts_cache
+    t = time.time() if now is None else now
+    sec = int(t)
+    cached_sec, prefix = _ts_cache
+    if sec != cached_sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _ts_cache = (sec, prefix)
+    return f"{prefix}.{int((t - sec) * 1_000_000):06d}Z"
+
+
+def _timestamp(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["timestamp"] = utc_timestamp()
+    return event
+
 
 def _trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     if _tracer_provider is not None and "trace_id" not in event:
@@ -128,6 +156,88 @@ def _trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any
 
 def _json(_logger: Any, _name: str, event: dict[str, Any]) -> str:
     return orjson.dumps(event, default=repr).decode()
+
+
+_STRUCTLOG_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_STRUCTLOG_PREFIX_LEN = len(_STRUCTLOG_PREFIX)
+# structlog's registry of the ContextVars behind bind_contextvars (one per key ever bound).
+# Asking each of them is cheaper than walking the whole context like merge_contextvars does;
+# if a structlog release drops the registry, get_contextvars() gives the same answer.
+_structlog_vars: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+def _bound_contextvars() -> list[tuple[str, Any]]:
+    """The (key, value) pairs bound with structlog.contextvars in this context."""
+    registry = _structlog_vars
+    if registry is None:  # pragma: no cover - depends on the structlog release
+        return list(structlog.contextvars.get_contextvars().items())
+    out = []
+    for name, var in tuple(registry.items()):
+        value = var.get()
+        if value is not Ellipsis:  # unset, or unbound with unbind_contextvars()
+            out.append((name[_STRUCTLOG_PREFIX_LEN:], value))
+    return out
+
+
+class _LineLog:
+    """What configure_logging set up, for log_line(): level, service and the processors."""
+
+    __slots__ = ("level", "service", "processors", "count")
+
+    def __init__(self, level: int, service: str, processors: list[Any]):
+        self.level = level
+        self.service = service
+        self.processors = processors
+        self.count = len(processors)
+
+
+_line_log: _LineLog | None = None
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+                logging.ERROR: "error", logging.CRITICAL: "critical"}
+
+
+def log_enabled(level: int = logging.INFO) -> bool:
+    """Whether a line at `level` would be written (as configured by configure_logging)."""
+    cfg = _line_log
+    return cfg is None or level >= cfg.level
+
+
+def log_line(event: str, fields: dict[str, Any], level: int = logging.INFO, *,
+             logger: Any = None) -> None:
+    """Write one log line for `event` with `fields`, like `logger.<level>(event, **fields)` would.
+
+    The line has the same keys in the same order as the configured structlog pipeline renders
+    (the fields, event, the structlog contextvars not among the fields, level, timestamp,
+    service, trace_id/span_id) and goes to the same place (the current sys.stdout), but skips
+    the processor chain: it is meant for events logged on every request. Nothing is done when
+    `level` is filtered out. When the process did not call configure_logging, or structlog has
+    since been configured otherwise (e.g. structlog.testing.capture_logs), it logs through
+    `logger` (default: structlog.get_logger("towerco")) instead. `fields` is consumed.
+    """
+    cfg = _line_log
+    processors = structlog.get_config()["processors"]
+    # (capture_logs swaps the processors inside the same list, hence the look at its content)
+    if cfg is None or processors is not cfg.processors or len(processors) != cfg.count or processors[-1] is not _json:
+        log = logger if logger is not None else structlog.get_logger("towerco")
+        getattr(log, _LEVEL_NAMES.get(level, "info"))(event, **fields)
+        return
+    if level < cfg.level:
+        return
+    fields["event"] = event
+    for key, value in _bound_contextvars():
+        if key not in fields:
+            fields[key] = value
+    fields["level"] = _LEVEL_NAMES.get(level, "info")
+    fields["timestamp"] = utc_timestamp()
+    if cfg.service and "service" not in fields:
+        fields["service"] = cfg.service
+    if _tracer_provider is not None and "trace_id" not in fields:
+        ids = current_trace_ids()
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
+    out = sys.stdout
+    out.write(orjson.dumps(fields, default=repr, option=orjson.OPT_APPEND_NEWLINE).decode())
+    out.flush()
 
 
 class _StdoutLogger:
@@ -151,11 +261,12 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure_logging(settings: Settings, service: str = "") -> None:
     """Configure structlog JSON logging (and route stdlib logging through it). Idempotent."""
+    global _line_log
     level = _LEVELS.get(settings.log_level.lower(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        _timestamp,
     ]
     if service:
         def add_service(_l: Any, _n: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -164,18 +275,18 @@ def configure_logging(settings: Settings, service: str = "") -> None:
 
         shared.append(add_service)
     shared.append(_trace_ids)
+    processors = [*shared, structlog.processors.dict_tracebacks, _json]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.dict_tracebacks,
-            _json,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_stdout_logger_factory,
         cache_logger_on_first_use=True,
     )
+    _line_log = _LineLog(level, service, structlog.get_config()["processors"])
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        # ExtraAdder: a stdlib record's `extra=` fields become keys (e.g. the sdk breaker's
+        # target, from_state and to_state), as structlog keyword arguments do.
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.dict_tracebacks,

@@ -208,8 +208,11 @@ class CircuitBreaker:
         self._trials_started = 0
         self._trials_ok = 0
         self._metrics = _get_metrics() if metrics else None
+        # The rejection counter's child, bound once: a rejection is the hot path of an open breaker.
+        self._rejected = None
         if self._metrics is not None and self._metrics.state is not None:
             self._metrics.state.labels(target).set(int(State.CLOSED))
+            self._rejected = self._metrics.rejected.labels(target)
 
     # -- inspection ---------------------------------------------------------------------------
     @property
@@ -247,6 +250,18 @@ class CircuitBreaker:
 
     # -- the protocol ---------------------------------------------------------------------------
     def acquire(self) -> Permit:
+        """A permit to call, or CircuitOpenError when the call is rejected (see `try_acquire`)."""
+        permit = self.try_acquire()
+        if isinstance(permit, Permit):
+            return permit
+        raise CircuitOpenError(self.target, permit)
+
+    def try_acquire(self) -> Permit | float:
+        """A permit, or (rejected) the seconds until the breaker may let calls through again.
+
+        The same decision as `acquire` without raising, so a caller can fail fast without the
+        cost of an exception travelling through its frames (the client interceptor does this).
+        Rejections are counted and never logged one by one; state changes are logged."""
         now = self._clock()
         with self._lock:
             state = self._state
@@ -262,9 +277,9 @@ class CircuitBreaker:
             self._announce(*change)
         if permit is not None:
             return permit
-        if self._metrics is not None and self._metrics.rejected is not None:
-            self._metrics.rejected.labels(self.target).inc()
-        raise CircuitOpenError(self.target, retry_in)
+        if self._rejected is not None:
+            self._rejected.inc()
+        return retry_in
 
     def release(self, permit: Permit) -> None:
         """Give a permit back without an outcome (client-side cancellation)."""

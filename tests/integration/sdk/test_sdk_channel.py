@@ -413,3 +413,37 @@ async def test_client_streaming_carries_metadata_and_feeds_the_breaker(clock):
     assert servicer.metadata[0]["authorization"] == "Bearer ingest-token"
     assert all(md["x-correlation-id"] == "batch-7" for md in servicer.metadata[:2])
     assert len(servicer.metadata) == 4
+
+
+async def test_rejected_call_is_a_finished_unavailable_call_and_leaves_no_garbage(peer):
+    import gc
+
+    cb = CircuitBreaker(peer.target, SMALL)
+    cb.force_open()
+    channel, stub = stub_for(peer.target, breaker=cb)
+    async with channel:
+        call = stub.GetSite(GET, timeout=5)
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE
+        assert (await call.details()).startswith(f"circuit open for {peer.target}")
+        assert call.done() and not call.cancelled()
+        with pytest.raises(CircuitOpenError) as err:
+            await call
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        del err, call
+        # Rejecting builds no reference cycles: nothing is left for the garbage collector, whose
+        # pauses would otherwise show in the fail-fast latency.
+        for _ in range(20):  # warm-up
+            with pytest.raises(CircuitOpenError):
+                await stub.GetSite(GET, timeout=5)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(100):
+                try:
+                    await stub.GetSite(GET, timeout=5)
+                except CircuitOpenError:
+                    pass
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+    assert peer.servicer.calls["GetSite"] == 0

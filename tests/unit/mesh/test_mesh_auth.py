@@ -151,3 +151,47 @@ def test_bearer_parsing() -> None:
     assert auth.bearer_token("bearer  abc ") == "abc"
     assert auth.bearer_token("Basic abc") == ""
     assert auth.bearer_token("abc") == ""
+
+
+def test_authenticator_caches_by_authorization_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = auth.Authenticator(S)
+    token = mint_token(subject="alice", tenant="airtel", roles=["viewer"], ttl_s=60, settings=S)
+    first = a.verify_authorization(f"Bearer {token}")
+    assert first.subject == "alice" and first.tenant == "airtel" and first.token == token
+    # A repeat caller is answered from the cache: no JWT work at all.
+    monkeypatch.setattr(auth, "_verify", lambda *_a, **_k: pytest.fail("verified again"))
+    assert a.verify_authorization(f"Bearer {token}") is first
+    # ...and the same token spelled differently shares the token cache.
+    assert a.verify_authorization(f"bearer  {token} ") is first
+    # Until it expires (exp + leeway): then it is verified again (and PyJWT refuses it).
+    later = time.time() + 400
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    verified: list[str] = []
+
+    def refuse(tok: str, *_a: object) -> None:
+        verified.append(tok)
+        raise AuthError("token expired")
+
+    monkeypatch.setattr(auth, "_verify", refuse)
+    with pytest.raises(AuthError, match="expired"):
+        a.verify_authorization(f"Bearer {token}")
+    assert verified == [token]
+
+
+def test_authenticator_refusals_are_never_cached() -> None:
+    a = auth.Authenticator(S)
+    for value in ("", "Basic abc", "Bearer", "token-without-scheme"):
+        with pytest.raises(auth.MissingBearer):
+            a.verify_authorization(value)
+    bad = "Bearer " + mint_token(subject="alice", tenant="*", roles=["viewer"], settings=S) + "x"
+    for _ in range(2):
+        with pytest.raises(AuthError, match="bad signature"):
+            a.verify_authorization(bad)
+    assert not a._by_header and not a._cache
+
+
+def test_authenticator_cache_stays_bounded() -> None:
+    a = auth.Authenticator(S, max_entries=3)
+    for i in range(10):
+        a.verify_authorization("Bearer " + mint_token(subject=f"u{i}", tenant="*", roles=["viewer"], settings=S))
+    assert len(a._by_header) <= 3 and len(a._cache) <= 3

@@ -341,3 +341,23 @@ def test_circuit_open_error_is_a_grpc_error_and_pickles():
     assert err.details() == "circuit open for sites:7001; retry in 1.3s"
     again = pickle.loads(pickle.dumps(err))
     assert again.details() == err.details()
+
+
+def test_try_acquire_decides_like_acquire_without_raising() -> None:
+    clock = Clock()
+    target = f"try-{uuid.uuid4().hex[:8]}"
+    cb = CircuitBreaker(target, BreakerConfig(open_base_s=2.0, jitter=0.0), clock=clock)
+    permit = cb.try_acquire()
+    assert not isinstance(permit, float)
+    assert not permit.trial and permit.started == clock.now
+    cb.force_open()
+    before = REGISTRY.get_sample_value("towerco_breaker_rejected_total", {"target": target}) or 0.0
+    clock.now += 0.5
+    assert cb.try_acquire() == pytest.approx(1.5)  # rejected: seconds until half-open
+    with pytest.raises(CircuitOpenError) as err:
+        cb.acquire()
+    assert err.value.retry_in_s == pytest.approx(1.5)
+    assert REGISTRY.get_sample_value("towerco_breaker_rejected_total", {"target": target}) == before + 2
+    clock.now += 1.6
+    trial = cb.try_acquire()
+    assert not isinstance(trial, float) and trial.trial and cb.state is State.HALF_OPEN
