@@ -318,7 +318,9 @@ class Calculator:
         done = 0
         while True:
             async with self.pool.acquire() as conn:
-                sites = await store.dirty_sites(conn, limit=limit)
+                # only this replica's sites: their marks come from its own partitions (another
+                # replica's would be taken under that replica's feet, holding its site locks)
+                sites = [s for s in await store.dirty_sites(conn, limit=None) if self.owns(s)][:limit]
             if not sites:
                 return done
             # groups of sites, each in one transaction; a few groups at once, so one group's SQL

@@ -63,7 +63,7 @@ async def mark_dirty(conn: asyncpg.Connection, *, hours: Mapping[str, Iterable[i
     return len(sites)
 
 
-async def dirty_sites(conn: asyncpg.Connection, *, limit: int) -> list[str]:
+async def dirty_sites(conn: asyncpg.Connection, *, limit: int | None) -> list[str]:
     rows = await conn.fetch("SELECT DISTINCT site_id FROM kpi.dirty_hour ORDER BY site_id LIMIT $1", limit)
     return [r["site_id"] for r in rows]
 
