@@ -223,6 +223,8 @@ async def _load(args: argparse.Namespace) -> dict:
         "client": ("asyncio" if args.mode == "http" else "grpc.aio") + ("+uvloop" if _uvloop() else ""),
         "client_cpu_us_per_req": round(cpu / max(n, 1) * 1e6, 1),
         "error_statuses": sorted(set(errors))[:5],
+        "elapsed_s": elapsed,
+        "lat_ms": [round(x * 1000, 3) for x in lat],
     }
 
 
@@ -273,7 +275,12 @@ def run_load(mode: str, target: str, ids: list[str], token: str, concurrency: in
            "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup), "--rate", str(rate)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the client says when its measured window starts (after connecting and warming up)
-    marker = proc.stderr.readline()
+    marker = ""
+    while not marker.startswith("measuring"):
+        line = proc.stderr.readline()
+        if not line:
+            break
+        marker = line if line.startswith("measuring") else marker + line
     before = [_cpu(p) for p in watched]
     out, err = proc.communicate()
     after = [_cpu(p) for p in watched]
@@ -468,20 +475,20 @@ def main_bench(args: argparse.Namespace) -> int:
             ("grpc_direct", "grpc", f"127.0.0.1:{sites_port}", [sites_proc, pg_proc]),
             ("gateway", "http", f"127.0.0.1:{gw_port}", [gw_proc, sites_proc, pg_proc]),
         ]
-        results: dict[str, dict] = {}
-        for name, mode, target, watched in plan:  # saturation: closed loop, 50 connections
-            if mode == "http" and shutil.which("wrk"):
-                run_load(mode, target, ids, token, args.concurrency, args.warmup, 0)  # warm-up, not measured
-                results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 0, watched=watched)
-            else:
-                results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, args.warmup,
-                                         watched=watched)
+        if shutil.which("wrk"):  # wrk reports percentiles only, so its runs are not cut into rounds
+            results: dict[str, dict] = {}
+            for name, mode, target, watched in plan:  # saturation: closed loop, 50 connections
+                if mode == "http":
+                    run_load(mode, target, ids, token, args.concurrency, args.warmup, 0)  # warm-up, not measured
+                    results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 0, watched=watched)
+                else:
+                    results[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, args.warmup,
+                                             watched=watched)
+        else:
+            results = _in_rounds(plan, ids, token, args, rate=0.0)
         # latency under load: the same offered rate for all three, one every target sustains
         rate = args.rate or max(50.0, round(0.5 * min(r["rps"] for r in results.values()) / 50) * 50)
-        at_rate: dict[str, dict] = {}
-        for name, mode, target, watched in reversed(plan):  # reversed: drift in the machine's load evens out
-            at_rate[name] = run_load(mode, target, ids, token, args.concurrency, args.duration, 1.0, rate=rate,
-                                     watched=watched)
+        at_rate = _in_rounds(plan, ids, token, args, rate=rate)
         conv = conversion_us()
     finally:
         for p in procs:
@@ -528,6 +535,7 @@ def main_bench(args: argparse.Namespace) -> int:
         "bench": "gateway",
         "concurrency": args.concurrency,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "monolith_rps": round(results["monolith"]["rps"], 1),
@@ -563,6 +571,42 @@ def main_bench(args: argparse.Namespace) -> int:
     }
     print(json.dumps(figures))
     return 0
+
+
+def _in_rounds(plan, ids: list[str], token: str, args: argparse.Namespace, *, rate: float) -> dict[str, dict]:
+    """Each target's measured time cut into `args.rounds` slices taken in turn (A B C, C B A,
+    A B C, ...), so a change in the rest of the machine's load falls on all three alike; the
+    slices' samples are merged into one result per target."""
+    rounds = max(1, args.rounds)
+    parts: dict[str, list[dict]] = {name: [] for name, *_ in plan}
+    for k in range(rounds):
+        for name, mode, target, watched in plan if k % 2 == 0 else list(reversed(plan)):
+            parts[name].append(run_load(mode, target, ids, token, args.concurrency, args.duration / rounds,
+                                        args.warmup / rounds, rate=rate, watched=watched))
+    return {name: _merge(ps) for name, ps in parts.items()}
+
+
+def _merge(parts: list[dict]) -> dict:
+    lat = sorted(x for p in parts for x in p.pop("lat_ms"))
+    n = len(lat)
+    total = max(sum(p["requests"] for p in parts), 1)
+
+    def weighted(values: list[float]) -> float:
+        return round(sum(v * p["requests"] for v, p in zip(values, parts, strict=True)) / total, 1)
+
+    return {
+        "requests": n,
+        "errors": sum(p["errors"] for p in parts),
+        "rps": n / sum(p["elapsed_s"] for p in parts),
+        "p50_ms": lat[n // 2] if lat else None,
+        "p99_ms": lat[min(int(n * 0.99), n - 1)] if lat else None,
+        "max_ms": lat[-1] if lat else None,
+        "client": parts[0]["client"],
+        "client_cpu_us_per_req": weighted([p["client_cpu_us_per_req"] for p in parts]),
+        "cpu_us_per_req": [weighted([p["cpu_us_per_req"][i] for p in parts]) for i in range(len(parts[0]["cpu_us_per_req"]))],
+        "error_statuses": sorted({s for p in parts for s in p["error_statuses"]})[:5],
+        "rounds": len(parts),
+    }
 
 
 def _cpu(proc) -> float:
@@ -631,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--sites", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="cut each target's time into this many slices taken in turn with the others")
     parser.add_argument("--rate", type=float, default=0,
                         help="offered rate of the fixed-rate phase (default: half the slowest target's saturation rate)")
     args = parser.parse_args(argv)
