@@ -65,6 +65,10 @@ def _default_application_name() -> str:
     return f"towerco:{name}"[:63]
 
 
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: pooled connections hold no session state (see create_pool)."""
+
+
 async def create_pool(
     url: str,
     *,
@@ -81,11 +85,20 @@ async def create_pool(
 
     Sessions use timezone UTC and the given application name; the statement cache stays on.
     `init` runs on every new connection (e.g. to register type codecs).
+
+    Pooled connections carry no session state: nothing on a pooled connection may SET a
+    session variable, LISTEN, take a session-level advisory lock or hold a cursor outside a
+    transaction (use `connect()` for that, as migrations, outbox relays and watchers do). So a
+    released connection needs no reset query: asyncpg still rolls back an open transaction and
+    drops listeners itself, and the `RESET ALL; UNLISTEN *; ...` round trip it would otherwise
+    send on every release is saved (one database round trip per request). Pass `reset=` to
+    override.
     """
     if not url:
         raise ValueError("database url is empty (set DATABASE_URL or start the embedded stack)")
     settings = {"timezone": "UTC", "application_name": application_name or _default_application_name()}
     settings.update(kwargs.pop("server_settings", {}) or {})
+    kwargs.setdefault("reset", _no_session_state)
     deadline = time.monotonic() + connect_timeout_s
     delay = 0.1
     while True:

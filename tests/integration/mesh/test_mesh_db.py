@@ -113,3 +113,26 @@ async def test_pool_recovers_by_itself_after_postgres_restart(private_pg, postgr
             assert not ({a.get_server_pid(), b.get_server_pid()} & before)
     finally:
         await pool.close()
+
+
+async def test_release_without_reset_query_still_ends_an_abandoned_transaction(stack):
+    """The pool skips asyncpg's reset query (pooled connections hold no session state), but a
+    connection released mid-transaction is still rolled back, so nothing half-done leaks."""
+    pool = await db.create_pool(stack.database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS public.mesh_db_reset_probe (v int)")
+            await conn.execute("TRUNCATE public.mesh_db_reset_probe")
+        async with pool.acquire() as conn:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("INSERT INTO public.mesh_db_reset_probe VALUES (1)")
+            # released without commit or rollback
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == backend  # same connection reused
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM public.mesh_db_reset_probe") == 0
+            await conn.execute("DROP TABLE public.mesh_db_reset_probe")
+    finally:
+        await pool.close()
