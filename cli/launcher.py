@@ -432,11 +432,9 @@ class Supervisor:
             await asyncio.to_thread(self.nats.stop)
             self.say("NATS stopped")
         if self.pg is not None:
+            # stop() signals the postmaster itself when pg_ctl cannot (e.g. the data folder
+            # became unreachable for the postgres user)
             await asyncio.to_thread(self.pg.stop)
-            # pg_ctl can fail (e.g. the data folder became unreachable for the postgres user):
-            # then stop the postmaster by its pid.
-            if await asyncio.to_thread(stop_postmaster, self.pg.data_dir):
-                self.say("PostgreSQL: pg_ctl stop failed; stopped the postmaster directly")
             self.say("PostgreSQL stopped")
         self.phase = "stopped"
         with contextlib.suppress(Exception):

@@ -10,31 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
-from mesh import db, events
+from mesh import db, events, lifecycle
 from mesh.config import get_settings
 from mesh.observability import configure_logging, start_metrics_server
 from workers.ingestor.consumer import Ingestor
 from workers.ingestor.domain import IngestorConfig
 
 log = logging.getLogger("towerco.ingestor")
-
-
-async def wait_for_schema(pool, *, timeout_s: float = 120.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        try:
-            async with pool.acquire() as conn:
-                if await conn.fetchval("SELECT to_regclass('telemetry.ingested_messages') IS NOT NULL"):
-                    return
-        except Exception as exc:  # noqa: BLE001
-            if not db.is_unavailable(exc):
-                raise
-        if loop.time() > deadline:
-            raise RuntimeError("the telemetry schema does not exist: run `towerco migrate`")
-        await asyncio.sleep(1.0)
 
 
 async def serve() -> None:
@@ -53,23 +36,11 @@ async def serve() -> None:
     nc = await events.connect(settings.nats_url, name="ingestor")
     try:
         js = nc.jetstream()
-        await wait_for_schema(pool)
+        await lifecycle.wait_for_table(pool, "telemetry.ingested_messages")
         await events.ensure_streams(js)
         ingestor = Ingestor(pool, js, config=config)
-        task = asyncio.create_task(ingestor.run())
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
         log.info("ingestor consuming %s as %s", events.TELEMETRY_STREAM, "ingestor")
-        done, _ = await asyncio.wait([task, asyncio.create_task(stopping.wait())],
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # surface a crash
-        await ingestor.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await lifecycle.run_until_signalled(ingestor)
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -14,12 +14,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 
 from towerco.common.v1 import common_pb2
 from towerco.sites.v1 import sites_pb2
 
-from mesh import db, events
+from mesh import db, events, lifecycle
 from mesh.auth import service_token
 from mesh.config import get_settings
 from mesh.observability import configure_logging, start_metrics_server
@@ -27,22 +26,6 @@ from sdk import Client
 from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
 
 log = logging.getLogger("towerco.kpi_calculator")
-
-
-async def wait_for_schema(pool, *, timeout_s: float = 120.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        try:
-            async with pool.acquire() as conn:
-                if await conn.fetchval("SELECT to_regclass('kpi.tenancy_hour') IS NOT NULL"):
-                    return
-        except Exception as exc:  # noqa: BLE001
-            if not db.is_unavailable(exc):
-                raise
-        if loop.time() > deadline:
-            raise RuntimeError("the kpi schema does not exist: run `towerco migrate`")
-        await asyncio.sleep(1.0)
 
 
 def register_fetcher(target: str):
@@ -81,25 +64,13 @@ async def serve() -> None:
     nc = await events.connect(settings.nats_url, name="kpi_calculator")
     try:
         js = nc.jetstream()
-        await wait_for_schema(pool)
+        await lifecycle.wait_for_table(pool, "kpi.tenancy_hour")
         await events.ensure_streams(js)
         calc = Calculator(pool, js, config=config, partition_count=settings.partitions,
                           fetch_register=register_fetcher(settings.target("sites")),
                           database_url=settings.database_url)
-        task = asyncio.create_task(calc.run())
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
         log.info("kpi_calculator consuming partitions %s", list(config.partitions))
-        done, _ = await asyncio.wait([task, asyncio.create_task(stopping.wait())],
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        await calc.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await lifecycle.run_until_signalled(calc)
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -1,0 +1,58 @@
+"""What every worker process shares: wait for its schema, run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Protocol
+
+import asyncpg
+
+from mesh import db
+
+log = logging.getLogger("towerco.lifecycle")
+
+
+class Worker(Protocol):
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def wait_for_table(pool: asyncpg.Pool, table: str, *, timeout_s: float = 120.0) -> None:
+    """Wait until `table` (schema-qualified) exists, riding out a database that is still starting;
+    `towerco migrate` (or the owning service) creates it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+                    return
+        except Exception as exc:  # noqa: BLE001 - only an unreachable database is waited out
+            if not db.is_unavailable(exc):
+                raise
+        if loop.time() > deadline:
+            schema = table.split(".")[0]
+            raise RuntimeError(f"the {schema} schema does not exist: run `towerco migrate`")
+        await asyncio.sleep(1.0)
+
+
+async def run_until_signalled(worker: Worker) -> None:
+    """Run `worker.run()` until SIGTERM/SIGINT (then `worker.stop()` lets it finish the batch in
+    hand) or until it crashes (the exception propagates, so the supervisor restarts the process)."""
+    task = asyncio.create_task(worker.run())
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    waiter = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()  # surface a crash
+    await worker.stop()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
