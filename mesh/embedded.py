@@ -81,6 +81,9 @@ class EmbeddedPostgres:
             parent = self.data_dir.parent.resolve()
             ensure_prefix_permissions(parent)
             parent.chmod(parent.stat().st_mode | 0o055)
+            # the server user must reach the binaries too: the venv may sit in a private folder
+            # (a fresh clone in a mktemp -d folder is 0700)
+            ensure_prefix_permissions(POSTGRES_BIN_PATH.parent.resolve())
             ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
             ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
             ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", 0o044)
