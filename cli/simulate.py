@@ -29,6 +29,7 @@ import re
 import signal
 import sys
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,6 +208,10 @@ async def _main(args: argparse.Namespace, rates: dict[str, float], start: float)
                   file=sys.stderr)
             return 1
         fleet = Fleet(_specs(sites, args.seed), seed=args.seed, start=start, rates=rates, on_fault=on_fault)
+        # Batch ids are deterministic (a re-run stores nothing twice) but must differ between
+        # fleets: the ingestor treats a known message id as a redelivery and skips it, so two
+        # fleets sharing a seed and timestamps would silently lose each other's samples.
+        fleet_key = zlib.crc32(",".join(sorted(s.id for s in sites)).encode()) & 0xFFFFFFFF
         if not args.quiet:
             print(f"simulate: {len(sites)} sites from {_iso(start)}, every {args.interval:g}s, "
                   f"speed {'max' if args.speed == 0 else f'{args.speed:g}x'}; ground truth -> {truth_path}",
@@ -243,7 +248,7 @@ async def _main(args: argparse.Namespace, rates: dict[str, float], start: float)
             steps += 1
             reqs = []
             for i in range(0, len(samples), MAX_BATCH):
-                req = telemetry_pb2.IngestRequest(batch_id=f"sim-{args.seed}-{int(fleet.t * 1000)}-{i // MAX_BATCH}")
+                req = telemetry_pb2.IngestRequest(batch_id=f"sim-{fleet_key:08x}-{args.seed}-{int(fleet.t * 1000)}-{i // MAX_BATCH}")
                 for sid, metric, tenant, t, value in samples[i:i + MAX_BATCH]:
                     s = req.samples.add(site_id=sid, metric=metric, tenant_id=tenant, value=value)
                     s.time.FromNanoseconds(int(t * 1e9))
