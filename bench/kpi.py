@@ -456,7 +456,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=INGEST_TARGET_SPS,
                     help="publish rate of the paced run, samples/s (the ingest target)")
     ap.add_argument("--calc-timeout", type=float, default=600.0)
-    ap.add_argument("--calc-replicas", type=int, default=1)
+    # two replicas, as bench.ingest runs two ingestors: stateful workers scale by splitting partitions
+    ap.add_argument("--calc-replicas", type=int, default=2)
     args = ap.parse_args()
     f = asyncio.run(main_async(args))
     rows = [] if "report_ms" not in f else [

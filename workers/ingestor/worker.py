@@ -7,7 +7,6 @@ SIGTERM/SIGINT, finishing the batch in hand before it exits. Run as many replica
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -50,7 +49,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    asyncio.run(serve())
+    lifecycle.run(serve())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the kpi schema is used. Prometheus metrics on TOWERCO_KPI_CALCULATOR_METRICS_POR
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -80,7 +79,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    asyncio.run(serve())
+    lifecycle.run(serve())
 
 
 if __name__ == "__main__":
