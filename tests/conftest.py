@@ -9,6 +9,7 @@ fault-injection tests that restart a server are skipped then, because they need 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,3 +65,4 @@ def stack() -> Iterator[Stack]:
             nats.stop()
         if pg:
             pg.stop(mode="immediate")
+        shutil.rmtree(tmp, ignore_errors=True)  # server data and logs of this session
