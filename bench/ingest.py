@@ -40,6 +40,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.procs import cpu_seconds, pg_postmaster
+
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["mains_present", "dg_running", "fuel_level_l", "dc_bus_v", "load_a", "battery_soc_pct",
            "battery_v", "cabinet_temp_c", "door_open", "rectifier_fault"]
@@ -188,25 +190,6 @@ async def ceiling(url: str, args: argparse.Namespace, t0: float) -> float:
     return len(records) / elapsed
 
 
-def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each group of processes (and their children)."""
-    import psutil
-
-    out = {}
-    for name, group in pids.items():
-        total = 0.0
-        for pid in group:
-            try:
-                proc = psutil.Process(pid)
-                for p in [proc, *proc.children(recursive=True)]:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-            except psutil.Error:
-                pass
-        out[name] = total
-    return out
-
-
 async def phase(mode: str, url: str, env: dict, args: argparse.Namespace, t0: float, ingestors: list,
                 pids: dict[str, list[int]]) -> dict:
     import asyncpg
@@ -275,10 +258,6 @@ async def phase(mode: str, url: str, env: dict, args: argparse.Namespace, t0: fl
     }
 
 
-def pg_postmaster(pg) -> int:
-    return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-
-
 async def orchestrate(args: argparse.Namespace) -> dict:
     import grpc
     from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
@@ -316,7 +295,7 @@ async def orchestrate(args: argparse.Namespace) -> dict:
         t0 = float(int(time.time()) - 3 * 3600)
         results = {"ceiling_sps": await ceiling(pg.url, args, t0)}
         pids = {"telemetry": [procs[1].p.pid], "ingestor": [p.p.pid for p in ingestors],
-                "postgres": [pg_postmaster(pg)], "nats": [nats.process.pid]}
+                "postgres": [pg_postmaster(pg.data_dir)], "nats": [nats.process.pid]}
         results["unary"] = await phase("unary", pg.url, env, args, t0, ingestors, pids)
         results["stream"] = await phase("stream", pg.url, env, args, t0 + 10_000, ingestors, pids)
         results["logs"] = str(tmp)

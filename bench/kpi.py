@@ -57,6 +57,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.procs import cpu_seconds, pg_postmaster
+
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "benchtel"
 INGEST_TARGET_SPS = 150_000  # bench.ingest's target rate (samples/s), what the calculator must keep up with
@@ -275,29 +277,17 @@ def calc_messages(sites: list[str], minutes: range, request: int, tag: str) -> l
 
 
 async def calc_pending(js) -> int:
+    """Messages of TELEMETRY the calculator has not acked yet (one request for every consumer;
+    1 while a consumer is missing)."""
+    infos = {c.name: c for c in await js.consumers_info("TELEMETRY")}
     pending = 0
     for p in range(PARTITIONS):
-        try:
-            info = await js.consumer_info("TELEMETRY", f"kpi-calculator-{p}")
-            pending += info.num_pending + info.num_ack_pending
-        except Exception:  # noqa: BLE001 - not created yet
-            pending += 1
+        info = infos.get(f"kpi-calculator-{p}")
+        pending += 1 if info is None else info.num_pending + info.num_ack_pending
     return pending
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (Linux /proc; 0 elsewhere)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids: list[int]) -> dict:
+async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids: dict[str, list[int]]) -> dict:
     """Publish the messages of `sites` at `rate` samples/s (0: as fast as possible) and time the
     calculator: consumers drained (every sample folded into its minute), then every marked hour
     re-evaluated. Checks that every sample was folded in exactly once."""
@@ -306,7 +296,7 @@ async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids
     now_min = int(time.time()) // 60
     messages = calc_messages(sites, range(now_min - args.calc_minutes, now_min), args.request, tag)
     total = sum(m[3] for m in messages)
-    cpu0 = cpu_seconds(pids)
+    cpu0 = cpu_seconds(pids) | {"publisher": time.process_time()}  # this process alone
     t0 = time.perf_counter()
     sent = 0
     for part, mid, data, n in messages:
@@ -329,10 +319,12 @@ async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids
             raise RuntimeError(f"calculator not done after {args.calc_timeout}s")
         await asyncio.sleep(0.02)
     t_done = time.perf_counter()
-    cpu = cpu_seconds(pids) - cpu0
+    cpu1 = cpu_seconds(pids) | {"publisher": time.process_time()}
+    cpu_us = {k: round((cpu1[k] - cpu0[k]) * 1e6 / total, 2) for k in cpu1}
+    cpu = cpu1["calculator"] - cpu0["calculator"]
     async with pool.acquire() as conn:
         folded = await conn.fetchval(
-            "SELECT sum((a.value->>0)::int8) FROM kpi.site_minute m, jsonb_each(m.aggs) a "
+            "SELECT sum((a.value->>0)::int8) FROM kpi.site_minute m, jsonb_each(convert_from(m.aggs, 'UTF8')::jsonb) a "
             "WHERE m.site_id LIKE $1", f"{tag}-%")
         rows = await conn.fetchval(
             "SELECT count(*) FROM kpi.tenancy_hour WHERE tenant_id = 'opa' AND site_id LIKE $1", f"{tag}-%")
@@ -340,10 +332,10 @@ async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids
     return {"samples": total, "messages": len(messages), "publish_sps": round(total / (t_pub - t0)),
             "fold_sps": round(total / (t_drained - t0)), "calc_sps": round(total / (t_done - t0)),
             "fold_lag_s": round(t_drained - t_pub, 2), "lag_s": round(t_done - t_pub, 2), "tenancy_hours": rows,
-            "cpu_s": round(cpu, 2), "sps_per_cpu_s": round(total / cpu) if cpu else 0}
+            "cpu_s": round(cpu, 2), "sps_per_cpu_s": round(total / cpu) if cpu else 0, "cpu_us_per_sample": cpu_us}
 
 
-async def phase_calculator(args, env, pool, js, tmp: Path) -> dict:
+async def phase_calculator(args, env, pool, js, tmp: Path, servers: dict[str, list[int]]) -> dict:
     """Two runs on fresh sites each: `paced` publishes at the ingest target rate (--rate), as the
     ingest API would feed TELEMETRY; `burst` publishes as fast as it can, so the calculator's own
     capacity is what is measured (as before: samples / first publish -> all done)."""
@@ -358,13 +350,14 @@ async def phase_calculator(args, env, pool, js, tmp: Path) -> dict:
             records=[(f"c-{s}-{t}", s, t) for s in all_sites for t in CALC_TENANTS])
     workers = []
     for r in range(args.calc_replicas):
-        wenv = dict(env)
+        wenv = dict(env, TOWERCO_LOG_LEVEL="info")  # its stats line at exit
         if args.calc_replicas > 1:  # the 16 partitions split over the replicas, as in deployment
             wenv["TOWERCO_KPI_PARTITIONS"] = ",".join(
                 str(p) for p in range(PARTITIONS) if p % args.calc_replicas == r)
         workers.append(spawn("workers.kpi_calculator.worker", wenv, tmp / f"kpi_calculator{r}.log",
                              profile=f"kpi_calculator{r}"))
     try:
+        pids = {"calculator": [w.pid for w in workers], **servers}
         for _ in range(300):  # every consumer created (at most 60 s)
             if not await calc_pending(js):
                 break
@@ -372,11 +365,12 @@ async def phase_calculator(args, env, pool, js, tmp: Path) -> dict:
         out: dict = {"ingest_target_sps": round(args.rate), "calc_replicas": args.calc_replicas}
         for name, tag in runs.items():
             r = await calc_run(args, pool, js, sites[tag], tag, args.rate if name == "paced" else 0.0,
-                               [w.pid for w in workers])
+                               pids)
             if name == "burst":  # the figures of earlier runs, same definitions
                 out.update(calc_samples=r["samples"], publish_sps=r["publish_sps"], calc_sps=r["calc_sps"],
                            fold_sps=r["fold_sps"], lag_s=r["lag_s"], calc_tenancy_hours=r["tenancy_hours"],
-                           calc_cpu_s=r["cpu_s"], calc_sps_per_cpu_s=r["sps_per_cpu_s"])
+                           calc_cpu_s=r["cpu_s"], calc_sps_per_cpu_s=r["sps_per_cpu_s"],
+                           calc_cpu_us_per_sample=r["cpu_us_per_sample"])
             else:
                 out.update({f"paced_{k}": v for k, v in r.items() if k != "tenancy_hours"})
         # keeps up: drains a burst faster than ingest produces, and at the ingest rate every
@@ -426,7 +420,8 @@ async def main_async(args) -> dict:
                 async with pool.acquire() as conn:
                     await conn.execute("VACUUM ANALYZE kpi.tenancy_hour, kpi.tenancy_day, kpi.site_hour")
                     await conn.execute("CHECKPOINT")
-            figures.update(await phase_calculator(args, env, pool, js, tmp))
+            servers = {"postgres": [pg_postmaster(pg.data_dir)], "nats": [nats.process.pid]}
+            figures.update(await phase_calculator(args, env, pool, js, tmp, servers))
         await nc.close()
         await pool.close()
         figures["logs"] = str(tmp)
@@ -482,6 +477,8 @@ def main() -> None:
              f"vs ingest {tgt}; lag {f['lag_s']} s (folded after {f['fold_sps']} samples/s)"),
             ("  burst: calculator CPU (all replicas)", f"{f['calc_cpu_s']} s",
              f"{f['calc_sps_per_cpu_s']} samples per CPU second"),
+            ("  burst: CPU per sample", f"{sum(f['calc_cpu_us_per_sample'].values()):.1f} us",
+             ", ".join(f"{k} {v}" for k, v in f["calc_cpu_us_per_sample"].items())),
             ("  keeps up with ingest", "yes" if f["keeps_up"] else "NO", ""),
         ]
     width = max(len(r[0]) for r in rows)
