@@ -112,7 +112,7 @@ async def load_minutes_raw(conn: asyncpg.Connection, *, keys: Iterable[tuple[str
     if not keys:
         return {}
     rows = await conn.fetch(
-        "SELECT m.site_id, k.e, m.aggs::text FROM kpi.site_minute m "
+        "SELECT m.site_id, k.e, m.aggs FROM kpi.site_minute m "
         "JOIN unnest($1::text[], $2::int8[]) AS k(site_id, e) "
         "ON m.site_id = k.site_id AND m.minute = to_timestamp(k.e * 60) FOR UPDATE OF m",
         [k[0] for k in keys], [k[1] for k in keys])
@@ -133,15 +133,15 @@ async def save_minutes_raw(conn: asyncpg.Connection, *, minutes: Mapping[tuple[s
     dumps = orjson.dumps
     await conn.execute(
         "INSERT INTO kpi.site_minute (site_id, minute, aggs) "
-        "SELECT s, to_timestamp(e * 60), a::jsonb FROM unnest($1::text[], $2::int8[], $3::text[]) AS k(s, e, a) "
+        "SELECT s, to_timestamp(e * 60), a FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS k(s, e, a) "
         "ON CONFLICT (site_id, minute) DO UPDATE SET aggs = EXCLUDED.aggs",
-        [k[0] for k, _ in items], [k[1] for k, _ in items], [dumps(v).decode() for _, v in items])
+        [k[0] for k, _ in items], [k[1] for k, _ in items], [dumps(v) for _, v in items])
 
 
 async def minute_states(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int
                         ) -> dict[int, domain.MinuteState]:
     rows = await conn.fetch(
-        "SELECT (extract(epoch FROM minute) / 60)::int8, aggs::text FROM kpi.site_minute "
+        "SELECT (extract(epoch FROM minute) / 60)::int8, aggs FROM kpi.site_minute "
         "WHERE site_id = $1 AND minute >= $2 AND minute < $3", site_id, ts(lo), ts(hi))
     loads = orjson.loads
     state = domain.minute_state_raw
@@ -156,7 +156,7 @@ async def minute_states_many(conn: asyncpg.Connection, *, ranges: Mapping[str, t
         return out
     items = sorted(ranges.items())
     rows = await conn.fetch(
-        "SELECT m.site_id, (extract(epoch FROM m.minute) / 60)::int8, m.aggs::text "
+        "SELECT m.site_id, (extract(epoch FROM m.minute) / 60)::int8, m.aggs "
         "FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(s, lo, hi) JOIN kpi.site_minute m "
         "ON m.site_id = k.s AND m.minute >= to_timestamp(k.lo * 60) AND m.minute < to_timestamp(k.hi * 60)",
         [k for k, _ in items], [r[0] for _, r in items], [r[1] for _, r in items])
@@ -326,18 +326,29 @@ async def unpublished_hours(conn: asyncpg.Connection, *, closed_before: int, sit
     return rows
 
 
-async def tenancy_rows_of(conn: asyncpg.Connection, *, site_id: str, hour: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT h.*, COALESCE(t.sla_target, 0) AS sla_target FROM kpi.tenancy_hour h "
+async def tenancy_rows_many(conn: asyncpg.Connection, *, keys: Sequence[tuple[str, int]]
+                            ) -> dict[tuple[str, int], list[asyncpg.Record]]:
+    """The tenancy rows of these site-hours ((site, hour minute index) -> rows by tenant), with
+    each tenancy's SLA target."""
+    rows = await conn.fetch(
+        "SELECT h.*, (extract(epoch FROM h.hour) / 60)::int8 AS hour_index, COALESCE(t.sla_target, 0) AS sla_target "
+        "FROM unnest($1::text[], $2::int8[]) AS k(s, e) JOIN kpi.tenancy_hour h "
+        "ON h.site_id = k.s AND h.hour = to_timestamp(k.e * 60) "
         "LEFT JOIN LATERAL (SELECT sla_target FROM kpi.tenancy WHERE site_id = h.site_id "
-        "AND tenant_id = h.tenant_id LIMIT 1) t ON true "
-        "WHERE h.site_id = $1 AND h.hour = $2 ORDER BY h.tenant_id", site_id, ts(hour))
+        "AND tenant_id = h.tenant_id LIMIT 1) t ON true ORDER BY h.site_id, h.hour, h.tenant_id",
+        [k[0] for k in keys], [k[1] for k in keys])
+    out: dict[tuple[str, int], list[asyncpg.Record]] = {}
+    for r in rows:
+        out.setdefault((r["site_id"], r["hour_index"]), []).append(r)
+    return out
 
 
-async def mark_published(conn: asyncpg.Connection, *, site_id: str, hour: int, revision: int) -> None:
+async def mark_published_many(conn: asyncpg.Connection, *, rows: Sequence[tuple[str, datetime, int]]) -> None:
+    """Record (site, hour, revision) as announced."""
     await conn.execute(
-        "UPDATE kpi.site_hour SET published_revision = $3 WHERE site_id = $1 AND hour = $2",
-        site_id, ts(hour), revision)
+        "UPDATE kpi.site_hour h SET published_revision = k.r FROM unnest($1::text[], $2::timestamptz[], $3::int8[]) "
+        "AS k(s, t, r) WHERE h.site_id = k.s AND h.hour = k.t",
+        [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
 # --------------------------------------------------------------------------- reference data

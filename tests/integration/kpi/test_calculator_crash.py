@@ -62,7 +62,7 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(stack, pool, js, tmp_
         await eventually(pending, lambda n: n == 0, within=60)
         async with pool.acquire() as conn:
             counts = await conn.fetch(
-                "SELECT (aggs->'dc_bus_v'->>0)::int AS n, count(*) FROM kpi.site_minute "
+                "SELECT (convert_from(aggs, 'UTF8')::jsonb->'dc_bus_v'->>0)::int AS n, count(*) FROM kpi.site_minute "
                 "WHERE site_id = ANY($1::text[]) GROUP BY 1", sites)
         assert [(r["n"], r["count"]) for r in counts] == [(1, len(sites) * 120)]
 
