@@ -37,6 +37,7 @@ import random
 import re
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -112,34 +113,62 @@ def retention_s() -> float:
     return value
 
 
+@dataclass(frozen=True)
+class Event:
+    """One event for `enqueue_many`: the arguments of `enqueue` but the schema."""
+
+    subject: str
+    event_type: str
+    source: str
+    payload: Message
+    tenant_ids: Sequence[str] = ()
+    headers: Mapping[str, str] | None = None
+
+
 async def enqueue(conn: asyncpg.Connection, *, schema: str, subject: str, event_type: str, source: str,
                   payload: Message, tenant_ids: Sequence[str] = (),
                   headers: Mapping[str, str] | None = None) -> Envelope:
     """Add an event to the outbox inside the caller's open transaction and return its Envelope
     (sequence = the outbox row id). It is published only if the transaction commits."""
+    [env] = await enqueue_many(conn, schema=schema, items=[
+        Event(subject, event_type, source, payload, tenant_ids, headers)])
+    return env
+
+
+async def enqueue_many(conn: asyncpg.Connection, *, schema: str, items: Sequence[Event]) -> list[Envelope]:
+    """`enqueue` for several events at once (two statements however many), in the given order."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.enqueue must run inside the caller's transaction")
     s = _check_schema(schema)
-    if not subject.startswith("towerco."):
-        raise ValueError(f"event subject {subject!r} is not on the EVENTS stream (towerco.>)")
+    for e in items:
+        if not e.subject.startswith("towerco."):
+            raise ValueError(f"event subject {e.subject!r} is not on the EVENTS stream (towerco.>)")
+    if not items:
+        return []
     # The lock (held to commit) orders outbox writers; the CTE makes it precede nextval.
-    row_id = await conn.fetchval(
+    ids = sorted(r[0] for r in await conn.fetch(
         f"WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock($1)) "
-        f"SELECT nextval(pg_get_serial_sequence('{s}.outbox', 'id')) FROM l", lock_key(s))
-    env = events.make_envelope(event_type=event_type, source=source, subject=subject, payload=payload,
-                               tenant_ids=tenant_ids, sequence=row_id)
-    data = env.SerializeToString()
-    if len(data) > MAX_ENVELOPE_BYTES:
-        # refuse now, in the writer's transaction, rather than wedge the relay on an unpublishable row
-        raise ValueError(f"event {event_type} is {len(data)} bytes; the limit is {MAX_ENVELOPE_BYTES}")
-    hdrs = events.headers_out(headers)
+        f"SELECT nextval(pg_get_serial_sequence('{s}.outbox', 'id')) FROM l, generate_series(1, $2)",
+        lock_key(s), len(items)))
+    envs, blobs = [], []
+    for row_id, e in zip(ids, items, strict=True):
+        env = events.make_envelope(event_type=e.event_type, source=e.source, subject=e.subject,
+                                    payload=e.payload, tenant_ids=e.tenant_ids, sequence=row_id)
+        data = env.SerializeToString()
+        if len(data) > MAX_ENVELOPE_BYTES:
+            # refuse now, in the writer's transaction, rather than wedge the relay on an unpublishable row
+            raise ValueError(f"event {e.event_type} is {len(data)} bytes; the limit is {MAX_ENVELOPE_BYTES}")
+        envs.append(env)
+        blobs.append(data)
     await conn.execute(
         f"WITH row AS (INSERT INTO {s}.outbox (id, event_id, subject, event_type, envelope, headers) "
-        f"VALUES ($1, $2::uuid, $3, $4, $5, $6::jsonb) RETURNING id) "
-        f"SELECT pg_notify($7, '') FROM row",
-        row_id, env.id, subject, event_type, data, json.dumps(hdrs), channel(s),
+        f"SELECT i, u, sj, t, b, h::jsonb FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], "
+        f"$5::bytea[], $6::text[]) AS k(i, u, sj, t, b, h) RETURNING id) "
+        f"SELECT pg_notify($7, '') FROM (SELECT 1 FROM row LIMIT 1) AS one",
+        ids, [env.id for env in envs], [e.subject for e in items], [e.event_type for e in items], blobs,
+        [json.dumps(events.headers_out(e.headers)) for e in items], channel(s),
     )
-    return env
+    return envs
 
 
 async def read_since(conn: asyncpg.Connection, *, schema: str, after_id: int, limit: int

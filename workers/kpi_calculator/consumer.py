@@ -246,6 +246,7 @@ class Calculator:
     async def stop(self) -> None:
         for c in self.consumers:
             await c.stop()
+        log.info("kpi_calculator stopped: %s", dict(sorted(self.stats.items())))
 
     # -- telemetry
 
@@ -522,15 +523,18 @@ class Calculator:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await store.unpublished_hours(conn, closed_before=closed_before + 1, site_ids=None,
                                                  limit=limit)
+            if not rows:
+                return 0
+            tenancy_rows = await store.tenancy_rows_many(
+                conn, keys=[(row["site_id"], store.minute_index(row["hour"])) for row in rows])
+            items = []
             for row in rows:
-                hour = store.minute_index(row["hour"])
-                tenancy_rows = await store.tenancy_rows_of(conn, site_id=row["site_id"], hour=hour)
-                payload = kpi_pb2.HourComputed(kpis=hour_kpis(row, tenancy_rows, self.ref),
-                                               revision=row["revision"])
-                await outbox.enqueue(conn, schema=SCHEMA, subject=HOUR_SUBJECT, event_type=HOUR_SUBJECT,
-                                     source="kpi_calculator", payload=payload,
-                                     tenant_ids=sorted({r["tenant_id"] for r in tenancy_rows}))
-                await store.mark_published(conn, site_id=row["site_id"], hour=hour, revision=row["revision"])
+                trows = tenancy_rows.get((row["site_id"], store.minute_index(row["hour"])), [])
+                payload = kpi_pb2.HourComputed(kpis=hour_kpis(row, trows, self.ref), revision=row["revision"])
+                items.append(outbox.Event(HOUR_SUBJECT, HOUR_SUBJECT, "kpi_calculator", payload,
+                                          sorted({r["tenant_id"] for r in trows})))
+            await outbox.enqueue_many(conn, schema=SCHEMA, items=items)
+            await store.mark_published_many(conn, rows=[(r["site_id"], r["hour"], r["revision"]) for r in rows])
         self.stats["hours_published"] += len(rows)
         return len(rows)
 

@@ -262,6 +262,34 @@ async def test_oversized_event_is_refused_in_the_writers_transaction(pool, schem
         assert await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
 
 
+async def test_enqueue_many_writes_every_event_in_order_and_publishes_each_once(pool, js, schema, topic,
+                                                                                  stream_messages):
+    subject = f"{topic}.many"
+    items = [outbox.Event(subject, "towerco.test.said", "tests", wrappers_pb2.StringValue(value=f"v{i}"),
+                          [f"tenant-{i}"], {"x-test": str(i)}) for i in range(5)]
+    async with pool.acquire() as conn, conn.transaction():
+        assert await outbox.enqueue_many(conn, schema=schema, items=[]) == []
+        envs = await outbox.enqueue_many(conn, schema=schema, items=items)
+    seqs = [e.sequence for e in envs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    async with running(outbox.OutboxRelay(pool, js, schema=schema)) as _:
+        stored = await stream_messages(js, "EVENTS", subject, expect=5)
+    got = [events.Envelope.FromString(m.data) for m in stored]
+    assert [events.unpack(g, wrappers_pb2.StringValue).value for g in got] == [f"v{i}" for i in range(5)]
+    assert [list(g.tenant_ids) for g in got] == [[f"tenant-{i}"] for i in range(5)]
+    assert [m.headers["Nats-Msg-Id"] for m in stored] == [e.id for e in envs]
+    assert [m.headers["x-test"] for m in stored] == [str(i) for i in range(5)]
+
+
+async def test_enqueue_many_refuses_the_whole_call_for_one_bad_subject(pool, schema, topic):
+    good = outbox.Event(f"{topic}.ok", "x", "t", wrappers_pb2.StringValue(value="a"))
+    bad = outbox.Event("elsewhere.subject", "x", "t", wrappers_pb2.StringValue(value="b"))
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(ValueError, match="EVENTS stream"):
+            await outbox.enqueue_many(conn, schema=schema, items=[good, bad])
+        assert await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
+
+
 async def test_a_cancelled_relay_without_database_url_gives_its_connection_back(stack, schema):
     """The relay borrows its LISTEN connection from the pool when it has no database_url; a
     cancelled relay (even cancelled twice, as a shutdown with a timeout does) must hand it back,
