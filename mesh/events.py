@@ -321,16 +321,22 @@ def is_transient(exc: BaseException) -> bool:
                             nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError))
 
 
-async def ensure_consumer(js: JetStreamContext, *, stream: str, durable: str, filter_subject: str,
+async def ensure_consumer(js: JetStreamContext, *, stream: str, durable: str, filter_subject: str | Sequence[str],
                           ack_wait: float = 30.0, max_deliver: int = -1,
                           backoff: Sequence[float] = (), max_ack_pending: int = 1000) -> api.ConsumerInfo:
     """Create the durable pull consumer, or update it to this configuration. Idempotent.
 
     `backoff` here is the server's redelivery schedule after *ack timeouts* (it overrides
     ack_wait; the server requires max_deliver > len(backoff)); PullConsumer leaves it empty and
-    applies its own delays on nak."""
+    applies its own delays on nak. `filter_subject` may be several subjects (an existing consumer
+    is updated to them)."""
+    subjects = [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
+    if not subjects:
+        raise ValueError("at least one filter subject is required")
     cfg = api.ConsumerConfig(
-        name=durable, durable_name=durable, filter_subject=filter_subject,
+        name=durable, durable_name=durable,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+        filter_subjects=subjects if len(subjects) > 1 else None,
         deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=ack_wait, max_deliver=max_deliver, backoff=list(backoff) or None,
         max_ack_pending=max_ack_pending, replay_policy=api.ReplayPolicy.INSTANT,
@@ -350,7 +356,7 @@ class PullConsumer:
     backoff: nak delays in seconds by delivery count (the last one repeats).
     """
 
-    def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str,
+    def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str | Sequence[str],
                  handler: Handler, batch: int = 100, ack_wait: float = 30.0, max_deliver: int = 5,
                  backoff: Sequence[float] = (1, 5, 30), fetch_timeout: float = 5.0,
                  max_ack_pending: int = 1000) -> None:

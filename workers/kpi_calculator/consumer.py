@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -38,6 +39,7 @@ SITES_FILTER = "towerco.sites.>"
 POLICY_SUBJECT = "towerco.kpi.policy.updated"
 RECOMPUTE_CHUNK_H = 24
 RECOMPUTE_GROUP = 16  # sites re-evaluated in one transaction
+CATCH_UP_QUIET_S = 0.2  # no full telemetry fetch for this long: the consumers have caught up
 
 
 def _env_float(name: str, default: float) -> float:
@@ -75,8 +77,13 @@ class CalculatorConfig:
     TOWERCO_KPI_REPLICA             a name for this replica's register-event consumer (partitions)
     TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
     TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
+    TOWERCO_KPI_BATCH               TELEMETRY messages folded in one transaction, at most (100)
     TOWERCO_KPI_RECOMPUTE_INTERVAL_S  pause between re-evaluation rounds of marked hours (0.5): longer
                                     batches more changes into one re-evaluation under heavy load
+    TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S  while the telemetry consumers are catching up on a backlog (their
+                                    fetches come back full), re-evaluation waits for them, but never
+                                    longer than this (10): folding first, so the backlog drains sooner
+                                    and each hour is re-evaluated once rather than at every round
     TOWERCO_KPI_RECOMPUTE_CONCURRENCY  sites re-evaluated at once, each in its own transaction (3)
     """
 
@@ -87,10 +94,11 @@ class CalculatorConfig:
     publish_interval_s: float = 5.0
     minute_retention_days: float = 35.0
     replica: str = "all"
-    batch: int = 50
+    batch: int = 100
     durable_prefix: str = "kpi-calculator"
     ack_wait_s: float = 60.0
     recompute_interval_s: float = 0.5
+    recompute_max_delay_s: float = 10.0
     recompute_concurrency: int = 3
 
     @classmethod
@@ -108,7 +116,9 @@ class CalculatorConfig:
             replica=replica,
             durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
             ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
+            batch=max(1, int(_env_float("TOWERCO_KPI_BATCH", 100))),
             recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.5),
+            recompute_max_delay_s=_env_float("TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S", 10.0),
             recompute_concurrency=max(1, int(_env_float("TOWERCO_KPI_RECOMPUTE_CONCURRENCY", 3))),
         )
 
@@ -203,6 +213,7 @@ class Calculator:
         self.last_batch_accepted: float | None = None  # accepted_time of the newest folded batch
         self._lock = asyncio.Lock()  # serialises hour recomputation of the register path
         self._dirty = asyncio.Event()
+        self._full_fetch_at = -math.inf  # monotonic time of the latest full telemetry fetch (a backlog)
 
     def owns(self, site_id: str) -> bool:
         return events.partition_of(site_id, self.partition_count) in self.owned
@@ -224,7 +235,7 @@ class Calculator:
             self.consumers.append(c)
         reg = events.PullConsumer(
             self.js, stream=events.EVENTS_STREAM, durable=f"{self.config.durable_prefix}-register-{self.config.replica}",
-            filter_subject="towerco.>", handler=self.handle_events, batch=50, ack_wait=120.0)
+            filter_subject=[SITES_FILTER, POLICY_SUBJECT], handler=self.handle_events, batch=50, ack_wait=120.0)
         self.consumers.append(reg)
         tasks = [asyncio.create_task(c.run(), name=c.durable) for c in self.consumers]
         tasks.append(asyncio.create_task(self._recompute_loop(), name="kpi-recompute"))
@@ -251,6 +262,8 @@ class Calculator:
     # -- telemetry
 
     async def handle_telemetry(self, msgs: list[Msg]) -> None:
+        if len(msgs) >= self.config.batch:
+            self._full_fetch_at = time.monotonic()
         batches: list[tuple[str, telemetry_pb2.TelemetryBatch]] = []
         for msg in msgs:
             batch = telemetry_pb2.TelemetryBatch()
@@ -314,23 +327,22 @@ class Calculator:
         self.stats["hours_computed"] += done
         return done
 
-    async def recompute_dirty(self, *, limit: int = 500) -> int:
-        """Re-evaluate every marked site-hour once (groups of sites, each in its own short transaction)."""
-        done = 0
-        while True:
-            async with self.pool.acquire() as conn:
-                # only this replica's sites: their marks come from its own partitions (another
-                # replica's would be taken under that replica's feet, holding its site locks)
-                sites = [s for s in await store.dirty_sites(conn, limit=None) if self.owns(s)][:limit]
-            if not sites:
-                return done
-            # groups of sites, each in one transaction; a few groups at once, so one group's SQL
-            # round trips overlap another's evaluation
-            todo = iter([sites[i:i + RECOMPUTE_GROUP] for i in range(0, len(sites), RECOMPUTE_GROUP)])
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._recompute_groups(todo))
-                         for _ in range(min(self.config.recompute_concurrency, len(sites)))]
-            done += sum(t.result() for t in tasks)
+    async def recompute_dirty(self) -> int:
+        """Re-evaluate every site-hour marked when the call starts, once (groups of sites, each in
+        its own short transaction); marks made meanwhile wait for the next call."""
+        async with self.pool.acquire() as conn:
+            # only this replica's sites: their marks come from its own partitions (another
+            # replica's would be taken under that replica's feet, holding its site locks)
+            sites = [s for s in await store.dirty_sites(conn, limit=None) if self.owns(s)]
+        if not sites:
+            return 0
+        # groups of sites, each in one transaction; a few groups at once, so one group's SQL
+        # round trips overlap another's evaluation
+        todo = iter([sites[i:i + RECOMPUTE_GROUP] for i in range(0, len(sites), RECOMPUTE_GROUP)])
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._recompute_groups(todo))
+                     for _ in range(min(self.config.recompute_concurrency, len(sites)))]
+        return sum(t.result() for t in tasks)
 
     async def _recompute_groups(self, groups: Iterator[list[str]]) -> int:
         """Re-evaluate the marked hours of the site groups taken from `groups` (shared by several
@@ -374,6 +386,7 @@ class Calculator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=5.0)
             self._dirty.clear()
+            await self._while_catching_up()
             try:
                 await self.recompute_dirty()
             except asyncio.CancelledError:
@@ -381,6 +394,16 @@ class Calculator:
             except Exception as exc:  # noqa: BLE001 - marks stay in the table; retried next round
                 log.warning("kpi recompute failed: %s", exc)
             await asyncio.sleep(self.config.recompute_interval_s)
+
+    async def _while_catching_up(self) -> None:
+        """Wait while the telemetry consumers work through a backlog (a fetch came back full
+        within the last CATCH_UP_QUIET_S), at most recompute_max_delay_s."""
+        deadline = time.monotonic() + self.config.recompute_max_delay_s
+        while True:
+            wait = min(self._full_fetch_at + CATCH_UP_QUIET_S, deadline) - time.monotonic()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def recompute_site(self, site_id: str, *, lo: int | None = None, hi: int | None = None) -> int:
         """Re-evaluate a site's stored hours (all within the recompute horizon, or [lo, hi))."""

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
 SITE_METRICS = (
     "mains_present", "dg_running", "fuel_level_l", "dc_bus_v", "load_a", "battery_soc_pct",
@@ -248,9 +250,12 @@ def aggs_from_json(raw: Mapping[str, Sequence[float]]) -> MinuteAggs:
 # --------------------------------------------------------------------------- minute state
 
 
-@dataclass(frozen=True)
-class MinuteState:
-    """What one minute of one site looked like; None means no sample of that metric."""
+_NO_LINKS: Mapping[str, int] = MappingProxyType({})
+
+
+class MinuteState(NamedTuple):
+    """What one minute of one site looked like; None means no sample of that metric. (A tuple:
+    thousands are built for every re-evaluation round.)"""
 
     mains: int | None = None  # 1 when present in every sample of the minute
     dg: int | None = None  # 1 when running in any sample of the minute
@@ -261,7 +266,7 @@ class MinuteState:
     fuel_l: float | None = None  # the mean reading of the minute (sensor noise averages out)
     soc_pct: float | None = None
     soc_t: float | None = None
-    links: Mapping[str, int] = field(default_factory=dict)  # tenant -> 1 up in every sample, else 0
+    links: Mapping[str, int] = _NO_LINKS  # tenant -> 1 up in every sample, else 0
 
     @property
     def power_kw(self) -> float | None:
@@ -274,6 +279,9 @@ def minute_state(aggs: Mapping[str, Agg]) -> MinuteState:
     return minute_state_raw({k: a.to_list() for k, a in aggs.items()})
 
 
+_SITE_KEY_SET = frozenset(SITE_METRICS)
+
+
 def minute_state_raw(raw: Mapping[str, Sequence[float]]) -> MinuteState:
     """The state of a minute from its raw aggregates ([n, total, lo, hi, last_t, last_v] by key,
     as stored); an aggregate without samples counts as absent."""
@@ -281,30 +289,20 @@ def minute_state_raw(raw: Mapping[str, Sequence[float]]) -> MinuteState:
     mains, dg, dc, load, fuel, soc = (get("mains_present"), get("dg_running"), get("dc_bus_v"),
                                       get("load_a"), get("fuel_level_l"), get("battery_soc_pct"))
     links = {k[_LINK_LEN:]: (1 if a[2] >= 0.5 else 0) for k, a in raw.items()
-             if k[:_LINK_LEN] == _LINK_PREFIX and a[0] > 0}
-    if mains is not None and not mains[0] > 0:
-        mains = None
-    if dg is not None and not dg[0] > 0:
-        dg = None
-    if dc is not None and not dc[0] > 0:
-        dc = None
-    if load is not None and not load[0] > 0:
-        load = None
-    if fuel is not None and not fuel[0] > 0:
-        fuel = None
-    if soc is not None and not soc[0] > 0:
-        soc = None
+             if k not in _SITE_KEY_SET and k.startswith(_LINK_PREFIX) and a[0] > 0} or _NO_LINKS
+    no_dc = dc is None or dc[0] <= 0
+    no_soc = soc is None or soc[0] <= 0
     return MinuteState(
-        mains=None if mains is None else (1 if mains[2] >= 0.5 else 0),
-        dg=None if dg is None else (1 if dg[3] >= 0.5 else 0),
-        dc_min=None if dc is None else float(dc[2]),
-        dc_max=None if dc is None else float(dc[3]),
-        dc_avg=None if dc is None else float(dc[1]) / int(dc[0]),
-        load_a=None if load is None else float(load[1]) / int(load[0]),
-        fuel_l=None if fuel is None else float(fuel[1]) / int(fuel[0]),
-        soc_pct=None if soc is None else float(soc[5]),
-        soc_t=None if soc is None else float(soc[4]),
-        links=links,
+        None if mains is None or mains[0] <= 0 else (1 if mains[2] >= 0.5 else 0),
+        None if dg is None or dg[0] <= 0 else (1 if dg[3] >= 0.5 else 0),
+        None if no_dc else float(dc[2]),
+        None if no_dc else float(dc[3]),
+        None if no_dc else dc[1] / dc[0],
+        None if load is None or load[0] <= 0 else load[1] / load[0],
+        None if fuel is None or fuel[0] <= 0 else fuel[1] / fuel[0],
+        None if no_soc else float(soc[5]),
+        None if no_soc else float(soc[4]),
+        links,
     )
 
 

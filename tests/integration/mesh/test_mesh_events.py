@@ -203,6 +203,32 @@ async def test_ensure_consumer_is_idempotent_and_updates(js, topic):
     assert c.config.ack_wait == 20 and c.config.max_deliver == 6
 
 
+async def test_consumer_with_several_filter_subjects_gets_only_those(js, topic):
+    """A durable first made on a wildcard is narrowed to two subjects (the kpi_calculator's
+    register consumer was once on towerco.> and received every hour event it then ignored)."""
+    durable = f"d{uuid.uuid4().hex[:10]}"
+    await events.ensure_consumer(js, stream="EVENTS", durable=durable, filter_subject=f"{topic}.>")
+    for i, leaf in enumerate(["a.x", "noise", "b", "a.y", "noise"]):
+        await events.publish(js, f"{topic}.{leaf}", leaf.encode(), msg_id=f"{topic}-f{i}")
+    seen: list[str] = []
+
+    async def handler(msgs):
+        seen.extend(m.subject for m in msgs)
+
+    c = events.PullConsumer(js, stream="EVENTS", durable=durable, filter_subject=[f"{topic}.a.>", f"{topic}.b"],
+                            handler=handler, batch=10, fetch_timeout=0.5)
+    start(c)
+    await wait_for(lambda: len(seen) == 3)
+    await asyncio.sleep(0.3)  # nothing more arrives
+    await c.stop()
+    assert seen == [f"{topic}.a.x", f"{topic}.b", f"{topic}.a.y"]
+    info = await js.consumer_info("EVENTS", durable)
+    assert info.config.filter_subjects == [f"{topic}.a.>", f"{topic}.b"] and not info.config.filter_subject
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+    with pytest.raises(ValueError, match="filter subject"):
+        await events.ensure_consumer(js, stream="EVENTS", durable=durable, filter_subject=[])
+
+
 @pytest.mark.slow
 async def test_consumer_survives_nats_restart(private_js, topic, nats_down):
     js = private_js
