@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-SITE_METRICS = (
-    "mains_present", "dg_running", "fuel_level_l", "dc_bus_v", "load_a", "battery_soc_pct",
-    "battery_v", "cabinet_temp_c", "door_open", "rectifier_fault",
-)
+# The site metrics some KPI reads. The catalogue's others (battery_v, cabinet_temp_c, door_open,
+# rectifier_fault) are counted and skipped: no KPI uses them, and folding and storing them cost a
+# third of the calculator's work (the telemetry service keeps every raw sample).
+SITE_METRICS = ("mains_present", "dg_running", "fuel_level_l", "dc_bus_v", "load_a", "battery_soc_pct")
 LINK_METRIC = "tenant_link_up"
 KNOWN_METRICS = frozenset(SITE_METRICS) | {LINK_METRIC}
 

@@ -189,7 +189,8 @@ def test_out_of_order_samples_fold_to_the_same_state():
 
 def test_aggregates_roundtrip_json_and_skip_bad_samples():
     folded = d.fold([(SITE, "dc_bus_v", "", 60.0, 50.0), (SITE, "dc_bus_v", "", 61.0, float("nan")),
-                     (SITE, "bogus", "", 61.0, 1.0), (SITE, "tenant_link_up", "", 61.0, 1.0)])
+                     (SITE, "bogus", "", 61.0, 1.0), (SITE, "tenant_link_up", "", 61.0, 1.0),
+                     (SITE, "cabinet_temp_c", "", 62.0, 31.0)])  # a catalogue metric no KPI reads
     [(key, aggs)] = folded.items()
     assert key == (SITE, 1) and list(aggs) == ["dc_bus_v"]
     again = d.aggs_from_json(d.aggs_to_json(aggs))
@@ -224,3 +225,23 @@ def test_fuel_sensor_noise_does_not_add_up_and_hours_telescope():
             for s, m, tn, t, v in samples]
     [row], _ = run(idle, site)
     assert row.fuel_consumed_l < 1.0 and row.fuel_drop_dg_off_l < 1.0
+
+
+def test_fold_messages_matches_fold_and_counts_what_it_skips():
+    from towerco.telemetry.v1 import telemetry_pb2
+
+    raw = build({5: {"dc_bus_v": 40.0}}, minutes=range(0, 10), links={"acme": {3}})
+    raw += [(SITE, "cabinet_temp_c", "", float((H + 1) * 60 + 31), 35.0),  # no KPI reads it
+            (SITE, "dc_bus_v", "", float((H + 2) * 60 + 40), float("inf")),  # never finite
+            (SITE, "dc_bus_v", "", float((H - 600) * 60), 10.0)]  # older than `oldest`
+    batch = telemetry_pb2.TelemetryBatch()
+    for site_id, metric, tenant, t, v in raw:
+        smp = batch.samples.add(site_id=site_id, metric=metric, tenant_id=tenant, value=v)
+        smp.time.FromSeconds(int(t))
+    folded, taken, late = d.fold_messages([batch.samples], oldest=float((H - 60) * 60))
+    assert late == 1 and taken == len(raw) - 1
+    expected = d.fold([s for s in raw if s[3] >= (H - 60) * 60])
+    assert {k: d.aggs_to_json(v) for k, v in expected.items()} == folded
+    assert all("cabinet_temp_c" not in aggs for aggs in folded.values())
+    assert folded[(SITE, H + 5)]["dc_bus_v"][:4] == [1, 40.0, 40.0, 40.0]
+    assert folded[(SITE, H + 3)]["tenant_link_up:acme"][2] == 0.0
