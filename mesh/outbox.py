@@ -38,6 +38,7 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -151,22 +152,24 @@ async def enqueue_many(conn: asyncpg.Connection, *, schema: str, items: Sequence
         f"SELECT nextval(pg_get_serial_sequence('{s}.outbox', 'id')) FROM l, generate_series(1, $2)",
         lock_key(s), len(items)))
     envs, blobs = [], []
+    now = datetime.now(UTC)
     for row_id, e in zip(ids, items, strict=True):
         env = events.make_envelope(event_type=e.event_type, source=e.source, subject=e.subject,
-                                    payload=e.payload, tenant_ids=e.tenant_ids, sequence=row_id)
+                                   payload=e.payload, tenant_ids=e.tenant_ids, sequence=row_id, time=now)
         data = env.SerializeToString()
         if len(data) > MAX_ENVELOPE_BYTES:
             # refuse now, in the writer's transaction, rather than wedge the relay on an unpublishable row
             raise ValueError(f"event {e.event_type} is {len(data)} bytes; the limit is {MAX_ENVELOPE_BYTES}")
         envs.append(env)
         blobs.append(data)
+    common = json.dumps(events.headers_out())  # correlation id and trace context: the same for all
     await conn.execute(
         f"WITH row AS (INSERT INTO {s}.outbox (id, event_id, subject, event_type, envelope, headers) "
         f"SELECT i, u, sj, t, b, h::jsonb FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::text[], "
         f"$5::bytea[], $6::text[]) AS k(i, u, sj, t, b, h) RETURNING id) "
         f"SELECT pg_notify($7, '') FROM (SELECT 1 FROM row LIMIT 1) AS one",
         ids, [env.id for env in envs], [e.subject for e in items], [e.event_type for e in items], blobs,
-        [json.dumps(events.headers_out(e.headers)) for e in items], channel(s),
+        [common if not e.headers else json.dumps(events.headers_out(e.headers)) for e in items], channel(s),
     )
     return envs
 

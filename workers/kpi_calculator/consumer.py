@@ -608,8 +608,8 @@ def hour_kpis(row, tenancy_rows: Sequence, ref: Reference) -> kpi_pb2.SiteKpis:
         k.battery_autonomy_h = max(0.0, row["soc_pct"]) / 100.0 * bank / row["load_a"]
         k.battery_autonomy_time.FromDatetime(row["soc_time"])
     for t in tenancy_rows:
-        c = domain.code_counts(t["minutes"])
-        a, defined = domain.default_availability(t["minutes"])
+        c = {code: t[column] for code, column in store.CODE_COLUMNS.items()}  # stored with the row
+        a, defined = domain.default_availability_of_counts(c, len(t["minutes"]))
         k.tenancies.add(
             site_id=site_id, tenant_id=t["tenant_id"], region=k.region,
             availability=kpi_pb2.Availability(

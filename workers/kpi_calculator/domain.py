@@ -673,10 +673,14 @@ def code_counts(codes: str) -> dict[str, int]:
 def default_availability(codes: str) -> tuple[float, bool]:
     """A over the given minutes under the default policy (unknown minutes excluded), for the
     hour events; the KPI service computes every policy at query time from the same counts."""
-    c = code_counts(codes)
+    return default_availability_of_counts(code_counts(codes), len(codes))
+
+
+def default_availability_of_counts(c: Mapping[str, int], minutes: int) -> tuple[float, bool]:
+    """`default_availability` from the minutes' counts by code (as stored with each hour row)."""
     down = c["L"] + c["H"] + c["N"]
     excluded = sum(c[x] for x in "PFTApfta?")
-    counted = len(codes) - excluded
+    counted = minutes - excluded
     if counted <= 0:
         return 1.0, False
     return (counted - down) / counted, True
