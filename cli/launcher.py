@@ -32,7 +32,7 @@ from typing import Any
 
 from cli import state
 from cli.health import check
-from cli.processes import Process, available
+from cli.processes import PROCESSES, Process, available
 from mesh.config import Settings
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -307,6 +307,10 @@ class Supervisor:
             "TOWERCO_HOME": str(self.root),
             "PYTHONUNBUFFERED": "1",
         })
+        for spec in PROCESSES:  # workers serve Prometheus (and their heartbeat) where status looks
+            port = spec.metrics_port(self.settings) if spec.health == "metrics" else None
+            if port is not None:
+                env[f"TOWERCO_{spec.name.upper()}_METRICS_PORT"] = str(port)
         return env
 
     async def _launch(self, spec: Process, env: dict[str, str]) -> Child:

@@ -4,7 +4,8 @@ service code, it only checks that the module file exists.
 
 To add a process type, append a Process to PROCESSES (a gRPC service: port = its settings key,
 health = "grpc"; the gateway: port = "gateway", health = "http"; a worker: port = None unless it
-serves something). `stage` orders start-up: stage 0 runs before the demo fleet is seeded,
+serves something, health = "metrics" when it serves Prometheus on its settings.worker_metrics_port,
+whose event-loop heartbeat is its health). `stage` orders start-up: stage 0 runs before the demo fleet is seeded,
 stage 1 after it (the telemetry simulator needs sites to exist). `compose=False` keeps a
 developer-only process (the simulator) out of the container deployment.
 """
@@ -19,7 +20,7 @@ from typing import Literal
 from mesh.config import Settings
 
 Kind = Literal["service", "worker", "gateway", "tool"]
-Health = Literal["grpc", "http"]
+Health = Literal["grpc", "http", "metrics"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,17 @@ class Process:
         return settings.port(self.port)
 
     def metrics_port(self, settings: Settings) -> int | None:
-        """gRPC processes serve Prometheus on their port + 2000."""
+        """gRPC processes serve Prometheus on their port + 2000, workers on their own port."""
         if self.health == "grpc" and self.port and self.port != "gateway":
             return settings.metrics_port(self.port)
+        if self.health == "metrics":
+            return settings.worker_metrics_port(self.name)
         return None
 
     def endpoint(self, settings: Settings) -> str | None:
+        if self.health == "metrics":
+            port = self.metrics_port(settings)
+            return None if port is None else f"http://{settings.host}:{port}/metrics"
         port = self.listen_port(settings)
         if port is None:
             return None
@@ -69,9 +75,9 @@ PROCESSES: tuple[Process, ...] = (
     Process("sites", "service", "services.sites.server", port="sites", health="grpc"),
     Process("gateway", "gateway", "gateway.server", port="gateway", health="http"),
     Process("telemetry", "service", "services.telemetry.server", port="telemetry", health="grpc"),
-    Process("ingestor", "worker", "workers.ingestor.worker"),
+    Process("ingestor", "worker", "workers.ingestor.worker", health="metrics"),
     Process("kpi", "service", "services.kpi.server", port="kpi", health="grpc"),
-    Process("kpi_calculator", "worker", "workers.kpi_calculator.worker"),
+    Process("kpi_calculator", "worker", "workers.kpi_calculator.worker", health="metrics"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.

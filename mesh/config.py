@@ -34,6 +34,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "files": 7007,
 }
 METRICS_PORT_OFFSET = 2000
+# Prometheus ports of the workers (no gRPC port to offset from); TOWERCO_<NAME>_METRICS_PORT moves
+# one, a value <= 0 turns it off (`towerco status` then has nothing to check).
+WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102}
 DEV_JWT_SECRET = "towerco-dev-secret-not-for-production"
 
 
@@ -69,6 +72,7 @@ class Settings:
     partitions: int = 16
     gateway_port: int = 8080
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    worker_metrics_ports: dict[str, int] = field(default_factory=lambda: dict(WORKER_METRICS_PORTS))
     targets: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -93,6 +97,8 @@ class Settings:
             partitions=_int("TOWERCO_PARTITIONS", 16),
             gateway_port=_int("TOWERCO_GATEWAY_PORT", 8080),
             ports=ports,
+            worker_metrics_ports={name: _int(f"TOWERCO_{name.upper()}_METRICS_PORT", port)
+                                  for name, port in WORKER_METRICS_PORTS.items()},
             targets=targets,
         )
 
@@ -101,6 +107,11 @@ class Settings:
 
     def metrics_port(self, service: str) -> int:
         return self.ports[service] + METRICS_PORT_OFFSET
+
+    def worker_metrics_port(self, worker: str) -> int | None:
+        """The worker's Prometheus port, None when it has none or it is turned off."""
+        port = self.worker_metrics_ports.get(worker, 0)
+        return port if port > 0 else None
 
     def target(self, service: str) -> str:
         return self.targets.get(service) or f"{self.host}:{self.ports[service]}"

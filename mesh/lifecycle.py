@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import asyncpg
 
 from mesh import db
+from mesh.observability import WORKER_HEARTBEAT
 
 log = logging.getLogger("towerco.lifecycle")
 
@@ -44,6 +46,7 @@ async def run_until_signalled(worker: Worker) -> None:
     """Run `worker.run()` until SIGTERM/SIGINT (then `worker.stop()` lets it finish the batch in
     hand) or until it crashes (the exception propagates, so the supervisor restarts the process)."""
     task = asyncio.create_task(worker.run())
+    beat = asyncio.create_task(_heartbeat())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,12 +54,20 @@ async def run_until_signalled(worker: Worker) -> None:
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
+    beat.cancel()
     if task in done:
         task.result()  # surface a crash
     await worker.stop()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _heartbeat(every_s: float = 1.0) -> None:
+    """Proves the event loop turns: the metrics thread would answer even if it were stuck."""
+    while True:
+        WORKER_HEARTBEAT.set(time.time())
+        await asyncio.sleep(every_s)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -49,6 +49,11 @@ GRPC_IN_FLIGHT = Gauge(
     "gRPC calls being handled right now.",
     ["service", "method"],
 )
+WORKER_HEARTBEAT = Gauge(
+    "towerco_worker_heartbeat_seconds",
+    "Unix time of the worker's latest event-loop heartbeat (every second); `towerco health` calls a "
+    "worker whose heartbeat is older than 15 s stalled, though its metrics thread still answers.",
+)
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> tuple[int, Callable[[], None]]:

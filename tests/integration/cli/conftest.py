@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.config import DEFAULT_PORTS, METRICS_PORT_OFFSET
+from mesh.config import DEFAULT_PORTS, METRICS_PORT_OFFSET, WORKER_METRICS_PORTS
 
 
 def _free_pair() -> int:
@@ -79,6 +79,8 @@ def _make(tmp_path: Path, *, database_url: str = "", nats_url: str = "") -> Iter
     for name in DEFAULT_PORTS:
         env[f"TOWERCO_{name.upper()}_PORT"] = str(_free_pair())
     env["TOWERCO_GATEWAY_PORT"] = str(_free_pair())
+    for name in WORKER_METRICS_PORTS:
+        env[f"TOWERCO_{name.upper()}_METRICS_PORT"] = str(_free_pair())
     towerco = Towerco(home=tmp_path / "home", env=env, cwd=tmp_path)
     try:
         yield towerco

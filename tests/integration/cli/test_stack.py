@@ -66,6 +66,12 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     assert " ok " in lines["sites"] and "SERVING" in lines["sites"]
     as_json = json.loads(t.run("status", "--json").stdout)
     assert all(row["healthy"] for row in as_json["processes"])
+    # workers are checked too: their Prometheus endpoint and event-loop heartbeat
+    for worker in ("ingestor", "kpi_calculator"):
+        port = int(t.env[f"TOWERCO_{worker.upper()}_METRICS_PORT"])
+        assert recorded["processes"][worker]["endpoint"] == f"http://127.0.0.1:{port}/metrics"
+        assert " ok " in lines[worker] and "heartbeat ok" in lines[worker], lines[worker]
+    assert t.run("health", "kpi_calculator").returncode == 0
 
     # The fleet is in the Sites service, and the tenant viewer sees only its tenant's sites.
     sites = await _list_sites(sites_target, recorded["tokens"]["admin"])

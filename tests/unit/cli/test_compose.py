@@ -45,7 +45,11 @@ def test_health_checks_use_commands_the_cli_accepts(compose: dict) -> None:
         assert test[0] == "CMD"
         args = parser.parse_args(_towerco_args(test[1:]))
         assert args.command == "health" and args.process == proc.name
-        assert str(proc.listen_port(_container_settings())) in args.target
+        settings = _container_settings()
+        assert str(proc.listen_port(settings) or proc.metrics_port(settings)) in args.target
+        if proc.health == "metrics":  # the worker is told to serve where its check looks
+            assert service["environment"][f"TOWERCO_{proc.name.upper()}_METRICS_PORT"] == str(
+                proc.metrics_port(settings))
 
 
 def test_infrastructure_and_one_shot_migration(compose: dict) -> None:
