@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import Counter, Gauge
 from towerco.common.v1 import common_pb2
 from towerco.events.v1 import events_pb2
 from towerco.kpi.v1 import kpi_pb2
@@ -39,6 +40,11 @@ SITES_FILTER = "towerco.sites.>"
 POLICY_SUBJECT = "towerco.kpi.policy.updated"
 RECOMPUTE_CHUNK_H = 24
 RECOMPUTE_GROUP = 16  # sites re-evaluated in one transaction
+COUNTS = Counter("towerco_kpi_calculator", "What the kpi_calculator did: samples (folded or skipped "
+                 "as unused), too_late_samples, batches, duplicate_batches, hours_computed, "
+                 "hours_published, register_changes.", ["what"])
+FOLD_LAG = Gauge("towerco_kpi_calculator_fold_lag_seconds",
+                 "Seconds from the ingest API accepting the newest folded batch to its folding (whole seconds).")
 CATCH_UP_QUIET_S = 0.2  # no full telemetry fetch for this long: the consumers have caught up
 
 
@@ -215,6 +221,10 @@ class Calculator:
         self._dirty = asyncio.Event()
         self._full_fetch_at = -math.inf  # monotonic time of the latest full telemetry fetch (a backlog)
 
+    def _count(self, what: str, n: int = 1) -> None:
+        self.stats[what] += n
+        COUNTS.labels(what).inc(n)
+
     def owns(self, site_id: str) -> bool:
         return events.partition_of(site_id, self.partition_count) in self.owned
 
@@ -284,9 +294,9 @@ class Calculator:
                     fresh.discard(key)  # the same message twice in one fetch is folded once
                     todo.append(batch.samples)
                 else:
-                    self.stats["duplicate_batches"] += 1
+                    self._count("duplicate_batches")
             folded, samples, late = domain.fold_messages(todo, oldest=oldest)
-            self.stats["too_late_samples"] += late
+            self._count("too_late_samples", late)
             if folded:
                 by_site: dict[str, set[int]] = defaultdict(set)
                 for site_id, minute in folded:
@@ -303,13 +313,14 @@ class Calculator:
                 await store.mark_dirty(conn, hours={
                     site_id: domain.affected_hours(minutes, self.ref.site_cfg(site_id).pad_minutes)
                     for site_id, minutes in by_site.items()})
-            self.stats["samples"] += samples
+            self._count("samples", samples)
         if samples:
             self._dirty.set()
-        self.stats["batches"] += len(batches)
+        self._count("batches", len(batches))
         accepted = [b.accepted_time.seconds for _, b in batches if b.HasField("accepted_time")]
         if accepted:
             self.last_batch_accepted = max(accepted)
+            FOLD_LAG.set(max(0.0, self.clock() - self.last_batch_accepted))
 
     async def _recompute(self, conn: asyncpg.Connection, cfg: domain.SiteCfg, hours: Iterable[int]) -> int:
         hours = sorted(set(hours))
@@ -324,7 +335,7 @@ class Calculator:
                                    hours=[r.hour for r in site_rows], tenants=[t.tenant_id for t in cfg.tenancies])
             await store.refresh_days(conn, site_id=cfg.site_id, hours=[r.hour for r in site_rows])
             done += len(site_rows)
-        self.stats["hours_computed"] += done
+        self._count("hours_computed", done)
         return done
 
     async def recompute_dirty(self) -> int:
@@ -377,7 +388,7 @@ class Calculator:
                 for r in site_rows:
                     by_site[r.site_id].append(r.hour)
                 await store.refresh_days_many(conn, hours=by_site)
-                self.stats["hours_computed"] += len(site_rows)
+                self._count("hours_computed", len(site_rows))
                 done += len(site_rows)
         return done
 
@@ -490,7 +501,7 @@ class Calculator:
             self.ref = Reference.from_rows(await store.load_reference(conn))
         site_id, lo, hi = affected
         await self.recompute_site(site_id, lo=lo, hi=hi)
-        self.stats["register_changes"] += 1
+        self._count("register_changes")
 
     async def sync_register(self) -> int:
         """Replace the reference copy with the Sites service's register; recompute changed sites."""
@@ -558,7 +569,7 @@ class Calculator:
                                           sorted({r["tenant_id"] for r in trows})))
             await outbox.enqueue_many(conn, schema=SCHEMA, items=items)
             await store.mark_published_many(conn, rows=[(r["site_id"], r["hour"], r["revision"]) for r in rows])
-        self.stats["hours_published"] += len(rows)
+        self._count("hours_published", len(rows))
         return len(rows)
 
     async def _publish_loop(self) -> None:

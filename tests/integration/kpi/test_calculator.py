@@ -4,6 +4,7 @@ minute maps, hour rows and towerco.kpi.hour.computed events out; late samples, r
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 from kpi_support import (
@@ -18,6 +19,7 @@ from kpi_support import (
     running_calculator,
 )
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 from towerco.events.v1 import events_pb2
 from towerco.kpi.v1 import kpi_pb2
 from towerco.telemetry.v1 import telemetry_pb2
@@ -87,12 +89,22 @@ async def test_register_and_telemetry_become_minute_maps_and_hour_events(pool, j
         row = await site_row(pool, site, h)
         batch = telemetry_pb2.TelemetryBatch(batch_id="dup", partition=events.partition_of(site, 16),
                                              samples=minute_samples(site, [h + 1], overrides={h + 1: {"dc_bus_v": 30.0}}))
+
+        def metric(what: str) -> float:
+            return REGISTRY.get_sample_value("towerco_kpi_calculator_total", {"what": what}) or 0.0
+
+        before = {w: metric(w) for w in ("samples", "duplicate_batches")}
+        batch.accepted_time.FromSeconds(int(time.time()) - 3)
         msg = Msg(js._nc, subject="telemetry.samples.x", data=batch.SerializeToString(),
                   headers={events.MSG_ID_HEADER: f"dup-{site}"})
         await calc.handle_telemetry([msg])
         await calc.handle_telemetry([msg])
         await calc.recompute_dirty()
         assert calc.stats["duplicate_batches"] >= 1
+        # the same counts on /metrics, and the lag from the ingest API's acceptance to the fold
+        assert metric("duplicate_batches") - before["duplicate_batches"] >= 1
+        assert metric("samples") - before["samples"] == len(batch.samples)
+        assert 2 <= REGISTRY.get_sample_value("towerco_kpi_calculator_fold_lag_seconds") < 60
         async with pool.acquire() as conn:
             aggs = await conn.fetchval("SELECT aggs FROM kpi.site_minute WHERE site_id = $1 AND minute = $2",
                                        site, store.ts(h + 1))
