@@ -113,11 +113,17 @@ def availability(counts: Mapping[str, int], period_minutes: int, *, policy: int 
 def availability_value(counts: Mapping[str, int], period_minutes: int, policy: int = EXCLUDED) -> tuple[float, int]:
     """Just (A, minutes counted) of `availability` (for long series): same formula, no breakdown."""
     g = counts.get
-    stored = sum(counts.values())
-    unknown = g("?", 0) + (period_minutes - stored)
-    down = g("L", 0) + g("H", 0) + g("N", 0)
-    excluded = g("P", 0) + g("F", 0) + g("T", 0) + g("A", 0)
-    unknown_in_window = g("p", 0) + g("f", 0) + g("t", 0) + g("a", 0)
+    return availability_value_of_groups(
+        sum(counts.values()), g("?", 0), g("L", 0) + g("H", 0) + g("N", 0),
+        g("P", 0) + g("F", 0) + g("T", 0) + g("A", 0), g("p", 0) + g("f", 0) + g("t", 0) + g("a", 0),
+        period_minutes, policy)
+
+
+def availability_value_of_groups(stored: int, unknown_stored: int, down: int, excluded: int, unknown_in_window: int,
+                                 period_minutes: int, policy: int = EXCLUDED) -> tuple[float, int]:
+    """`availability_value` from the minute counts grouped as it needs them: every stored minute,
+    stored unknown (?), outage (L H N), excused (P F T A), unknown inside a window (p f t a)."""
+    unknown = unknown_stored + (period_minutes - stored)
     if policy == EXCLUDED:
         excluded += unknown + unknown_in_window
     elif policy == DOWN:

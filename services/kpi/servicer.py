@@ -266,47 +266,52 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
             if (site is None and not await store.site_has_data(conn, site_id=request.site_id)) or (
                     tenant is not None and not tenancies):
                 raise NotFound(f"site {request.site_id} not found", "site", request.site_id)
-            rows = await store.site_hours(conn, site_id=request.site_id, lo=lo, hi=hi, maps=False)
-            maps = []
+            sums = await store.site_hour_buckets(conn, site_id=request.site_id, lo=lo, hi=hi, step=step)
+            counts: dict[tuple[str, int], tuple[int, int, int, int, int]] = {}
             pols = {}
             if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis:
-                maps = await store.tenancy_hour_rows(conn, site_id=request.site_id, tenant_id=tenant, lo=lo, hi=hi)
+                counts = await store.tenancy_hour_buckets(conn, site_id=request.site_id, tenant_id=tenant,
+                                                          lo=lo, hi=hi, step=step)
                 pols = await resolved_policies(conn, (t["tenant_id"] for t in tenancies), request.unknown_policy)
+        # every series has the same point times and, for sums, the same minutes: built once, copied,
+        # then only the values filled in (much cheaper than building each point field by field)
         buckets = domain.series_buckets(lo, hi, step)
-        totals: dict[int, domain.SiteTotals] = {b: domain.SiteTotals() for b in buckets}
-        for r in rows:  # the range is on whole hours: every row is a whole hour of it
-            add_site_counts(totals[domain.bucket_of(store.minute_index(r["hour"]), lo, step)], r)
-        # every series has the same point times: built once, copied, then the values filled in
-        # (much cheaper than adding each point and its time field by field)
-        template = kpi_pb2.KpiSeries()
-        for b in buckets:
-            template.points.add().time.seconds = b * 60
         lengths = [min(step, hi - b) for b in buckets]
-        bucket_totals = [totals[b] for b in buckets]
+        template = kpi_pb2.KpiSeries()
+        for b, n in zip(buckets, lengths, strict=True):
+            point = template.points.add()
+            point.time.seconds = b * 60
+            point.known_minutes = n
+        rows = [sums.get(b) for b in buckets]
         resp = kpi_pb2.GetKpiSeriesResponse()
         for kpi in kpis:
             if kpi == kpi_pb2.KPI_TENANT_AVAILABILITY:
                 continue
-            value_of = _SERIES_VALUES[kpi]
             series = resp.series.add()
             series.CopyFrom(template)
             series.kpi = kpi
-            for p, t, n in zip(series.points, bucket_totals, lengths, strict=True):
-                p.value, p.known_minutes = value_of(t, n)
-        if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis:
-            counts: dict[str, dict[int, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-            for m in maps:
-                h = store.minute_index(m["hour"])
-                counts[m["tenant_id"]][domain.bucket_of(h, lo, step)].update(m["minutes"])
-            for t in tenancies:
-                pol, _minimum = pols[t["tenant_id"]]
-                series = resp.series.add()
-                series.CopyFrom(template)
-                series.kpi = kpi_pb2.KPI_TENANT_AVAILABILITY
-                series.tenant_id = t["tenant_id"]
-                per_bucket = counts[t["tenant_id"]]
-                for p, b, n in zip(series.points, buckets, lengths, strict=True):
-                    p.value, p.known_minutes = domain.availability_value(per_bucket[b], n, pol)
+            if kpi in _SERIES_SHARES:  # a share of the known minutes: 1 when none was known
+                num, den = _SERIES_SHARES[kpi]
+                for p, r in zip(series.points, rows, strict=True):
+                    known = (r[den] or 0) if r is not None else 0
+                    p.value = (r[num] or 0) / known if known else 1.0
+                    p.known_minutes = known
+            else:  # a sum over the step (an empty step is 0, the default)
+                column, scale = _SERIES_SUMS[kpi]
+                points = series.points
+                for i, r in enumerate(rows):
+                    if r is not None and (v := r[column]):
+                        points[i].value = v * scale
+        for t in tenancies if kpi_pb2.KPI_TENANT_AVAILABILITY in kpis else ():
+            tid = t["tenant_id"]
+            pol, _minimum = pols[tid]
+            series = resp.series.add()
+            series.CopyFrom(template)
+            series.kpi = kpi_pb2.KPI_TENANT_AVAILABILITY
+            series.tenant_id = tid
+            for p, b, n in zip(series.points, buckets, lengths, strict=True):
+                p.value, p.known_minutes = domain.availability_value_of_groups(
+                    *counts.get((tid, b), _NO_COUNTS), n, pol)
         return resp
 
     async def GetTenantAvailability(self, request, context):
@@ -452,18 +457,21 @@ def _fill_site(k: kpi_pb2.SiteKpis, t: domain.SiteTotals) -> None:
     k.energy_battery_kwh = t.energy_battery_kwh
 
 
-_SERIES_VALUES = {
-    kpi_pb2.KPI_POWER_AVAILABILITY: lambda t, n: (t.power_availability, t.power_known),
-    kpi_pb2.KPI_GRID_AVAILABILITY: lambda t, n: (t.grid_availability, t.grid_known),
-    kpi_pb2.KPI_DG_RUN_HOURS: lambda t, n: (t.dg_run_hours, n),
-    kpi_pb2.KPI_DG_STARTS: lambda t, n: (float(t.dg_starts), n),
-    kpi_pb2.KPI_FUEL_CONSUMED_L: lambda t, n: (t.fuel_consumed_l, n),
-    kpi_pb2.KPI_FUEL_EXPECTED_L: lambda t, n: (t.fuel_expected_l, n),
-    kpi_pb2.KPI_REFUEL_L: lambda t, n: (t.refuel_l, n),
-    kpi_pb2.KPI_ENERGY_GRID_KWH: lambda t, n: (t.energy_grid_kwh, n),
-    kpi_pb2.KPI_ENERGY_DG_KWH: lambda t, n: (t.energy_dg_kwh, n),
-    kpi_pb2.KPI_ENERGY_BATTERY_KWH: lambda t, n: (t.energy_battery_kwh, n),
+_SERIES_SHARES = {  # KPI -> (minutes in the state, minutes known)
+    kpi_pb2.KPI_POWER_AVAILABILITY: ("power_ok", "power_known"),
+    kpi_pb2.KPI_GRID_AVAILABILITY: ("grid_present", "grid_known"),
 }
+_SERIES_SUMS = {  # KPI -> (summed column, scale)
+    kpi_pb2.KPI_DG_RUN_HOURS: ("dg_run_minutes", 1 / 60.0),
+    kpi_pb2.KPI_DG_STARTS: ("dg_starts", 1.0),
+    kpi_pb2.KPI_FUEL_CONSUMED_L: ("fuel_consumed_l", 1.0),
+    kpi_pb2.KPI_FUEL_EXPECTED_L: ("fuel_expected_l", 1.0),
+    kpi_pb2.KPI_REFUEL_L: ("refuel_l", 1.0),
+    kpi_pb2.KPI_ENERGY_GRID_KWH: ("energy_grid_kwh", 1.0),
+    kpi_pb2.KPI_ENERGY_DG_KWH: ("energy_dg_kwh", 1.0),
+    kpi_pb2.KPI_ENERGY_BATTERY_KWH: ("energy_battery_kwh", 1.0),
+}
+_NO_COUNTS = (0, 0, 0, 0, 0)
 
 
 def _group(key: str, sites: set[str], figs: list, totals: dict[str, domain.SiteTotals]) -> kpi_pb2.GroupSummary:

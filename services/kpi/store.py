@@ -128,14 +128,38 @@ async def tenancy_hour_rows(conn: asyncpg.Connection, *, site_id: str, tenant_id
 # --------------------------------------------------------------------------- site hours
 
 
-async def site_hours(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int, maps: bool = True
-                     ) -> list[asyncpg.Record]:
-    """Every site-hour row overlapping [lo, hi), oldest first (without the minute maps when
-    `maps` is False: enough for whole hours)."""
-    cols = "*" if maps else "site_id, hour, " + ", ".join((*SITE_MAP_SUMS, *SITE_NUMBERS))
-    return await conn.fetch(
-        f"SELECT {cols} FROM kpi.site_hour WHERE site_id = $1 AND hour > $2 AND hour < $3 ORDER BY hour",
-        site_id, ts(lo - 60), ts(hi))
+async def site_hours(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int) -> list[asyncpg.Record]:
+    """Every site-hour row overlapping [lo, hi), oldest first."""
+    return await conn.fetch("SELECT * FROM kpi.site_hour WHERE site_id = $1 AND hour > $2 AND hour < $3 ORDER BY hour",
+                            site_id, ts(lo - 60), ts(hi))
+
+
+_BUCKET = "$2::int8 + ((extract(epoch FROM hour)::int8 / 60 - $2::int8) / $3::int8) * $3::int8"
+
+
+async def site_hour_buckets(conn: asyncpg.Connection, *, site_id: str, lo: int, hi: int, step: int
+                            ) -> dict[int, asyncpg.Record]:
+    """The site's hours in [lo, hi) (whole hours: lo and hi on the hour) summed per step of `step`
+    minutes from lo: bucket start (minute index) -> the sums of SITE_MAP_SUMS and SITE_NUMBERS."""
+    cols = ", ".join(f"sum({c}) AS {c}" for c in (*SITE_MAP_SUMS, *SITE_NUMBERS))
+    rows = await conn.fetch(
+        f"SELECT {_BUCKET} AS b, {cols} FROM kpi.site_hour WHERE site_id = $1 AND hour >= $4 AND hour < $5 "
+        "GROUP BY b", site_id, lo, step, ts(lo), ts(hi))
+    return {r["b"]: r for r in rows}
+
+
+async def tenancy_hour_buckets(conn: asyncpg.Connection, *, site_id: str, tenant_id: str | None, lo: int, hi: int,
+                               step: int) -> dict[tuple[str, int], tuple[int, int, int, int, int]]:
+    """`site_hour_buckets` of the site's tenancy hours: (tenant, bucket start) -> the minute counts
+    domain.availability_value_of_groups takes (stored, unknown, outage, excused, unknown in a window)."""
+    every = " + ".join(COLUMN_CODES)
+    rows = await conn.fetch(
+        f"SELECT tenant_id, {_BUCKET} AS b, sum({every})::int8, sum(unknown)::int8, "
+        "sum(dc_low + dc_high + link_down)::int8, sum(ex_pm + ex_fm + ex_tc + ex_ad)::int8, "
+        "sum(un_pm + un_fm + un_tc + un_ad)::int8 FROM kpi.tenancy_hour WHERE site_id = $1 "
+        "AND ($6::text IS NULL OR tenant_id = $6) AND hour >= $4 AND hour < $5 GROUP BY tenant_id, b",
+        site_id, lo, step, ts(lo), ts(hi), tenant_id)
+    return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
 
 async def site_sums(conn: asyncpg.Connection, *, first_hour: int, last_hour: int,

@@ -181,6 +181,41 @@ async def test_series_hourly(world):
     assert by[(kpi_pb2.KPI_TENANT_AVAILABILITY, ACME)] == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("step_h", [1, 2])
+async def test_every_series_point_is_the_site_kpis_of_its_step(world, step_h):
+    """A series is the site's KPIs step by step: each point equals GetSiteKpis over that step."""
+    md = world.md("viewer")
+    for site in (SITE_A, SITE_B):
+        resp = await world.stub.GetKpiSeries(
+            kpi_pb2.GetKpiSeriesRequest(site_id=site, range=rng(0, 120),
+                                        step=duration_pb2.Duration(seconds=3600 * step_h)), metadata=md)
+        for i in range(120 // (60 * step_h)):
+            lo, hi = i * 60 * step_h, (i + 1) * 60 * step_h
+            k = (await world.stub.GetSiteKpis(kpi_pb2.GetSiteKpisRequest(site_id=site, range=rng(lo, hi)),
+                                               metadata=md)).kpis
+            expected = {
+                (kpi_pb2.KPI_POWER_AVAILABILITY, ""): (k.power_availability, k.power_known_minutes),
+                (kpi_pb2.KPI_GRID_AVAILABILITY, ""): (k.grid_availability, k.grid_known_minutes),
+                (kpi_pb2.KPI_DG_RUN_HOURS, ""): (k.dg_run_hours, hi - lo),
+                (kpi_pb2.KPI_DG_STARTS, ""): (k.dg_starts, hi - lo),
+                (kpi_pb2.KPI_FUEL_CONSUMED_L, ""): (k.fuel_consumed_l, hi - lo),
+                (kpi_pb2.KPI_FUEL_EXPECTED_L, ""): (k.fuel_expected_l, hi - lo),
+                (kpi_pb2.KPI_REFUEL_L, ""): (k.refuel_l, hi - lo),
+                (kpi_pb2.KPI_ENERGY_GRID_KWH, ""): (k.energy_grid_kwh, hi - lo),
+                (kpi_pb2.KPI_ENERGY_DG_KWH, ""): (k.energy_dg_kwh, hi - lo),
+                (kpi_pb2.KPI_ENERGY_BATTERY_KWH, ""): (k.energy_battery_kwh, hi - lo),
+                **{(kpi_pb2.KPI_TENANT_AVAILABILITY, t.tenant_id):
+                   (t.availability.availability,
+                    t.availability.period_minutes - t.availability.excluded.total) for t in k.tenancies},
+            }
+            got = {(s.kpi, s.tenant_id): (s.points[i].value, s.points[i].known_minutes) for s in resp.series}
+            assert got.keys() == expected.keys()
+            for key, (value, known) in expected.items():
+                assert got[key][0] == pytest.approx(value, abs=1e-9), (site, i, key)
+                assert got[key][1] == known, (site, i, key)
+            assert all(s.points[i].time.seconds == (H0 + lo) * 60 for s in resp.series)
+
+
 async def test_worst_sites_and_fleet_summary(world):
     md = world.md("viewer")
     worst = await world.stub.ListWorstSites(kpi_pb2.ListWorstSitesRequest(range=rng(0, 120), region=NORTH),
