@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -45,7 +44,6 @@ COUNTS = Counter("towerco_kpi_calculator", "What the kpi_calculator did: samples
                  "hours_published, register_changes.", ["what"])
 FOLD_LAG = Gauge("towerco_kpi_calculator_fold_lag_seconds",
                  "Seconds from the ingest API accepting the newest folded batch to its folding (whole seconds).")
-CATCH_UP_QUIET_S = 0.2  # no full telemetry fetch for this long: the consumers have caught up
 
 
 def _env_float(name: str, default: float) -> float:
@@ -84,12 +82,11 @@ class CalculatorConfig:
     TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
     TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
     TOWERCO_KPI_BATCH               TELEMETRY messages folded in one transaction, at most (100)
-    TOWERCO_KPI_RECOMPUTE_INTERVAL_S  pause between re-evaluation rounds of marked hours (0.5): longer
-                                    batches more changes into one re-evaluation under heavy load
-    TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S  while the telemetry consumers are catching up on a backlog (their
-                                    fetches come back full), re-evaluation waits for them, but never
-                                    longer than this (10): folding first, so the backlog drains sooner
-                                    and each hour is re-evaluated once rather than at every round
+    TOWERCO_KPI_RECOMPUTE_INTERVAL_S  pause between re-evaluation rounds of marked hours (0.25)
+    TOWERCO_KPI_SETTLE_S            a site's marked hours are re-evaluated once no telemetry has
+                                    touched it for this long (0.5): a site reporting minute by minute is
+                                    re-evaluated after each report, one in a burst or a backlog once
+    TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S  ... but a site that never goes quiet at least this often (10)
     TOWERCO_KPI_RECOMPUTE_CONCURRENCY  sites re-evaluated at once, each in its own transaction (3)
     """
 
@@ -103,7 +100,8 @@ class CalculatorConfig:
     batch: int = 100
     durable_prefix: str = "kpi-calculator"
     ack_wait_s: float = 60.0
-    recompute_interval_s: float = 0.5
+    recompute_interval_s: float = 0.25
+    settle_s: float = 0.5
     recompute_max_delay_s: float = 10.0
     recompute_concurrency: int = 3
 
@@ -123,7 +121,8 @@ class CalculatorConfig:
             durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
             ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
             batch=max(1, int(_env_float("TOWERCO_KPI_BATCH", 100))),
-            recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.5),
+            recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.25),
+            settle_s=_env_float("TOWERCO_KPI_SETTLE_S", 0.5),
             recompute_max_delay_s=_env_float("TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S", 10.0),
             recompute_concurrency=max(1, int(_env_float("TOWERCO_KPI_RECOMPUTE_CONCURRENCY", 3))),
         )
@@ -201,6 +200,53 @@ def _ts(t) -> datetime:
 # --------------------------------------------------------------------------- the calculator
 
 
+class Settling:
+    """When a site's marked hours are due for re-evaluation: once no telemetry has touched the
+    site for `settle_s`, or once it has waited `max_delay_s` since it was first touched after its
+    last evaluation. A site it has not seen touched (marked by the register path, or by an earlier
+    run of the process) is due at once. Times are monotonic seconds."""
+
+    def __init__(self, settle_s: float, max_delay_s: float) -> None:
+        self.settle_s = settle_s
+        self.max_delay_s = max_delay_s
+        self._touched: dict[str, list[float]] = {}  # site -> [first, last] touch since its evaluation
+
+    def touch(self, site_ids: Iterable[str], now: float) -> None:
+        for site_id in site_ids:
+            t = self._touched.get(site_id)
+            if t is None:
+                self._touched[site_id] = [now, now]
+            else:
+                t[1] = now
+
+    def due(self, site_ids: Iterable[str], now: float) -> list[str]:
+        out = []
+        for site_id in site_ids:
+            t = self._touched.get(site_id)
+            if t is None or now - t[1] >= self.settle_s or now - t[0] >= self.max_delay_s:
+                out.append(site_id)
+        return out
+
+    def evaluated(self, site_ids: Iterable[str], started: float) -> None:
+        """These sites were re-evaluated from `started` on: touched since, they wait from then."""
+        for site_id in site_ids:
+            t = self._touched.get(site_id)
+            if t is not None:
+                if t[1] >= started:
+                    t[0] = started
+                else:
+                    del self._touched[site_id]
+
+    def forget_all_but(self, site_ids: Iterable[str]) -> None:
+        """Drop the sites without marks any more (re-evaluated by another path)."""
+        keep = set(site_ids)
+        for site_id in [s for s in self._touched if s not in keep]:
+            del self._touched[site_id]
+
+    def waiting(self) -> bool:
+        return bool(self._touched)
+
+
 class Calculator:
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext, *, config: CalculatorConfig,
                  partition_count: int, fetch_register: Callable[[], Awaitable[dict]] | None = None,
@@ -219,7 +265,7 @@ class Calculator:
         self.last_batch_accepted: float | None = None  # accepted_time of the newest folded batch
         self._lock = asyncio.Lock()  # serialises hour recomputation of the register path
         self._dirty = asyncio.Event()
-        self._full_fetch_at = -math.inf  # monotonic time of the latest full telemetry fetch (a backlog)
+        self._settle = Settling(config.settle_s, config.recompute_max_delay_s)
 
     def _count(self, what: str, n: int = 1) -> None:
         self.stats[what] += n
@@ -272,8 +318,6 @@ class Calculator:
     # -- telemetry
 
     async def handle_telemetry(self, msgs: list[Msg]) -> None:
-        if len(msgs) >= self.config.batch:
-            self._full_fetch_at = time.monotonic()
         batches: list[tuple[str, telemetry_pb2.TelemetryBatch]] = []
         for msg in msgs:
             batch = telemetry_pb2.TelemetryBatch()
@@ -314,7 +358,8 @@ class Calculator:
                     site_id: domain.affected_hours(minutes, self.ref.site_cfg(site_id).pad_minutes)
                     for site_id, minutes in by_site.items()})
             self._count("samples", samples)
-        if samples:
+        if folded:
+            self._settle.touch(by_site, time.monotonic())
             self._dirty.set()
         self._count("batches", len(batches))
         accepted = [b.accepted_time.seconds for _, b in batches if b.HasField("accepted_time")]
@@ -338,13 +383,18 @@ class Calculator:
         self._count("hours_computed", done)
         return done
 
-    async def recompute_dirty(self) -> int:
+    async def recompute_dirty(self, *, settled_only: bool = False) -> int:
         """Re-evaluate every site-hour marked when the call starts, once (groups of sites, each in
-        its own short transaction); marks made meanwhile wait for the next call."""
+        its own short transaction); marks made meanwhile wait for the next call. `settled_only`:
+        only the sites `Settling` calls due (the loop); the others keep their marks."""
+        started = time.monotonic()
         async with self.pool.acquire() as conn:
             # only this replica's sites: their marks come from its own partitions (another
             # replica's would be taken under that replica's feet, holding its site locks)
             sites = [s for s in await store.dirty_sites(conn, limit=None) if self.owns(s)]
+        self._settle.forget_all_but(sites)
+        if settled_only:
+            sites = self._settle.due(sites, started)
         if not sites:
             return 0
         # groups of sites, each in one transaction; a few groups at once, so one group's SQL
@@ -353,6 +403,7 @@ class Calculator:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(self._recompute_groups(todo))
                      for _ in range(min(self.config.recompute_concurrency, len(sites)))]
+        self._settle.evaluated(sites, started)
         return sum(t.result() for t in tasks)
 
     async def _recompute_groups(self, groups: Iterator[list[str]]) -> int:
@@ -397,24 +448,15 @@ class Calculator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=5.0)
             self._dirty.clear()
-            await self._while_catching_up()
             try:
-                await self.recompute_dirty()
+                await self.recompute_dirty(settled_only=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - marks stay in the table; retried next round
                 log.warning("kpi recompute failed: %s", exc)
             await asyncio.sleep(self.config.recompute_interval_s)
-
-    async def _while_catching_up(self) -> None:
-        """Wait while the telemetry consumers work through a backlog (a fetch came back full
-        within the last CATCH_UP_QUIET_S), at most recompute_max_delay_s."""
-        deadline = time.monotonic() + self.config.recompute_max_delay_s
-        while True:
-            wait = min(self._full_fetch_at + CATCH_UP_QUIET_S, deadline) - time.monotonic()
-            if wait <= 0:
-                return
-            await asyncio.sleep(wait)
+            if self._settle.waiting():  # sites not due yet: look again next round
+                self._dirty.set()
 
     async def recompute_site(self, site_id: str, *, lo: int | None = None, hi: int | None = None) -> int:
         """Re-evaluate a site's stored hours (all within the recompute horizon, or [lo, hi))."""

@@ -119,7 +119,7 @@ async def running_calculator(pool, js, site_ids, *, database_url=None, **kw):
     parts = tuple(sorted({events.partition_of(s, PARTITIONS) for s in site_ids}))
     name = uuid.uuid4().hex[:8]
     cfg = CalculatorConfig(partitions=parts, publish_interval_s=0.2, publish_grace_s=0.0, replica=name,
-                           recompute_interval_s=0.1,
+                           recompute_interval_s=0.1, settle_s=0.2,
                            durable_prefix=f"kpi-test-{name}", **kw)
     calc = Calculator(pool, js, config=cfg, partition_count=PARTITIONS,
                       database_url=database_url or os.environ.get("DATABASE_URL"))

@@ -35,7 +35,8 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(stack, pool, js, tmp_
     env = stack.env()
     env.update(TOWERCO_KPI_PARTITIONS=",".join(map(str, parts)), TOWERCO_KPI_DURABLE_PREFIX=f"kpi-crash-{u.lower()}",
                TOWERCO_SITES_TARGET="127.0.0.1:1", TOWERCO_LOG_LEVEL="error",
-               TOWERCO_KPI_ACK_WAIT_S="3", TOWERCO_KPI_RECOMPUTE_INTERVAL_S="0.2")
+               TOWERCO_KPI_ACK_WAIT_S="3", TOWERCO_KPI_RECOMPUTE_INTERVAL_S="0.2",
+               TOWERCO_KPI_SETTLE_S="0.3")
     h = hours_ago(3)
     samples = []
     for s in sites:

@@ -79,7 +79,8 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
         env.update(TOWERCO_SITES_TARGET=f"127.0.0.1:{sites_srv.port}",
                    TOWERCO_TELEMETRY_TARGET=f"127.0.0.1:{tel_srv.port}",
                    TOWERCO_KPI_PARTITIONS=",".join(str(events.partition_of(s, settings.partitions)) for s in sites),
-                   TOWERCO_KPI_DURABLE_PREFIX=f"kpi-e2e-{u.lower()}", TOWERCO_KPI_PUBLISH_INTERVAL_S="0.5", TOWERCO_KPI_RECOMPUTE_INTERVAL_S="0.2",
+                   TOWERCO_KPI_DURABLE_PREFIX=f"kpi-e2e-{u.lower()}", TOWERCO_KPI_PUBLISH_INTERVAL_S="0.5",
+                   TOWERCO_KPI_RECOMPUTE_INTERVAL_S="0.2", TOWERCO_KPI_SETTLE_S="0.3",
                    TOWERCO_LOG_LEVEL="warning")
         with (tmp_path / "calc.log").open("wb") as log:
             procs.append(await asyncio.create_subprocess_exec(

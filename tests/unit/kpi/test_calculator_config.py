@@ -1,66 +1,68 @@
-"""The kpi_calculator's settings from the environment and its catch-up rule (no I/O)."""
+"""The kpi_calculator's settings from the environment and when it re-evaluates a site (no I/O)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 
-from workers.kpi_calculator import consumer
-from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
+from workers.kpi_calculator.consumer import Calculator, CalculatorConfig, Settling
 
 
 def test_config_defaults_and_environment(monkeypatch):
-    for name in ("TOWERCO_KPI_PARTITIONS", "TOWERCO_KPI_BATCH", "TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S"):
+    for name in ("TOWERCO_KPI_PARTITIONS", "TOWERCO_KPI_BATCH", "TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S",
+                 "TOWERCO_KPI_SETTLE_S"):
         monkeypatch.delenv(name, raising=False)
     cfg = CalculatorConfig.from_env(16)
     assert cfg.partitions == tuple(range(16)) and cfg.replica == "all"
-    assert cfg.batch == 100 and cfg.recompute_max_delay_s == 10.0
+    assert cfg.batch == 100 and cfg.recompute_max_delay_s == 10.0 and cfg.settle_s == 0.5
     monkeypatch.setenv("TOWERCO_KPI_PARTITIONS", "0-3,9")
     monkeypatch.setenv("TOWERCO_KPI_BATCH", "250")
     monkeypatch.setenv("TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S", "2.5")
+    monkeypatch.setenv("TOWERCO_KPI_SETTLE_S", "0.25")
     cfg = CalculatorConfig.from_env(16)
     assert cfg.partitions == (0, 1, 2, 3, 9) and cfg.replica == "p0_1_2_3_9"
-    assert cfg.batch == 250 and cfg.recompute_max_delay_s == 2.5
+    assert cfg.batch == 250 and cfg.recompute_max_delay_s == 2.5 and cfg.settle_s == 0.25
     monkeypatch.setenv("TOWERCO_KPI_PARTITIONS", "15-16")
     with pytest.raises(ValueError, match="outside"):
         CalculatorConfig.from_env(16)
+
+
+def test_a_site_is_due_once_it_goes_quiet():
+    s = Settling(settle_s=1.0, max_delay_s=10.0)
+    s.touch(["A", "B"], now=100.0)
+    s.touch(["A"], now=100.8)
+    assert s.due(["A", "B", "C"], now=101.0) == ["B", "C"]  # C: never touched here, due at once
+    assert s.due(["A", "B"], now=101.8) == ["A", "B"]
+    s.evaluated(["A", "B"], started=101.8)
+    assert not s.waiting()
+
+
+def test_a_site_that_never_goes_quiet_is_due_every_max_delay():
+    s = Settling(settle_s=1.0, max_delay_s=10.0)
+    due_at = []
+    for tick in range(250):  # touched every 0.1 s for 25 s
+        t = tick / 10
+        s.touch(["A"], now=t)
+        if s.due(["A"], now=t):
+            due_at.append(t)
+            s.evaluated(["A"], started=t)
+    assert due_at == [10.0, 20.0]  # after the evaluation it waits from the evaluation's start
+
+
+def test_touched_during_an_evaluation_waits_again_and_unmarked_sites_are_forgotten():
+    s = Settling(settle_s=1.0, max_delay_s=10.0)
+    s.touch(["A", "B"], now=0.0)
+    started = 5.0
+    s.touch(["A"], now=5.5)  # new data while the round runs
+    s.evaluated(["A", "B"], started=started)
+    assert s.waiting() and s.due(["A"], now=6.0) == [] and s.due(["A"], now=6.5) == ["A"]
+    s.forget_all_but(["B"])  # A's marks were taken by another path
+    assert not s.waiting()
 
 
 def calculator(**kw) -> Calculator:
     return Calculator(None, None, config=CalculatorConfig(partitions=(0,), **kw), partition_count=16)  # type: ignore[arg-type]
 
 
-async def test_reevaluation_does_not_wait_without_a_backlog():
-    calc = calculator()
-    t = time.monotonic()
-    await calc._while_catching_up()
-    assert time.monotonic() - t < 0.05
-
-
-async def test_reevaluation_waits_for_the_consumers_to_catch_up():
-    calc = calculator(recompute_max_delay_s=5.0)
-    stop_at = time.monotonic() + 0.5
-
-    async def backlog():  # full fetches every 50 ms for half a second
-        while time.monotonic() < stop_at:
-            calc._full_fetch_at = time.monotonic()
-            await asyncio.sleep(0.05)
-
-    feeder = asyncio.create_task(backlog())
-    await asyncio.sleep(0)
-    t = time.monotonic()
-    await calc._while_catching_up()
-    waited = time.monotonic() - t
-    await feeder
-    # until the last full fetch plus the quiet time, and not much longer
-    assert 0.5 + consumer.CATCH_UP_QUIET_S - 0.1 <= waited < 0.5 + consumer.CATCH_UP_QUIET_S + 1.0
-
-
-async def test_reevaluation_waits_at_most_the_maximum_delay():
-    calc = calculator(recompute_max_delay_s=0.3)
-    calc._full_fetch_at = time.monotonic() + 3600  # a backlog that never ends
-    t = time.monotonic()
-    await calc._while_catching_up()
-    assert 0.25 <= time.monotonic() - t < 1.5
+def test_the_calculator_schedules_with_its_settings():
+    calc = calculator(settle_s=2.5, recompute_max_delay_s=30.0)
+    assert (calc._settle.settle_s, calc._settle.max_delay_s) == (2.5, 30.0)
