@@ -82,7 +82,7 @@ class CalculatorConfig:
     TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
     TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
     TOWERCO_KPI_BATCH               TELEMETRY messages folded in one transaction, at most (100)
-    TOWERCO_KPI_RECOMPUTE_INTERVAL_S  pause between re-evaluation rounds of marked hours (0.25)
+    TOWERCO_KPI_RECOMPUTE_INTERVAL_S  least pause between re-evaluation rounds (0.1)
     TOWERCO_KPI_SETTLE_S            a site's marked hours are re-evaluated once no telemetry has
                                     touched it for this long (0.5): a site reporting minute by minute is
                                     re-evaluated after each report, one in a burst or a backlog once
@@ -100,7 +100,7 @@ class CalculatorConfig:
     batch: int = 100
     durable_prefix: str = "kpi-calculator"
     ack_wait_s: float = 60.0
-    recompute_interval_s: float = 0.25
+    recompute_interval_s: float = 0.1
     settle_s: float = 0.5
     recompute_max_delay_s: float = 10.0
     recompute_concurrency: int = 3
@@ -121,7 +121,7 @@ class CalculatorConfig:
             durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
             ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
             batch=max(1, int(_env_float("TOWERCO_KPI_BATCH", 100))),
-            recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.25),
+            recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.1),
             settle_s=_env_float("TOWERCO_KPI_SETTLE_S", 0.5),
             recompute_max_delay_s=_env_float("TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S", 10.0),
             recompute_concurrency=max(1, int(_env_float("TOWERCO_KPI_RECOMPUTE_CONCURRENCY", 3))),
@@ -245,6 +245,13 @@ class Settling:
 
     def waiting(self) -> bool:
         return bool(self._touched)
+
+    def next_due_in(self, now: float) -> float:
+        """Seconds until the first waiting site is due (0 when one is, or none waits)."""
+        if not self._touched:
+            return 0.0
+        soonest = min(min(first + self.max_delay_s, last + self.settle_s) for first, last in self._touched.values())
+        return max(0.0, soonest - now)
 
 
 class Calculator:
@@ -448,6 +455,7 @@ class Calculator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=5.0)
             self._dirty.clear()
+            await asyncio.sleep(self._settle.next_due_in(time.monotonic()))
             try:
                 await self.recompute_dirty(settled_only=True)
             except asyncio.CancelledError:
@@ -455,7 +463,7 @@ class Calculator:
             except Exception as exc:  # noqa: BLE001 - marks stay in the table; retried next round
                 log.warning("kpi recompute failed: %s", exc)
             await asyncio.sleep(self.config.recompute_interval_s)
-            if self._settle.waiting():  # sites not due yet: look again next round
+            if self._settle.waiting():  # sites not due yet: look again when the first one is
                 self._dirty.set()
 
     async def recompute_site(self, site_id: str, *, lo: int | None = None, hi: int | None = None) -> int:

@@ -150,30 +150,24 @@ def _fold_one(out: dict, site_id: str, metric: str, tenant_id: str, minute: int,
         a[5] = v
 
 
-def fold_messages(batches: Iterable[Iterable], *, oldest: float) -> tuple[dict[tuple[str, int], RawAggs], int, int]:
+def fold_messages(batches: Sequence[Sequence], *, oldest: float) -> tuple[dict[tuple[str, int], RawAggs], int, int]:
     """The hot path of `fold`, straight from TelemetryBatch samples (anything with site_id, metric,
     tenant_id, value and a Timestamp-like `time`), in raw form. A sample belongs to the minute of
-    its whole epoch seconds; its time (for "latest") is seconds + nanos / 1e9. Samples older than
-    `oldest` are counted and left out. Returns (site-minute -> raw aggregates, samples taken,
-    samples too late); "taken" includes the unknown-metric and non-finite samples fold() skips."""
+    its whole epoch seconds; its time (for "latest") is seconds + nanos / 1e9. Samples of a metric
+    no KPI reads are skipped first (cheapest); samples older than `oldest` are counted and left out.
+    Returns (site-minute -> raw aggregates, samples taken, samples too late): "taken" is every
+    sample but the late ones, so it includes the skipped and the non-finite ones."""
     out: dict[tuple[str, int], RawAggs] = {}
     site_keys = _SITE_KEYS
     link_prefix = _LINK_PREFIX
     link_metric = LINK_METRIC
-    taken = late = 0
+    seen = late = 0
     last_site: str | None = None
     last_minute = -1
     aggs: RawAggs = {}
     for samples in batches:
+        seen += len(samples)
         for s in samples:
-            tm = s.time
-            sec = tm.seconds
-            nanos = tm.nanos
-            t = sec + nanos / 1e9
-            if t < oldest:
-                late += 1
-                continue
-            taken += 1
             metric = s.metric
             key = site_keys.get(metric)
             if key is None:
@@ -183,6 +177,13 @@ def fold_messages(batches: Iterable[Iterable], *, oldest: float) -> tuple[dict[t
                 if not tenant_id:
                     continue
                 key = link_prefix + tenant_id
+            tm = s.time
+            sec = tm.seconds
+            nanos = tm.nanos
+            t = sec + nanos / 1e9 if nanos else sec
+            if t < oldest:
+                late += 1
+                continue
             v = s.value
             if v - v != 0.0:  # nan or infinite
                 continue
@@ -207,7 +208,7 @@ def fold_messages(batches: Iterable[Iterable], *, oldest: float) -> tuple[dict[t
             if t >= a[4]:
                 a[4] = t
                 a[5] = v
-    return out, taken, late
+    return out, seen - late, late
 
 
 def merge_raw(into: RawAggs, other: Mapping[str, RawAgg]) -> RawAggs:

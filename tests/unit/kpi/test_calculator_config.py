@@ -56,7 +56,19 @@ def test_touched_during_an_evaluation_waits_again_and_unmarked_sites_are_forgott
     s.evaluated(["A", "B"], started=started)
     assert s.waiting() and s.due(["A"], now=6.0) == [] and s.due(["A"], now=6.5) == ["A"]
     s.forget_all_but(["B"])  # A's marks were taken by another path
-    assert not s.waiting()
+    assert not s.waiting() and s.next_due_in(7.0) == 0.0
+
+
+def test_the_loop_sleeps_until_the_first_site_is_due():
+    s = Settling(settle_s=1.0, max_delay_s=10.0)
+    s.touch(["A"], now=0.0)
+    s.touch(["B"], now=0.5)
+    assert s.next_due_in(0.6) == pytest.approx(0.4)  # A settles at 1.0
+    for tick in range(1, 100):  # B touched every 0.1 s: due at max delay, 10 s after its first touch
+        s.touch(["B"], now=0.5 + tick / 10)
+    s.evaluated(["A"], started=1.0)
+    assert s.next_due_in(9.0) == pytest.approx(1.5)
+    assert s.next_due_in(12.0) == 0.0
 
 
 def calculator(**kw) -> Calculator:
