@@ -258,7 +258,8 @@ async def phase(mode: str, url: str, env: dict, args: argparse.Namespace, t0: fl
     }
 
 
-async def orchestrate(args: argparse.Namespace) -> dict:
+async def orchestrate(args: argparse.Namespace, *, unary_only: bool = False) -> dict:
+    """Every phase (ceiling, unary, stream), or only the unary one (bench.kpi's baseline)."""
     import grpc
     from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
@@ -293,11 +294,12 @@ async def orchestrate(args: argparse.Namespace) -> dict:
         procs.extend(ingestors)
         await asyncio.sleep(2.0)
         t0 = float(int(time.time()) - 3 * 3600)
-        results = {"ceiling_sps": await ceiling(pg.url, args, t0)}
+        results: dict = {} if unary_only else {"ceiling_sps": await ceiling(pg.url, args, t0)}
         pids = {"telemetry": [procs[1].p.pid], "ingestor": [p.p.pid for p in ingestors],
                 "postgres": [pg_postmaster(pg.data_dir)], "nats": [nats.process.pid]}
         results["unary"] = await phase("unary", pg.url, env, args, t0, ingestors, pids)
-        results["stream"] = await phase("stream", pg.url, env, args, t0 + 10_000, ingestors, pids)
+        if not unary_only:
+            results["stream"] = await phase("stream", pg.url, env, args, t0 + 10_000, ingestors, pids)
         results["logs"] = str(tmp)
         return results
     finally:

@@ -15,6 +15,12 @@ kpi.site_hour rows of one site) is loaded with COPY, then timed through gRPC:
   SELECT of the site's hour rows, timed in this process; ratio = gRPC / bare SQL.
 Median of --repeat calls after one warm-up.
 
+Baseline of phase 2, the rate to keep up with: bench.ingest's unary phase (--ingest-samples
+through the ingest API -> JetStream -> 2 ingestors -> PostgreSQL, with its own servers and
+processes) run in this run, just before phase 2, so it sees the same machine (these 2-core
+machines have slow spells in which everything runs ~1.5x slower): ingest_sps. --rate N skips it
+and uses N instead. bench.ingest's own target, 150,000 samples/s, is shown beside it.
+
 Phase 2, calculator: --calc-sites sites report every metric (10 site metrics + 2 tenant links)
 each minute for --calc-minutes recent minutes (1,000 x 60 x 12 = 720,000 samples, about 5 s at the
 target rate: shorter runs swing with the machine's noise); the samples are
@@ -22,10 +28,9 @@ cut as the ingest API cuts them (requests of --request samples, each split into 
 per partition, Nats-Msg-Id "<batch>:<partition>") and published to TELEMETRY. --calc-replicas
 kpi_calculator processes share the 16 partitions (TOWERCO_KPI_PARTITIONS, round robin). Two runs,
 each on its own fresh sites:
-  paced     published at --rate samples/s, the ingest target (150,000; bench.ingest measured
-            ~180k/s on a quiet machine): paced_fold_lag_s = last publish -> every consumer
-            drained (every sample folded into its minute), paced_lag_s = -> every marked hour
-            re-evaluated too
+  paced     published at the ingest rate while the calculators run: paced_fold_lag_s = last
+            publish -> every consumer drained (every sample folded into its minute), paced_lag_s =
+            -> every marked hour re-evaluated too
   burst     a backlog: the calculator processes are paused (SIGSTOP) while every message is
             published, then resumed, so their own capacity is measured without the publisher
             competing for the CPU: calc_sps = samples / (resume -> every hour re-evaluated),
@@ -35,8 +40,8 @@ each on its own fresh sites:
             (Linux /proc), a figure that depends less on what else the machine runs;
             calc_cpu_us_per_sample: CPU microseconds per sample of the calculators, PostgreSQL,
             NATS and this process (the publisher) over the same window
-  keeps_up  calc_sps >= the ingest target, the paced run really published at >= 95% of it, and
-            its samples were folded within 1 s of the last publish
+  keeps_up  calc_sps >= the ingest rate (calc_vs_ingest >= 1), the paced run really published
+            at >= 95% of it, and its samples were folded within 1 s of the last publish
 Each run checks that every sample was folded in exactly once (sum of the minute aggregates'
 counts; samples of catalogue metrics no KPI reads are skipped by design and not expected there).
 Phase 1 is skipped with --sites 0, phase 2 with --calc-sites 0.
@@ -68,7 +73,7 @@ from bench.procs import cpu_seconds, pg_postmaster
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "benchtel"
-INGEST_TARGET_SPS = 150_000  # bench.ingest's target rate (samples/s), what the calculator must keep up with
+INGEST_TARGET_SPS = 150_000  # bench.ingest's target (samples/s), shown beside the rate measured in the run
 CODES = ("up", "ignored", "dc_low", "dc_high", "link_down", "unknown", "ex_pm", "ex_fm", "ex_tc", "ex_ad",
          "un_pm", "un_fm", "un_tc", "un_ad")
 CODE_OF = dict(zip(CODES, "UuLHN?PFTApfta", strict=True))
@@ -368,7 +373,7 @@ async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids
             "cpu_s": round(cpu, 2), "sps_per_cpu_s": round(total / cpu) if cpu else 0, "cpu_us_per_sample": cpu_us}
 
 
-async def phase_calculator(args, env, pool, js, tmp: Path, servers: dict[str, list[int]]) -> dict:
+async def phase_calculator(args, env, pool, js, tmp: Path, servers: dict[str, list[int]], rate: float) -> dict:
     """Two runs on fresh sites each: `paced` publishes at the ingest target rate (--rate) while the
     calculators run, as the ingest API feeds TELEMETRY; `burst` is a backlog the calculators find
     when resumed, so their own capacity is what is measured (samples / resume -> all done)."""
@@ -395,9 +400,9 @@ async def phase_calculator(args, env, pool, js, tmp: Path, servers: dict[str, li
             if not await calc_pending(js):
                 break
             await asyncio.sleep(0.2)
-        out: dict = {"ingest_target_sps": round(args.rate), "calc_replicas": args.calc_replicas}
+        out: dict = {"calc_replicas": args.calc_replicas, "rate_sps": round(rate)}
         for name, tag in runs.items():
-            r = await calc_run(args, pool, js, sites[tag], tag, args.rate if name == "paced" else 0.0,
+            r = await calc_run(args, pool, js, sites[tag], tag, rate if name == "paced" else 0.0,
                                pids, paused=workers if name == "burst" else ())
             if name == "burst":
                 out.update(calc_samples=r["samples"], publish_sps=r["publish_sps"], calc_sps=r["calc_sps"],
@@ -406,10 +411,11 @@ async def phase_calculator(args, env, pool, js, tmp: Path, servers: dict[str, li
                            calc_cpu_us_per_sample=r["cpu_us_per_sample"])
             else:
                 out.update({f"paced_{k}": v for k, v in r.items() if k != "tenancy_hours"})
-        # keeps up: drains a burst faster than ingest produces, and at the ingest rate every
-        # sample is folded within a second of its publication
-        out["keeps_up"] = bool(out["calc_sps"] >= args.rate and out["paced_publish_sps"] >= 0.95 * args.rate
+        # keeps up: works off a backlog faster than ingest produces it, and fed at the ingest rate
+        # folds every sample within a second of its publication
+        out["keeps_up"] = bool(out["calc_sps"] >= rate and out["paced_publish_sps"] >= 0.95 * rate
                                and out["paced_fold_lag_s"] <= 1.0)
+        out["calc_vs_ingest"] = round(out["calc_sps"] / rate, 2)
         return out
     finally:
         for worker in workers:
@@ -419,6 +425,19 @@ async def phase_calculator(args, env, pool, js, tmp: Path, servers: dict[str, li
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+
+
+async def phase_ingest(args) -> dict:
+    """The rate to keep up with: bench.ingest's unary phase (ingest API -> JetStream -> ingestors
+    -> PostgreSQL, its own servers and processes), run now so that it sees the same machine."""
+    from bench import ingest
+
+    spec = argparse.Namespace(samples=args.ingest_samples, batch=args.request, sites=1000, concurrency=8,
+                              ingestors=2)
+    unary = (await ingest.orchestrate(spec, unary_only=True))["unary"]
+    if unary["rows"] != unary["samples"]:
+        raise RuntimeError(f"ingest baseline: {unary['rows']} rows for {unary['samples']} samples")
+    return {"ingest_sps": round(unary["sps"]), "ingest_cpu_us_per_sample": unary["cpu_us_per_sample"]}
 
 
 async def main_async(args) -> dict:
@@ -453,8 +472,12 @@ async def main_async(args) -> dict:
                 async with pool.acquire() as conn:
                     await conn.execute("VACUUM ANALYZE kpi.tenancy_hour, kpi.tenancy_day, kpi.site_hour")
                     await conn.execute("CHECKPOINT")
+            rate = args.rate
+            if not rate:  # the baseline: the ingest path end to end, now, on this machine
+                figures.update(await phase_ingest(args))
+                rate = figures["ingest_sps"]
             servers = {"postgres": [pg_postmaster(pg.data_dir)], "nats": [nats.process.pid]}
-            figures.update(await phase_calculator(args, env, pool, js, tmp, servers))
+            figures.update(await phase_calculator(args, env, pool, js, tmp, servers, rate))
         await nc.close()
         await pool.close()
         figures["logs"] = str(tmp)
@@ -481,8 +504,11 @@ def main() -> None:
     ap.add_argument("--calc-minutes", type=int, default=60)
     ap.add_argument("--request", type=int, default=5000,
                     help="samples per ingest request, each split per partition (5000, as bench.ingest)")
-    ap.add_argument("--rate", type=float, default=INGEST_TARGET_SPS,
-                    help="publish rate of the paced run, samples/s (the ingest target)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="the ingest rate to keep up with, samples/s (default: measured in this run, "
+                         "as bench-ingest measures it)")
+    ap.add_argument("--ingest-samples", type=int, default=720_000,
+                    help="samples of the ingest baseline (as bench-ingest's unary phase)")
     ap.add_argument("--calc-timeout", type=float, default=600.0)
     # two replicas, as bench.ingest runs two ingestors: stateful workers scale by splitting partitions
     ap.add_argument("--calc-replicas", type=int, default=2)
@@ -497,17 +523,20 @@ def main() -> None:
         ("worst 20 tenancies (gRPC)", f"{f['worst_ms']} ms", "no target"),
     ]
     if "calc_sps" in f:
-        tgt = f"{f['ingest_target_sps']} samples/s"
+        tgt = f"{f['rate_sps']} samples/s"
+        if "ingest_sps" in f:
+            rows += [("ingest path end to end, this run (baseline)", f"{f['ingest_sps']} samples/s",
+                      f"bench-ingest's unary phase; its target {INGEST_TARGET_SPS} samples/s")]
         rows += [
             (f"calculator: {f['calc_replicas']} replica(s), {f['calc_samples']} samples per run", "", ""),
-            ("  paced run: published at", f"{f['paced_publish_sps']} samples/s", f"target {tgt}"),
+            ("  paced run: published at", f"{f['paced_publish_sps']} samples/s", f"the ingest rate, {tgt}"),
             ("  paced run: folded (consumers drained)", f"{f['paced_fold_sps']} samples/s",
              f"lag {f['paced_fold_lag_s']} s after last publish"),
             ("  paced run: hours re-evaluated", f"{f['paced_calc_sps']} samples/s",
              f"lag {f['paced_lag_s']} s after last publish"),
             ("  backlog: published (calculators paused) at", f"{f['publish_sps']} samples/s", ""),
             ("  backlog: calculator throughput", f"{f['calc_sps']} samples/s",
-             f"vs ingest {tgt}; worked off in {f['lag_s']} s (folded at {f['fold_sps']} samples/s)"),
+             f"{f['calc_vs_ingest']} x ingest; worked off in {f['lag_s']} s (folded at {f['fold_sps']} samples/s)"),
             ("  backlog: calculator CPU (all replicas)", f"{f['calc_cpu_s']} s",
              f"{f['calc_sps_per_cpu_s']} samples per CPU second"),
             ("  backlog: CPU per sample", f"{sum(f['calc_cpu_us_per_sample'].values()):.1f} us",
