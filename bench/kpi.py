@@ -66,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -302,7 +303,7 @@ async def calc_pending(js) -> int:
 
 
 async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids: dict[str, list[int]],
-                   paused: list[subprocess.Popen] = ()) -> dict:
+                   paused: Sequence[subprocess.Popen] = ()) -> dict:
     """Publish the messages of `sites` and time the calculator: consumers drained (every sample
     folded into its minute), then every marked hour re-evaluated. Paced (`rate` samples/s): the
     clock starts at the first publish. Backlog (`paused` = the calculator processes): they are
