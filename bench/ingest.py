@@ -40,7 +40,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.procs import cpu_seconds, pg_postmaster
+from bench.procs import cpu_seconds, pg_postmaster, wait_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["mains_present", "dg_running", "fuel_level_l", "dc_bus_v", "load_a", "battery_soc_pct",
@@ -146,25 +146,6 @@ class Proc:
                 self.p.wait(15)
             except subprocess.TimeoutExpired:
                 self.p.kill()
-
-
-async def wait_grpc(target: str, timeout_s: float = 60) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while True:
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{target} never became healthy")
-            await asyncio.sleep(0.2)
 
 
 async def ceiling(url: str, args: argparse.Namespace, t0: float) -> float:

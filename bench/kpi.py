@@ -70,7 +70,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.procs import cpu_seconds, pg_postmaster
+from bench.procs import cpu_seconds, pg_postmaster, wait_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "benchtel"
@@ -128,25 +128,6 @@ def spawn(module: str, env: dict[str, str], log: Path, *, profile: str = "") -> 
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, *prefix, "-m", module], env=env, cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
-
-
-async def wait_grpc(target: str, timeout_s: float = 60.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while True:
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{target} did not become healthy")
-            await asyncio.sleep(0.2)
 
 
 async def timed(fn, repeat: int) -> tuple[float, object]:

@@ -1,19 +1,24 @@
-"""What every worker process shares: wait for its schema, run until SIGTERM/SIGINT."""
+"""What every worker process shares: its runtime (logs, metrics, pool, NATS, schema), and running
+until SIGTERM/SIGINT with an event-loop heartbeat."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
+from nats.js import JetStreamContext
 
-from mesh import db
-from mesh.observability import WORKER_HEARTBEAT
+from mesh import db, events
+from mesh.config import Settings, get_settings
+from mesh.observability import WORKER_HEARTBEAT, configure_logging, start_metrics_server
 
 log = logging.getLogger("towerco.lifecycle")
 
@@ -21,6 +26,43 @@ log = logging.getLogger("towerco.lifecycle")
 class Worker(Protocol):
     async def run(self) -> None: ...
     async def stop(self) -> None: ...
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    pool: asyncpg.Pool
+    js: JetStreamContext
+
+
+@contextlib.asynccontextmanager
+async def worker_runtime(name: str, *, table: str, **pool_kwargs: Any) -> AsyncIterator[WorkerRuntime]:
+    """What a worker process sets up and tears down around its consumer: JSON logs, Prometheus on
+    TOWERCO_<NAME>_METRICS_PORT (off when unset or negative; 0 takes a free port), the asyncpg pool
+    (`pool_kwargs` for db.create_pool), NATS with the streams ensured, and `table` (its schema,
+    from `towerco migrate`) waited for."""
+    settings = get_settings()
+    configure_logging(settings, name)
+    stop_metrics = None
+    raw = os.environ.get(f"TOWERCO_{name.upper()}_METRICS_PORT", "").strip()
+    if raw and int(raw) >= 0:
+        port, stop_metrics = start_metrics_server(int(raw), settings.host)
+        log.info("metrics on %s:%d", settings.host, port)
+    pool = await db.create_pool(settings.database_url, **pool_kwargs)
+    try:
+        nc = await events.connect(settings.nats_url, name=name)
+        try:
+            js = nc.jetstream()
+            await wait_for_table(pool, table)
+            await events.ensure_streams(js)
+            yield WorkerRuntime(settings, pool, js)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+    finally:
+        await pool.close()
+        if stop_metrics:
+            stop_metrics()
 
 
 async def wait_for_table(pool: asyncpg.Pool, table: str, *, timeout_s: float = 120.0) -> None:

@@ -45,7 +45,8 @@ def plausible_span(min_s: float, max_s: float, *, now_s: float, retention_days: 
 class IngestorConfig:
     """Environment: TOWERCO_TELEMETRY_RETENTION_DAYS (90), TOWERCO_INGESTOR_PARTITIONS_AHEAD_DAYS
     (3), TOWERCO_INGESTOR_BATCH (messages per fetch, 200), TOWERCO_INGESTOR_UPKEEP_S (3600),
-    TOWERCO_INGESTOR_METRICS_PORT (-1: off; 0: a free port), TOWERCO_INGESTOR_ACK_WAIT_S (30: how
+    TOWERCO_INGESTOR_METRICS_PORT (unset or -1: off; 0: a free port; read by
+    mesh.lifecycle.worker_runtime), TOWERCO_INGESTOR_ACK_WAIT_S (30: how
     soon the messages a killed replica held are redelivered to another), TOWERCO_INGESTOR_CONCURRENCY
     (2: fetch-and-write loops per process, so decoding one batch overlaps writing another)."""
 
@@ -53,7 +54,6 @@ class IngestorConfig:
     ahead_days: int = 3
     batch: int = 200
     upkeep_s: float = 3600.0
-    metrics_port: int = -1
     ack_wait_s: float = 30.0
     concurrency: int = 2
 
@@ -74,7 +74,6 @@ class IngestorConfig:
             ahead_days=num("TOWERCO_INGESTOR_PARTITIONS_AHEAD_DAYS", 3),
             batch=num("TOWERCO_INGESTOR_BATCH", 200),
             upkeep_s=num("TOWERCO_INGESTOR_UPKEEP_S", 3600.0, float),
-            metrics_port=num("TOWERCO_INGESTOR_METRICS_PORT", -1),
             ack_wait_s=num("TOWERCO_INGESTOR_ACK_WAIT_S", 30.0, float),
             concurrency=num("TOWERCO_INGESTOR_CONCURRENCY", 2),
         )

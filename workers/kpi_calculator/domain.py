@@ -1,4 +1,5 @@
-"""KPI calculation, pure: samples -> minute aggregates -> minute states -> hourly KPI rows.
+"""KPI calculation, pure: samples -> minute aggregates -> minute states -> hourly KPI rows, and
+when a site's marked hours are due for re-evaluation (`Settling`).
 
 No I/O here. The consumer folds samples into mergeable per-minute aggregates (`fold`, `merge`),
 then re-evaluates whole site-hours from the minute aggregates around them (`evaluate_hours`).
@@ -685,3 +686,60 @@ def default_availability_of_counts(c: Mapping[str, int], minutes: int) -> tuple[
     if counted <= 0:
         return 1.0, False
     return (counted - down) / counted, True
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+class Settling:
+    """When a site's marked hours are due for re-evaluation: once no telemetry has touched the
+    site for `settle_s`, or once it has waited `max_delay_s` since it was first touched after its
+    last evaluation. A site it has not seen touched (marked by the register path, or by an earlier
+    run of the process) is due at once. Times are monotonic seconds."""
+
+    def __init__(self, settle_s: float, max_delay_s: float) -> None:
+        self.settle_s = settle_s
+        self.max_delay_s = max_delay_s
+        self._touched: dict[str, list[float]] = {}  # site -> [first, last] touch since its evaluation
+
+    def touch(self, site_ids: Iterable[str], now: float) -> None:
+        for site_id in site_ids:
+            t = self._touched.get(site_id)
+            if t is None:
+                self._touched[site_id] = [now, now]
+            else:
+                t[1] = now
+
+    def due(self, site_ids: Iterable[str], now: float) -> list[str]:
+        out = []
+        for site_id in site_ids:
+            t = self._touched.get(site_id)
+            if t is None or now - t[1] >= self.settle_s or now - t[0] >= self.max_delay_s:
+                out.append(site_id)
+        return out
+
+    def evaluated(self, site_ids: Iterable[str], started: float) -> None:
+        """These sites were re-evaluated from `started` on: touched since, they wait from then."""
+        for site_id in site_ids:
+            t = self._touched.get(site_id)
+            if t is not None:
+                if t[1] >= started:
+                    t[0] = started
+                else:
+                    del self._touched[site_id]
+
+    def forget_all_but(self, site_ids: Iterable[str]) -> None:
+        """Drop the sites without marks any more (re-evaluated by another path)."""
+        keep = set(site_ids)
+        for site_id in [s for s in self._touched if s not in keep]:
+            del self._touched[site_id]
+
+    def waiting(self) -> bool:
+        return bool(self._touched)
+
+    def next_due_in(self, now: float) -> float:
+        """Seconds until the first waiting site is due (0 when one is, or none waits)."""
+        if not self._touched:
+            return 0.0
+        soonest = min(min(first + self.max_delay_s, last + self.settle_s) for first, last in self._touched.values())
+        return max(0.0, soonest - now)

@@ -409,5 +409,12 @@ async def load_reference(conn: asyncpg.Connection) -> dict[str, list[asyncpg.Rec
     }
 
 
+async def clear_reference(conn: asyncpg.Connection) -> None:
+    """Empty the copy of the register (to replace it wholesale, in the caller's transaction)."""
+    await conn.execute("DELETE FROM kpi.tenancy")
+    await conn.execute("DELETE FROM kpi.calendar_window")
+    await conn.execute("DELETE FROM kpi.site")
+
+
 async def get_window(conn: asyncpg.Connection, *, window_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM kpi.calendar_window WHERE window_id = $1", window_id)

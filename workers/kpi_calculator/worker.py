@@ -10,17 +10,13 @@ the kpi schema is used. Prometheus metrics on TOWERCO_KPI_CALCULATOR_METRICS_POR
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 
 from towerco.common.v1 import common_pb2
 from towerco.sites.v1 import sites_pb2
 
-from mesh import db, events, lifecycle
+from mesh import lifecycle
 from mesh.auth import service_token
-from mesh.config import get_settings
-from mesh.observability import configure_logging, start_metrics_server
 from sdk import Client
 from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
 
@@ -51,31 +47,13 @@ def register_fetcher(target: str):
 
 
 async def serve() -> None:
-    settings = get_settings()
-    configure_logging(settings, "kpi_calculator")
-    config = CalculatorConfig.from_env(settings.partitions)
-    stop_metrics = None
-    metrics_port = os.environ.get("TOWERCO_KPI_CALCULATOR_METRICS_PORT", "")
-    if metrics_port:
-        port, stop_metrics = start_metrics_server(int(metrics_port), settings.host)
-        log.info("metrics on %s:%d", settings.host, port)
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=8)
-    nc = await events.connect(settings.nats_url, name="kpi_calculator")
-    try:
-        js = nc.jetstream()
-        await lifecycle.wait_for_table(pool, "kpi.tenancy_hour")
-        await events.ensure_streams(js)
-        calc = Calculator(pool, js, config=config, partition_count=settings.partitions,
-                          fetch_register=register_fetcher(settings.target("sites")),
-                          database_url=settings.database_url)
+    async with lifecycle.worker_runtime("kpi_calculator", table="kpi.tenancy_hour", min_size=1, max_size=8) as rt:
+        config = CalculatorConfig.from_env(rt.settings.partitions)
+        calc = Calculator(rt.pool, rt.js, config=config, partition_count=rt.settings.partitions,
+                          fetch_register=register_fetcher(rt.settings.target("sites")),
+                          database_url=rt.settings.database_url)
         log.info("kpi_calculator consuming partitions %s", list(config.partitions))
         await lifecycle.run_until_signalled(calc)
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
-        await pool.close()
-        if stop_metrics:
-            stop_metrics()
 
 
 def main() -> None:

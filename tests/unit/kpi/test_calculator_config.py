@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.kpi_calculator.consumer import Calculator, CalculatorConfig, Settling
+from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
+from workers.kpi_calculator.domain import Settling
 
 
 def test_config_defaults_and_environment(monkeypatch):
