@@ -3,7 +3,8 @@
 Environment variables (all optional):
   TOWERCO_HOST                 bind/connect host for every process (127.0.0.1)
   TOWERCO_<SERVICE>_PORT       gRPC port of a service (SITES 7001, TELEMETRY 7002, KPI 7003, NOC 7004,
-                               BI 7005, NOTIFICATIONS 7006, FILES 7007); metrics on port + 2000
+                               BI 7005, NOTIFICATIONS 7006, FILES 7007,
+                               AIOPS 7008); metrics on port + 2000
   TOWERCO_<SERVICE>_TARGET     where clients reach a service (default host:port)
   TOWERCO_GATEWAY_PORT         gateway HTTP port (8080)
   DATABASE_URL / NATS_URL      external PostgreSQL / NATS; unset means the embedded stack
@@ -32,11 +33,12 @@ DEFAULT_PORTS: dict[str, int] = {
     "bi": 7005,
     "notifications": 7006,
     "files": 7007,
+    "aiops": 7008,
 }
 METRICS_PORT_OFFSET = 2000
 # Prometheus ports of the workers (no gRPC port to offset from); TOWERCO_<NAME>_METRICS_PORT moves
 # one, a value <= 0 turns it off (`towerco status` then has nothing to check).
-WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102}
+WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102, "aiops_engine": 9103}
 DEV_JWT_SECRET = "towerco-dev-secret-not-for-production"
 
 
