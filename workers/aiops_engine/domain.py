@@ -106,6 +106,8 @@ class Params:
     min_bin_n: int = 30  # points an hour-of-day bin needs before it is used
     min_global_n: int = 20  # points before the baseline scores at all
     rel_floor: float = 0.002  # the scale is at least this share of the level
+    bin_rate: float = 0.02  # slowest learning rate of an hour-of-day bin (per point)
+    global_rate: float = 0.005  # ... and of the global level
     relearn_after_s: float = 86400.0  # an anomaly open this long becomes the new normal
     # fuel theft / drain
     fuel_window_min: int = 10
@@ -254,13 +256,15 @@ def baseline_step(b: list, t: float, x: float, p: Params, factor: float = 1.0, c
                 zs = 0.0
     b[6] = zs
     b[10] = t
-    if not is_open or closed:
-        # learn with clipped residuals (robust: one wild point moves the baseline little)
+    # learn, robustly: residuals clipped at 3 scales, and points already far out (|z| > 2) count
+    # less and less (nothing from |z| >= 5), so a slow drift is not absorbed as it grows
+    w = 1.0 if not ready or abs(z) <= 2.0 else max(0.0, 1.0 - (abs(z) - 2.0) / 3.0)
+    if (not is_open or closed) and w > 0.0:
         clip = 3.0 * scale
         if gn == 0:
             b[3] = x
         else:
-            ag = max(1.0 / (gn + 1), 0.01)
+            ag = w * max(1.0 / (gn + 1), p.global_rate)
             r = min(max(x - glevel, -clip), clip) if ready else x - glevel
             b[3] = glevel + ag * r
             b[4] = gdev + ag * (min(abs(x - glevel), clip if ready else abs(x - glevel)) - gdev)
@@ -269,7 +273,7 @@ def baseline_step(b: list, t: float, x: float, p: Params, factor: float = 1.0, c
             levels[h] = x if not ready else expected
             devs[h] = b[4]
         else:
-            ab = max(1.0 / (ns[h] + 1), 0.05)
+            ab = w * max(1.0 / (ns[h] + 1), p.bin_rate)
             r = min(max(x - levels[h], -clip), clip)
             levels[h] += ab * r
             devs[h] += ab * (min(abs(x - levels[h]), clip) - devs[h])
