@@ -344,8 +344,6 @@ class AiopsEngine:
                     st = self.states.setdefault(sid, domain.SiteState())
                     try:
                         tr, pr = self.engine.process(st, self.cfg(sid), samples, self.adjust.get(sid))
-                        if self.models is not None:
-                            tr += self.models.score(sid, self.cfg(sid), st, self.adjust.get(sid))
                     except Exception:
                         # counted and logged; the consumer retries the message, then dead-letters it
                         self._count("detector_errors")
@@ -354,6 +352,12 @@ class AiopsEngine:
                     transitions += [(sid, x) for x in tr]
                     predictions += [(sid, x) for x in pr]
                     n += len(samples)
+                if self.models is not None:
+                    transitions += self.models.score_many(
+                        [(sid, self.cfg(sid), self.states[sid], self.adjust.get(sid)) for sid in by_site])
+                else:
+                    for sid in by_site:
+                        self.states[sid].features.clear()
                 await self._write(conn, transitions, predictions, touched)
             self._count("samples", n)
             self._count("batches", len(new))

@@ -117,6 +117,11 @@ class Params:
     refuel_rise_l: float = 5.0
     # forecasts
     forecast_horizon_h: float = 24.0
+    # multivariate models
+    model_p_open: float = 0.0005
+    model_p_close: float = 0.01
+    model_open_after: int = 5
+    model_close_after: int = 5
 
 
 @dataclass(frozen=True)
@@ -324,11 +329,13 @@ class SiteState:
     fuel: list = field(default_factory=list)  # [[minute, mean level, dg_any, load, bus], ...]
     preds: dict[str, dict] = field(default_factory=dict)  # kind -> open prediction
     samples: int = 0
+    features: list = field(default_factory=list)  # [[minute, [value or None per MODEL_FEATURES]], ...] not yet scored
 
     def to_json(self) -> dict:
         return {"last_t": self.last_t, "interval": self.interval, "latest": self.latest, "links": self.links,
                 "open": self.open, "timers": self.timers, "minute": self.minute, "acc": self.acc,
-                "baselines": self.baselines, "fuel": self.fuel, "preds": self.preds, "samples": self.samples}
+                "baselines": self.baselines, "fuel": self.fuel, "preds": self.preds, "samples": self.samples,
+                "features": self.features}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> SiteState:
@@ -337,7 +344,8 @@ class SiteState:
         return cls(last_t=d.get("last_t"), interval=d.get("interval", 0.0), latest=dict(d.get("latest", {})),
                    links=dict(d.get("links", {})), open=dict(d.get("open", {})), timers=dict(d.get("timers", {})),
                    minute=d.get("minute"), acc=dict(d.get("acc", {})), baselines=dict(d.get("baselines", {})),
-                   fuel=list(d.get("fuel", [])), preds=dict(d.get("preds", {})), samples=int(d.get("samples", 0)))
+                   fuel=list(d.get("fuel", [])), preds=dict(d.get("preds", {})), samples=int(d.get("samples", 0)),
+                   features=list(d.get("features") or []))
 
 
 # --------------------------------------------------------------------------- the engine
@@ -608,6 +616,9 @@ class Engine:
                 self._clear(st, out, key, minute * 60.0)
         self._fuel(st, cfg, minute, means, maxes, adj, out)
         self._forecast(st, cfg, t_end, means, out, preds)
+        st.features.append([minute, minute_features(st, means, maxes, minute)])
+        if len(st.features) > MAX_PENDING_FEATURES:
+            del st.features[0]
 
     def _fuel(self, st: SiteState, cfg: SiteCfg, minute: int, means: Mapping[str, float],
               maxes: Mapping[str, float], adj: Mapping[str, Adjustment], out: list[Transition]) -> None:
@@ -734,9 +745,66 @@ class Engine:
                                       o["confidence"], (), outcome, t, actual))
 
 
+# --------------------------------------------------------------------------- multivariate models
+
+MODEL_FEATURES = ("load_a", "dc_bus_v", "cabinet_temp_c", "fuel_rate_lpm", "dg_running", "mains_present",
+                  "battery_soc_pct")
+MODEL_DETECTOR = "model.ecod"
+MAX_PENDING_FEATURES = 120  # closed minutes kept for the models when nobody scores them
+
+
+def minute_features(st: SiteState, means: Mapping[str, float], maxes: Mapping[str, float],
+                    minute: int) -> list[float | None]:
+    """A site-minute's feature vector for the models (None where the minute has no sample)."""
+    ring = [r for r in st.fuel if r[0] > minute - 5]
+    rate = _slope([(r[0], r[1]) for r in ring])[0] if len(ring) >= 3 else (0.0 if "fuel_level_l" in means else None)
+    return [means.get("load_a"), means.get("dc_bus_v"), means.get("cabinet_temp_c"), rate,
+            maxes.get("dg_running"), means.get("mains_present"), means.get("battery_soc_pct")]
+
+
+def trainable(st: SiteState) -> bool:
+    """A minute is a training example only when nothing is known to be wrong on the site."""
+    return not st.open
+
+
+def model_step(st: SiteState, cfg: SiteCfg, minute: int, tail: float, contributions: Sequence[Feature],
+               version: int, p: Params, adjust: Adjustment = NO_ADJUSTMENT) -> list[Transition]:
+    """Hysteresis on a model's tail probability (the share of training minutes scoring at least
+    as high): open after `model_open_after` minutes below `model_p_open` (divided by the feedback
+    factor), clear after `model_close_after` minutes above `model_p_close`."""
+    out: list[Transition] = []
+    key = MODEL_DETECTOR
+    p_open = p.model_p_open / adjust.factor
+    if key not in st.open:
+        n = st.timers.get("model_above", 0) + 1 if tail < p_open else 0
+        st.timers["model_above"] = n
+        if n >= p.model_open_after and not adjust.suppressed:
+            st.timers["model_above"] = 0
+            start = (minute - p.model_open_after + 1) * 60.0
+            top = ", ".join(f.name for f in contributions[:3])
+            aid = anomaly_id(cfg.site_id, key, start)
+            st.open[key] = {"id": aid, "start": start, "detector": key, "layer": MODEL, "metrics": [
+                f.name for f in contributions[:3]], "severity": INFO, "score": 1.0 - tail, "tenant": ""}
+            out.append(Transition("open", aid, key, key, MODEL, tuple(f.name for f in contributions[:3]), INFO,
+                                  min(1.0, max(0.0, 1.0 - tail)), start, (minute + 1) * 60.0,
+                                  f"unusual combination for a {cfg.site_class} site (driven by {top}; "
+                                  f"tail probability {tail:.2g}, model v{version})", tuple(contributions[:5]),
+                                  version=str(version)))
+    else:
+        n = st.timers.get("model_below", 0) + 1 if tail > p.model_p_close else 0
+        st.timers["model_below"] = n
+        if n >= p.model_close_after:
+            st.timers["model_below"] = 0
+            o = st.open.pop(key)
+            out.append(Transition("clear", o["id"], key, key, MODEL, tuple(o["metrics"]), o["severity"], o["score"],
+                                  o["start"], (minute + 1) * 60.0, "", (), "", version=str(version)))
+    return out
+
+
 def detectors() -> list[tuple[str, int, str]]:
     """(name, layer, description) of every detector this engine runs."""
     out = [(n, RULE, d) for n, (_, _, d) in RULES.items()]
     out += [(n, STATISTICS, d) for n, (_, d) in STAT_DETECTORS.items()]
+    out.append((MODEL_DETECTOR, MODEL, "multivariate outlier of the site class's pyod ECOD model"))
     out += [(n, 0, d) for n, d in FORECASTS.items()]
     return out

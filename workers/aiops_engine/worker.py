@@ -54,6 +54,10 @@ async def serve() -> None:
         engine = AiopsEngine(rt.pool, rt.js, config=config, partition_count=rt.settings.partitions,
                              fetch_register=register_fetcher(rt.settings.target("sites")),
                              database_url=rt.settings.database_url)
+        if config.retrain_s > 0:
+            from workers.aiops_engine.models import ModelLayer
+
+            engine.models = ModelLayer(retrain_s=config.retrain_s, params=config.params)
         log.info("aiops_engine consuming partitions %s", list(config.partitions))
         await lifecycle.run_until_signalled(engine)
 
