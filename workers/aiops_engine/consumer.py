@@ -76,7 +76,8 @@ class EngineConfig:
     TOWERCO_AIOPS_REPLICA           a name for this replica's register-event consumer
     TOWERCO_AIOPS_DURABLE_PREFIX    prefix of the consumer names (aiops-engine)
     TOWERCO_AIOPS_BATCH             TELEMETRY messages handled in one transaction, at most (100)
-    TOWERCO_AIOPS_ACK_WAIT_S        redelivery delay of a batch a dead replica held (60)
+    TOWERCO_AIOPS_ACK_WAIT_S        redelivery delay of a batch a dead replica held (30); nothing
+                                    newer of its partition is delivered meanwhile (order matters here)
     TOWERCO_AIOPS_TICK_S            how often silent sites are judged (telemetry gap) (5)
     TOWERCO_AIOPS_LIVE_LAG_S        a partition whose newest sample is at most this old when it
                                     arrives is live: its clock then runs on with the wall clock (120)
@@ -88,11 +89,13 @@ class EngineConfig:
     replica: str = "all"
     durable_prefix: str = "aiops-engine"
     batch: int = 100
-    ack_wait_s: float = 60.0
+    ack_wait_s: float = 30.0
     tick_s: float = 5.0
     live_lag_s: float = 120.0
     adjust_s: float = 5.0
     retrain_s: float = 3600.0
+    max_deliver: int = 5
+    backoff: tuple[float, ...] = (1.0, 5.0, 30.0)
     params: domain.Params = field(default_factory=domain.Params)
 
     @classmethod
@@ -103,7 +106,7 @@ class EngineConfig:
         return cls(partitions=tuple(parts), replica=replica,
                    durable_prefix=os.environ.get("TOWERCO_AIOPS_DURABLE_PREFIX", "") or "aiops-engine",
                    batch=max(1, int(_env_float("TOWERCO_AIOPS_BATCH", 100))),
-                   ack_wait_s=_env_float("TOWERCO_AIOPS_ACK_WAIT_S", 60.0),
+                   ack_wait_s=_env_float("TOWERCO_AIOPS_ACK_WAIT_S", 30.0),
                    tick_s=_env_float("TOWERCO_AIOPS_TICK_S", 5.0),
                    live_lag_s=_env_float("TOWERCO_AIOPS_LIVE_LAG_S", 120.0),
                    adjust_s=_env_float("TOWERCO_AIOPS_ADJUST_S", 5.0),
@@ -264,7 +267,10 @@ class AiopsEngine:
             self.consumers.append(events.PullConsumer(
                 self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
                 filter_subject=f"telemetry.samples.{p}", handler=self._handler(p), batch=self.config.batch,
-                ack_wait=self.config.ack_wait_s))
+                ack_wait=self.config.ack_wait_s, max_deliver=self.config.max_deliver, backoff=self.config.backoff,
+                # one fetch in flight: after a crash its messages are redelivered (after ack_wait)
+                # before anything newer, so each site's samples are judged in order
+                max_ack_pending=self.config.batch))
         self.consumers.append(events.PullConsumer(
             self.js, stream=events.EVENTS_STREAM,
             durable=f"{self.config.durable_prefix}-register-{self.config.replica}",
