@@ -90,6 +90,8 @@ class Params:
     cabinet_critical_c: float = 65.0  # on battery (cooling shed)
     cabinet_hysteresis_c: float = 2.0
     cooling_settle_s: float = 3600.0  # after power returns, the cabinet needs this long to cool down
+    cooling_loss_s: float = 300.0  # a power cut shorter than this does not heat the cabinet
+    context_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # judged only while the cooling runs
     cabinet_for_s: float = 120.0
     low_fuel_share: float = 0.15
     low_fuel_for_s: float = 300.0
@@ -196,8 +198,9 @@ BINS = 48  # 24 hours of the day x 2 contexts (the engine: site powered by mains
 
 
 def new_baseline() -> list:
-    """[levels[48], devs[48], ns[48], glevel, gdev, gn, zs, above, below, open_since, last_t]"""
-    return [[0.0] * BINS, [0.0] * BINS, [0] * BINS, 0.0, 0.0, 0, 0.0, 0, 0, None, None]
+    """[levels[48], devs[48], ns[48], glevels[2], gdevs[2], gns[2], zs, above, below, open_since, last_t]:
+    hour-of-day bins and a global level per context."""
+    return [[0.0] * BINS, [0.0] * BINS, [0] * BINS, [0.0, 0.0], [0.0, 0.0], [0, 0], 0.0, 0, 0, None, None]
 
 
 @dataclass(frozen=True)
@@ -222,12 +225,14 @@ def _score01(z: float, k: float) -> float:
 
 def baseline_step(b: list, t: float, x: float, p: Params, factor: float = 1.0, context: int = 0) -> Score:
     """Score x (at time t) against the baseline, then learn from it unless it is anomalous.
-    `context` (0 or 1) keeps separate hour-of-day bins for two regimes of the series.
+    `context` (0 or 1) keeps separate bins and global levels for two regimes of the series.
 
     Strictly causal: the score of a point uses only the points before it."""
     levels, devs, ns = b[0], b[1], b[2]
-    h = int((t % 86400.0) // 3600.0) + 24 * context
-    glevel, gdev, gn = b[3], b[4], b[5]
+    glevels, gdevs, gns = b[3], b[4], b[5]
+    c = context
+    h = int((t % 86400.0) // 3600.0) + 24 * c
+    glevel, gdev, gn = glevels[c], gdevs[c], gns[c]
     use_bin = ns[h] >= p.min_bin_n
     expected = levels[h] if use_bin else glevel
     dev = devs[h] if use_bin else gdev
@@ -254,7 +259,7 @@ def baseline_step(b: list, t: float, x: float, p: Params, factor: float = 1.0, c
                 closed, is_open = True, False
             elif t - b[9] >= p.relearn_after_s:  # a lasting change is the new normal
                 b[0], b[1], b[2] = [x] * BINS, [0.0] * BINS, [0] * BINS
-                b[3], b[4], b[5] = x, 0.0, 0
+                b[3], b[4], b[5] = [x, x], [0.0, 0.0], [0, 0]
                 b[9] = None
                 b[7] = b[8] = 0
                 closed, is_open = True, False
@@ -267,16 +272,16 @@ def baseline_step(b: list, t: float, x: float, p: Params, factor: float = 1.0, c
     if (not is_open or closed) and w > 0.0:
         clip = 3.0 * scale
         if gn == 0:
-            b[3] = x
+            glevels[c] = x
         else:
             ag = w * max(1.0 / (gn + 1), p.global_rate)
             r = min(max(x - glevel, -clip), clip) if ready else x - glevel
-            b[3] = glevel + ag * r
-            b[4] = gdev + ag * (min(abs(x - glevel), clip if ready else abs(x - glevel)) - gdev)
-        b[5] = gn + 1
+            glevels[c] = glevel + ag * r
+            gdevs[c] = gdev + ag * (min(abs(x - glevel), clip if ready else abs(x - glevel)) - gdev)
+        gns[c] = gn + 1
         if ns[h] == 0:
             levels[h] = x if not ready else expected
-            devs[h] = b[4]
+            devs[h] = gdevs[c]
         else:
             ab = w * max(1.0 / (ns[h] + 1), p.bin_rate)
             r = min(max(x - levels[h], -clip), clip)
@@ -471,9 +476,13 @@ class Engine:
                 self._clear(st, out, key, t)
 
     def _cooled(self, st: SiteState, t: float) -> bool:
-        """Powered (mains or DG) long enough for the cooling to have brought the cabinet down."""
-        since = st.timers.get("powered_since")
-        return since is not None and t - since >= self.p.cooling_settle_s
+        """The cabinet's cooling has been running: no power cut longer than cooling_loss_s, or
+        one that ended at least cooling_settle_s ago (the cabinet needs that long to cool down)."""
+        off = st.timers.get("unpowered_since")
+        if off is not None and t - off > self.p.cooling_loss_s:
+            return False
+        since = st.timers.get("cooling_from")
+        return since is None or t - since >= self.p.cooling_settle_s
 
     def _val(self, st: SiteState, metric: str, t: float) -> float | None:
         lv = st.latest.get(metric)
@@ -512,9 +521,11 @@ class Engine:
         fuel = self._val(st, "fuel_level_l", t)
         kw = {"adj": adj}
         if (mains is not None and mains >= 0.5 and cfg.has_grid) or (dg is not None and dg >= 0.5):
-            st.timers.setdefault("powered_since", t)
+            off = st.timers.pop("unpowered_since", None)
+            if off is not None and t - off > p.cooling_loss_s:
+                st.timers["cooling_from"] = t  # the cooling was off long enough to matter
         elif mains is not None or dg is not None:
-            st.timers.pop("powered_since", None)
+            st.timers.setdefault("unpowered_since", t)
         if mains is not None:
             lost = cfg.has_grid and mains < 0.5
             if lost and "mains_lost_since" not in st.timers:
@@ -603,7 +614,9 @@ class Engine:
             b = st.baselines.get(metric)
             if b is None:
                 b = st.baselines[metric] = new_baseline()
-            s = baseline_step(b, minute * 60.0, x, p, a.factor, context=0 if powered else 1)
+            if metric in p.context_metrics and not powered:
+                continue  # the cooling is shed: heat is expected, only the rule's critical limit holds
+            s = baseline_step(b, minute * 60.0, x, p, a.factor)
             if s.opened and not a.suppressed:
                 direction = "above" if x > s.expected else "below"
                 self._open(st, cfg, out, key, "stat.baseline", STATISTICS, (metric,), WARNING, s.score,

@@ -6,7 +6,7 @@ Definitions (docs/aiops.md, "Quality"):
   on the same site fires (detect time) between the event's start minus `early_s` and its end
   plus `late_s`; time to detect = detect time - start (negative when a precursor fired first);
 * an anomaly of T's detectors is a **true positive for T** when it fires in that window of some
-  event of type T on its site; precision(T) = those / all anomalies of T's detectors;
+  event of type T (or of a type sharing a detector with T: grid and regional outages) on its site; precision(T) = those / all anomalies of T's detectors;
 * event F1(T) = 2 P R / (P + R) with R = detected events / events;
 * a **false anomaly** is one (any detector) that fires in the window of no truth event of any
   type on its site; reported per site-day;
@@ -91,9 +91,11 @@ def score(events: Iterable[Event], detections: Sequence[Detection], *, site_days
             if hits:
                 ttd.append(min(hits) - e.start)
         cand = [d for d in detections if any_detector or d.detector in wanted]
+        # types sharing a detector with this one (grid and regional outages: rule.mains_lost)
+        kin = {u for u, ds in fmap.items() if any_detector or wanted & set(ds)} | {typ}
         tp = 0
         for d in cand:
-            if any(e.type == typ and _window(e, run_end, early_s, late_s)[0] <= d.time
+            if any(e.type in kin and _window(e, run_end, early_s, late_s)[0] <= d.time
                    <= _window(e, run_end, early_s, late_s)[1] for e in by_site.get(d.site_id, ())):
                 tp += 1
         recall = len(ttd) / len(mine) if mine else None
@@ -105,14 +107,19 @@ def score(events: Iterable[Event], detections: Sequence[Detection], *, site_days
                     "anomalies": len(cand)}
     false = 0
     false_by: dict[str, int] = defaultdict(int)
+    examples: list[dict] = []
     for d in detections:
         explained = any(_window(e, run_end, early_s, late_s)[0] <= d.time <= _window(e, run_end, early_s, late_s)[1]
                         for e in by_site.get(d.site_id, ()))
         if not explained:
             false += 1
             false_by[d.detector] += 1
+            if len(examples) < 10:
+                examples.append({"site_id": d.site_id, "detector": d.detector, "metrics": list(d.metrics),
+                                 "time": d.time})
     return {"types": out, "false_anomalies": false, "false_per_site_day": _r(false / site_days if site_days else 0.0),
-            "false_by_detector": dict(sorted(false_by.items())), "detections": len(detections)}
+            "false_by_detector": dict(sorted(false_by.items())), "false_examples": examples,
+            "detections": len(detections)}
 
 
 def forecast_leads(events: Iterable[Event], forecasts: Sequence[Forecast], *, horizon_s: float = 12 * 3600,

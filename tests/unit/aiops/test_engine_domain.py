@@ -103,9 +103,13 @@ def test_high_cabinet_temperature_with_hysteresis_and_battery_limit():
     _, tr, _ = run(snaps(pre + 80, lambda i, t: {"cabinet_temp_c": 51.0 + rng.uniform(-1.5, 1.5)}
                          if pre <= i < pre + 60 else {}))
     assert len(opens(tr, "rule.high_cabinet_temp")) == 1
-    # on battery (cooling shed) 52 C is expected: only 65 C counts
-    _, tr, _ = run(snaps(80, lambda i, t: {"mains_present": 0.0, "dc_bus_v": 50.0, "cabinet_temp_c": 52.0}))
+    # on battery for more than 5 minutes (cooling shed) 52 C is expected: only 65 C counts
+    def battery(i, t):
+        return {"mains_present": 0.0, "dc_bus_v": 50.0, "cabinet_temp_c": 52.0 if i >= 40 else 35.0}
+    _, tr, _ = run(snaps(120, battery))
     assert opens(tr, "rule.high_cabinet_temp") == []
+    _, tr, _ = run(snaps(120, lambda i, t: {**battery(i, t), "cabinet_temp_c": 66.0 if i >= 40 else 35.0}))
+    assert len(opens(tr, "rule.high_cabinet_temp")) == 1
 
 
 def test_door_open_outside_planned_windows_only():
