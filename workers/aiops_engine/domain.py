@@ -89,7 +89,7 @@ class Params:
     cabinet_max_c: float = 50.0  # while the site is powered (cooling running)
     cabinet_critical_c: float = 65.0  # on battery (cooling shed)
     cabinet_hysteresis_c: float = 2.0
-    cooling_settle_s: float = 3600.0  # after power returns, the cabinet needs this long to cool down
+    cooling_settle_s: float = 7200.0  # after power returns, the cabinet needs this long to cool down
     cooling_loss_s: float = 300.0  # a power cut shorter than this does not heat the cabinet
     context_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # judged only while the cooling runs
     cabinet_for_s: float = 120.0

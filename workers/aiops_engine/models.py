@@ -74,7 +74,7 @@ class ModelLayer:
     retrain_s: float = 3600.0
     poll_s: float = 30.0
     min_train: int = 2000
-    reservoir: int = 20000
+    reservoir: int = 5000
     params: domain.Params = field(default_factory=domain.Params)
     active: dict[str, Model] = field(default_factory=dict)
     examples: dict[str, list[list[float]]] = field(default_factory=dict)

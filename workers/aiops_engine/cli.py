@@ -1,7 +1,11 @@
 """`towerco aiops backtest IN.csv [--timestamp-column C] [--value-column V] [-o OUT.csv]`: the
 AIOps engine's univariate streaming detector over any CSV, strictly causally (each row's score
 uses only earlier rows). `--site-file F.csv --truth faults.jsonl` replays a simulator dump through
-the full engine and scores it against the ground truth. See docs/aiops.md."""
+the full engine and scores it against the ground truth. See docs/aiops.md.
+
+A command module of the `towerco` CLI living with the engine (as gateway/cli.py lives with the
+gateway): the CLI's own package imports no worker code; cli/main.py names this module.
+"""
 
 from __future__ import annotations
 
