@@ -233,6 +233,8 @@ class AiopsEngine:
         self.consumers: list[events.PullConsumer] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.latest_sample: float | None = None
+        self.arrived: dict[str, float] = {}  # site -> wall time its latest samples were folded
+        self.started = clock()
         self.models = None  # workers.aiops_engine.models.ModelLayer, when enabled
         self._tasks: list[asyncio.Task] = []
 
@@ -367,8 +369,11 @@ class AiopsEngine:
                 await self._write(conn, transitions, predictions, touched)
             self._count("samples", n)
             self._count("batches", len(new))
+            wall = self.clock()
+            for sid in by_site:
+                self.arrived[sid] = wall
             if newest is not None:
-                self.clocks[partition].see(newest, self.clock(), self.config.live_lag_s)
+                self.clocks[partition].see(newest, wall, self.config.live_lag_s)
                 self.latest_sample = max(self.latest_sample or newest, newest)
         except BaseException:
             for sid in touched:  # the transaction did not commit: forget what it changed
@@ -434,7 +439,10 @@ class AiopsEngine:
             if now is None:
                 continue
             async with self.locks[p]:
-                sites = [s for s in self.states if events.partition_of(s, self.partition_count) == p]
+                # a site whose samples are still arriving (a backlog, a lagging remote unit) is
+                # not silent: its own samples will show a real gap when they come
+                sites = [s for s in self.states if events.partition_of(s, self.partition_count) == p
+                         and wall - self.arrived.get(s, self.started) > self.engine.gap_limit(self.states[s])]
                 transitions = []
                 for sid in sites:
                     tr = self.engine.tick(self.states[sid], self.cfg(sid), now, self.adjust.get(sid))

@@ -494,11 +494,19 @@ class Engine:
 
     def _snapshot(self, st: SiteState, cfg: SiteCfg, t: float, adj: Mapping[str, Adjustment],
                   out: list[Transition], preds: list[PredictionChange]) -> None:
+        key = "stat.telemetry_gap"
+        if st.last_t is not None and key not in st.open and t - st.last_t > self.gap_limit(st) \
+                and not adj.get(key, NO_ADJUSTMENT).suppressed:
+            # a silence nobody judged while it lasted (a backlog, a replay): seen now, in event time
+            self._open(st, cfg, out, key, key, STATISTICS, (), STAT_DETECTORS[key][0], 1.0,
+                       st.last_t + min(st.interval or self.gap_limit(st), self.gap_limit(st)), t,
+                       f"no telemetry for {t - st.last_t:.0f} s (expected every {st.interval:.0f} s)",
+                       (Feature("silence_s", t - st.last_t, st.interval, self.gap_limit(st), 1.0),))
         if st.last_t is not None and t > st.last_t:
             d = min(t - st.last_t, 600.0)
             st.interval = d if st.interval == 0 else st.interval + 0.1 * (d - st.interval)
-        if "stat.telemetry_gap" in st.open:
-            self._clear(st, out, "stat.telemetry_gap", t)
+        if key in st.open:
+            self._clear(st, out, key, t)
         st.last_t = t
         m = int(t // 60)
         if st.minute is None:

@@ -267,3 +267,15 @@ def test_anomaly_ids_are_deterministic():
 def test_every_detector_is_listed():
     names = {n for n, _, _ in d.detectors()}
     assert {"rule.mains_lost", "stat.fuel_theft", "stat.telemetry_gap", "forecast.battery"} <= names
+
+
+def test_a_gap_nobody_ticked_through_is_seen_when_samples_resume():
+    eng = d.Engine()
+    st, _, _ = run(snaps(40), eng=eng)
+    last = st.last_t
+    _, tr, _ = run(snaps(10, start=last + 1800), st=st, eng=eng)
+    [o] = opens(tr, "stat.telemetry_gap")
+    [c] = clears(tr, "stat.telemetry_gap")
+    assert o.start == last + 15 and o.time == c.time == last + 1800
+    _, tr, _ = run(snaps(10, start=last + 1800 + 9 * 15 + 60), st=st, eng=eng)  # 75 s: within 90 s
+    assert opens(tr, "stat.telemetry_gap") == []
