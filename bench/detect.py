@@ -176,9 +176,16 @@ def phase_quality(args) -> dict:
     steps = int(args.days * 86400 / args.interval)
     next_train = START + 86400
     batch_every = max(1, int(300 / args.interval))  # the worker scores what a fetch closed: ~ every 5 min
+    dump = None
+    if args.dump:  # the samples for `towerco aiops backtest --site-file`
+        Path(args.dump).mkdir(parents=True, exist_ok=True)
+        dump = open(Path(args.dump) / "samples.csv", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        dump.write("time,site_id,metric,tenant_id,value\n")
     for i in range(steps):
         samples = [x for f in fleets for x in f.step(args.interval)]
         n_samples += len(samples)
+        if dump is not None:
+            dump.writelines(f"{t:.3f},{sid},{m},{ten},{v}\n" for sid, m, ten, t, v in samples)
         by: dict[str, list] = defaultdict(list)
         for sid, m, ten, t, v in samples:
             by[sid].append((t, m, ten, v))
@@ -235,6 +242,11 @@ def phase_quality(args) -> dict:
     cpu["iforest"] += time.process_time() - c
     for f in fleets:
         f.close()
+    if dump is not None:
+        dump.close()
+        with open(Path(args.dump) / "faults.jsonl", "w", encoding="utf-8") as out:
+            for f in truth:
+                out.write(json.dumps(f.record()) + "\n")
     run_end = START + steps * args.interval
     events = [evaluate.Event(f.type, f.site_id, f.start, f.end) for f in truth]
     site_days = args.sites * args.days
@@ -383,6 +395,8 @@ def main() -> None:
     ap.add_argument("--faults", default="", help="fault rates of the faulty sites (default rates)")
     ap.add_argument("--no-throughput", action="store_true", help="skip phase 2")
     ap.add_argument("--no-quality", action="store_true", help="skip phase 1")
+    ap.add_argument("--dump", default="", help="write phase 1's samples.csv and faults.jsonl to this folder "
+                    "(for `towerco aiops backtest --site-file`; large: use few sites and days)")
     ap.add_argument("--rate", type=float, default=0.0, help="the ingest rate to keep up with (default: measured)")
     ap.add_argument("--ingest-samples", type=int, default=360_000)
     ap.add_argument("--tp-sites", type=int, default=500)
