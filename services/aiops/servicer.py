@@ -172,11 +172,11 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
 
     async def GetDetectorStatus(self, request: aiops_pb2.GetDetectorStatusRequest, context: Any
                                 ) -> aiops_pb2.GetDetectorStatusResponse:
-        _reader()
+        scope = tenant_scope(_reader())  # a tenant's counts are of its own sites only
         async with self.pool.acquire() as conn:
-            counts = {r["detector"]: r for r in await store.detector_counts(conn)}
+            counts = {r["detector"]: r for r in await store.detector_counts(conn, tenant=scope)}
             models = await store.models(conn)
-            summary = await store.engine_summary(conn)
+            summary = await store.engine_summary(conn, tenant=scope)
         resp = aiops_pb2.GetDetectorStatusResponse(sites_tracked=summary["sites"])
         for name, layer, description in DETECTORS:
             c = counts.get(name)

@@ -97,10 +97,11 @@ async def get_prediction(conn: asyncpg.Connection, *, tenant: str | None, predic
         prediction_id, tenant)
 
 
-async def detector_counts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def detector_counts(conn: asyncpg.Connection, *, tenant: str | None) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT detector, min(detector_version) AS version, count(*) FILTER (WHERE state = 1) AS open, "
-        "count(*) AS total FROM aiops.anomaly GROUP BY detector")
+        "count(*) AS total FROM aiops.anomaly WHERE $1::text IS NULL OR $1 = ANY(tenant_ids) GROUP BY detector",
+        tenant)
 
 
 async def models(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -109,8 +110,11 @@ async def models(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         "FROM aiops.model ORDER BY site_class, version DESC")
 
 
-async def engine_summary(conn: asyncpg.Connection) -> asyncpg.Record:
-    return await conn.fetchrow("SELECT count(*) AS sites, max(last_sample) AS latest FROM aiops.site_state")
+async def engine_summary(conn: asyncpg.Connection, *, tenant: str | None) -> asyncpg.Record:
+    """Sites with detector state (a tenant: the sites it leases) and their newest sample."""
+    return await conn.fetchrow(
+        "SELECT count(*) AS sites, max(last_sample) AS latest FROM aiops.site_state s WHERE $1::text IS NULL "
+        "OR EXISTS (SELECT 1 FROM aiops.tenancy t WHERE t.site_id = s.site_id AND t.tenant_id = $1)", tenant)
 
 
 async def record_feedback(conn: asyncpg.Connection, *, anomaly_id: str, kind: int, note: str, subject: str

@@ -213,6 +213,12 @@ async def test_status_lists_every_detector(world):
     names = {d.name: d for d in st.detectors}
     assert names["rule.mains_lost"].total_anomalies >= 1
     assert st.sites_tracked >= 2 and st.latest_sample_time.seconds > 0
+    # a tenant's status counts its own sites' anomalies only
+    beta = await stub.GetDetectorStatus(aiops_pb2.GetDetectorStatusRequest(),
+                                        metadata=md(s, "tenant_viewer", tenant=BETA))
+    counts = {d.name: d.total_anomalies for d in beta.detectors}
+    assert counts["rule.mains_lost"] == 0 and counts["rule.door_open"] >= 1
+    assert beta.sites_tracked == 1
 
 
 async def test_watch_replays_then_resumes_after_a_sequence(world):
