@@ -281,7 +281,7 @@ async def test_tenant_scoping(world):
 
 
 @pytest.mark.parametrize(("request_", "field"), [
-    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy", range=rng(10, 5)), "range"),
+    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy", range=rng(10, 5)), "range.end_time"),
     (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy"), "range"),
     (kpi_pb2.GetTenantAvailabilityRequest(range=rng(0, 60)), "tenant_id"),
     (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy", range=rng(0, 60),
