@@ -332,6 +332,9 @@ class Gateway:
         body, err = await self._read_body(call, receive)
         if err is not None:
             return await self._error(send, call, err)
+        if not body and route.body and route.body_required:
+            return await self._error(send, call, errors.make(
+                grpc.StatusCode.INVALID_ARGUMENT, "this method needs a JSON body (Content-Type: application/json)"))
         if body and route.body and not _is_json(call.headers.get("content-type")):
             text = f"the request body must be JSON: send Content-Type: application/json (got {call.headers.get('content-type', 'none')!r})"
             return await self._error(send, call, errors.make(grpc.StatusCode.INVALID_ARGUMENT, text), status=415)

@@ -287,8 +287,9 @@ class Builder:
             props[fd.json_name] = self.field(fd)
             if self.required(fd):
                 required.append(fd.json_name)
+        # unknown fields are refused (TOWERCO_GATEWAY_UNKNOWN_FIELDS=reject, the default)
         schema: dict[str, Any] = {"type": "object", "title": d.name + (" (patch)" if self.patch else ""),
-                                  "properties": props}
+                                  "properties": props, "additionalProperties": False}
         if required:
             schema["required"] = required
         desc = self.comments.get(d.full_name, "")
@@ -419,12 +420,22 @@ class Builder:
         }
         if comment:
             op["description"] = comment
+        for o in ordered:
+            o["in"] = "query"
+        if route.body:
+            body_msg = m.input_type if route.body == "*" else m.input_type.fields_by_name[route.body].message_type
+            if body_msg is not None:
+                found = self.ordered(body_msg) + [
+                    o for f in body_msg.fields if f.message_type is not None and not f.is_repeated
+                    for o in self.ordered(f.message_type, prefix=f.json_name + ".")]
+                ordered.extend({**o, "in": "body"} for o in found)
         if ordered:
             op["x-towerco-ordered"] = ordered
             op["description"] = (op.get("description", "") + "\n\n" + " ".join(
                 f"`{o['greater']}` must be after `{o['lesser']}`." for o in ordered)).strip()
         if route.body:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": self.body(route)}}}
+            op["requestBody"] = {"required": route.body_required,
+                                 "content": {"application/json": {"schema": self.body(route)}}}
         if route.server_streaming:
             params.append({"name": live.TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
                            "description": "The bearer token, for clients that cannot send headers (EventSource, WebSocket)."})

@@ -101,7 +101,10 @@ def test_the_spec_states_the_rules_the_server_enforces(spec: dict) -> None:
     assert not mask.match("id") and not mask.match("createTime") and not mask.match("name,")
     # the declared ordering of TimeRange, on the schema and on flattened query parameters
     windows = spec["paths"]["/api/v1/windows"]["get"]
-    assert windows["x-towerco-ordered"] == [{"lesser": "range.startTime", "greater": "range.endTime"}]
+    assert windows["x-towerco-ordered"] == [{"lesser": "range.startTime", "greater": "range.endTime", "in": "query"}]
+    create_window = spec["paths"]["/api/v1/sites/{site_id}/windows"]["post"]
+    assert create_window["x-towerco-ordered"] == [{"lesser": "startTime", "greater": "endTime", "in": "body"}]
+    assert s["towerco.sites.v1.Site"]["additionalProperties"] is False  # unknown fields are refused
     # headers: the gateway's own patterns
     params = spec["components"]["parameters"]
     timeout = re.compile(params["XRequestTimeout"]["schema"]["pattern"])
