@@ -254,13 +254,15 @@ def _message_checks(desc: Descriptor) -> list[FieldCheck]:
     for pair in opts.Extensions[_MSG_EXT].ordered:
         lo_fd, hi_fd = desc.fields_by_name[pair.lesser], desc.fields_by_name[pair.greater]
 
-        def ordered(msg: Message, prefix: str, out: list[FieldViolation],
-                    lo_fd: FieldDescriptor = lo_fd, hi_fd: FieldDescriptor = hi_fd) -> None:
+        def ordered(msg: Message, prefix: str, out: list[FieldViolation], lo_fd: FieldDescriptor = lo_fd,
+                    hi_fd: FieldDescriptor = hi_fd, equal_ok: bool = pair.allow_equal) -> None:
             for fd in (lo_fd, hi_fd):
-                if fd.has_presence and not msg.HasField(fd.name):
+                if (not msg.HasField(fd.name)) if fd.has_presence else not getattr(msg, fd.name):
                     return
-            if not _comparable(msg, hi_fd) > _comparable(msg, lo_fd):
-                out.append(FieldViolation(prefix + hi_fd.name, f"must be after {lo_fd.name}"))
+            hi, lo = _comparable(msg, hi_fd), _comparable(msg, lo_fd)
+            if not (hi >= lo if equal_ok else hi > lo):
+                words = f"at least {lo_fd.name}" if equal_ok else f"after {lo_fd.name}"
+                out.append(FieldViolation(prefix + hi_fd.name, f"must be {words}"))
 
         checks.append(ordered)
     return checks
