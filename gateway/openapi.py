@@ -19,7 +19,8 @@ from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gateway import edge, live
+from gateway import edge
+from gateway.call import TOKEN_PARAM
 from gateway.transcode import codec
 from gateway.transcode.request import resolve_field
 from gateway.transcode.routes import Route
@@ -483,7 +484,7 @@ class Builder:
             op["requestBody"] = {"required": route.body_required,
                                  "content": {"application/json": {"schema": self.body(route)}}}
         if route.server_streaming:
-            params.append({"name": live.TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+            params.append({"name": TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
                            "description": "The bearer token, for clients that cannot send headers (EventSource, WebSocket)."})
             if route.resume_field:
                 params.append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": _INT64_PATTERN},
