@@ -3,6 +3,7 @@
 Streams (created or updated idempotently by `ensure_streams`):
 
     TELEMETRY  telemetry.samples.*   raw sample batches; the token is partition_of(site_id)
+                                     (subject names and partitioning: mesh/subjects.py)
     EVENTS     towerco.>             domain events, each wrapped in an Envelope (towerco.events.v1)
     DLQ        dlq.>                 messages a consumer gave up on: dlq.<stream>.<durable>
 
@@ -31,7 +32,6 @@ import logging
 import os
 import random
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,15 +49,13 @@ from prometheus_client import Counter
 from towerco.events.v1 import events_pb2
 
 from mesh import db
+from mesh.subjects import DLQ_SUBJECTS, EVENTS_SUBJECTS, TELEMETRY_SUBJECTS, dlq_subject
 
 log = logging.getLogger("towerco.events")
 
 TELEMETRY_STREAM = "TELEMETRY"
 EVENTS_STREAM = "EVENTS"
 DLQ_STREAM = "DLQ"
-TELEMETRY_SUBJECTS = "telemetry.samples.*"
-EVENTS_SUBJECTS = "towerco.>"
-DLQ_SUBJECTS = "dlq.>"
 DUPLICATE_WINDOW_S = 120.0
 DAY_S = 86400.0
 
@@ -155,17 +153,6 @@ async def ensure_streams(js: JetStreamContext) -> None:
             except nats.js.errors.BadRequestError:
                 pass  # created concurrently by another process: update below
         await js.update_stream(cfg)
-
-
-def partition_of(site_id: str, partitions: int) -> int:
-    """The stable partition of a site: crc32 of its UTF-8 id modulo `partitions`."""
-    if partitions <= 0:
-        raise ValueError("partitions must be positive")
-    return zlib.crc32(site_id.encode("utf-8")) % partitions
-
-
-def telemetry_subject(site_id: str, partitions: int) -> str:
-    return f"telemetry.samples.{partition_of(site_id, partitions)}"
 
 
 # --------------------------------------------------------------------------- envelope
@@ -373,7 +360,7 @@ class PullConsumer:
         self.backoff = tuple(float(b) for b in backoff) or (1.0,)
         self.fetch_timeout = fetch_timeout
         self.max_ack_pending = max_ack_pending
-        self.dlq_subject = f"dlq.{stream}.{durable}"
+        self.dlq_subject = dlq_subject(stream, durable)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from mesh import subjects
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 
@@ -493,7 +495,7 @@ def event_subject(entity: Entity, kind: ChangeKind) -> str:
         raise ValueError(f"unknown entity {entity!r}")
     if kind not in ("created", "updated", "deleted"):
         raise ValueError(f"unknown change kind {kind!r}")
-    return f"towerco.sites.{entity}.{kind}"
+    return subjects.sites_event(entity, kind)
 
 
 def event_tenants(

@@ -8,7 +8,6 @@ reads the protobuf fields and hands them over.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -60,15 +59,6 @@ CATALOGUE: dict[str, Metric] = {
                description="A tenant's transmission link up (1) or down (0); one series per tenancy."),
     )
 }
-
-
-def partition_of(site_id: str, partitions: int) -> int:
-    """Stable site -> partition: CRC-32 of the UTF-8 id modulo the partition count.
-
-    Identical to mesh.events.partition_of; kept here too so the decision is unit-testable
-    without the server runtime.
-    """
-    return zlib.crc32(site_id.encode("utf-8")) % partitions
 
 
 # Rejection reasons (machine readable), documented in docs/telemetry.md.
@@ -224,10 +214,6 @@ def message_id(batch_id: str, partition: int, chunk: int = 0) -> str:
 
 def chunks(indexes: list[int], size: int = MAX_SAMPLES_PER_MESSAGE) -> list[list[int]]:
     return [indexes[i:i + size] for i in range(0, len(indexes), size)] or [[]]
-
-
-def subject(partition: int) -> str:
-    return f"telemetry.samples.{partition}"
 
 
 def step_ok(step_s: float, range_s: float, limit: int) -> bool:

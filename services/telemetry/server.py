@@ -12,7 +12,7 @@ import grpc
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2_grpc
 
-from mesh import auth
+from mesh import auth, subjects
 from mesh.bootstrap import Runtime, ServiceSpec, main
 from mesh.migrate import migrate
 from sdk import Client
@@ -22,7 +22,6 @@ from services.telemetry.sites import SiteDirectory
 
 SERVICE = "telemetry"
 FULL_NAME = "towerco.telemetry.v1.TelemetryService"
-SITES_EVENTS = "towerco.sites.>"
 
 
 def retention_days() -> int:
@@ -71,7 +70,7 @@ async def setup(rt: Runtime) -> list[ServiceSpec]:
     async def on_event(msg) -> None:
         servicer.apply_event(msg.data)
 
-    sub = await rt.nc.subscribe(SITES_EVENTS, cb=on_event)
+    sub = await rt.nc.subscribe(subjects.SITES_EVENTS, cb=on_event)
     rt.spawn(sites.keep_fresh(), name="telemetry-site-directory")
 
     async def close() -> None:

@@ -28,15 +28,15 @@ from towerco.kpi.v1 import kpi_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import events, outbox
+from mesh import events, outbox, subjects
 from workers.kpi_calculator import domain, store
 
 log = logging.getLogger("towerco.kpi_calculator")
 
 SCHEMA = "kpi"
-HOUR_SUBJECT = "towerco.kpi.hour.computed"
-SITES_FILTER = "towerco.sites.>"
-POLICY_SUBJECT = "towerco.kpi.policy.updated"
+HOUR_SUBJECT = subjects.KPI_HOUR_COMPUTED
+SITES_FILTER = subjects.SITES_EVENTS
+POLICY_SUBJECT = subjects.KPI_POLICY_UPDATED
 RECOMPUTE_CHUNK_H = 24
 RECOMPUTE_GROUP = 16  # sites re-evaluated in one transaction
 COUNTS = Counter("towerco_kpi_calculator", "What the kpi_calculator did: samples (folded or skipped "
@@ -225,7 +225,7 @@ class Calculator:
         COUNTS.labels(what).inc(n)
 
     def owns(self, site_id: str) -> bool:
-        return events.partition_of(site_id, self.partition_count) in self.owned
+        return subjects.partition_of(site_id, self.partition_count) in self.owned
 
     # -- lifecycle
 
@@ -239,7 +239,7 @@ class Calculator:
         for p in self.config.partitions:
             c = events.PullConsumer(
                 self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
-                filter_subject=f"telemetry.samples.{p}", handler=self.handle_telemetry,
+                filter_subject=subjects.telemetry_subject(p), handler=self.handle_telemetry,
                 batch=self.config.batch, ack_wait=self.config.ack_wait_s)
             self.consumers.append(c)
         reg = events.PullConsumer(
@@ -430,7 +430,7 @@ class Calculator:
     async def handle_events(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             subject = msg.subject
-            if not (subject.startswith("towerco.sites.") or subject == POLICY_SUBJECT):
+            if not (subject.startswith(subjects.SITES_EVENTS_PREFIX) or subject == POLICY_SUBJECT):
                 continue
             env = events_pb2.Envelope()
             try:
