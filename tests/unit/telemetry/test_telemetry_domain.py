@@ -105,7 +105,7 @@ def test_message_ids_and_chunks():
     assert domain.message_id("b1", 3, 2) == "b1:3:2"
     assert domain.chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
     assert domain.chunks([], 2) == [[]]
-    assert domain.subject(7) == "telemetry.samples.7"
+    assert subjects.telemetry_subject(7) == "telemetry.samples.7"
 
 
 def test_docs_metric_catalogue_matches_the_code():
