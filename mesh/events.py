@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -48,7 +47,7 @@ from nats.js import JetStreamContext, api
 from prometheus_client import Counter
 from towerco.events.v1 import events_pb2
 
-from mesh import db
+from mesh import config, db
 from mesh.subjects import DLQ_SUBJECTS, EVENTS_SUBJECTS, TELEMETRY_SUBJECTS, dlq_subject
 
 log = logging.getLogger("towerco.events")
@@ -114,16 +113,8 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 30.0) -> Cl
 
 
 def telemetry_max_age_s() -> float:
-    raw = os.environ.get("TOWERCO_TELEMETRY_STREAM_MAX_AGE_S", "")
-    if not raw:
-        return 7 * DAY_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"TOWERCO_TELEMETRY_STREAM_MAX_AGE_S must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError("TOWERCO_TELEMETRY_STREAM_MAX_AGE_S must be positive")
-    return value
+    """How long the TELEMETRY stream keeps a batch (TOWERCO_TELEMETRY_STREAM_MAX_AGE_S, mesh.config)."""
+    return config.load(config.TelemetrySettings).stream_max_age_s
 
 
 def stream_configs() -> list[api.StreamConfig]:

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import re
 import zlib
@@ -47,13 +46,13 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from mesh import db, events
+from mesh import config, db, events
 from mesh.events import Envelope
 
 log = logging.getLogger("towerco.outbox")
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-DEFAULT_RETENTION_S = 7 * 86400.0
+DEFAULT_RETENTION_S = config.OutboxSettings.retention_s  # the declared default
 MAX_ENVELOPE_BYTES = 900 * 1024  # under NATS' default 1 MiB max_payload, leaving room for headers
 
 PUBLISHED = Counter("towerco_outbox_published_total", "Outbox rows published to JetStream", ["schema"])
@@ -102,16 +101,8 @@ CREATE INDEX IF NOT EXISTS outbox_published_at_idx ON {s}.outbox (published_at) 
 
 
 def retention_s() -> float:
-    raw = os.environ.get("TOWERCO_OUTBOX_RETENTION_S", "")
-    if not raw:
-        return DEFAULT_RETENTION_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"TOWERCO_OUTBOX_RETENTION_S must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError("TOWERCO_OUTBOX_RETENTION_S must be positive")
-    return value
+    """How long published rows are kept (TOWERCO_OUTBOX_RETENTION_S, mesh.config)."""
+    return config.load(config.OutboxSettings).retention_s
 
 
 @dataclass(frozen=True)

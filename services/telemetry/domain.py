@@ -1,5 +1,5 @@
-"""Telemetry decisions, free of I/O: the metric catalogue, per-sample screening, partitioning and
-the split of a batch into one message per partition.
+"""Telemetry decisions, free of I/O: the metric catalogue, per-sample screening and the split of a
+batch into one message per partition (the partition function itself: mesh.subjects).
 
 Everything here works on plain Python values so it can be unit-tested exhaustively; the servicer
 reads the protobuf fields and hands them over.
@@ -11,9 +11,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mesh.config import TelemetrySettings
+
 # How far ahead of the server clock a sample may be stamped (clock skew of field units).
 MAX_FUTURE_S = 300.0
-DEFAULT_RETENTION_DAYS = 90
+DEFAULT_RETENTION_DAYS = TelemetrySettings.retention_days  # TOWERCO_TELEMETRY_RETENTION_DAYS
 # Largest samples per batch (also declared in the .proto as max_items).
 MAX_SAMPLES_PER_BATCH = 10_000
 # Samples in the TelemetryBatch messages we publish: large batches are cut so a message stays

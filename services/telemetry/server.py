@@ -6,17 +6,14 @@ are refused at ingest (and their partitions dropped by the ingestor).
 
 from __future__ import annotations
 
-import os
-
 import grpc
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2_grpc
 
-from mesh import auth, subjects
+from mesh import auth, config, subjects
 from mesh.bootstrap import Runtime, ServiceSpec, main
 from mesh.migrate import migrate
 from sdk import Client
-from services.telemetry import domain
 from services.telemetry.servicer import TelemetryServicer, site_info
 from services.telemetry.sites import SiteDirectory
 
@@ -25,14 +22,8 @@ FULL_NAME = "towerco.telemetry.v1.TelemetryService"
 
 
 def retention_days() -> int:
-    raw = os.environ.get("TOWERCO_TELEMETRY_RETENTION_DAYS", "")
-    try:
-        days = int(raw) if raw else domain.DEFAULT_RETENTION_DAYS
-    except ValueError as exc:
-        raise ValueError(f"TOWERCO_TELEMETRY_RETENTION_DAYS must be an integer, got {raw!r}") from exc
-    if days < 1:
-        raise ValueError("TOWERCO_TELEMETRY_RETENTION_DAYS must be at least 1")
-    return days
+    """TOWERCO_TELEMETRY_RETENTION_DAYS (mesh.config.TelemetrySettings, shared with the ingestor)."""
+    return config.load(config.TelemetrySettings).retention_days
 
 
 def site_directory(rt: Runtime) -> tuple[SiteDirectory, Client]:
