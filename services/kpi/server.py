@@ -1,7 +1,8 @@
 """Wiring of the KPI service (port 7003): `python -m services.kpi.server`.
 
-The kpi schema belongs to the kpi_calculator worker (workers/kpi_calculator/migrations); the
-service applies it too (idempotent, advisory-locked) so either process can start first.
+The KPI service owns the kpi domain (mesh/domains.py): the schema in services/kpi/migrations,
+shared with its worker, the kpi_calculator, which waits for it. Applied at start (idempotent,
+advisory-locked) and by `towerco migrate`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ FULL_NAME = "towerco.kpi.v1.KpiService"
 
 
 async def setup(rt: Runtime) -> list[ServiceSpec]:
-    await migrate(rt.settings.database_url, components=["kpi_calculator"])
+    await migrate(rt.settings.database_url, components=["kpi"])
     servicer = KpiServicer(rt.pool)
     if rt.js is not None:
         relay = OutboxRelay(rt.pool, rt.js, schema=SCHEMA, database_url=rt.settings.database_url)
