@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint breaking bench-mesh bench-ingest bench-gateway bench-kpi clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-fast: $(STAMP)
 
 gen: $(STAMP)
 	$(BIN)/python scripts/gen.py
+
+# The SDK distribution (towerco-sdk: sdk/ + gen/towerco) as a wheel in dist/
+sdk-wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist ./sdk
+	rm -rf sdk/build sdk/*.egg-info
 
 lint: $(STAMP)
 	$(BIN)/python scripts/buf.py lint
