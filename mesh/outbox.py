@@ -48,6 +48,7 @@ from prometheus_client import Counter
 
 from mesh import config, db, events
 from mesh.events import Envelope
+from mesh.listener import PgListener
 
 log = logging.getLogger("towerco.outbox")
 
@@ -204,8 +205,10 @@ class OutboxRelay:
         self.purge_every_s = purge_every_s
         self.database_url = database_url
         self._wake = asyncio.Event()
-        self._listener: Any = None
-        self._pooled = False
+        # held from the pool for the relay's lifetime without a database_url (the pool needs >= 2)
+        self._listener = PgListener(channel(self.schema), on_notify=self._wake.set, on_lost=self._wake.set,
+                                    database_url=database_url, pool=None if database_url else pool,
+                                    application_name=f"towerco:outbox-relay:{self.schema}")
         self.published = 0
 
     # -- public
@@ -217,7 +220,7 @@ class OutboxRelay:
         try:
             while True:
                 try:
-                    await self._ensure_listener()
+                    await self._listener.ensure()
                     self._wake.clear()
                     while await self.publish_pending() >= self.batch:
                         pass
@@ -239,11 +242,11 @@ class OutboxRelay:
                     else:
                         log.exception("outbox %s relay failed; retrying in %.1fs", self.schema, delay)
                     if not events.is_transient(exc) or db.is_unavailable(exc):
-                        await self._close_listener()  # PG trouble: start from a fresh connection
+                        await self._listener.close()  # PG trouble: start from a fresh connection
                     await asyncio.sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 5.0)
         finally:
-            await self._close_listener()
+            await self._listener.close()
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished rows in id order; return how many were published.
@@ -289,47 +292,6 @@ class OutboxRelay:
         return count
 
     # -- internals
-
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        await self._close_listener()
-        if self.database_url:
-            conn = await db.connect(self.database_url, application_name=f"towerco:outbox-relay:{self.schema}")
-            self._pooled = False
-        else:  # held from the pool for the relay's lifetime (the pool needs >= 2 connections)
-            conn = await self.pool.acquire()
-            self._pooled = True
-        self._listener = conn
-        await conn.add_listener(channel(self.schema), self._notified)
-        conn.add_termination_listener(self._terminated)
-        self._wake.set()  # catch up with anything committed while we were not listening
-
-    def _notified(self, *_: Any) -> None:
-        self._wake.set()
-
-    def _terminated(self, *_: Any) -> None:
-        self._wake.set()
-
-    async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        if self._pooled:
-            # Never hand a LISTENing connection back to the pool: terminate it (synchronous, so a
-            # second cancellation cannot skip it) and release it shielded, so pool.close() is
-            # never left waiting for a connection a cancelled relay still holds.
-            conn.terminate()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.pool.release(conn))
-            return
-        with contextlib.suppress(Exception):
-            await conn.remove_listener(channel(self.schema), self._notified)
-        if not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
-            if not conn.is_closed():
-                conn.terminate()
 
     async def _wait(self) -> None:
         with contextlib.suppress(TimeoutError):

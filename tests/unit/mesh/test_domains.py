@@ -66,3 +66,10 @@ def test_lookup_by_name_former_name_and_package():
     assert domains.owning("gateway") is None
     with pytest.raises(KeyError):
         domains.by_name("nope")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "services").glob("*/servicer.py")), ids=lambda p: p.parent.name)
+def test_servicers_leave_database_errors_to_their_store(path):
+    """SQL and its errors belong in store.py: a servicer sees the store's typed errors instead."""
+    text = path.read_text()
+    assert not re.search(r"asyncpg\.\w*(Error|Violation)\w*", text), path
