@@ -22,13 +22,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_interceptor import exceptions as gx
 
 # The client side (decoding a failed call's Status) is the SDK's; re-exported for server code.
-from sdk.errors import (  # noqa: F401
-    STATUS_DETAILS_KEY,
-    FieldViolation,
-    status_of,
-    unpack_details,
-    violations_of,
-)
+from sdk.errors import STATUS_DETAILS_KEY as STATUS_DETAILS_KEY
+from sdk.errors import FieldViolation as FieldViolation
+from sdk.errors import status_of as status_of
+from sdk.errors import unpack_details as unpack_details
+from sdk.errors import violations_of as violations_of
 
 DOMAIN = "towerco.io"
 

@@ -118,7 +118,7 @@ def telemetry_max_age_s() -> float:
 
 
 def stream_configs() -> list[api.StreamConfig]:
-    common = dict(storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+    common: dict[str, Any] = dict(storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
                   discard=api.DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW_S, num_replicas=1)
     return [
         api.StreamConfig(name=TELEMETRY_STREAM, subjects=[TELEMETRY_SUBJECTS],

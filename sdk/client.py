@@ -14,8 +14,9 @@ appears after `make gen`). Failures raise typed `sdk.errors.RpcError` subclasses
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -41,13 +42,14 @@ class Client(AsyncServices):
         self.channel: grpc.aio.Channel = create_channel(target, token=token, **channel_kwargs)
         for attr, (async_cls, _blocking) in SERVICES.items():
             setattr(self, attr, async_cls(self.channel))
-        self._stubs: dict[type, Any] = {}
+        self._stubs: dict[object, Any] = {}
 
-    def stub(self, stub_class: type[S]) -> S:
+    def stub(self, stub_class: Callable[[grpc.aio.Channel], S]) -> S:
+        """A generated stub class (e.g. `sites_pb2_grpc.SitesServiceStub`) on this client's channel."""
         stub = self._stubs.get(stub_class)
         if stub is None:
-            stub = self._stubs[stub_class] = stub_class(self.channel)  # type: ignore[call-arg]
-        return stub  # type: ignore[no-any-return]
+            stub = self._stubs[stub_class] = stub_class(self.channel)
+        return cast(S, stub)
 
     async def close(self, grace: float | None = None) -> None:
         await self.channel.close(grace)

@@ -168,7 +168,7 @@ class RpcError(AioRpcError):
         info = self._first(error_details_pb2.RetryInfo)
         if not isinstance(info, error_details_pb2.RetryInfo):
             return None
-        return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.code(), self.initial_metadata(), self.trailing_metadata(), self.details(),
