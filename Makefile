@@ -38,6 +38,11 @@ sdk-wheel: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python scripts/buf.py lint
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# mypy --strict on sdk/, mesh/ and the domain modules ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # buf breaking (FILE rules) of proto/ against a git ref: make breaking AGAINST=origin/main
 AGAINST ?= main

@@ -136,7 +136,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
     safe to run from every process at start-up (a concurrent creator wins, we then update)."""
     for cfg in stream_configs():
         try:
-            await js.stream_info(cfg.name)
+            await js.stream_info(cfg.name or "")
         except nats.js.errors.NotFoundError:
             try:
                 await js.add_stream(cfg)
@@ -180,7 +180,7 @@ _ = any_pb2  # the Any type is what Envelope.payload is
 # --------------------------------------------------------------------------- headers / context
 
 
-def _sdk_context():
+def _sdk_context() -> Any:
     try:
         from sdk import context as sdk_context
     except ImportError:  # sdk not installed alongside: no correlation id propagation
@@ -221,6 +221,7 @@ class MessageContext:
         """Bind the correlation id (sdk.context) and attach the trace context for the block, so
         logs, spans and outgoing calls made while handling the message continue its story."""
         token = None
+        otel_context: Any = None
         try:
             from opentelemetry import context as otel_context
 
@@ -354,7 +355,7 @@ class PullConsumer:
         self.dlq_subject = dlq_subject(stream, durable)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._busy = False
         self.stats = {"acked": 0, "naked": 0, "dead_lettered": 0, "fetch_errors": 0}
 
@@ -369,6 +370,7 @@ class PullConsumer:
                 try:
                     if self._sub is None:
                         await self._subscribe()
+                    assert self._sub is not None
                     msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except TimeoutError:  # nats.errors.TimeoutError too
                     delay = 0.2

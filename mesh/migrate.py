@@ -32,6 +32,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh import db
 from mesh.domains import DOMAINS, Domain
@@ -141,7 +142,7 @@ def discover(root: Path | str | None = None, components: list[str] | tuple[str, 
     return out
 
 
-async def applied(conn) -> dict[tuple[str, int], str]:
+async def applied(conn: Any) -> dict[tuple[str, int], str]:
     """(component, version) -> checksum of everything recorded as applied."""
     exists = await conn.fetchval("SELECT to_regclass('public.towerco_migrations') IS NOT NULL")
     if not exists:
@@ -150,7 +151,7 @@ async def applied(conn) -> dict[tuple[str, int], str]:
     return {(r["component"], r["version"]): r["checksum"] for r in rows}
 
 
-async def rename_former(conn, domains: tuple[Domain, ...] | list[Domain]) -> list[str]:
+async def rename_former(conn: Any, domains: tuple[Domain, ...] | list[Domain]) -> list[str]:
     """Re-label ledger rows recorded under a domain's former component name (its migrations
     moved folder); returns "old -> new" for each rename done. A version recorded under both names
     is refused rather than guessed."""

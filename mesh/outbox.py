@@ -185,7 +185,8 @@ async def read_since(conn: asyncpg.Connection, *, schema: str, after_id: int, li
 async def oldest_id(conn: asyncpg.Connection, *, schema: str) -> int | None:
     """The smallest id still in the outbox (None when empty): a reader whose position is below
     it - 1 has missed purged rows and must resynchronise."""
-    return await conn.fetchval(f"SELECT min(id) FROM {_check_schema(schema)}.outbox")
+    value = await conn.fetchval(f"SELECT min(id) FROM {_check_schema(schema)}.outbox")
+    return None if value is None else int(value)
 
 
 class OutboxRelay:

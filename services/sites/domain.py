@@ -480,7 +480,7 @@ class PageTokens:
         key = data.get("k")
         if not isinstance(key, list) or not key:
             raise bad
-        return _from_jsonable(key)
+        return list(_from_jsonable(key))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ reads the protobuf fields and hands them over.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mesh.config import TelemetrySettings
 
@@ -168,7 +169,7 @@ def screen(
     return out
 
 
-def screen_samples(samples, *, sites: Mapping[str, int], now: float, retention_s: float) -> Screened:
+def screen_samples(samples: Sequence[Any], *, sites: Mapping[str, int], now: float, retention_s: float) -> Screened:
     """screen() for objects with site_id, metric, tenant_id, time.seconds, time.nanos and value
     attributes (the IngestRequest samples), without building tuples: the ingest hot path.
 
