@@ -30,15 +30,8 @@ def site_directory(rt: Runtime) -> tuple[SiteDirectory, Client]:
     client = Client(rt.settings.target("sites"), token=lambda: auth.service_token(SERVICE))
 
     async def fetch_all() -> list[tuple[str, frozenset[str]]]:
-        out = []
-        token = ""
-        while True:
-            reply = await client.sites.ListSites(
-                sites_pb2.ListSitesRequest(page={"size": 1000, "token": token}), timeout=30)
-            out.extend(site_info(s) for s in reply.sites)
-            token = reply.page.next_token
-            if not token:
-                return out
+        return [site_info(s) async for s in client.sites.list_all(sites_pb2.ListSitesRequest(), page_size=1000,
+                                                                  timeout=30)]
 
     async def fetch_one(site_id: str) -> tuple[str, frozenset[str]] | None:
         try:
