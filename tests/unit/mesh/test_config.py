@@ -101,3 +101,20 @@ def test_settings_from_env_and_what_was_set():
     assert all(plain.target(n) == Settings().target(n) for n in plain.ports)
     with pytest.raises(ValueError, match="TOWERCO_SITES_PORT must be an integer"):
         Settings.from_env({"TOWERCO_SITES_PORT": "x"})
+
+
+def test_gateway_declarations_agree_with_the_gateway_config(monkeypatch):
+    """gateway/config.py still reads its variables itself (its owner moves it onto
+    GatewaySettings); until then the declared defaults must be the ones it applies."""
+    from gateway.config import GatewayConfig
+
+    for name in config.declared_names():
+        if name.startswith("TOWERCO_GATEWAY_"):
+            monkeypatch.delenv(name, raising=False)
+    got, declared = GatewayConfig.from_env(), load(GatewaySettings, {})
+    assert (got.rate_per_s, got.rate_burst, got.max_body_bytes, got.default_timeout_s, got.max_timeout_s,
+            got.cors_origins, got.ignore_unknown_fields, got.ready_cache_s, got.stream_queue, got.heartbeat_s,
+            got.services, got.targets) == (
+        declared.rate_limit, declared.rate_burst, declared.max_body_bytes, declared.timeout_s, declared.max_timeout_s,
+        declared.cors_origins, declared.unknown_fields == "ignore", declared.ready_cache_s, declared.stream_queue,
+        declared.heartbeat_s, declared.services or None, dict(t.split("=", 1) for t in declared.targets))
