@@ -192,3 +192,25 @@ def test_a_migrations_folder_no_domain_owns_is_refused(tree):
     labels = [m.label for m in migrate.discover(tree, domains=(
         *domains, Domain("beta", schema="beta", service="workers.beta")))]
     assert labels == ["alpha/0001_init.sql", "alpha/0002_more.sql", "beta/0001_init.sql"]
+
+
+async def test_a_database_migrated_before_the_kpi_move_applies_nothing_twice(fresh_db):
+    """The project's own files, recorded as the old layout did (kpi's under `kpi_calculator`):
+    the next migrate renames the ledger rows and applies nothing."""
+    plan = migrate.discover()
+    assert {m.component for m in plan} == {"kpi", "sites", "telemetry"}
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute(migrate.TABLE_DDL)
+        for m in plan:
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO public.towerco_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                    "kpi_calculator" if m.component == "kpi" else m.component, m.version, m.name, m.checksum)
+        assert await migrate.migrate(fresh_db) == []
+        rows = await conn.fetch("SELECT component, count(*) AS n FROM public.towerco_migrations GROUP BY 1 ORDER BY 1")
+        assert [(r["component"], r["n"]) for r in rows] == [
+            ("kpi", sum(m.component == "kpi" for m in plan)), ("sites", 1), ("telemetry", 1)]
+    finally:
+        await conn.close()
