@@ -7,8 +7,8 @@ So a rollback publishes nothing, and a NATS outage loses nothing (rows wait in t
 
     async with pool.acquire() as conn, conn.transaction():
         await store.insert_site(conn, ...)
-        await outbox.enqueue(conn, schema="sites", subject="towerco.sites.site.created",
-                             event_type="towerco.sites.site.created", source="sites",
+        created = subjects.sites_event("site", "created")     # towerco.sites.site.created
+        await outbox.enqueue(conn, schema="sites", subject=created, event_type=created, source="sites",
                              payload=site_created, tenant_ids=[tenant])
 
     relay = OutboxRelay(pool, js, schema="sites")   # in server.py: rt.spawn(relay.run())

@@ -34,3 +34,16 @@ def test_telemetry_subject_and_partition_hash_are_spelled_only_in_subjects():
              (("subject", subject), ("hash", re.compile(r"crc32\(\s*site")))
              if pattern.search(p.read_text())]
     assert not found, found
+
+
+# The KPI servicer is being reworked on its owner's branch; its POLICY_SUBJECT moves to
+# subjects.KPI_POLICY_UPDATED there.
+EVENT_SUBJECT_EXEMPT = {"services/kpi/servicer.py"}
+
+
+def test_event_subjects_are_spelled_only_in_subjects():
+    # "towerco.<domain>.<entity>.<what>" or "towerco.<domain>.>", not a proto name (towerco.sites.v1.X)
+    event = re.compile(r"""["']towerco\.[a-z_]+\.(?:>|(?!v\d+\.)[a-z_]+\.[a-z_]+)""")
+    found = sorted(str(p.relative_to(ROOT)) for p in _sources() if event.search(p.read_text()))
+    assert [f for f in found if f not in EVENT_SUBJECT_EXEMPT] == []
+    assert subjects.KPI_POLICY_UPDATED == "towerco.kpi.policy.updated"  # what the exempt file still spells
