@@ -15,13 +15,13 @@ from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
-from mesh import outbox
+from mesh import outbox, subjects
 from mesh.auth import Identity, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.kpi import domain, store
 
 SCHEMA = "kpi"
-POLICY_SUBJECT = "towerco.kpi.policy.updated"
+POLICY_SUBJECT = subjects.KPI_POLICY_UPDATED
 READ_ROLES = ("viewer", "tenant_viewer")
 DEFAULT_PAGE = 1000
 DEFAULT_WORST = 10

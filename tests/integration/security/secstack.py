@@ -145,7 +145,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
     nats = EmbeddedNats(session_stack.tmp / name).start()
     reset_settings()
     base = dataclasses.replace(Settings.from_env(), database_url=database_url, nats_url=nats.url)
-    await migrate(database_url, components=["sites", "telemetry", "kpi_calculator"])
+    await migrate(database_url, components=["sites", "telemetry", "kpi"])
     running: list[bootstrap.RunningServer] = []
     tasks: list[asyncio.Task] = []
     pool = await db.create_pool(database_url, min_size=1, max_size=6)
