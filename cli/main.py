@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "seed": "cli.seed",
     "simulate": "cli.simulate",
     "gateway": "gateway.cli",
+    "aiops": "workers.aiops_engine.cli",
 }
 OPTIONAL_COMMANDS: frozenset[str] = frozenset({"simulate"})
 

@@ -78,6 +78,8 @@ PROCESSES: tuple[Process, ...] = (
     Process("ingestor", "worker", "workers.ingestor.worker", health="metrics"),
     Process("kpi", "service", "services.kpi.server", port="kpi", health="grpc"),
     Process("kpi_calculator", "worker", "workers.kpi_calculator.worker", health="metrics"),
+    Process("aiops", "service", "services.aiops.server", port="aiops", health="grpc"),
+    Process("aiops_engine", "worker", "workers.aiops_engine.worker", health="metrics"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.

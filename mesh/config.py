@@ -34,11 +34,12 @@ DEFAULT_PORTS: dict[str, int] = {
     "bi": 7005,
     "notifications": 7006,
     "files": 7007,
+    "aiops": 7008,
 }
 METRICS_PORT_OFFSET = 2000
 # Prometheus ports of the workers (no gRPC port to offset from); TOWERCO_<NAME>_METRICS_PORT moves
 # one, a value <= 0 turns it off (`towerco status` then has nothing to check).
-WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102}
+WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102, "aiops_engine": 9103}
 DEV_JWT_SECRET = "towerco-dev-secret-not-for-production"
 DAY_S = 86400.0
 
@@ -270,6 +271,23 @@ class KpiCalculatorSettings:
 
 
 @dataclass(frozen=True)
+class AiopsEngineSettings:
+    partitions: str = env("TOWERCO_AIOPS_PARTITIONS", "", "partitions this replica owns, e.g. `0-7` or `1,3,5`",
+                          shown="all")
+    replica: str = env("TOWERCO_AIOPS_REPLICA", "", "name of this replica's register-event consumer",
+                       shown="from the partitions")
+    durable_prefix: str = env("TOWERCO_AIOPS_DURABLE_PREFIX", "aiops-engine", "prefix of the consumer names")
+    batch: int = env("TOWERCO_AIOPS_BATCH", 100, "TELEMETRY messages handled in one transaction, at most")
+    ack_wait_s: float = env("TOWERCO_AIOPS_ACK_WAIT_S", 30.0, "redelivery delay of a batch a dead replica held")
+    tick_s: float = env("TOWERCO_AIOPS_TICK_S", 5.0, "how often silent sites are judged (telemetry gap)")
+    live_lag_s: float = env("TOWERCO_AIOPS_LIVE_LAG_S", 120.0, "a partition whose newest sample is at most "
+                            "this old is live: its clock runs on with the wall clock")
+    adjust_s: float = env("TOWERCO_AIOPS_ADJUST_S", 5.0, "how often feedback adjustments are re-read")
+    retrain_s: float = env("TOWERCO_AIOPS_RETRAIN_S", 3600.0, "how often the multivariate models are retrained "
+                           "(0: never)")
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """The gateway's variables (gateway/config.py's GatewayConfig.from_env reads this section)."""
 
@@ -302,6 +320,7 @@ SECTIONS: dict[type, str] = {
     OutboxSettings: "outbox relays (sites, kpi)",
     IngestorSettings: "ingestor",
     KpiCalculatorSettings: "kpi_calculator",
+    AiopsEngineSettings: "aiops_engine",
     GatewaySettings: "gateway",
 }
 

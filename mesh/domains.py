@@ -42,6 +42,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("telemetry", schema="telemetry", service="services.telemetry", workers=("workers.ingestor",)),
     Domain("kpi", schema="kpi", service="services.kpi", workers=("workers.kpi_calculator",),
            formerly=("kpi_calculator",)),
+    Domain("aiops", schema="aiops", service="services.aiops", workers=("workers.aiops_engine",)),
 )
 
 

@@ -29,6 +29,9 @@ SITES_EVENTS = "towerco.sites.>"                   # every change to the site re
 SITES_EVENTS_PREFIX = "towerco.sites."
 KPI_POLICY_UPDATED = "towerco.kpi.policy.updated"  # a tenant's SLA policy changed
 KPI_HOUR_COMPUTED = "towerco.kpi.hour.computed"    # a site-hour's KPIs are final (or recomputed)
+AIOPS_ANOMALY_DETECTED = "towerco.aiops.anomaly.detected"    # an anomaly opened
+AIOPS_ANOMALY_CLEARED = "towerco.aiops.anomaly.cleared"      # an open anomaly cleared
+AIOPS_ANOMALY_PREDICTED = "towerco.aiops.anomaly.predicted"  # a forecast (battery, fuel, site down)
 
 
 def partition_of(site_id: str, partitions: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, cast, overload
 
+from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
@@ -25,6 +26,99 @@ def _options(timeout: float | None, metadata: Metadata | None, wait_for_ready: b
     if wait_for_ready is not None:
         out["wait_for_ready"] = wait_for_ready
     return out
+
+
+class AiopsService(AsyncService):
+    """towerco.aiops.v1.AiopsService: Anomalies and predictions found in site telemetry by the aiops_engine worker: physics rules parameterised by each site's power configuration, streaming statistics (seasonal robust baselines, fuel theft, telemetry gaps), multivariate models and forecasts. Every detector, its parameters and its explanation fields are described in docs/aiops.md.  A tenant viewer sees only the anomalies and predictions of sites its tenant leases; any other one answers NOT_FOUND."""
+
+    SERVICE = "towerco.aiops.v1.AiopsService"
+    STUB = aiops_pb2_grpc.AiopsServiceStub
+    PAGES = {
+        "towerco.aiops.v1.ListAnomaliesRequest": Page("ListAnomalies", "anomalies"),
+        "towerco.aiops.v1.ListPredictionsRequest": Page("ListPredictions", "predictions"),
+    }
+
+    async def ListAnomalies(self, request: aiops_pb2.ListAnomaliesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.ListAnomaliesResponse:
+        """List anomalies, newest first, filtered."""
+        return cast(aiops_pb2.ListAnomaliesResponse, await self._unary("ListAnomalies", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetAnomaly(self, request: aiops_pb2.GetAnomalyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.GetAnomalyResponse:
+        """One anomaly."""
+        return cast(aiops_pb2.GetAnomalyResponse, await self._unary("GetAnomaly", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListPredictions(self, request: aiops_pb2.ListPredictionsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.ListPredictionsResponse:
+        """List predictions, newest first, filtered."""
+        return cast(aiops_pb2.ListPredictionsResponse, await self._unary("ListPredictions", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetPrediction(self, request: aiops_pb2.GetPredictionRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.GetPredictionResponse:
+        """One prediction."""
+        return cast(aiops_pb2.GetPredictionResponse, await self._unary("GetPrediction", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetDetectorStatus(self, request: aiops_pb2.GetDetectorStatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.GetDetectorStatusResponse:
+        """The detectors and the multivariate models (per site class) the engine runs."""
+        return cast(aiops_pb2.GetDetectorStatusResponse, await self._unary("GetDetectorStatus", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def RecordFeedback(self, request: aiops_pb2.RecordFeedbackRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.RecordFeedbackResponse:
+        """Tell the engine what an anomaly really was (noc_operator). A false positive raises that site-metric's threshold (statistical and model detectors) or suppresses that rule for that site until reviewed (rules); see docs/aiops.md."""
+        return cast(aiops_pb2.RecordFeedbackResponse, await self._unary("RecordFeedback", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    def WatchAnomalies(self, request: aiops_pb2.WatchAnomaliesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[aiops_pb2.WatchAnomaliesResponse]:
+        """Stream every anomaly change (detected, cleared), oldest first, then live. Resume with after_sequence."""
+        return self._server_stream("WatchAnomalies", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    @overload
+    def list_all(self, request: aiops_pb2.ListAnomaliesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[aiops_pb2.Anomaly]: ...
+
+    @overload
+    def list_all(self, request: aiops_pb2.ListPredictionsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[aiops_pb2.Prediction]: ...
+
+    def list_all(self, request: aiops_pb2.ListAnomaliesRequest | aiops_pb2.ListPredictionsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[Any]:
+        """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
+        return self._list_all(request, page_size, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
+class AiopsServiceBlocking(BlockingService):
+    """towerco.aiops.v1.AiopsService, blocking: each call waits for its result."""
+
+    _service: AiopsService
+
+    def ListAnomalies(self, request: aiops_pb2.ListAnomaliesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.ListAnomaliesResponse:
+        """List anomalies, newest first, filtered."""
+        return self._call(self._service.ListAnomalies(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetAnomaly(self, request: aiops_pb2.GetAnomalyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.GetAnomalyResponse:
+        """One anomaly."""
+        return self._call(self._service.GetAnomaly(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListPredictions(self, request: aiops_pb2.ListPredictionsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.ListPredictionsResponse:
+        """List predictions, newest first, filtered."""
+        return self._call(self._service.ListPredictions(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetPrediction(self, request: aiops_pb2.GetPredictionRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.GetPredictionResponse:
+        """One prediction."""
+        return self._call(self._service.GetPrediction(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetDetectorStatus(self, request: aiops_pb2.GetDetectorStatusRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.GetDetectorStatusResponse:
+        """The detectors and the multivariate models (per site class) the engine runs."""
+        return self._call(self._service.GetDetectorStatus(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def RecordFeedback(self, request: aiops_pb2.RecordFeedbackRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> aiops_pb2.RecordFeedbackResponse:
+        """Tell the engine what an anomaly really was (noc_operator). A false positive raises that site-metric's threshold (statistical and model detectors) or suppresses that rule for that site until reviewed (rules); see docs/aiops.md."""
+        return self._call(self._service.RecordFeedback(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def WatchAnomalies(self, request: aiops_pb2.WatchAnomaliesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[aiops_pb2.WatchAnomaliesResponse]:
+        """Stream every anomaly change (detected, cleared), oldest first, then live. Resume with after_sequence."""
+        return self._iterate(self._service.WatchAnomalies(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    @overload
+    def list_all(self, request: aiops_pb2.ListAnomaliesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[aiops_pb2.Anomaly]: ...
+
+    @overload
+    def list_all(self, request: aiops_pb2.ListPredictionsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[aiops_pb2.Prediction]: ...
+
+    def list_all(self, request: aiops_pb2.ListAnomaliesRequest | aiops_pb2.ListPredictionsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[Any]:
+        """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
+        return self._iterate(self._service.list_all(request, page_size=page_size, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
 
 class KpiService(AsyncService):
@@ -390,6 +484,7 @@ class TelemetryServiceBlocking(BlockingService):
 class AsyncServices:
     """The typed async client of every service, by attribute."""
 
+    aiops: AiopsService
     kpi: KpiService
     sites: SitesService
     telemetry: TelemetryService
@@ -398,6 +493,7 @@ class AsyncServices:
 class BlockingServices:
     """The typed blocking client of every service, by attribute."""
 
+    aiops: AiopsServiceBlocking
     kpi: KpiServiceBlocking
     sites: SitesServiceBlocking
     telemetry: TelemetryServiceBlocking
@@ -405,6 +501,7 @@ class BlockingServices:
 
 # attribute -> (async class, blocking class)
 SERVICES: dict[str, tuple[type[AsyncService], type[BlockingService]]] = {
+    "aiops": (AiopsService, AiopsServiceBlocking),
     "kpi": (KpiService, KpiServiceBlocking),
     "sites": (SitesService, SitesServiceBlocking),
     "telemetry": (TelemetryService, TelemetryServiceBlocking),

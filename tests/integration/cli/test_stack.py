@@ -67,7 +67,7 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     as_json = json.loads(t.run("status", "--json").stdout)
     assert all(row["healthy"] for row in as_json["processes"])
     # workers are checked too: their Prometheus endpoint and event-loop heartbeat
-    for worker in ("ingestor", "kpi_calculator"):
+    for worker in ("ingestor", "kpi_calculator", "aiops_engine"):
         port = int(t.env[f"TOWERCO_{worker.upper()}_METRICS_PORT"])
         assert recorded["processes"][worker]["endpoint"] == f"http://127.0.0.1:{port}/metrics"
         assert " ok " in lines[worker] and "heartbeat ok" in lines[worker], lines[worker]
@@ -89,6 +89,12 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
             reply = await http.get(f"{gateway}/api/v1/sites/{sites[0].id}",
                                    headers={"Authorization": f"Bearer {recorded['tokens']['admin']}"})
         assert reply.status_code == 200 and reply.json()["id"] == sites[0].id
+        # the AIOps service is up behind the gateway, with every detector
+        async with httpx.AsyncClient(timeout=10) as http:
+            reply = await http.get(f"{gateway}/api/v1/aiops/status",
+                                   headers={"Authorization": f"Bearer {recorded['tokens']['admin']}"})
+        assert reply.status_code == 200, reply.text
+        assert {"rule.mains_lost", "stat.telemetry_gap"} <= {d["name"] for d in reply.json()["detectors"]}
 
     # Seeding again creates nothing new (and, with no port in the environment, finds the running
     # stack's Sites endpoint in stack.json).

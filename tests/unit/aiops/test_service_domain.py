@@ -1,0 +1,60 @@
+"""The AIOps service's pure rules: feedback -> adjustment, cursors, visibility; and its list of
+detectors matches the engine's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.aiops import domain
+from services.aiops.servicer import DETECTORS
+from workers.aiops_engine import domain as engine
+
+
+def test_false_positive_on_a_rule_suppresses_it_until_confirmed():
+    factor, suppressed = domain.adjust(domain.FALSE_POSITIVE, domain.RULE_LAYER, 1.0, False)
+    assert (factor, suppressed) == (1.0, True)
+    assert domain.adjust(domain.CONFIRMED, domain.RULE_LAYER, factor, suppressed) == (1.0, False)
+    assert domain.adjust(domain.EXPECTED_BEHAVIOUR, domain.RULE_LAYER, 1.0, False) == (1.0, True)
+
+
+def test_false_positive_on_statistics_raises_the_threshold_bounded():
+    f, s = 1.0, False
+    seen = []
+    for _ in range(10):
+        f, s = domain.adjust(domain.FALSE_POSITIVE, 2, f, s)
+        seen.append(f)
+    assert seen[0] == pytest.approx(1.25) and seen[-1] == domain.MAX_FACTOR and not s
+    assert seen == sorted(seen)
+    assert domain.adjust(domain.CONFIRMED, 2, 1.25, False)[0] == pytest.approx(1.0)
+    assert domain.adjust(domain.CONFIRMED, 2, 1.0, False)[0] == 1.0
+
+
+def test_adjustment_keys_match_what_the_engine_reads():
+    assert domain.adjustment_key("stat.baseline", ["cabinet_temp_c"]) == "stat.baseline|cabinet_temp_c"
+    assert domain.adjustment_key("rule.door_open", ["door_open"]) == "rule.door_open"
+    assert domain.adjustment_key("rule.tenant_link_down", ["tenant_link_up"], "acme") == "rule.tenant_link_down"
+
+
+def test_cursor_round_trip_and_garbage():
+    t = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    tok = domain.encode_cursor(t, "a-b")
+    assert domain.decode_cursor(tok) == (t, "a-b")
+    assert domain.decode_cursor("") is None
+    for bad in ("!!", "bm90IGEgY3Vyc29y", "eHx5"):
+        with pytest.raises(ValueError):
+            domain.decode_cursor(bad)
+
+
+def test_visibility():
+    assert domain.visible(None, [])
+    assert domain.visible("acme", ["acme", "beta"])
+    assert not domain.visible("acme", ["beta"])
+
+
+def test_service_lists_the_engines_detectors():
+    listed = {n: layer for n, layer, _ in DETECTORS}
+    for name, layer, _ in engine.detectors():
+        if layer:  # forecasts are predictions, not anomaly detectors
+            assert listed.get(name) == layer, name
