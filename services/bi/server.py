@@ -1,0 +1,63 @@
+"""Wiring of the BI service (port 7005): `python -m services.bi.server`.
+
+Environment (all optional; docs/bi.md): TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH (20),
+TOWERCO_BI_FUEL_PRICE_MINOR_PER_L (180), TOWERCO_BI_CURRENCY (USD),
+TOWERCO_BI_GRID_KG_CO2E_PER_KWH (0.45), TOWERCO_BI_DIESEL_KG_CO2E_PER_L (2.68).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from towerco.bi.v1 import bi_pb2_grpc
+from towerco.kpi.v1 import kpi_pb2_grpc
+from towerco.sites.v1 import sites_pb2_grpc
+
+from mesh.bootstrap import Runtime, ServiceSpec, main
+from mesh.migrate import migrate
+from sdk.client import Client
+from services.bi import domain
+from services.bi.servicer import BiServicer
+
+SERVICE = "bi"
+FULL_NAME = "towerco.bi.v1.BiService"
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0")
+    return value
+
+
+def tariff_from_env() -> domain.Tariff:
+    d = domain.Tariff()
+    return domain.Tariff(
+        grid_price_minor_per_kwh=_number("TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH", d.grid_price_minor_per_kwh),
+        fuel_price_minor_per_l=_number("TOWERCO_BI_FUEL_PRICE_MINOR_PER_L", d.fuel_price_minor_per_l),
+        currency_code=os.environ.get("TOWERCO_BI_CURRENCY", "") or d.currency_code,
+        grid_kg_co2e_per_kwh=_number("TOWERCO_BI_GRID_KG_CO2E_PER_KWH", d.grid_kg_co2e_per_kwh),
+        diesel_kg_co2e_per_l=_number("TOWERCO_BI_DIESEL_KG_CO2E_PER_L", d.diesel_kg_co2e_per_l))
+
+
+async def setup(rt: Runtime) -> list[ServiceSpec]:
+    await migrate(rt.settings.database_url, components=["bi"])
+    # no fixed token: calls carry the caller's own token, so KPI and Sites scope it as well
+    kpi = Client(rt.settings.target("kpi"))
+    sites = Client(rt.settings.target("sites"))
+    rt.on_shutdown(kpi.close)
+    rt.on_shutdown(sites.close)
+    servicer = BiServicer(rt.pool, kpi=kpi.stub(kpi_pb2_grpc.KpiServiceStub),
+                          sites=sites.stub(sites_pb2_grpc.SitesServiceStub), tariff=tariff_from_env())
+    return [ServiceSpec(FULL_NAME, servicer, bi_pb2_grpc.add_BiServiceServicer_to_server)]
+
+
+if __name__ == "__main__":
+    main(SERVICE, setup)
