@@ -78,6 +78,7 @@ PROCESSES: tuple[Process, ...] = (
     Process("ingestor", "worker", "workers.ingestor.worker", health="metrics"),
     Process("kpi", "service", "services.kpi.server", port="kpi", health="grpc"),
     Process("kpi_calculator", "worker", "workers.kpi_calculator.worker", health="metrics"),
+    Process("files", "service", "services.files.server", port="files", health="grpc"),
     Process("bi", "service", "services.bi.server", port="bi", health="grpc"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as

@@ -5,8 +5,9 @@ exp and iat. On the embedded stack they are HS256 with settings.jwt_secret; in p
 keys come from settings.jwks_url. Only the algorithms in settings.jwt_algorithms are accepted and
 "none" never is.
 
-Roles: viewer, noc_operator, admin, tenant_viewer, service. admin and service imply every role;
-noc_operator implies viewer.
+Roles: viewer, noc_operator, admin, tenant_viewer, service, file_download. admin and service imply
+every role; noc_operator implies viewer. file_download is held only by the Files service's signed
+download links: it opens one file and grants nothing anywhere else.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jwt
 from mesh.config import Settings, get_settings
 from mesh.errors import PermissionDenied, Unauthenticated
 
-ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service"})
+ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service", "file_download"})
 STAFF_TENANT = "*"
 _ALL_ROLES_IMPLIED_BY = frozenset({"admin", "service"})
 _IMPLIES: dict[str, frozenset[str]] = {"noc_operator": frozenset({"viewer"})}
