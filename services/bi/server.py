@@ -11,9 +11,11 @@ import math
 import os
 
 from towerco.bi.v1 import bi_pb2_grpc
+from towerco.files.v1 import files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2_grpc
 
+from mesh.auth import service_token
 from mesh.bootstrap import Runtime, ServiceSpec, main
 from mesh.migrate import migrate
 from sdk.client import Client
@@ -52,10 +54,13 @@ async def setup(rt: Runtime) -> list[ServiceSpec]:
     # no fixed token: calls carry the caller's own token, so KPI and Sites scope it as well
     kpi = Client(rt.settings.target("kpi"))
     sites = Client(rt.settings.target("sites"))
-    rt.on_shutdown(kpi.close)
-    rt.on_shutdown(sites.close)
+    # exports are filed as the BI service itself (a tenant's viewer may not upload)
+    files = Client(rt.settings.target("files"), token=lambda: service_token(SERVICE))
+    for c in (kpi, sites, files):
+        rt.on_shutdown(c.close)
     servicer = BiServicer(rt.pool, kpi=kpi.stub(kpi_pb2_grpc.KpiServiceStub),
-                          sites=sites.stub(sites_pb2_grpc.SitesServiceStub), tariff=tariff_from_env())
+                          sites=sites.stub(sites_pb2_grpc.SitesServiceStub),
+                          files=files.stub(files_pb2_grpc.FilesServiceStub), tariff=tariff_from_env())
     return [ServiceSpec(FULL_NAME, servicer, bi_pb2_grpc.add_BiServiceServicer_to_server)]
 
 

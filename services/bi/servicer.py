@@ -16,18 +16,22 @@ import grpc
 from google.protobuf import timestamp_pb2
 from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.common.v1 import common_pb2
+from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
 from mesh.auth import Identity, require_role
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from services.bi import domain, store
+from services.bi import domain, exports, store
 
 SCHEMA = "bi"
 READ_ROLES = ("viewer", "tenant_viewer")
 WRITE_ROLES = ("admin",)
 PAGE = 1000
 SITE_CONCURRENCY = 16
+STAFF_FILES_TENANT = "towerco"  # where staff's fleet-wide exports are filed
+FORMATS = {bi_pb2.EXPORT_FORMAT_CSV: "csv", bi_pb2.EXPORT_FORMAT_XLSX: "xlsx", bi_pb2.EXPORT_FORMAT_PDF: "pdf"}
+CHART_BARS = 60
 T = TypeVar("T")
 
 
@@ -144,9 +148,10 @@ async def tenant_availability(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, 
 
 class BiServicer(bi_pb2_grpc.BiServiceServicer):
     def __init__(self, pool: asyncpg.Pool, *, kpi: kpi_pb2_grpc.KpiServiceStub,
-                 sites: sites_pb2_grpc.SitesServiceStub, tariff: domain.Tariff,
-                 clock: Callable[[], float] = time.time) -> None:
+                 sites: sites_pb2_grpc.SitesServiceStub, files: files_pb2_grpc.FilesServiceStub | None = None,
+                 tariff: domain.Tariff, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
+        self.files = files  # called as the BI service itself: a tenant's viewer may not upload
         self.kpi = kpi
         self.sites = sites
         self.tariff = tariff
@@ -297,6 +302,41 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
             raise FailedPrecondition(f"month {request.month} is already closed", "MONTH_CLOSED")
         return bi_pb2.CloseMonthResponse(statement=st)
 
+    # -- exports
+
+    async def _file(self, tenant_id: str, name: str, fmt: str, content: bytes, ttl: int
+                    ) -> tuple[files_pb2.File, files_pb2.CreateDownloadLinkResponse]:
+        if self.files is None:
+            raise FailedPrecondition("exports need the Files service, which is not configured", "NO_FILES")
+        up = await self.files.UploadFile(files_pb2.UploadFileRequest(
+            tenant_id=tenant_id, kind=files_pb2.FILE_KIND_EXPORT, name=name,
+            content_type=exports.CONTENT_TYPES[fmt], content=content))
+        link = await self.files.CreateDownloadLink(files_pb2.CreateDownloadLinkRequest(
+            file_id=up.file.id, ttl_seconds=ttl))
+        return up.file, link
+
+    async def ExportSlaStatement(self, request, context):
+        identity = require_role(*READ_ROLES)
+        _scope(identity, request.tenant_id, "statement")
+        fmt = FORMATS[request.format]
+        st = await self.statement(request.tenant_id, request.month)
+        content = await asyncio.to_thread(exports.render, statement_report(st), fmt)
+        f, link = await self._file(request.tenant_id, f"statement-{request.tenant_id}-{request.month}.{fmt}", fmt,
+                                   content, request.link_ttl_seconds)
+        return bi_pb2.ExportSlaStatementResponse(file=f, download_url=link.url, expire_time=link.expire_time)
+
+    async def ExportEnergyReport(self, request, context):
+        identity = require_role(*READ_ROLES)
+        fmt = FORMATS[request.format]
+        rep = (await self.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=request.month, region=request.region),
+                                          context)).report
+        content = await asyncio.to_thread(exports.render, energy_report(rep), fmt)
+        owner = STAFF_FILES_TENANT if identity.is_staff else identity.tenant
+        suffix = f"-{request.region}" if request.region else ""
+        f, link = await self._file(owner, f"energy-{request.month}{suffix}.{fmt}", fmt, content,
+                                   request.link_ttl_seconds)
+        return bi_pb2.ExportEnergyReportResponse(file=f, download_url=link.url, expire_time=link.expire_time)
+
     # -- energy
 
     async def GetEnergyReport(self, request, context):
@@ -383,3 +423,100 @@ def _site_figures(site: sites_pb2.Site, k: kpi_pb2.SiteKpis | None) -> domain.En
 
 def _figures(st: bi_pb2.SlaStatement) -> list[domain.LineFigures]:
     return [domain.LineFigures(x.site_id, x.availability, x.penalty_minor, x.currency_code) for x in st.tenancies]
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def _day(ts: timestamp_pb2.Timestamp) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M")
+
+
+def _major(minor: int, currency: str) -> str:
+    return f"{currency} {minor / 100:,.2f}"
+
+
+STATEMENT_COLUMNS = (
+    "site_id", "region", "tenancy_id", "measured_from", "measured_to", "sla_target", "availability", "defined",
+    "sla_met", "shortfall_points", "period_minutes", "outage_minutes", "excluded_minutes", "unknown_minutes",
+    "outage_intervals", "currency", "monthly_fee_minor", "prorated_fee_minor", "band", "band_percent",
+    "band_penalty_minor", "incidents", "incident_penalty_minor", "capped", "penalty_minor")
+STATEMENT_PDF_COLUMNS = tuple(STATEMENT_COLUMNS.index(c) for c in (
+    "site_id", "region", "measured_from", "sla_target", "availability", "shortfall_points", "outage_minutes",
+    "excluded_minutes", "currency", "prorated_fee_minor", "band", "band_penalty_minor", "incidents",
+    "incident_penalty_minor", "capped", "penalty_minor"))
+
+
+def statement_report(st: bi_pb2.SlaStatement) -> exports.Report:
+    """The statement as tables: every number exactly as the API gives it (fees in minor units)."""
+    rows = []
+    evidence = []
+    for x in st.tenancies:
+        a = x.breakdown
+        rows.append((
+            x.site_id, x.region, x.tenancy_id, _day(x.measured_range.start_time), _day(x.measured_range.end_time),
+            x.sla_target, x.availability, x.defined, x.sla_met, x.shortfall_points, a.period_minutes,
+            a.outage.total, a.excluded.total, a.unknown_minutes, len(x.outages), x.currency_code,
+            x.monthly_fee_minor, x.prorated_fee_minor, x.band, x.band_percent, x.band_penalty_minor, x.incidents,
+            x.incident_penalty_minor, x.capped, x.penalty_minor))
+        for o in x.outages:
+            evidence.append((x.site_id, _day(o.start_time), _day(o.end_time),
+                             kpi_pb2.OutageCause.Name(o.cause).removeprefix("OUTAGE_CAUSE_"), o.minutes))
+    status = bi_pb2.StatementStatus.Name(st.status).removeprefix("STATEMENT_STATUS_").lower()
+    facts = [("Tenant", st.tenant_id), ("Month", st.month), ("Status", status),
+             ("Penalty rules", f"version {st.rule_set_version}" if st.rule_set_version else "none"),
+             ("Tenancies", str(len(st.tenancies))), ("Below target", str(st.tenancies_below_sla))]
+    for t in st.totals:
+        facts.append((f"Fees ({t.currency_code})", _major(t.fee_minor, t.currency_code)))
+        facts.append((f"Total penalty ({t.currency_code})", _major(t.penalty_minor, t.currency_code)))
+    facts.append(("Computed", st.compute_time.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")))
+    if st.HasField("close_time"):
+        facts.append(("Closed", f"{st.close_time.ToDatetime():%Y-%m-%d %H:%M UTC} by {st.closed_by}"))
+    extra = [exports.Section("Outage evidence", ("site_id", "start", "end", "cause", "minutes"), evidence),
+             exports.Section("Totals", ("currency", "fee_minor", "penalty_minor"),
+                             [(t.currency_code, t.fee_minor, t.penalty_minor) for t in st.totals])]
+    if st.adjustments:
+        extra.append(exports.Section(
+            "Adjustments since closing", ("site_id", "reason", "availability_delta", "penalty_delta_minor", "currency"),
+            [(a.site_id, a.reason, a.availability_delta, a.penalty_delta_minor, a.currency_code)
+             for a in st.adjustments]))
+    lowest = sorted((x for x in st.tenancies if x.defined), key=lambda x: x.availability)[:CHART_BARS]
+    chart = exports.Chart(
+        title="Availability by tenancy, % (the lowest first; dashed: the lowest target)",
+        labels=[x.site_id for x in lowest], values=[x.availability * 100 for x in lowest],
+        reference=min((x.sla_target for x in st.tenancies), default=0) * 100 or None)
+    return exports.Report(
+        title=f"SLA statement: {st.tenant_id}, {st.month}", facts=facts,
+        main=exports.Section("Tenancies", STATEMENT_COLUMNS, rows, pdf_columns=STATEMENT_PDF_COLUMNS),
+        extra=extra, chart=chart,
+        note="Availability = (T − outage − excluded) / (T − excluded) over each tenancy's measured span; "
+             "fees and penalties in minor currency units; formulas in docs/bi.md.")
+
+
+ENERGY_COLUMNS = (
+    "key", "region", "sites", "energy_grid_kwh", "energy_dg_kwh", "energy_battery_kwh", "dg_run_hours", "dg_starts",
+    "fuel_consumed_l", "fuel_expected_l", "fuel_excess_l", "fuel_drop_dg_off_l", "refuel_l", "refuels",
+    "grid_cost_minor", "fuel_cost_minor", "cost_minor", "carbon_kg_co2e", "solar_kwp")
+
+
+def _energy_row(x: bi_pb2.EnergyLine) -> tuple:
+    return tuple(getattr(x, c) for c in ENERGY_COLUMNS)
+
+
+def energy_report(rep: bi_pb2.EnergyReport) -> exports.Report:
+    t = rep.tariff
+    lines = list(rep.sites) or list(rep.regions)
+    main = exports.Section("Sites" if rep.sites else "Regions", ENERGY_COLUMNS, [_energy_row(x) for x in lines])
+    extra = [exports.Section("Regions", ENERGY_COLUMNS, [_energy_row(x) for x in rep.regions])] if rep.sites else []
+    extra.append(exports.Section("Total", ENERGY_COLUMNS, [_energy_row(rep.total)]))
+    top = sorted(lines, key=lambda x: -x.cost_minor)[:CHART_BARS]
+    facts = [("Month", rep.month), ("Sites", str(rep.total.sites)),
+             ("Cost", _major(rep.total.cost_minor, t.currency_code)),
+             ("Carbon", f"{rep.total.carbon_kg_co2e:,.1f} kg CO2e"),
+             ("Grid tariff", f"{t.grid_price_minor_per_kwh:g} minor/kWh"),
+             ("Fuel price", f"{t.fuel_price_minor_per_l:g} minor/l"),
+             ("Factors", f"grid {t.grid_kg_co2e_per_kwh:g} kg/kWh, diesel {t.diesel_kg_co2e_per_l:g} kg/l")]
+    total_cost = max(1, max((x.cost_minor for x in top), default=1))
+    chart = exports.Chart(title="Cost, % of the most expensive line", labels=[x.key for x in top],
+                          values=[100.0 * x.cost_minor / total_cost for x in top])
+    return exports.Report(title=f"Energy and fuel: {rep.month}", facts=facts, main=main, extra=extra, chart=chart)

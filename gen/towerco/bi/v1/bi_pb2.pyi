@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from towerco.common.v1 import common_pb2 as _common_pb2
+from towerco.files.v1 import files_pb2 as _files_pb2
 from towerco.kpi.v1 import kpi_pb2 as _kpi_pb2
 import builtins as _builtins
 import sys
@@ -21,6 +22,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExportFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Not set."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 1
+    """Comma-separated values: the main table, one header row."""
+    EXPORT_FORMAT_XLSX: _ExportFormat.ValueType  # 2
+    """An Excel workbook: the main table, the evidence, and an About sheet."""
+    EXPORT_FORMAT_PDF: _ExportFormat.ValueType  # 3
+    """A typeset PDF with a chart."""
+
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """A file format of an export."""
+
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Not set."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 1
+"""Comma-separated values: the main table, one header row."""
+EXPORT_FORMAT_XLSX: ExportFormat.ValueType  # 2
+"""An Excel workbook: the main table, the evidence, and an About sheet."""
+EXPORT_FORMAT_PDF: ExportFormat.ValueType  # 3
+"""A typeset PDF with a chart."""
+Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 class _StatementStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -45,6 +74,142 @@ STATEMENT_STATUS_OPEN: StatementStatus.ValueType  # 1
 STATEMENT_STATUS_CLOSED: StatementStatus.ValueType  # 2
 """The month is closed: the figures are frozen; later data shows as adjustments."""
 Global___StatementStatus: _TypeAlias = StatementStatus  # noqa: Y015
+
+@_typing.final
+class ExportSlaStatementRequest(_message.Message):
+    """Request for ExportSlaStatement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    LINK_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    month: _builtins.str
+    """The month, "YYYY-MM"."""
+    format: Global___ExportFormat.ValueType
+    """The format."""
+    link_ttl_seconds: _builtins.int
+    """How long the download link works, seconds (default 900, at most 7 days)."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        month: _builtins.str = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        link_ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "link_ttl_seconds", b"link_ttl_seconds", "month", b"month", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSlaStatementRequest: _TypeAlias = ExportSlaStatementRequest  # noqa: Y015
+
+@_typing.final
+class ExportSlaStatementResponse(_message.Message):
+    """Response of ExportSlaStatement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    download_url: _builtins.str
+    """Its download link, relative to the gateway."""
+    @_builtins.property
+    def file(self) -> _files_pb2.File:
+        """The stored file."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the link stops working."""
+
+    def __init__(
+        self,
+        *,
+        file: _files_pb2.File | None = ...,
+        download_url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_url", b"download_url", "expire_time", b"expire_time", "file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSlaStatementResponse: _TypeAlias = ExportSlaStatementResponse  # noqa: Y015
+
+@_typing.final
+class ExportEnergyReportRequest(_message.Message):
+    """Request for ExportEnergyReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    LINK_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """The month, "YYYY-MM"."""
+    region: _builtins.str
+    """Only this region (with a line per site)."""
+    format: Global___ExportFormat.ValueType
+    """The format."""
+    link_ttl_seconds: _builtins.int
+    """How long the download link works, seconds (default 900, at most 7 days)."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        region: _builtins.str = ...,
+        format: Global___ExportFormat.ValueType = ...,
+        link_ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "link_ttl_seconds", b"link_ttl_seconds", "month", b"month", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEnergyReportRequest: _TypeAlias = ExportEnergyReportRequest  # noqa: Y015
+
+@_typing.final
+class ExportEnergyReportResponse(_message.Message):
+    """Response of ExportEnergyReport."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    download_url: _builtins.str
+    """Its download link, relative to the gateway."""
+    @_builtins.property
+    def file(self) -> _files_pb2.File:
+        """The stored file."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the link stops working."""
+
+    def __init__(
+        self,
+        *,
+        file: _files_pb2.File | None = ...,
+        download_url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_url", b"download_url", "expire_time", b"expire_time", "file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEnergyReportResponse: _TypeAlias = ExportEnergyReportResponse  # noqa: Y015
 
 @_typing.final
 class PenaltyBand(_message.Message):

@@ -71,6 +71,16 @@ class BiServiceStub:
                 request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportRequest.SerializeToString,
                 response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportResponse.FromString,
                 _registered_method=True)
+        self.ExportSlaStatement = channel.unary_unary(
+                '/towerco.bi.v1.BiService/ExportSlaStatement',
+                request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementRequest.SerializeToString,
+                response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementResponse.FromString,
+                _registered_method=True)
+        self.ExportEnergyReport = channel.unary_unary(
+                '/towerco.bi.v1.BiService/ExportEnergyReport',
+                request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportRequest.SerializeToString,
+                response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportResponse.FromString,
+                _registered_method=True)
 
 
 class BiServiceServicer:
@@ -129,6 +139,22 @@ class BiServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSlaStatement(self, request, context):
+        """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
+        tenant, with a time-limited download link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEnergyReport(self, request, context):
+        """The energy report as a file, stored in the Files service (under the caller's tenant, or
+        the "towerco" tenant for staff), with a time-limited download link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BiServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +187,16 @@ def add_BiServiceServicer_to_server(servicer, server):
                     servicer.GetEnergyReport,
                     request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportRequest.FromString,
                     response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportResponse.SerializeToString,
+            ),
+            'ExportSlaStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSlaStatement,
+                    request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementRequest.FromString,
+                    response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementResponse.SerializeToString,
+            ),
+            'ExportEnergyReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportEnergyReport,
+                    request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportRequest.FromString,
+                    response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -332,6 +368,60 @@ class BiService:
             '/towerco.bi.v1.BiService/GetEnergyReport',
             towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportRequest.SerializeToString,
             towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSlaStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.bi.v1.BiService/ExportSlaStatement',
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementRequest.SerializeToString,
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEnergyReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.bi.v1.BiService/ExportEnergyReport',
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportRequest.SerializeToString,
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,14 @@ class BiServiceStub:
     """
     GetEnergyReport: _grpc.UnaryUnaryMultiCallable[_bi_pb2.GetEnergyReportRequest, _bi_pb2.GetEnergyReportResponse]
     """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+    ExportSlaStatement: _grpc.UnaryUnaryMultiCallable[_bi_pb2.ExportSlaStatementRequest, _bi_pb2.ExportSlaStatementResponse]
+    """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
+    tenant, with a time-limited download link.
+    """
+    ExportEnergyReport: _grpc.UnaryUnaryMultiCallable[_bi_pb2.ExportEnergyReportRequest, _bi_pb2.ExportEnergyReportResponse]
+    """The energy report as a file, stored in the Files service (under the caller's tenant, or
+    the "towerco" tenant for staff), with a time-limited download link.
+    """
 
 @_typing.type_check_only
 class BiServiceAsyncStub(BiServiceStub):
@@ -91,6 +99,14 @@ class BiServiceAsyncStub(BiServiceStub):
     """
     GetEnergyReport: _aio.UnaryUnaryMultiCallable[_bi_pb2.GetEnergyReportRequest, _bi_pb2.GetEnergyReportResponse]  # type: ignore[assignment]
     """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+    ExportSlaStatement: _aio.UnaryUnaryMultiCallable[_bi_pb2.ExportSlaStatementRequest, _bi_pb2.ExportSlaStatementResponse]  # type: ignore[assignment]
+    """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
+    tenant, with a time-limited download link.
+    """
+    ExportEnergyReport: _aio.UnaryUnaryMultiCallable[_bi_pb2.ExportEnergyReportRequest, _bi_pb2.ExportEnergyReportResponse]  # type: ignore[assignment]
+    """The energy report as a file, stored in the Files service (under the caller's tenant, or
+    the "towerco" tenant for staff), with a time-limited download link.
+    """
 
 class BiServiceServicer(metaclass=_abc_1.ABCMeta):
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
@@ -156,5 +172,25 @@ class BiServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bi_pb2.GetEnergyReportResponse, _abc.Awaitable[_bi_pb2.GetEnergyReportResponse]]:
         """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+
+    @_abc_1.abstractmethod
+    def ExportSlaStatement(
+        self,
+        request: _bi_pb2.ExportSlaStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bi_pb2.ExportSlaStatementResponse, _abc.Awaitable[_bi_pb2.ExportSlaStatementResponse]]:
+        """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
+        tenant, with a time-limited download link.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEnergyReport(
+        self,
+        request: _bi_pb2.ExportEnergyReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bi_pb2.ExportEnergyReportResponse, _abc.Awaitable[_bi_pb2.ExportEnergyReportResponse]]:
+        """The energy report as a file, stored in the Files service (under the caller's tenant, or
+        the "towerco" tenant for staff), with a time-limited download link.
+        """
 
 def add_BiServiceServicer_to_server(servicer: BiServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
