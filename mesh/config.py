@@ -36,7 +36,7 @@ DEFAULT_PORTS: dict[str, int] = {
 METRICS_PORT_OFFSET = 2000
 # Prometheus ports of the workers (no gRPC port to offset from); TOWERCO_<NAME>_METRICS_PORT moves
 # one, a value <= 0 turns it off (`towerco status` then has nothing to check).
-WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102}
+WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102, "bi_engine": 9103}
 DEV_JWT_SECRET = "towerco-dev-secret-not-for-production"
 
 

@@ -302,6 +302,25 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
             raise FailedPrecondition(f"month {request.month} is already closed", "MONTH_CLOSED")
         return bi_pb2.CloseMonthResponse(statement=st)
 
+    # -- recommendations
+
+    async def ListRecommendations(self, request, context):
+        identity = require_role(*READ_ROLES)
+        if not identity.is_staff:  # the towerco's own optimisation work: not a tenant's business
+            return bi_pb2.ListRecommendationsResponse()
+        async with self.pool.acquire() as conn:
+            rows = await store.list_recommendations(conn, kind=request.kind, region=request.region,
+                                                    limit=request.limit or 100)
+        resp = bi_pb2.ListRecommendationsResponse()
+        for r in rows:
+            rec = resp.recommendations.add(
+                kind=r["kind"], site_id=r["site_id"], region=r["region"], title=r["title"],
+                evidence=[bi_pb2.Evidence(name=n, value=v) for n, v in r["evidence"]],
+                estimated_monthly_saving_minor=r["saving_minor"], currency_code=r["currency"],
+                due_date=r["due_date"], run=r["run"])
+            rec.compute_time.FromDatetime(r["compute_time"])
+        return resp
+
     # -- exports
 
     async def _file(self, tenant_id: str, name: str, fmt: str, content: bytes, ttl: int

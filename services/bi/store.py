@@ -65,3 +65,17 @@ async def insert_closed_month(conn: asyncpg.Connection, *, tenant_id: str, month
         "INSERT INTO bi.closed_month (tenant_id, month, statement, closed_by) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT (tenant_id, month) DO NOTHING RETURNING close_time",
         tenant_id, month, statement, closed_by)
+
+
+async def list_recommendations(conn: asyncpg.Connection, *, kind: int, region: str, limit: int) -> list[dict[str, Any]]:
+    """Largest saving first; refuels by due date."""
+    rows = await conn.fetch(
+        "SELECT kind, site_id, region, title, evidence, saving_minor, currency, due_date, run, compute_time "
+        "FROM bi.recommendation WHERE ($1 = 0 OR kind = $1) AND ($2 = '' OR region = $2) "
+        "ORDER BY saving_minor DESC, due_date, kind, site_id LIMIT $3", kind, region, limit)
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["evidence"] = json.loads(d["evidence"]) if isinstance(d["evidence"], str) else d["evidence"]
+        out.append(d)
+    return out

@@ -6,6 +6,8 @@ after closing must show as an adjustment, never rewrite the frozen figures."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -66,7 +68,11 @@ class World:
 
 
 def a_samples(minutes, bad):
-    return minute_samples(SITE_A, minutes, overrides={m: {"dc_bus_v": 41.0} for m in bad}, tenants=[TENANT])
+    """Site A: the DC bus below the band in `bad`; fuel falling 0.1 l a minute all along."""
+    over = {m: {"fuel_level_l": 500.0 - 0.1 * (m - H0)} for m in minutes}
+    for m in bad:
+        over[m]["dc_bus_v"] = 41.0
+    return minute_samples(SITE_A, minutes, overrides=over, tenants=[TENANT])
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +81,9 @@ async def world(stack, tmp_path_factory):
     from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
     from services.sites.server import setup as sites_setup
+    from services.telemetry.server import setup as telemetry_setup
+    from workers.ingestor.consumer import Ingestor
+    from workers.ingestor.domain import IngestorConfig
 
     await migrate(stack.database_url)
     pool = await db.create_pool(stack.database_url, min_size=1, max_size=4)
@@ -96,8 +105,12 @@ async def world(stack, tmp_path_factory):
                                                       files=f"127.0.0.1:{files_srv.port}"))
     bi_srv = await bootstrap.start("bi", bi_setup, port=0, metrics_port=-1, settings=settings)
     running.append(bi_srv)
-    w = World(settings, {"sites": sites_srv.port, "kpi": kpi_srv.port, "bi": bi_srv.port, "files": files_srv.port},
-              pool, js)
+    tel_srv = await bootstrap.start("telemetry", telemetry_setup, port=0, metrics_port=-1, settings=settings)
+    running.append(tel_srv)
+    w = World(settings, {"sites": sites_srv.port, "kpi": kpi_srv.port, "bi": bi_srv.port, "files": files_srv.port,
+                         "telemetry": tel_srv.port}, pool, js)
+    ingestor = Ingestor(pool, js, config=IngestorConfig(batch=100))
+    ingest_task = asyncio.create_task(ingestor.run())
     admin = w.md("admin")
     try:
         async with running_calculator(pool, js, [SITE_A, SITE_B], allowed_lateness_s=DAYS * 86400.0,
@@ -109,7 +122,8 @@ async def world(stack, tmp_path_factory):
             for sid in (SITE_A, SITE_B):
                 await st.CreateSite(sites_pb2.CreateSiteRequest(site=sites_pb2.Site(
                     id=sid, name=sid, region=REGION, location={"latitude": -1.0, "longitude": 36.0},
-                    power=sites_pb2.PowerConfig(dg_capacity_kva=15.0, battery_bank_ah=200.0, solar_kwp=2.5))),
+                    power=sites_pb2.PowerConfig(dg_capacity_kva=15.0, battery_bank_ah=200.0, solar_kwp=2.5,
+                                                fuel_tank_l=1000.0, grid=sites_pb2.GRID_CONNECTION_THREE_PHASE))),
                     metadata=admin)
             for sid, fee in ((SITE_A, FEE_A), (SITE_B, FEE_B)):
                 await st.CreateTenancy(sites_pb2.CreateTenancyRequest(tenancy=sites_pb2.Tenancy(
@@ -138,7 +152,10 @@ async def world(stack, tmp_path_factory):
 
             minutes = [H0 + m for m in range(120)]
             await publish_samples(js, a_samples(minutes, [H0 + m for m in range(10, 40)]))
-            b_bad = {H0 + m: {"dc_bus_v": 41.0} for m in [*range(50, 55), *range(60, 80)]}
+            # B: the DC bus below the band at 50..54 and 60..79; the DG running with mains present 40..119
+            b_bad = {H0 + m: {"dg_running": 1.0} for m in range(40, 120)}
+            for m in [*range(50, 55), *range(60, 80)]:
+                b_bad[H0 + m]["dc_bus_v"] = 41.0
             await publish_samples(js, minute_samples(SITE_B, minutes, overrides=b_bad, tenants=[TENANT]))
             kpi = w.stub("kpi", kpi_pb2_grpc.KpiServiceStub)
 
@@ -158,6 +175,10 @@ async def world(stack, tmp_path_factory):
                        bi_pb2.PenaltyBand(from_points=10, to_points=0, penalty_percent=20)])), metadata=admin)
             yield w
     finally:
+        await ingestor.stop()
+        ingest_task.cancel()
+        with contextlib.suppress(BaseException):
+            await ingest_task
         for ch in w.channels.values():
             await ch.close()
         for srv in reversed(running):
@@ -427,3 +448,64 @@ async def test_exports_opened_back_match_the_api(world):
     eh = [c.value for c in esheet[1]]
     erows = [dict(zip(eh, v, strict=True)) for v in esheet.iter_rows(min_row=2, values_only=True)]
     assert [r["key"] for r in erows] == [SITE_A, SITE_B] and all(r["energy_grid_kwh"] > 0 for r in erows)
+
+
+async def test_bi_engine_recommendations(world):
+    """One engine run at 14:00 on the 20th of last month (a week's window ending there), against the
+    real services; then the BI service lists what it stored."""
+    from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+    from mesh.auth import service_token
+    from sdk import Client
+    from workers.bi_engine.consumer import Engine, EngineConfig, Stubs
+
+    tel = world.stub("telemetry", telemetry_pb2_grpc.TelemetryServiceStub)
+
+    async def level():  # the ingestor has stored A's latest fuel level
+        snap = await tel.LatestSnapshot(telemetry_pb2.LatestSnapshotRequest(site_id=SITE_A), metadata=world.md("viewer"))
+        return next((x.value for x in snap.samples if x.metric == "fuel_level_l"), None)
+    latest = await eventually(level, lambda v: v is not None and abs(v - (500 - 0.1 * 239)) < 1e-9, within=60)
+
+    clients = {n: Client(f"127.0.0.1:{world.ports[n]}", token=lambda: service_token("bi"))
+               for n in ("sites", "kpi", "telemetry", "bi")}
+    try:
+        stubs = Stubs(sites=clients["sites"].sites, kpi=clients["kpi"].stub(kpi_pb2_grpc.KpiServiceStub),
+                      telemetry=clients["telemetry"].stub(telemetry_pb2_grpc.TelemetryServiceStub),
+                      bi=clients["bi"].stub(bi_pb2_grpc.BiServiceStub))
+        now = (H0 + 240) * 60
+        engine = Engine(world.pool, stubs, EngineConfig(currency="KES"), clock=lambda: now)
+        counts = await engine.run_once()
+    finally:
+        for c in clients.values():
+            await c.close()
+    assert counts[1] >= 1 and counts[3] >= 1 and counts[4] >= 2
+
+    async def listed(kind):
+        r = await world.bi.ListRecommendations(bi_pb2.ListRecommendationsRequest(kind=kind, region=REGION),
+                                               metadata=world.md("viewer"))
+        return {x.site_id: x for x in r.recommendations}
+
+    dg = await listed(bi_pb2.RECOMMENDATION_KIND_DG_ON_GRID)
+    assert list(dg) == [SITE_B]  # 80 minutes of DG with mains present, on B only
+    ev = {e.name: e.value for e in dg[SITE_B].evidence}
+    assert ev["dg_on_grid_hours"] == f"{80 / 60:.2f}"
+    assert dg[SITE_B].estimated_monthly_saving_minor > 0
+
+    refuel = await listed(bi_pb2.RECOMMENDATION_KIND_REFUEL)
+    assert SITE_A in refuel and SITE_B not in refuel  # B's level never falls
+    r = refuel[SITE_A]
+    assert r.run == f"{REGION}/{r.due_date}"
+    assert float({e.name: e.value for e in r.evidence}["level_l"]) == pytest.approx(latest, abs=0.05)
+
+    hot = await listed(bi_pb2.RECOMMENDATION_KIND_PENALTY_HOTSPOT)
+    st = await world.statement()  # the month is closed: hotspots rank what was billed (the frozen lines)
+    assert hot[SITE_A].estimated_monthly_saving_minor == line(st, SITE_A).penalty_minor == 230_000
+    assert hot[SITE_B].estimated_monthly_saving_minor == line(st, SITE_B).penalty_minor
+
+    everything = await world.bi.ListRecommendations(bi_pb2.ListRecommendationsRequest(region=REGION),
+                                                    metadata=world.md("viewer"))
+    savings = [x.estimated_monthly_saving_minor for x in everything.recommendations]
+    assert savings == sorted(savings, reverse=True)
+    tenant_view = await world.bi.ListRecommendations(bi_pb2.ListRecommendationsRequest(),
+                                                     metadata=world.md("tenant_viewer", tenant=TENANT))
+    assert list(tenant_view.recommendations) == []

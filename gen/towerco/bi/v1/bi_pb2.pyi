@@ -75,6 +75,38 @@ STATEMENT_STATUS_CLOSED: StatementStatus.ValueType  # 2
 """The month is closed: the figures are frozen; later data shows as adjustments."""
 Global___StatementStatus: _TypeAlias = StatementStatus  # noqa: Y015
 
+class _RecommendationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecommendationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecommendationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOMMENDATION_KIND_UNSPECIFIED: _RecommendationKind.ValueType  # 0
+    """Not set."""
+    RECOMMENDATION_KIND_DG_ON_GRID: _RecommendationKind.ValueType  # 1
+    """The generator ran while the grid was present."""
+    RECOMMENDATION_KIND_BATTERY_DEGRADED: _RecommendationKind.ValueType  # 2
+    """The battery bank carries the load for much less time than its capacity promises."""
+    RECOMMENDATION_KIND_REFUEL: _RecommendationKind.ValueType  # 3
+    """The site needs fuel soon: when, and in which regional run."""
+    RECOMMENDATION_KIND_PENALTY_HOTSPOT: _RecommendationKind.ValueType  # 4
+    """The site costs the most in SLA penalties this month."""
+
+class RecommendationKind(_RecommendationKind, metaclass=_RecommendationKindEnumTypeWrapper):
+    """What a recommendation is about."""
+
+RECOMMENDATION_KIND_UNSPECIFIED: RecommendationKind.ValueType  # 0
+"""Not set."""
+RECOMMENDATION_KIND_DG_ON_GRID: RecommendationKind.ValueType  # 1
+"""The generator ran while the grid was present."""
+RECOMMENDATION_KIND_BATTERY_DEGRADED: RecommendationKind.ValueType  # 2
+"""The battery bank carries the load for much less time than its capacity promises."""
+RECOMMENDATION_KIND_REFUEL: RecommendationKind.ValueType  # 3
+"""The site needs fuel soon: when, and in which regional run."""
+RECOMMENDATION_KIND_PENALTY_HOTSPOT: RecommendationKind.ValueType  # 4
+"""The site costs the most in SLA penalties this month."""
+Global___RecommendationKind: _TypeAlias = RecommendationKind  # noqa: Y015
+
 @_typing.final
 class ExportSlaStatementRequest(_message.Message):
     """Request for ExportSlaStatement."""
@@ -1042,3 +1074,145 @@ class GetEnergyReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEnergyReportResponse: _TypeAlias = GetEnergyReportResponse  # noqa: Y015
+
+@_typing.final
+class Evidence(_message.Message):
+    """One figure behind a recommendation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """What it is, e.g. "dg_on_grid_hours"."""
+    value: _builtins.str
+    """Its value, as text."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
+
+@_typing.final
+class Recommendation(_message.Message):
+    """An optimisation recommendation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    ESTIMATED_MONTHLY_SAVING_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    COMPUTE_TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___RecommendationKind.ValueType
+    """The kind."""
+    site_id: _builtins.str
+    """The site."""
+    region: _builtins.str
+    """The site's region."""
+    title: _builtins.str
+    """What to do, in one sentence."""
+    estimated_monthly_saving_minor: _builtins.int
+    """Estimated saving per month if acted on, minor units (0 when not estimated)."""
+    currency_code: _builtins.str
+    """Currency of the saving."""
+    due_date: _builtins.str
+    """For refuels: the day the site needs fuel by."""
+    run: _builtins.str
+    """For refuels: the regional run it belongs to ("<region>/<date>")."""
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evidence]:
+        """The figures it rests on."""
+
+    @_builtins.property
+    def compute_time(self) -> _timestamp_pb2.Timestamp:
+        """When the bi_engine computed it."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___RecommendationKind.ValueType = ...,
+        site_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        title: _builtins.str = ...,
+        evidence: _abc.Iterable[Global___Evidence] | None = ...,
+        estimated_monthly_saving_minor: _builtins.int = ...,
+        currency_code: _builtins.str = ...,
+        due_date: _builtins.str = ...,
+        run: _builtins.str = ...,
+        compute_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compute_time", b"compute_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_time", b"compute_time", "currency_code", b"currency_code", "due_date", b"due_date", "estimated_monthly_saving_minor", b"estimated_monthly_saving_minor", "evidence", b"evidence", "kind", b"kind", "region", b"region", "run", b"run", "site_id", b"site_id", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Recommendation: _TypeAlias = Recommendation  # noqa: Y015
+
+@_typing.final
+class ListRecommendationsRequest(_message.Message):
+    """Request for ListRecommendations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    kind: Global___RecommendationKind.ValueType
+    """Only this kind."""
+    region: _builtins.str
+    """Only this region."""
+    limit: _builtins.int
+    """How many (default 100, at most 1,000)."""
+    def __init__(
+        self,
+        *,
+        kind: Global___RecommendationKind.ValueType = ...,
+        region: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendationsRequest: _TypeAlias = ListRecommendationsRequest  # noqa: Y015
+
+@_typing.final
+class ListRecommendationsResponse(_message.Message):
+    """Response of ListRecommendations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOMMENDATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recommendations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recommendation]:
+        """Largest saving first (refuels: earliest due first)."""
+
+    def __init__(
+        self,
+        *,
+        recommendations: _abc.Iterable[Global___Recommendation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recommendations", b"recommendations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendationsResponse: _TypeAlias = ListRecommendationsResponse  # noqa: Y015

@@ -71,6 +71,11 @@ class BiServiceStub:
                 request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportRequest.SerializeToString,
                 response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportResponse.FromString,
                 _registered_method=True)
+        self.ListRecommendations = channel.unary_unary(
+                '/towerco.bi.v1.BiService/ListRecommendations',
+                request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListRecommendationsRequest.SerializeToString,
+                response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListRecommendationsResponse.FromString,
+                _registered_method=True)
         self.ExportSlaStatement = channel.unary_unary(
                 '/towerco.bi.v1.BiService/ExportSlaStatement',
                 request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportSlaStatementRequest.SerializeToString,
@@ -139,6 +144,14 @@ class BiServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecommendations(self, request, context):
+        """The optimisation recommendations of the latest bi_engine run (staff; a tenant's list is
+        empty), largest estimated saving first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportSlaStatement(self, request, context):
         """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
         tenant, with a time-limited download link.
@@ -187,6 +200,11 @@ def add_BiServiceServicer_to_server(servicer, server):
                     servicer.GetEnergyReport,
                     request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportRequest.FromString,
                     response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportResponse.SerializeToString,
+            ),
+            'ListRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecommendations,
+                    request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListRecommendationsRequest.FromString,
+                    response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListRecommendationsResponse.SerializeToString,
             ),
             'ExportSlaStatement': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportSlaStatement,
@@ -368,6 +386,33 @@ class BiService:
             '/towerco.bi.v1.BiService/GetEnergyReport',
             towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportRequest.SerializeToString,
             towerco_dot_bi_dot_v1_dot_bi__pb2.GetEnergyReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.bi.v1.BiService/ListRecommendations',
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ListRecommendationsRequest.SerializeToString,
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ListRecommendationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,10 @@ class BiServiceStub:
     """
     GetEnergyReport: _grpc.UnaryUnaryMultiCallable[_bi_pb2.GetEnergyReportRequest, _bi_pb2.GetEnergyReportResponse]
     """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+    ListRecommendations: _grpc.UnaryUnaryMultiCallable[_bi_pb2.ListRecommendationsRequest, _bi_pb2.ListRecommendationsResponse]
+    """The optimisation recommendations of the latest bi_engine run (staff; a tenant's list is
+    empty), largest estimated saving first.
+    """
     ExportSlaStatement: _grpc.UnaryUnaryMultiCallable[_bi_pb2.ExportSlaStatementRequest, _bi_pb2.ExportSlaStatementResponse]
     """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
     tenant, with a time-limited download link.
@@ -99,6 +103,10 @@ class BiServiceAsyncStub(BiServiceStub):
     """
     GetEnergyReport: _aio.UnaryUnaryMultiCallable[_bi_pb2.GetEnergyReportRequest, _bi_pb2.GetEnergyReportResponse]  # type: ignore[assignment]
     """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+    ListRecommendations: _aio.UnaryUnaryMultiCallable[_bi_pb2.ListRecommendationsRequest, _bi_pb2.ListRecommendationsResponse]  # type: ignore[assignment]
+    """The optimisation recommendations of the latest bi_engine run (staff; a tenant's list is
+    empty), largest estimated saving first.
+    """
     ExportSlaStatement: _aio.UnaryUnaryMultiCallable[_bi_pb2.ExportSlaStatementRequest, _bi_pb2.ExportSlaStatementResponse]  # type: ignore[assignment]
     """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the
     tenant, with a time-limited download link.
@@ -172,6 +180,16 @@ class BiServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bi_pb2.GetEnergyReportResponse, _abc.Awaitable[_bi_pb2.GetEnergyReportResponse]]:
         """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+
+    @_abc_1.abstractmethod
+    def ListRecommendations(
+        self,
+        request: _bi_pb2.ListRecommendationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bi_pb2.ListRecommendationsResponse, _abc.Awaitable[_bi_pb2.ListRecommendationsResponse]]:
+        """The optimisation recommendations of the latest bi_engine run (staff; a tenant's list is
+        empty), largest estimated saving first.
+        """
 
     @_abc_1.abstractmethod
     def ExportSlaStatement(
