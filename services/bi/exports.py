@@ -24,6 +24,7 @@ class Section:
     columns: Sequence[str]
     rows: list[Sequence[Any]]
     pdf_columns: Sequence[int] | None = None  # the columns a page has room for (None: all)
+    pdf_max_rows: int | None = None  # a typeset page count a reader can use (the CSV/XLSX have all)
 
 
 @dataclass
@@ -168,7 +169,8 @@ def render_pdf(report: Report) -> bytes:
             story.append(PageBreak())
         story.append(Paragraph(section.heading, styles["Heading2"]))
         keep = list(section.pdf_columns) if section.pdf_columns is not None else list(range(len(section.columns)))
-        data = [[section.columns[i] for i in keep]] + [[_fmt(row[i]) for i in keep] for row in section.rows]
+        rows = section.rows if section.pdf_max_rows is None else section.rows[:section.pdf_max_rows]
+        data = [[section.columns[i] for i in keep]] + [[_fmt(row[i]) for i in keep] for row in rows]
         if len(data) == 1:
             data.append(["(none)"] + [""] * (len(keep) - 1))
         t = LongTable(data, repeatRows=1)
@@ -179,6 +181,9 @@ def render_pdf(report: Report) -> bytes:
             ("GRID", (0, 0), (-1, -1), 0.25, colors.HexColor("#cbd5e0")), ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
         ]))
         story.append(t)
+        if len(rows) < len(section.rows):
+            story.append(Paragraph(f"… and {len(section.rows) - len(rows):,} more rows: every row is in the "
+                                   "XLSX and CSV exports.", styles["Italic"]))
     if report.note:
         story += [Spacer(1, 4 * mm), Paragraph(report.note, styles["Italic"])]
     doc.build(story)

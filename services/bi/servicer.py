@@ -32,6 +32,7 @@ SITE_CONCURRENCY = 16
 STAFF_FILES_TENANT = "towerco"  # where staff's fleet-wide exports are filed
 FORMATS = {bi_pb2.EXPORT_FORMAT_CSV: "csv", bi_pb2.EXPORT_FORMAT_XLSX: "xlsx", bi_pb2.EXPORT_FORMAT_PDF: "pdf"}
 CHART_BARS = 60
+PDF_EVIDENCE_ROWS = 2000
 T = TypeVar("T")
 
 
@@ -491,7 +492,8 @@ def statement_report(st: bi_pb2.SlaStatement) -> exports.Report:
     facts.append(("Computed", st.compute_time.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")))
     if st.HasField("close_time"):
         facts.append(("Closed", f"{st.close_time.ToDatetime():%Y-%m-%d %H:%M UTC} by {st.closed_by}"))
-    extra = [exports.Section("Outage evidence", ("site_id", "start", "end", "cause", "minutes"), evidence),
+    extra = [exports.Section("Outage evidence", ("site_id", "start", "end", "cause", "minutes"), evidence,
+                             pdf_max_rows=PDF_EVIDENCE_ROWS),
              exports.Section("Totals", ("currency", "fee_minor", "penalty_minor"),
                              [(t.currency_code, t.fee_minor, t.penalty_minor) for t in st.totals])]
     if st.adjustments:
