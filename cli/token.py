@@ -38,12 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cli.errors import CliError
-    from mesh.auth import ROLES, mint_token
+    from mesh.auth import ROLES, STAFF_TENANT, TENANT_ROLES, claims_problem, mint_token
 
     roles = args.roles or ["admin"]
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise CliError(f"unknown role {', '.join(unknown)}; choose from {', '.join(sorted(ROLES))}", code=2)
+    if args.tenant == STAFF_TENANT and set(roles) & TENANT_ROLES:
+        raise CliError("tenant_viewer is scoped to one tenant: give --tenant <tenant id>, e.g. --tenant safaricom",
+                       code=2)
+    problem = claims_problem(args.tenant, roles)
+    if problem:
+        raise CliError(f"cannot mint this token: {problem}", code=2)
     subject = args.sub or f"dev-{roles[0]}"
     print(mint_token(subject=subject, tenant=args.tenant, roles=roles, ttl_s=args.ttl))
     return 0

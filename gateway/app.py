@@ -36,6 +36,7 @@ from gateway.config import GatewayConfig
 from gateway.transcode import codec, errors, request, routes
 from mesh.auth import Authenticator, AuthError, Identity, bearer_token
 from mesh.config import Settings, get_settings
+from mesh.errors import FieldViolation
 
 log = structlog.get_logger("gateway")
 
@@ -51,6 +52,14 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JSON_CT = (b"content-type", b"application/json")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """application/json, with parameters (charset) or a +json suffix type."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 _CHILDREN: dict[tuple[str, int], tuple[Any, Any]] = {}
 
 
@@ -305,10 +314,16 @@ class Gateway:
         if err is None:
             err = self.rate_limit(call)
         if err is None:
+            problem = edge.correlation_problem(call.headers.get("x-correlation-id"))
+            if problem:
+                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, problem,
+                                  violations=[FieldViolation("X-Correlation-ID", problem)])
+        if err is None:
             try:
                 call.timeout = edge.parse_timeout(call.headers.get("grpc-timeout"), call.headers.get("x-request-timeout"))
             except ValueError as exc:
-                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, str(exc),
+                                  violations=[FieldViolation("X-Request-Timeout", str(exc))])
             else:
                 if call.timeout is None and not route.server_streaming:
                     call.timeout = self.config.default_timeout_s
@@ -319,6 +334,12 @@ class Gateway:
         body, err = await self._read_body(call, receive)
         if err is not None:
             return await self._error(send, call, err)
+        if not body and route.body and route.body_required:
+            return await self._error(send, call, errors.make(
+                grpc.StatusCode.INVALID_ARGUMENT, "this method needs a JSON body (Content-Type: application/json)"))
+        if body and route.body and not _is_json(call.headers.get("content-type")):
+            text = f"the request body must be JSON: send Content-Type: application/json (got {call.headers.get('content-type', 'none')!r})"
+            return await self._error(send, call, errors.make(grpc.StatusCode.INVALID_ARGUMENT, text), status=415)
         if route.server_streaming:
             last_event = call.headers.get("last-event-id")
             if last_event and route.resume_field and not any(k == route.resume_field for k, _ in query):

@@ -10,8 +10,14 @@ from dataclasses import dataclass
 
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_REQUEST_TIMEOUT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)?$")
-_CORRELATION = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# One spelling of each header rule, used here and published in the OpenAPI document.
+# X-Request-Timeout: 1 to 999.999 seconds (at most 3 decimals, "s" optional) or 1000 to 999999
+# milliseconds ("ms"); the gateway then caps it at its maximum. A shorter deadline cannot be met
+# through the gateway on a loaded host and would only manufacture 504s.
+REQUEST_TIMEOUT_PATTERN = r"^(?:([1-9][0-9]{0,2}(?:\.[0-9]{1,3})?)s?|([1-9][0-9]{3,5})ms)$"
+CORRELATION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_REQUEST_TIMEOUT = re.compile(REQUEST_TIMEOUT_PATTERN)
+_CORRELATION = re.compile(CORRELATION_PATTERN)
 
 
 def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> float | None:
@@ -22,11 +28,12 @@ def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> floa
         if not m:
             raise ValueError(f'Grpc-Timeout must be 1-8 digits and a unit H, M, S, m, u or n (e.g. "500m"), got {grpc_timeout!r}')
         value = int(m.group(1)) * _GRPC_UNITS[m.group(2)]
-    elif request_timeout:
-        m = _REQUEST_TIMEOUT.match(request_timeout.strip())
+    elif request_timeout is not None:
+        m = _REQUEST_TIMEOUT.match(request_timeout)
         if not m:
-            raise ValueError(f'X-Request-Timeout must be seconds ("2.5", "2.5s") or milliseconds ("800ms"), got {request_timeout!r}')
-        value = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+            raise ValueError('X-Request-Timeout must be 1 to 999.999 seconds ("2.5", "2.5s") or 1000 to 999999 '
+                             f'milliseconds ("1500ms"), got {request_timeout!r}')
+        value = float(m.group(1)) if m.group(1) else int(m.group(2)) / 1000.0
     else:
         return None
     if value <= 0:
@@ -39,6 +46,13 @@ def correlation_id(given: str | None) -> str:
     if given and _CORRELATION.match(given):
         return given
     return uuid.uuid4().hex
+
+
+def correlation_problem(given: str | None) -> str | None:
+    """Why a sent X-Correlation-ID is refused (None: absent or fine)."""
+    if given is None or _CORRELATION.match(given):
+        return None
+    return f"X-Correlation-ID must be 1 to 128 of A-Z a-z 0-9 . _ : - (got {given[:40]!r})"
 
 
 @dataclass

@@ -8,23 +8,35 @@ keys come from settings.jwks_url. Only the algorithms in settings.jwt_algorithms
 Roles: viewer, noc_operator, admin, tenant_viewer, service, file_download. admin and service imply
 every role; noc_operator implies viewer. file_download is held only by the Files service's signed
 download links: it opens one file and grants nothing anywhere else.
+
+Which tenant a role may be held for is one rule, `claims_problem`, applied when a token is minted
+and again when one is verified: the staff roles (viewer, noc_operator, admin, service) only with
+tenant "*", the tenant roles (tenant_viewer, file_download) only with one concrete tenant id. A
+token mixing them, or naming a tenant-scoped role for "*", is refused (UNAUTHENTICATED). What a
+caller then sees is the other rule, `tenant_scope`/`can_see`: staff see every tenant, a tenant only
+its own, and what it may not see is NOT_FOUND (never PERMISSION_DENIED, so existence does not leak).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import Protocol
 
 import jwt
 
 from mesh.config import Settings, get_settings
-from mesh.errors import PermissionDenied, Unauthenticated
+from mesh.errors import NotFound, PermissionDenied, Unauthenticated
 
 ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service", "file_download"})
+STAFF_ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "service"})
+TENANT_ROLES: frozenset[str] = frozenset({"tenant_viewer", "file_download"})
 STAFF_TENANT = "*"
+TENANT_ID = re.compile(r"^[a-z][a-z0-9-]{1,31}$")  # the Tenant.id pattern of sites.proto
 _ALL_ROLES_IMPLIED_BY = frozenset({"admin", "service"})
 _IMPLIES: dict[str, frozenset[str]] = {"noc_operator": frozenset({"viewer"})}
 _REQUIRED_CLAIMS = ("sub", "tenant", "roles", "iss", "aud", "exp", "iat")
@@ -33,6 +45,33 @@ LEEWAY_S = 5
 
 class AuthError(Exception):
     """The token cannot be trusted; the message says why (safe to show the caller)."""
+
+
+def claims_problem(tenant: str, roles: Iterable[str]) -> str | None:
+    """Why this tenant and these roles cannot go together in one token (None: they can).
+
+    Staff roles act for every tenant, so they need tenant "*"; tenant_viewer is scoped to one
+    tenant, so it needs a concrete tenant id. Anything else would either widen a tenant role to
+    every tenant or let a tenant hold a staff role (a noc_operator of one tenant could open
+    calendar windows that excuse its own outages).
+    """
+    role_set = set(roles)
+    unknown = sorted(role_set - ROLES)
+    if unknown:
+        return f"unknown role {unknown[0]}"
+    if not role_set:
+        return "no roles"
+    if tenant == STAFF_TENANT:
+        scoped = sorted(role_set & TENANT_ROLES)
+        if scoped:
+            return f"role {scoped[0]} is scoped to one tenant and needs a concrete tenant, not '*'"
+        return None
+    if not TENANT_ID.fullmatch(tenant):
+        return f"tenant must be '*' or a tenant id matching {TENANT_ID.pattern}"
+    staff = sorted(role_set & STAFF_ROLES)
+    if staff:
+        return f"role {staff[0]} is a towerco staff role and needs tenant '*'"
+    return None
 
 
 def _effective(roles: frozenset[str]) -> frozenset[str]:
@@ -81,11 +120,11 @@ def mint_token(
     """An HS256 token signed with settings.jwt_secret (the embedded stack's dev issuer)."""
     settings = settings or get_settings()
     role_list = sorted(set(roles))
-    unknown = [r for r in role_list if r not in ROLES]
-    if unknown:
-        raise ValueError(f"unknown roles: {', '.join(unknown)}")
     if not subject or not tenant:
         raise ValueError("subject and tenant must not be empty")
+    problem = claims_problem(tenant, role_list)
+    if problem:
+        raise ValueError(problem)
     now = int(time.time())
     claims = {
         "sub": subject,
@@ -173,9 +212,9 @@ def _identity_from_claims(claims: dict, token: str) -> Identity:
         raise AuthError("missing claim tenant")
     if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
         raise AuthError("missing claim roles")
-    unknown = sorted(r for r in roles if r not in ROLES)
-    if unknown:
-        raise AuthError(f"unknown role {unknown[0]}")
+    problem = claims_problem(tenant, roles)
+    if problem:
+        raise AuthError(problem)
     return Identity(subject=sub, tenant=tenant, roles=frozenset(roles), token=token)
 
 
@@ -280,6 +319,28 @@ def require_role(*roles: str) -> Identity:
     if not identity.has_role(*roles):
         raise PermissionDenied(f"requires role {' or '.join(roles)}")
     return identity
+
+
+class _Tenanted(Protocol):
+    tenant: str
+
+
+def tenant_scope(identity: _Tenanted, requested: str = "") -> str | None:
+    """The tenant a read is limited to: None means every tenant (staff not naming one).
+
+    A tenant-scoped caller naming another tenant gets NotFound: for it, that tenant's data does
+    not exist. Every service applies this one rule in its store queries.
+    """
+    if identity.tenant == STAFF_TENANT:
+        return requested or None
+    if requested and requested != identity.tenant:
+        raise NotFound(f"tenant {requested!r} not found")
+    return identity.tenant
+
+
+def can_see(identity: Identity, tenant_ids: Iterable[str]) -> bool:
+    """True when a row leased to `tenant_ids` is visible to the caller (staff see every row)."""
+    return identity.is_staff or identity.tenant in tenant_ids
 
 
 _service_tokens: dict[tuple[str, str], tuple[str, float]] = {}

@@ -23,6 +23,7 @@ from towerco.validate.v1 import validate_pb2
 from mesh.errors import FieldViolation, InvalidArgument
 
 _EXT = validate_pb2.field
+_MSG_EXT = validate_pb2.message
 _T = FieldDescriptor
 _NUMERIC = {
     _T.TYPE_DOUBLE,
@@ -160,6 +161,22 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
 
         return check_map
 
+    if is_message and fd.message_type.full_name == "google.protobuf.FieldMask" and rules is not None and rules.mask_paths:
+        allowed = frozenset(rules.mask_paths) | {"*"}
+        listed = ", ".join(rules.mask_paths)
+
+        def check_mask(msg: Message, prefix: str, out: list[FieldViolation]) -> None:
+            if not msg.HasField(name):
+                if required:
+                    out.append(FieldViolation(prefix + name, "is required"))
+                return
+            for i, path in enumerate(getattr(msg, name).paths):
+                if path.strip() not in allowed:
+                    out.append(FieldViolation(f"{prefix}{name}.paths[{i}]",
+                                              f"{path!r} is not a field that can be changed; one of: {listed}"))
+
+        return check_mask
+
     nested = _rules_for(fd.message_type) if is_message else None
     if not (required or value_checks or min_items is not None or max_items is not None or nested):
         return None
@@ -220,6 +237,35 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
     return check_scalar
 
 
+def _comparable(msg: Message, fd: FieldDescriptor) -> Any:
+    """A field's value as something ordered (Timestamp/Duration as (seconds, nanos))."""
+    value = getattr(msg, fd.name)
+    if fd.type == _T.TYPE_MESSAGE:
+        return (value.seconds, value.nanos)
+    return value
+
+
+def _message_checks(desc: Descriptor) -> list[FieldCheck]:
+    """The message-level rules (towerco.validate.v1.message): field orderings."""
+    opts = desc.GetOptions()
+    if not opts.HasExtension(_MSG_EXT):
+        return []
+    checks: list[FieldCheck] = []
+    for pair in opts.Extensions[_MSG_EXT].ordered:
+        lo_fd, hi_fd = desc.fields_by_name[pair.lesser], desc.fields_by_name[pair.greater]
+
+        def ordered(msg: Message, prefix: str, out: list[FieldViolation],
+                    lo_fd: FieldDescriptor = lo_fd, hi_fd: FieldDescriptor = hi_fd) -> None:
+            for fd in (lo_fd, hi_fd):
+                if fd.has_presence and not msg.HasField(fd.name):
+                    return
+            if not _comparable(msg, hi_fd) > _comparable(msg, lo_fd):
+                out.append(FieldViolation(prefix + hi_fd.name, f"must be after {lo_fd.name}"))
+
+        checks.append(ordered)
+    return checks
+
+
 # Compiled rules per message full name; an empty tuple means "nothing to check anywhere below".
 _compiled: dict[str, tuple[FieldCheck, ...]] = {}
 _compiling: set[str] = set()
@@ -251,6 +297,7 @@ def _rules_for(desc: Descriptor) -> tuple[FieldCheck, ...] | _Lazy | None:
             check = _compile_field(fd, rules)
             if check is not None:
                 checks.append(check)
+        checks.extend(_message_checks(desc))
     finally:
         _compiling.discard(key)
     compiled = tuple(checks)

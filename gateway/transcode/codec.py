@@ -62,6 +62,7 @@ _DURATION_MAX = 315576000000
 _TS_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
 )
+_INT_TEXT = re.compile(r"^-?[0-9]+$")
 _DURATION_RE = re.compile(r"^(-)?(\d+)(?:\.(\d{1,9}))?s$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
@@ -134,7 +135,10 @@ def parse_timestamp(text: str) -> tuple[int, int]:
     seconds = int((dt - _EPOCH).total_seconds())
     if zone not in ("Z", "z"):
         sign = 1 if zone[0] == "+" else -1
-        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+        off_h, off_m = int(zone[1:3]), int(zone[4:6])
+        if off_h > 23 or off_m > 59:
+            raise ValueError(f"invalid UTC offset {zone}: hours 00-23, minutes 00-59")
+        seconds -= sign * (off_h * 3600 + off_m * 60)
     nanos = int((frac or "").ljust(9, "0")) if frac else 0
     if not (_TS_MIN <= seconds <= _TS_MAX):
         raise ValueError("timestamp out of range (years 0001 to 9999)")
@@ -514,16 +518,10 @@ def _int_in(t: int, value: Any) -> int:
         text = value.strip()
         if text != value or not text:
             raise ValueError(f"expected an integer, got {value!r}")
-        try:
-            n = int(text)
-        except ValueError:
-            try:
-                f = float(text)
-            except ValueError:
-                raise ValueError(f"expected an integer, got {value!r}") from None
-            if not f.is_integer():
-                raise ValueError(f"expected an integer, got {value!r}") from None
-            n = int(f)
+        # decimal digits only: "1e3", "1.0", "0x10" or "1_000" are not integers in a string
+        if not _INT_TEXT.match(text):
+            raise ValueError(f"expected an integer in decimal digits, got {value!r}")
+        n = int(text)
     else:
         raise ValueError(f"expected an integer, got {_kind(value)}")
     lo, hi = INT_RANGES[t]

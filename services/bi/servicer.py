@@ -20,7 +20,7 @@ from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
-from mesh.auth import Identity, require_role
+from mesh.auth import Identity, require_role, tenant_scope
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.bi import domain, exports, store
 
@@ -39,13 +39,9 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- helpers
 
 
-def _scope(identity: Identity, tenant_id: str, what: str) -> str | None:
-    """None for staff; the caller's own tenant otherwise. Another tenant's data does not exist."""
-    if identity.is_staff:
-        return None
-    if tenant_id != identity.tenant:
-        raise NotFound(f"{what} of tenant {tenant_id} not found", what, tenant_id)
-    return identity.tenant
+def _scope(identity: Identity, tenant_id: str) -> str | None:
+    """The tenant a read is limited to (mesh.auth.tenant_scope): another tenant's data is NOT_FOUND."""
+    return tenant_scope(identity, tenant_id)
 
 
 def _month(month: str, field: str = "month") -> tuple[int, int]:
@@ -165,7 +161,7 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         rs = request.rule_set
         if not rs.tenant_id:
             raise InvalidArgument("invalid rule set", [FieldViolation("rule_set.tenant_id", "is required")])
-        _scope(identity, rs.tenant_id, "tenant")
+        _scope(identity, rs.tenant_id)
         rules = domain.RuleSet(
             bands=tuple(domain.Band(b.from_points, b.to_points, b.penalty_percent) for b in rs.bands),
             cap_percent=rs.cap_percent, incident_min_minutes=rs.incident_min_minutes,
@@ -185,7 +181,7 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     async def GetPenaltyRuleSet(self, request, context):
         identity = require_role(*READ_ROLES)
-        scope = _scope(identity, request.tenant_id, "penalty rule set")
+        scope = _scope(identity, request.tenant_id)
         async with self.pool.acquire() as conn:
             row = await store.get_rule_set(conn, tenant_id=request.tenant_id, version=request.version, tenant=scope)
         if row is None:
@@ -281,13 +277,13 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     async def GetSlaStatement(self, request, context):
         identity = require_role(*READ_ROLES)
-        _scope(identity, request.tenant_id, "statement")
+        _scope(identity, request.tenant_id)
         st = await self.statement(request.tenant_id, request.month, skip_outages=request.skip_outages)
         return bi_pb2.GetSlaStatementResponse(statement=st)
 
     async def CloseMonth(self, request, context):
         identity = require_role(*WRITE_ROLES)
-        _scope(identity, request.tenant_id, "statement")
+        _scope(identity, request.tenant_id)
         _month(request.month)
         now = self.clock()
         if not domain.month_ended(request.month, now):
@@ -337,7 +333,7 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     async def ExportSlaStatement(self, request, context):
         identity = require_role(*READ_ROLES)
-        _scope(identity, request.tenant_id, "statement")
+        _scope(identity, request.tenant_id)
         fmt = FORMATS[request.format]
         st = await self.statement(request.tenant_id, request.month)
         content = await asyncio.to_thread(exports.render, statement_report(st), fmt)

@@ -12,7 +12,7 @@ import asyncpg
 from google.api import httpbody_pb2
 from towerco.files.v1 import files_pb2, files_pb2_grpc
 
-from mesh.auth import Identity, current_identity, mint_token, require_role
+from mesh.auth import Identity, current_identity, mint_token, require_role, tenant_scope
 from mesh.config import Settings
 from mesh.errors import FieldViolation, Internal, InvalidArgument, NotFound
 from services.files import domain, store
@@ -32,7 +32,7 @@ def file_pb(row: dict[str, Any]) -> files_pb2.File:
 
 
 def _scope(identity: Identity) -> str | None:
-    return None if identity.is_staff else identity.tenant
+    return tenant_scope(identity)
 
 
 def _file_id(value: str) -> str:
@@ -62,8 +62,7 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
 
     async def UploadFile(self, request, context):
         identity = require_role(*UPLOAD_ROLES)
-        if not identity.is_staff and request.tenant_id != identity.tenant:
-            raise NotFound(f"tenant {request.tenant_id} not found", "tenant", request.tenant_id)
+        tenant_scope(identity, request.tenant_id)  # another tenant: NOT_FOUND
         problems = domain.check_upload(request.content_type, request.content, max_bytes=self.max_bytes)
         if request.kind == files_pb2.FILE_KIND_SITE_DOCUMENT and not request.site_id:
             problems.append(("site_id", "is required for a site document"))

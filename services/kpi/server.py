@@ -7,10 +7,12 @@ service applies it too (idempotent, advisory-locked) so either process can start
 from __future__ import annotations
 
 from towerco.kpi.v1 import kpi_pb2_grpc
+from towerco.sites.v1 import sites_pb2_grpc
 
 from mesh.bootstrap import Runtime, ServiceSpec, main
 from mesh.migrate import migrate
 from mesh.outbox import OutboxRelay
+from sdk.channel import create_channel
 from services.kpi.servicer import SCHEMA, KpiServicer
 
 SERVICE = "kpi"
@@ -19,7 +21,10 @@ FULL_NAME = "towerco.kpi.v1.KpiService"
 
 async def setup(rt: Runtime) -> list[ServiceSpec]:
     await migrate(rt.settings.database_url, components=["kpi_calculator"])
-    servicer = KpiServicer(rt.pool)
+    # tenant existence is asked of the Sites service, with each caller's token propagated
+    sites_channel = create_channel(rt.settings.target("sites"))
+    rt.on_shutdown(sites_channel.close)
+    servicer = KpiServicer(rt.pool, sites_pb2_grpc.SitesServiceStub(sites_channel))
     if rt.js is not None:
         relay = OutboxRelay(rt.pool, rt.js, schema=SCHEMA, database_url=rt.settings.database_url)
         rt.spawn(relay.run(), name="kpi-outbox-relay")

@@ -9,13 +9,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 import asyncpg
+import grpc
 from google.protobuf import timestamp_pb2
 from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
+from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
 from mesh import outbox
-from mesh.auth import Identity, require_role
-from mesh.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from mesh.auth import Identity, require_role, tenant_scope
+from mesh.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.kpi import domain, store
 
 SCHEMA = "kpi"
@@ -49,13 +51,7 @@ def _reader() -> Identity:
     return require_role(*READ_ROLES)
 
 
-def _scope(identity: Identity, tenant_id: str = "") -> str | None:
-    """The tenant a query is limited to: None for staff asking about everyone."""
-    if identity.is_staff:
-        return tenant_id or None
-    if tenant_id and tenant_id != identity.tenant:
-        raise PermissionDenied("a tenant sees only its own tenancies")
-    return identity.tenant
+_scope = tenant_scope  # the tenant a query is limited to (None: staff asking about everyone)
 
 
 def _ts(minute: int) -> timestamp_pb2.Timestamp:
@@ -205,8 +201,9 @@ def add_site_row(t: domain.SiteTotals, r: asyncpg.Record, lo: int, hi: int) -> N
 
 
 class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, sites: sites_pb2_grpc.SitesServiceStub | None = None) -> None:
         self.pool = pool
+        self.sites = sites  # the tenant register is the Sites service's: asked, never read
 
     async def GetSiteKpis(self, request, context):
         identity = _reader()
@@ -414,9 +411,25 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
             resp.sites.add(rank=i, site_id=r.site_id, region=regions.get(r.site_id, ""), value=r.value)
         return resp
 
+    async def _existing_tenant(self, tenant_id: str) -> None:
+        """NotFound unless the tenant exists in the Sites register and the caller may see it.
+
+        Sites owns tenants: it is asked over gRPC with the caller's own token (propagated by the
+        sdk channel), so its scoping rule answers for a tenant viewer naming another tenant."""
+        if self.sites is None:
+            raise Unavailable("the sites service is not configured")
+        try:
+            await self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id), timeout=5.0)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"tenant {tenant_id!r} not found", resource_type="towerco.sites.v1.Tenant",
+                               resource_name=f"tenants/{tenant_id}") from None
+            raise Unavailable("the sites service could not confirm the tenant") from None
+
     async def GetAvailabilityPolicy(self, request, context):
         identity = _reader()
         _scope(identity, request.tenant_id)
+        await self._existing_tenant(request.tenant_id)
         async with self.pool.acquire() as conn:
             rows = await store.policies(conn, tenant_ids=[request.tenant_id])
         return kpi_pb2.GetAvailabilityPolicyResponse(policy=policy_pb(request.tenant_id, rows.get(request.tenant_id)))
@@ -424,17 +437,28 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
     async def UpdateAvailabilityPolicy(self, request, context):
         require_role("admin")
         p = request.policy
-        if not p.tenant_id:
-            raise InvalidArgument("invalid policy", [FieldViolation("policy.tenant_id", "is required")])
+        await self._existing_tenant(p.tenant_id)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await store.upsert_policy(conn, tenant_id=p.tenant_id,
                                             unknown_policy=p.unknown_policy or domain.EXCLUDED,
                                             min_outage_minutes=p.min_outage_minutes)
             stored = policy_pb(p.tenant_id, row)
-            await outbox.enqueue(conn, schema=SCHEMA, subject=POLICY_SUBJECT, event_type=POLICY_SUBJECT,
-                                 source="kpi", payload=kpi_pb2.PolicyUpdated(policy=stored),
-                                 tenant_ids=[p.tenant_id])
+            await self._announce(conn, stored)
         return kpi_pb2.UpdateAvailabilityPolicyResponse(policy=stored)
+
+    async def DeleteAvailabilityPolicy(self, request, context):
+        require_role("admin")
+        await self._existing_tenant(request.tenant_id)
+        default = policy_pb(request.tenant_id, None)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await store.delete_policy(conn, tenant_id=request.tenant_id):
+                await self._announce(conn, default)
+        return kpi_pb2.DeleteAvailabilityPolicyResponse(policy=default)
+
+    async def _announce(self, conn: asyncpg.Connection, policy: kpi_pb2.AvailabilityPolicy) -> None:
+        await outbox.enqueue(conn, schema=SCHEMA, subject=POLICY_SUBJECT, event_type=POLICY_SUBJECT,
+                             source="kpi", payload=kpi_pb2.PolicyUpdated(policy=policy),
+                             tenant_ids=[policy.tenant_id])
 
 
 def _fill_site(k: kpi_pb2.SiteKpis, t: domain.SiteTotals) -> None:

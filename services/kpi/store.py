@@ -201,3 +201,8 @@ async def upsert_policy(conn: asyncpg.Connection, *, tenant_id: str, unknown_pol
         "ON CONFLICT (tenant_id) DO UPDATE SET unknown_policy = EXCLUDED.unknown_policy, "
         "min_outage_minutes = EXCLUDED.min_outage_minutes, update_time = now() RETURNING *",
         tenant_id, unknown_policy, min_outage_minutes)
+
+
+async def delete_policy(conn: asyncpg.Connection, *, tenant_id: str) -> bool:
+    """Remove a tenant's stored policy; False when it had none."""
+    return await conn.fetchval("DELETE FROM kpi.policy WHERE tenant_id = $1 RETURNING true", tenant_id) is True

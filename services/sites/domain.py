@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from mesh.auth import tenant_scope
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 
@@ -89,8 +91,10 @@ class Caller:
 
 
 def caller_of(identity: IdentityLike) -> Caller:
-    """Roles -> capabilities. admin and service imply every role; noc_operator implies viewer."""
-    scope = None if identity.tenant == "*" else identity.tenant
+    """Roles -> capabilities. admin and service imply every role; noc_operator implies viewer.
+
+    The tenant scope is mesh.auth's one rule (staff: every tenant; else the token's tenant)."""
+    scope = tenant_scope(identity)
     return Caller(
         subject=identity.subject,
         tenant_scope=scope,

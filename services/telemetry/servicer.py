@@ -163,8 +163,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     def _reader(self) -> str | None:
         """The caller's tenant for scoping (None = staff sees everything)."""
-        identity = auth.require_role("viewer", "tenant_viewer")
-        return None if identity.is_staff else identity.tenant
+        return auth.tenant_scope(auth.require_role("viewer", "tenant_viewer"))
 
     async def _visible_site(self, site_id: str, tenant: str | None) -> None:
         if site_id not in self.sites.partitions:

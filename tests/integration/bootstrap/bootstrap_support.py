@@ -39,7 +39,7 @@ class CannedSites(sites_pb2_grpc.SitesServiceServicer):
 
     async def GetSite(self, request, context):
         self.calls.names.append("GetSite")
-        identity = auth.require_role("viewer")
+        identity = auth.require_role("viewer", "tenant_viewer")
         if request.site_id == "BOOM-1":
             raise RuntimeError("secret internals: password=hunter2 at /srv/db.py")
         if request.site_id == "MISSING-1":
@@ -66,7 +66,7 @@ class CannedSites(sites_pb2_grpc.SitesServiceServicer):
 
     async def ListSites(self, request, context):
         self.calls.names.append("ListSites")
-        auth.require_role("viewer")
+        auth.require_role("viewer", "tenant_viewer")
         if request.query == "slow":
             await asyncio.sleep(1.0)
         return sites_pb2.ListSitesResponse(sites=[sites_pb2.Site(id="NBO-0001"), sites_pb2.Site(id="NBO-0002")])

@@ -34,7 +34,7 @@ def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 async def test_valid_call_sees_identity_correlation_id_and_deadline(mesh_server: MeshServer) -> None:
     resp = await mesh_server.sites.GetSite(
         sites_pb2.GetSiteRequest(site_id="NBO-0042"),
-        metadata=mesh_server.md("viewer", tenant="safaricom", **{"x-correlation-id": "corr-123"}),
+        metadata=mesh_server.md("tenant_viewer", tenant="safaricom", **{"x-correlation-id": "corr-123"}),
         timeout=30.0,
     )
     assert resp.site.id == "NBO-0042"
@@ -272,7 +272,7 @@ async def test_oversized_message_is_refused(mesh_server: MeshServer) -> None:
 async def test_access_log_line_per_call(mesh_server: MeshServer, capsys) -> None:
     capsys.readouterr()
     await mesh_server.sites.ListSites(
-        sites_pb2.ListSitesRequest(), metadata=mesh_server.md("viewer", tenant="airtel", **{"x-correlation-id": "c-77"})
+        sites_pb2.ListSitesRequest(), metadata=mesh_server.md("tenant_viewer", tenant="airtel", **{"x-correlation-id": "c-77"})
     )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"')]
     calls = [x for x in lines if x["event"] == "grpc.call"]

@@ -62,7 +62,7 @@ async def test_bad_input_is_400_with_violations_and_never_reaches_upstream(gw) -
     for method, url, kwargs in [
         ("GET", "/v1/echo?nope=1", {}),
         ("GET", "/v1/echo?everything.i32=x", {}),
-        ("POST", "/v1/shelves/s1/books", {"content": b"{not json"}),
+        ("POST", "/v1/shelves/s1/books", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
         ("POST", "/v1/shelves/s1/books", {"json": {"id": "b", "unknown": 1}}),
         ("POST", "/v1/shelves/s1/books", {"json": ["a list"]}),
         ("GET", "/v1/books/b1", {"content": b'{"a": 1}'}),
@@ -71,6 +71,44 @@ async def test_bad_input_is_400_with_violations_and_never_reaches_upstream(gw) -
         assert r.status_code == 400, (url, r.text)
         assert r.json()["code"] == 3
     assert servicer.calls == before
+
+
+async def test_strict_parsing_refuses_what_the_spec_does_not_allow(gw) -> None:
+    """Lenient readings the outside probe found (#9): each is a clear 4xx, never reaches upstream."""
+    client, servicer = gw
+    before = servicer.calls
+    for method, url, kwargs, status, field in [
+        ("GET", "/v1/echo?everything.when=2026-01-31T12:00:00%2B99:00", {}, 400, "everything.when"),
+        ("GET", "/v1/echo?everything.when=2026-01-31T12:00:00-24:00", {}, 400, "everything.when"),
+        ("GET", "/v1/echo?everything.i32=1e3", {}, 400, "everything.i32"),
+        ("GET", "/v1/echo?everything.i32=1.0", {}, 400, "everything.i32"),
+        ("POST", "/v1/shelves/s1/books", {"content": b'{"id": "b"}', "headers": {"content-type": "text/plain"}},
+         415, None),
+        ("POST", "/v1/shelves/s1/books", {"content": b'{"id": "b"}'}, 415, None),
+        ("GET", "/v1/echo", {"headers": {"x-correlation-id": ""}}, 400, "X-Correlation-ID"),
+        ("GET", "/v1/echo", {"headers": {"x-correlation-id": "has space"}}, 400, "X-Correlation-ID"),
+        ("GET", "/v1/echo", {"headers": {"x-request-timeout": ""}}, 400, "X-Request-Timeout"),
+        ("GET", "/v1/echo", {"headers": {"x-request-timeout": "0"}}, 400, "X-Request-Timeout"),
+        ("GET", "/v1/echo", {"headers": {"x-request-timeout": "800ms"}}, 400, "X-Request-Timeout"),
+        ("GET", "/v1/echo", {"headers": {"x-request-timeout": "1.2345"}}, 400, "X-Request-Timeout"),
+        ("GET", "/v1/echo", {"headers": {"x-request-timeout": "soon"}}, 400, "X-Request-Timeout"),
+    ]:
+        r = await client.request(method, url, **kwargs)
+        assert r.status_code == status, (url, kwargs, r.text)
+        body = r.json()
+        assert body["code"] == 3 and body["message"], body
+        if field:
+            fields = [v["field"] for d in body["details"] for v in d.get("fieldViolations", [])]
+            assert field in fields, body
+    assert servicer.calls == before
+    # the same values in their valid spelling are accepted
+    for kwargs in [{"headers": {"x-correlation-id": "ok.id:1-2_3", "x-request-timeout": "1500ms"}},
+                   {"headers": {"x-request-timeout": "1"}}, {"headers": {"x-request-timeout": "2.5s"}}]:
+        r = await client.get("/v1/echo?everything.when=2026-01-31T12:00:00%2B23:59&everything.i32=1000", **kwargs)
+        assert r.status_code == 200, r.text
+    r = await client.post("/v1/shelves/s1/books", content=b'{"id": "b"}',
+                          headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
 
 
 async def test_unknown_route_and_method(gw) -> None:
@@ -124,7 +162,7 @@ async def test_deadline_default_headers_and_504(gw) -> None:
     r = await client.get("/v1/echo", headers={"x-request-timeout": "soon"})
     assert r.status_code == 400
     started = time.monotonic()
-    r = await client.get("/v1/sleep", params={"duration": "5s"}, headers={"x-request-timeout": "300ms"})
+    r = await client.get("/v1/sleep", params={"duration": "5s"}, headers={"grpc-timeout": "300m"})
     assert r.status_code == 504 and r.json()["code"] == 4
     assert time.monotonic() - started < 3
 
@@ -239,6 +277,6 @@ async def test_deeply_nested_and_odd_bodies_are_400_not_500(gw) -> None:
     body = '{"everything": {"inner": ' + deep + "}}"
     deep_struct = '{"everything": {"attributes": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}}"
     for payload in [body.encode(), deep_struct.encode(), b"[" * 5000 + b"]" * 5000, b"\xff\xfe", b'{"everything": {"i64": 1e400}}', b"null"]:
-        r = await client.post("/v1/echo", content=payload)
+        r = await client.post("/v1/echo", content=payload, headers={"content-type": "application/json"})
         assert r.status_code in (200, 400), (payload[:40], r.text)
         assert r.headers["content-type"] == "application/json"

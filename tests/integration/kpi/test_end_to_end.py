@@ -93,7 +93,7 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
             sys.executable, "-m", "cli.simulate", "--sites", str(len(sites)), "--site-prefix", prefix,
             "--interval", "15", "--duration", "7200", "--speed", "0", "--seed", "11",
             "--start", datetime.fromtimestamp(start).astimezone().isoformat(),
-            "--faults", "none,grid_outage=12,tenant_link_down=12", "--truth", str(truth),
+            "--faults", "none,grid_outage=12,tenant_link_down=48", "--truth", str(truth),
             "--target", f"127.0.0.1:{tel_srv.port}", "--sites-target", f"127.0.0.1:{sites_srv.port}", "--quiet",
             env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(sim.communicate(), 120)

@@ -21,6 +21,7 @@ from kpi_support import (
 )
 from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
+from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
 from mesh import bootstrap, db, events
 from mesh.auth import mint_token
@@ -28,6 +29,7 @@ from mesh.config import Settings, reset_settings
 from mesh.errors import status_of, violations_of
 from mesh.migrate import migrate
 from services.kpi.server import setup
+from services.sites.server import setup as sites_setup
 
 U = uuid.uuid4().hex[:6]
 SITE_A, SITE_B = f"KSA-{U.upper()}", f"KSB-{U.upper()}"
@@ -41,9 +43,10 @@ def rng(a: int, b: int) -> common_pb2.TimeRange:
 
 
 class World:
-    def __init__(self, stub, settings):
+    def __init__(self, stub, settings, pool):
         self.stub = stub
         self.settings = settings
+        self.pool = pool
 
     def md(self, *roles, tenant="*"):
         tok = mint_token(subject="tester", tenant=tenant, roles=list(roles), settings=self.settings)
@@ -57,8 +60,18 @@ async def world(stack):
     nc = await events.connect(stack.nats_url, name="kpi-service-tests")
     js = nc.jetstream()
     await events.ensure_streams(js)
+    await migrate(stack.database_url, components=["sites"])
     reset_settings()
     settings = Settings.from_env()
+    # the KPI service asks the Sites service whether a tenant exists: run it, with the tenants
+    sites = await bootstrap.start("sites", sites_setup, port=0, metrics_port=-1, settings=settings)
+    settings.targets["sites"] = f"127.0.0.1:{sites.port}"
+    admin = (("authorization", "Bearer " + mint_token(subject="t", tenant="*", roles=["admin"], settings=settings)),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sites.port}") as sch:
+        register = sites_pb2_grpc.SitesServiceStub(sch)
+        for tid in (ACME, BETA):
+            await register.CreateTenant(sites_pb2.CreateTenantRequest(tenant=sites_pb2.Tenant(id=tid, name=tid)),
+                                        metadata=admin)
     running = await bootstrap.start("kpi", setup, port=0, metrics_port=-1, settings=settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
@@ -88,10 +101,11 @@ async def world(stack):
                     return await conn.fetchval(
                         "SELECT count(*) FROM kpi.tenancy_hour WHERE site_id = ANY($1::text[])", [SITE_A, SITE_B])
             await eventually(hours, lambda n: n == 6)
-            yield World(kpi_pb2_grpc.KpiServiceStub(channel), settings)
+            yield World(kpi_pb2_grpc.KpiServiceStub(channel), settings, pool)
     finally:
         await channel.close()
         await running.stop(grace=1.0, drain_s=0)
+        await sites.stop(grace=1.0, drain_s=0)
         await nc.close()
         await pool.close()
 
@@ -244,7 +258,14 @@ async def test_tenant_scoping(world):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await world.stub.GetTenantAvailability(
             kpi_pb2.GetTenantAvailabilityRequest(tenant_id=ACME, range=rng(0, 120)), metadata=beta)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # another tenant's data does not exist for it
+    for call, req in [(world.stub.GetAvailabilityPolicy, kpi_pb2.GetAvailabilityPolicyRequest(tenant_id=ACME)),
+                      (world.stub.ListWorstSites, kpi_pb2.ListWorstSitesRequest(range=rng(0, 120), tenant_id=ACME))]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(req, metadata=beta)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, req
+    own = await world.stub.GetAvailabilityPolicy(kpi_pb2.GetAvailabilityPolicyRequest(tenant_id=BETA), metadata=beta)
+    assert own.policy.tenant_id == BETA
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await world.stub.GetSiteKpis(kpi_pb2.GetSiteKpisRequest(site_id=SITE_B, range=rng(0, 120)), metadata=beta)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -260,12 +281,12 @@ async def test_tenant_scoping(world):
 
 
 @pytest.mark.parametrize(("request_", "field"), [
-    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="x", range=rng(10, 5)), "range"),
-    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="x"), "range"),
+    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy", range=rng(10, 5)), "range.end_time"),
+    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy"), "range"),
     (kpi_pb2.GetTenantAvailabilityRequest(range=rng(0, 60)), "tenant_id"),
-    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="x", range=rng(0, 60),
+    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy", range=rng(0, 60),
                                           page=common_pb2.PageRequest(token="!!")), "page.token"),
-    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="x", range=rng(0, 60), unknown_policy=9), "unknown_policy"),
+    (kpi_pb2.GetTenantAvailabilityRequest(tenant_id="xy", range=rng(0, 60), unknown_policy=9), "unknown_policy"),
 ])
 async def test_bad_requests_are_invalid_argument_with_field(world, request_, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -285,6 +306,34 @@ async def test_series_step_and_alignment_are_checked(world):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await world.stub.GetKpiSeries(req, metadata=md)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in [v.field for v in violations_of(status_of(err.value))]
+
+
+async def test_policy_of_a_missing_or_malformed_tenant_is_refused(world):
+    admin = world.md("admin")
+    missing = f"nobody-{U}"
+    for call, req in [
+        (world.stub.GetAvailabilityPolicy, kpi_pb2.GetAvailabilityPolicyRequest(tenant_id=missing)),
+        (world.stub.UpdateAvailabilityPolicy, kpi_pb2.UpdateAvailabilityPolicyRequest(
+            policy=kpi_pb2.AvailabilityPolicy(tenant_id=missing, min_outage_minutes=5))),
+        (world.stub.DeleteAvailabilityPolicy, kpi_pb2.DeleteAvailabilityPolicyRequest(tenant_id=missing)),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(req, metadata=admin)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, req
+    async with world.pool.acquire() as conn:  # nothing was stored for it
+        assert await conn.fetchval("SELECT count(*) FROM kpi.policy WHERE tenant_id = $1", missing) == 0
+    for call, req, field in [
+        (world.stub.GetAvailabilityPolicy, kpi_pb2.GetAvailabilityPolicyRequest(tenant_id="0"), "tenant_id"),
+        (world.stub.DeleteAvailabilityPolicy, kpi_pb2.DeleteAvailabilityPolicyRequest(tenant_id="0"), "tenant_id"),
+        (world.stub.UpdateAvailabilityPolicy, kpi_pb2.UpdateAvailabilityPolicyRequest(
+            policy=kpi_pb2.AvailabilityPolicy(tenant_id="0")), "policy.tenant_id"),
+        (world.stub.UpdateAvailabilityPolicy, kpi_pb2.UpdateAvailabilityPolicyRequest(
+            policy=kpi_pb2.AvailabilityPolicy()), "policy.tenant_id"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(req, metadata=admin)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, req
         assert field in [v.field for v in violations_of(status_of(err.value))]
 
 
@@ -310,3 +359,16 @@ async def test_policy_change_is_recomputed_by_the_calculator(world):
     got = await world.stub.GetAvailabilityPolicy(kpi_pb2.GetAvailabilityPolicyRequest(tenant_id=ACME),
                                                  metadata=admin)
     assert got.policy.min_outage_minutes == 15
+    # deleting it restores the default, and the calculator re-evaluates with it
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await world.stub.DeleteAvailabilityPolicy(kpi_pb2.DeleteAvailabilityPolicyRequest(tenant_id=ACME),
+                                                  metadata=world.md("viewer"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    gone = await world.stub.DeleteAvailabilityPolicy(kpi_pb2.DeleteAvailabilityPolicyRequest(tenant_id=ACME),
+                                                     metadata=admin)
+    assert gone.policy.min_outage_minutes == 0 and not gone.policy.HasField("update_time")
+    a = await eventually(site_a, lambda a: a.outage.ignored_short == 0)
+    assert a.availability == pytest.approx(105 / 115) and a.min_outage_minutes == 0
+    got = await world.stub.GetAvailabilityPolicy(kpi_pb2.GetAvailabilityPolicyRequest(tenant_id=ACME),
+                                                 metadata=admin)
+    assert got.policy.min_outage_minutes == 0 and not got.policy.HasField("update_time")

@@ -34,12 +34,12 @@ def test_token_defaults_to_an_admin_staff_token_that_verifies(capsys) -> None:
 
 
 def test_token_for_a_tenant_viewer_with_subject_and_ttl(capsys) -> None:
-    assert main(["token", "--tenant", "airtel", "--role", "tenant_viewer", "--role", "viewer",
+    assert main(["token", "--tenant", "airtel", "--role", "tenant_viewer",
                  "--sub", "alice", "--ttl", "30m"]) == 0
     token = capsys.readouterr().out.strip()
     identity = verify_token(token)
     assert identity.subject == "alice" and identity.tenant == "airtel"
-    assert identity.roles == frozenset({"tenant_viewer", "viewer"})
+    assert identity.roles == frozenset({"tenant_viewer"})
     assert not identity.is_staff and identity.has_role("tenant_viewer")
     import jwt
 
@@ -63,6 +63,10 @@ def test_token_signed_with_another_secret_is_refused(capsys, monkeypatch) -> Non
     ["token", "--tenant", "Not A Tenant"],
     ["token", "--ttl", "soon"],
     ["token", "--ttl", "0"],
+    ["token", "--role", "tenant_viewer"],  # a tenant role for every tenant: the security hole of #9
+    ["token", "--role", "tenant_viewer", "--tenant", "*"],
+    ["token", "--role", "viewer", "--tenant", "airtel"],  # a staff role held for one tenant
+    ["token", "--role", "tenant_viewer", "--role", "admin", "--tenant", "airtel"],
     ["serve", "no-such-process"],
     ["health", "no-such-process"],
     ["bogus"],

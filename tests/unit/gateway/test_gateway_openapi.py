@@ -59,7 +59,8 @@ def test_operations_parameters(spec: dict) -> None:
     assert patch["parameters"][0]["name"] == "site_id" and "site.id" in patch["parameters"][0]["description"]
     create = spec["paths"]["/api/v1/sites/{site_id}/tenancies"]["post"]  # {tenancy.site_id}, merged
     assert create["parameters"][0]["name"] == "site_id"
-    assert patch["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("towerco.sites.v1.Site")
+    body_ref = patch["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body_ref.endswith("SitesService_UpdateSite.Body")
     assert "updateMask" in {p.get("name") for p in patch["parameters"]}
     echo = {p.get("name"): p for p in spec["paths"]["/v1/echo"]["get"]["parameters"]}
     assert echo["tag"]["schema"]["type"] == "array" and echo["tag"]["explode"] is True
@@ -74,3 +75,41 @@ def test_comments_come_from_the_descriptor_set() -> None:
     comments = openapi.load_comments()
     assert comments["towerco.sites.v1.SitesService.CreateSite"] == "Create a site."
     assert comments["towerco.sites.v1.SiteStatus.SITE_STATUS_ACTIVE"] == "On air."
+
+
+def test_the_spec_states_the_rules_the_server_enforces(spec: dict) -> None:
+    """#9: ids in paths, required fields, update masks, orderings, header formats (one source)."""
+    import re
+
+    s = spec["components"]["schemas"]
+    get_site = {p.get("name"): p for p in spec["paths"]["/api/v1/sites/{site_id}"]["get"]["parameters"]}
+    assert get_site["site_id"]["schema"]["maxLength"] == 32 and get_site["site_id"]["schema"]["minLength"] == 1
+    tenancies = {p.get("name"): p for p in spec["paths"]["/api/v1/sites/{site_id}/tenancies"]["post"]["parameters"]}
+    assert tenancies["site_id"]["schema"]["pattern"] == "^[A-Z0-9][A-Z0-9-]{2,31}$"  # binds tenancy.site_id
+    # required means present and non-empty; a create body does not repeat what the path gives
+    site = s["towerco.sites.v1.Site"]["properties"]
+    assert site["name"]["minLength"] == 1 and "name" in s["towerco.sites.v1.Site"]["required"]
+    create_body = s["SitesService_CreateTenancy.Body"]
+    assert "siteId" not in create_body.get("required", []) and "tenantId" in create_body["required"]
+    # an update body (patch mode) requires nothing beyond the interceptor's rules
+    patch_body = s["SitesService_UpdateSite.Body"]
+    assert "required" not in patch_body and "minLength" not in patch_body["properties"]["name"]
+    assert patch_body["properties"]["id"]["pattern"] == "^[A-Z0-9][A-Z0-9-]{2,31}$"
+    patch = {p.get("name"): p for p in spec["paths"]["/api/v1/sites/{site_id}"]["patch"]["parameters"]}
+    mask = re.compile(patch["updateMask"]["schema"]["pattern"])
+    assert mask.match("name,power.solarKwp") and mask.match("power.solar_kwp") and mask.match("*")
+    assert not mask.match("id") and not mask.match("createTime") and not mask.match("name,")
+    # the declared ordering of TimeRange, on the schema and on flattened query parameters
+    windows = spec["paths"]["/api/v1/windows"]["get"]
+    assert windows["x-towerco-ordered"] == [{"lesser": "range.startTime", "greater": "range.endTime", "in": "query"}]
+    create_window = spec["paths"]["/api/v1/sites/{site_id}/windows"]["post"]
+    assert create_window["x-towerco-ordered"] == [{"lesser": "startTime", "greater": "endTime", "in": "body"}]
+    assert s["towerco.sites.v1.Site"]["additionalProperties"] is False  # unknown fields are refused
+    # headers: the gateway's own patterns
+    params = spec["components"]["parameters"]
+    timeout = re.compile(params["XRequestTimeout"]["schema"]["pattern"])
+    assert all(timeout.match(v) for v in ("2.5", "2.5s", "1500ms", "1", "300", "999.999"))
+    assert not any(timeout.match(v) for v in ("", "0", "0.5", "800ms", "1.2345", "soon", "-1", "1000"))
+    cid = re.compile(params["XCorrelationId"]["schema"]["pattern"])
+    assert cid.match("abc-1.2:3_4") and not cid.match("") and not cid.match("a b")
+    assert "415" in spec["paths"]["/api/v1/sites"]["post"]["responses"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import jwt
@@ -10,14 +11,14 @@ import pytest
 from mesh import auth
 from mesh.auth import AuthError, Identity, mint_token, verify_token
 from mesh.config import Settings
-from mesh.errors import PermissionDenied, Unauthenticated
+from mesh.errors import NotFound, PermissionDenied, Unauthenticated
 
 S = Settings()
 
 
 def _claims(**over) -> dict:
     now = int(time.time())
-    claims = {"sub": "alice", "tenant": "safaricom", "roles": ["viewer"], "iss": S.jwt_issuer,
+    claims = {"sub": "alice", "tenant": "safaricom", "roles": ["tenant_viewer"], "iss": S.jwt_issuer,
               "aud": S.jwt_audience, "iat": now, "exp": now + 300}
     claims.update(over)
     return {k: v for k, v in claims.items() if v is not None}
@@ -28,9 +29,9 @@ def _sign(claims: dict, key: str = S.jwt_secret, alg: str = "HS256") -> str:
 
 
 def test_minted_token_round_trips() -> None:
-    token = mint_token(subject="alice", tenant="safaricom", roles=["noc_operator"], settings=S)
+    token = mint_token(subject="alice", tenant="safaricom", roles=["tenant_viewer"], settings=S)
     ident = verify_token(token, S)
-    assert ident == Identity("alice", "safaricom", frozenset({"noc_operator"}), token)
+    assert ident == Identity("alice", "safaricom", frozenset({"tenant_viewer"}), token)
     assert not ident.is_staff
     assert verify_token(mint_token(subject="ops", tenant="*", roles=["admin"], settings=S), S).is_staff
 
@@ -92,7 +93,7 @@ def test_empty_or_malformed_claims_are_refused() -> None:
 def test_unknown_role_is_refused() -> None:
     with pytest.raises(AuthError, match="unknown role superuser"):
         verify_token(_sign(_claims(roles=["viewer", "superuser"])), S)
-    with pytest.raises(ValueError, match="unknown roles"):
+    with pytest.raises(ValueError, match="unknown role root"):
         mint_token(subject="a", tenant="*", roles=["root"], settings=S)
 
 
@@ -155,7 +156,7 @@ def test_bearer_parsing() -> None:
 
 def test_authenticator_caches_by_authorization_value(monkeypatch: pytest.MonkeyPatch) -> None:
     a = auth.Authenticator(S)
-    token = mint_token(subject="alice", tenant="airtel", roles=["viewer"], ttl_s=60, settings=S)
+    token = mint_token(subject="alice", tenant="airtel", roles=["tenant_viewer"], ttl_s=60, settings=S)
     first = a.verify_authorization(f"Bearer {token}")
     assert first.subject == "alice" and first.tenant == "airtel" and first.token == token
     # A repeat caller is answered from the cache: no JWT work at all.
@@ -195,3 +196,53 @@ def test_authenticator_cache_stays_bounded() -> None:
     for i in range(10):
         a.verify_authorization("Bearer " + mint_token(subject=f"u{i}", tenant="*", roles=["viewer"], settings=S))
     assert len(a._by_header) <= 3 and len(a._cache) <= 3
+
+
+# Every role x tenant combination the claims allow: which are accepted, which refused (issue #9).
+_COMBINATIONS = [
+    # (tenant, roles, accepted)
+    ("*", ["viewer"], True),
+    ("*", ["noc_operator"], True),
+    ("*", ["admin"], True),
+    ("*", ["service"], True),
+    ("*", ["viewer", "noc_operator", "admin"], True),
+    ("*", ["tenant_viewer"], False),  # the probe's token: a tenant role read every tenant
+    ("*", ["tenant_viewer", "viewer"], False),
+    ("airtel", ["tenant_viewer"], True),
+    ("airtel", ["viewer"], False),
+    ("airtel", ["noc_operator"], False),
+    ("airtel", ["admin"], False),
+    ("airtel", ["service"], False),
+    ("airtel", ["tenant_viewer", "admin"], False),
+    ("Not-A-Tenant", ["tenant_viewer"], False),
+    ("a", ["tenant_viewer"], False),
+]
+
+
+@pytest.mark.parametrize(("tenant", "roles", "accepted"), _COMBINATIONS)
+def test_role_tenant_combinations_are_one_rule_at_mint_and_at_verify(tenant, roles, accepted) -> None:
+    problem = auth.claims_problem(tenant, roles)
+    assert (problem is None) == accepted
+    # minting refuses what verification would refuse...
+    if accepted:
+        ident = verify_token(mint_token(subject="u", tenant=tenant, roles=roles, settings=S), S)
+        assert ident.tenant == tenant and ident.is_staff == (tenant == "*")
+    else:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            mint_token(subject="u", tenant=tenant, roles=roles, settings=S)
+        # ...and a validly signed token with such claims (another issuer's) is refused on use
+        with pytest.raises(AuthError, match=re.escape(problem)):
+            verify_token(_sign({**_claims(), "tenant": tenant, "roles": roles}), S)
+
+
+def test_tenant_scope_is_not_found_for_another_tenant() -> None:
+    staff = Identity("ops", "*", frozenset({"viewer"}))
+    tenant = Identity("t", "airtel", frozenset({"tenant_viewer"}))
+    assert auth.tenant_scope(staff) is None
+    assert auth.tenant_scope(staff, "airtel") == "airtel"
+    assert auth.tenant_scope(tenant) == "airtel"
+    assert auth.tenant_scope(tenant, "airtel") == "airtel"
+    with pytest.raises(NotFound):
+        auth.tenant_scope(tenant, "safaricom")
+    assert auth.can_see(staff, []) and auth.can_see(tenant, ["x", "airtel"])
+    assert not auth.can_see(tenant, ["safaricom"]) and not auth.can_see(tenant, [])

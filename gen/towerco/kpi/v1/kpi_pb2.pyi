@@ -1112,7 +1112,7 @@ class GetAvailabilityPolicyRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    """The tenant."""
+    """The tenant (an existing tenant the caller may see)."""
     def __init__(
         self,
         *,
@@ -1251,3 +1251,49 @@ class PolicyUpdated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PolicyUpdated: _TypeAlias = PolicyUpdated  # noqa: Y015
+
+@_typing.final
+class DeleteAvailabilityPolicyRequest(_message.Message):
+    """Request for DeleteAvailabilityPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant (an existing tenant)."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAvailabilityPolicyRequest: _TypeAlias = DeleteAvailabilityPolicyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAvailabilityPolicyResponse(_message.Message):
+    """Response of DeleteAvailabilityPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___AvailabilityPolicy:
+        """The policy in force now (the default one)."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___AvailabilityPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAvailabilityPolicyResponse: _TypeAlias = DeleteAvailabilityPolicyResponse  # noqa: Y015

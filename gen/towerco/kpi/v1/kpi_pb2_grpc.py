@@ -75,6 +75,11 @@ class KpiServiceStub:
                 request_serializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.UpdateAvailabilityPolicyRequest.SerializeToString,
                 response_deserializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.UpdateAvailabilityPolicyResponse.FromString,
                 _registered_method=True)
+        self.DeleteAvailabilityPolicy = channel.unary_unary(
+                '/towerco.kpi.v1.KpiService/DeleteAvailabilityPolicy',
+                request_serializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.DeleteAvailabilityPolicyRequest.SerializeToString,
+                response_deserializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.DeleteAvailabilityPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class KpiServiceServicer:
@@ -136,6 +141,14 @@ class KpiServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteAvailabilityPolicy(self, request, context):
+        """Remove a tenant's availability policy (admin): the default applies again and stored minutes
+        are re-evaluated. Answers the policy now in force; NOT_FOUND when the tenant does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KpiServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +186,11 @@ def add_KpiServiceServicer_to_server(servicer, server):
                     servicer.UpdateAvailabilityPolicy,
                     request_deserializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.UpdateAvailabilityPolicyRequest.FromString,
                     response_serializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.UpdateAvailabilityPolicyResponse.SerializeToString,
+            ),
+            'DeleteAvailabilityPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAvailabilityPolicy,
+                    request_deserializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.DeleteAvailabilityPolicyRequest.FromString,
+                    response_serializer=towerco_dot_kpi_dot_v1_dot_kpi__pb2.DeleteAvailabilityPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -370,6 +388,33 @@ class KpiService:
             '/towerco.kpi.v1.KpiService/UpdateAvailabilityPolicy',
             towerco_dot_kpi_dot_v1_dot_kpi__pb2.UpdateAvailabilityPolicyRequest.SerializeToString,
             towerco_dot_kpi_dot_v1_dot_kpi__pb2.UpdateAvailabilityPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAvailabilityPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.kpi.v1.KpiService/DeleteAvailabilityPolicy',
+            towerco_dot_kpi_dot_v1_dot_kpi__pb2.DeleteAvailabilityPolicyRequest.SerializeToString,
+            towerco_dot_kpi_dot_v1_dot_kpi__pb2.DeleteAvailabilityPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,10 @@ class KpiServiceStub:
     """A tenant's availability policy (how unknown minutes count, the minimum outage length)."""
     UpdateAvailabilityPolicy: _grpc.UnaryUnaryMultiCallable[_kpi_pb2.UpdateAvailabilityPolicyRequest, _kpi_pb2.UpdateAvailabilityPolicyResponse]
     """Change a tenant's availability policy (admin). Stored minutes are re-evaluated."""
+    DeleteAvailabilityPolicy: _grpc.UnaryUnaryMultiCallable[_kpi_pb2.DeleteAvailabilityPolicyRequest, _kpi_pb2.DeleteAvailabilityPolicyResponse]
+    """Remove a tenant's availability policy (admin): the default applies again and stored minutes
+    are re-evaluated. Answers the policy now in force; NOT_FOUND when the tenant does not exist.
+    """
 
 @_typing.type_check_only
 class KpiServiceAsyncStub(KpiServiceStub):
@@ -83,6 +87,10 @@ class KpiServiceAsyncStub(KpiServiceStub):
     """A tenant's availability policy (how unknown minutes count, the minimum outage length)."""
     UpdateAvailabilityPolicy: _aio.UnaryUnaryMultiCallable[_kpi_pb2.UpdateAvailabilityPolicyRequest, _kpi_pb2.UpdateAvailabilityPolicyResponse]  # type: ignore[assignment]
     """Change a tenant's availability policy (admin). Stored minutes are re-evaluated."""
+    DeleteAvailabilityPolicy: _aio.UnaryUnaryMultiCallable[_kpi_pb2.DeleteAvailabilityPolicyRequest, _kpi_pb2.DeleteAvailabilityPolicyResponse]  # type: ignore[assignment]
+    """Remove a tenant's availability policy (admin): the default applies again and stored minutes
+    are re-evaluated. Answers the policy now in force; NOT_FOUND when the tenant does not exist.
+    """
 
 class KpiServiceServicer(metaclass=_abc_1.ABCMeta):
     """Key performance indicators computed from telemetry by the kpi_calculator worker: contract-grade
@@ -150,5 +158,15 @@ class KpiServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kpi_pb2.UpdateAvailabilityPolicyResponse, _abc.Awaitable[_kpi_pb2.UpdateAvailabilityPolicyResponse]]:
         """Change a tenant's availability policy (admin). Stored minutes are re-evaluated."""
+
+    @_abc_1.abstractmethod
+    def DeleteAvailabilityPolicy(
+        self,
+        request: _kpi_pb2.DeleteAvailabilityPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kpi_pb2.DeleteAvailabilityPolicyResponse, _abc.Awaitable[_kpi_pb2.DeleteAvailabilityPolicyResponse]]:
+        """Remove a tenant's availability policy (admin): the default applies again and stored minutes
+        are re-evaluated. Answers the policy now in force; NOT_FOUND when the tenant does not exist.
+        """
 
 def add_KpiServiceServicer_to_server(servicer: KpiServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"towerco/validate/v1/validate.proto\x12\x13towerco.validate.v1\x1a google/protobuf/descriptor.proto\"\xc9\x02\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x14\n\x07min_len\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07max_len\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x03gte\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x0f\n\x02gt\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x0f\n\x02lt\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x16\n\tmin_items\x18\t \x01(\rH\x06\x88\x01\x01\x12\x16\n\tmax_items\x18\n \x01(\rH\x07\x88\x01\x01\x12\x14\n\x0c\x64\x65\x66ined_only\x18\x0b \x01(\x08\x12\x0e\n\x06\x66inite\x18\x0c \x01(\x08\x42\n\n\x08_min_lenB\n\n\x08_max_lenB\x06\n\x04_gteB\x06\n\x04_lteB\x05\n\x03_gtB\x05\n\x03_ltB\x0c\n\n_min_itemsB\x0c\n\n_max_items:O\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1f.towerco.validate.v1.FieldRulesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"towerco/validate/v1/validate.proto\x12\x13towerco.validate.v1\x1a google/protobuf/descriptor.proto\"\xdd\x02\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x14\n\x07min_len\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x07max_len\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x03gte\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x0f\n\x02gt\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12\x0f\n\x02lt\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x16\n\tmin_items\x18\t \x01(\rH\x06\x88\x01\x01\x12\x16\n\tmax_items\x18\n \x01(\rH\x07\x88\x01\x01\x12\x14\n\x0c\x64\x65\x66ined_only\x18\x0b \x01(\x08\x12\x0e\n\x06\x66inite\x18\x0c \x01(\x08\x12\x12\n\nmask_paths\x18\r \x03(\tB\n\n\x08_min_lenB\n\n\x08_max_lenB\x06\n\x04_gteB\x06\n\x04_lteB\x05\n\x03_gtB\x05\n\x03_ltB\x0c\n\n_min_itemsB\x0c\n\n_max_items\"@\n\x0cMessageRules\x12\x30\n\x07ordered\x18\x01 \x03(\x0b\x32\x1f.towerco.validate.v1.FieldOrder\"-\n\nFieldOrder\x12\x0e\n\x06lesser\x18\x01 \x01(\t\x12\x0f\n\x07greater\x18\x02 \x01(\t:O\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1f.towerco.validate.v1.FieldRules:U\n\x07message\x12\x1f.google.protobuf.MessageOptions\x18\xba\x8e\x03 \x01(\x0b\x32!.towerco.validate.v1.MessageRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'towerco.validate.v1.validat
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FIELDRULES']._serialized_start=94
-  _globals['_FIELDRULES']._serialized_end=423
+  _globals['_FIELDRULES']._serialized_end=443
+  _globals['_MESSAGERULES']._serialized_start=445
+  _globals['_MESSAGERULES']._serialized_end=509
+  _globals['_FIELDORDER']._serialized_start=511
+  _globals['_FIELDORDER']._serialized_end=556
 # @@protoc_insertion_point(module_scope)
