@@ -14,6 +14,8 @@ Each tenant gets a penalty rule set through the BI API.
 Timed through gRPC (median of --repeat calls after one warm-up):
   statement_ms     GetSlaStatement of one tenant for the month, every tenancy with its
                    breakdown, penalty and outage intervals
+  kpi_pages_ms     baseline: what that statement asks of the KPI service, every page of
+                   GetTenantAvailability for the tenant and month (timed from here)
   statements_ms    every tenant's statement, requested together              target <= 2,000 ms
   energy_ms        GetEnergyReport of the fleet (per region, totals)         target <= 2,000 ms
   pdf_ms           ExportSlaStatement of one tenant as PDF: statement, typesetting, upload to the
@@ -225,7 +227,7 @@ async def measure(args, env: dict[str, str], pids: dict[str, int]) -> dict:
     import grpc
     from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
     from towerco.common.v1 import common_pb2
-    from towerco.kpi.v1 import kpi_pb2_grpc
+    from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 
     from mesh.auth import mint_token
     from mesh.config import Settings
@@ -263,17 +265,30 @@ async def measure(args, env: dict[str, str], pids: dict[str, int]) -> dict:
             return await bi.ExportSlaStatement(bi_pb2.ExportSlaStatementRequest(
                 tenant_id=tenants[0], month=month, format=bi_pb2.EXPORT_FORMAT_PDF), metadata=md, timeout=120)
 
+        rng = common_pb2.TimeRange()
+        rng.start_time.FromDatetime(start)
+        rng.end_time.FromDatetime(end)
+
+        async def kpi_pages():  # what a statement asks of the KPI service: every page of the tenant
+            token, n = "", 0
+            while True:
+                r = await kpi.GetTenantAvailability(kpi_pb2.GetTenantAvailabilityRequest(
+                    tenant_id=tenants[0], range=rng, page=common_pb2.PageRequest(size=1000, token=token)),
+                    metadata=md, timeout=120)
+                n += 1
+                token = r.page.next_token
+                if not token:
+                    return n
+
         with PeakRss(pids) as rss:
+            out["kpi_pages_ms"], out["kpi_pages"] = await timed(kpi_pages, args.repeat)
             out["statement_ms"], st = await timed(lambda: one(tenants[0]), args.repeat)
             out["statements_ms"], sts = await timed(every, args.repeat)
             out["energy_ms"], rep = await timed(energy, args.repeat)
             out["pdf_ms"], exp = await timed(pdf, max(1, args.repeat // 2))
         out["peak_rss_mib"] = rss.mib()
-        for k in ("statement_ms", "statements_ms", "energy_ms", "pdf_ms"):
+        for k in ("statement_ms", "statements_ms", "energy_ms", "pdf_ms", "kpi_pages_ms"):
             out[k] = round(out[k], 1)
-        rng = common_pb2.TimeRange()
-        rng.start_time.FromDatetime(start)
-        rng.end_time.FromDatetime(end)
         for s in sts:
             await check_statement(s, kpi, md, rng)
         assert len(st.tenancies) == args.sites and rep.total.sites == args.sites, (len(st.tenancies), rep.total.sites)
@@ -347,6 +362,8 @@ def main() -> None:
         (f"data: {f['sites']} sites x {f['tenants']} tenancies x {f['days']} days", f"{f['load_s']} s load",
          f"{f['tenancy_days']} tenancy-days, {f['tenancy_hours_not_up']} hour rows, {f['site_hours']} site-hours"),
         ("statement, one tenant (gRPC)", f"{f['statement_ms']:.0f} ms", f"{f['sites']} tenancies with evidence"),
+        ("  of which KPI GetTenantAvailability, every page", f"{f['kpi_pages_ms']:.0f} ms",
+         f"{f['kpi_pages']} pages of 1,000; each page recomputes the whole tenant"),
         ("statements, every tenant together (gRPC)", f"{f['statements_ms']:.0f} ms", "target <= 2000 ms"),
         ("energy report, the fleet (gRPC)", f"{f['energy_ms']:.0f} ms", "target <= 2000 ms"),
         ("PDF statement, one tenant (export + Files)", f"{f['pdf_ms']:.0f} ms",
