@@ -384,11 +384,9 @@ async def seed_penalty_rules(target: str, *, token: str, tenants: tuple[str, ...
 
 def _running_sites_target(settings: Any) -> str:
     """The Sites endpoint of the running `towerco up` of this home, unless the environment names one."""
-    import os
-
     from cli import state
 
-    if os.environ.get("TOWERCO_SITES_TARGET") or os.environ.get("TOWERCO_SITES_PORT"):
+    if settings.is_set("TOWERCO_SITES_TARGET") or settings.is_set("TOWERCO_SITES_PORT"):
         return ""
     root = state.home(settings)
     recorded = state.read_stack(root) or {}

@@ -20,7 +20,6 @@ import sys
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl
 
 import grpc
 import orjson
@@ -31,10 +30,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.staticfiles import StaticFiles
 
-from gateway import edge, live
+from gateway import edge, live, openapi
+from gateway.call import RESERVED_QUERY, TOKEN_PARAM, Call, headers_of, query_of
 from gateway.config import GatewayConfig
 from gateway.transcode import codec, errors, request, routes
-from mesh.auth import Authenticator, AuthError, Identity, bearer_token
+from mesh.auth import Authenticator, AuthError, bearer_token
 from mesh.config import Settings, get_settings
 from mesh.errors import FieldViolation
 
@@ -72,45 +72,6 @@ def _observe(label: str, status: int, seconds: float) -> None:
     pair[0].inc()
     if seconds >= 0:
         pair[1].observe(seconds)
-
-
-class Call:
-    """What one API request carries through the core."""
-
-    __slots__ = ("scope", "headers", "cid", "origin_headers", "identity", "token", "timeout")
-
-    def __init__(self, scope: dict, headers: dict[str, str], cid: str, origin_headers: list):
-        self.scope = scope
-        self.headers = headers
-        self.cid = cid
-        self.origin_headers = origin_headers
-        self.identity: Identity | None = None
-        self.token = ""
-        self.timeout: float | None = None
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        md = (("authorization", f"Bearer {self.token}"), ("x-correlation-id", self.cid))
-        trace = self.headers.get("traceparent")  # W3C trace context rides along to the service
-        if trace:
-            md += (("traceparent", trace),)
-            state = self.headers.get("tracestate")
-            if state:
-                md += (("tracestate", state),)
-        return md
-
-
-def _headers(scope: dict) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in scope.get("headers") or ():
-        out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
-    return out
-
-
-def _query(scope: dict) -> list[tuple[str, str]]:
-    qs = scope.get("query_string") or b""
-    if not qs:
-        return []
-    return parse_qsl(qs.decode("latin-1"), keep_blank_values=True)
 
 
 class Gateway:
@@ -257,7 +218,7 @@ class Gateway:
                 return
 
     async def _http(self, scope: dict, receive, send) -> None:
-        headers = _headers(scope)
+        headers = headers_of(scope)
         cid = edge.correlation_id(headers.get("x-correlation-id"))
         cors = self.cors.headers(headers.get("origin"))
         method = scope["method"]
@@ -308,7 +269,7 @@ class Gateway:
         _observe(label, status, time.perf_counter() - started)
 
     async def _api(self, call: Call, route: routes.Route, params: dict[str, str], receive, send) -> int:
-        query = _query(call.scope)
+        query = query_of(call.scope)
         raw = route.http_body
         err = self.authenticate(call, query if route.server_streaming or raw else None)
         if err is None:
@@ -353,7 +314,7 @@ class Gateway:
                 query=query,
                 body=body,
                 decoder=self.decoder,
-                reserved_query=live.RESERVED_QUERY if route.server_streaming or raw else frozenset(),
+                reserved_query=RESERVED_QUERY if route.server_streaming or raw else frozenset(),
             )
         except request.TranscodeError as exc:
             return await self._error(send, call, errors.make(grpc.StatusCode.INVALID_ARGUMENT, exc.message, violations=exc.violations))
@@ -385,7 +346,7 @@ class Gateway:
     def authenticate(self, call: Call, query: list[tuple[str, str]] | None) -> errors.HttpError | None:
         token = bearer_token(call.headers.get("authorization", ""))
         if not token and query is not None:  # SSE: EventSource cannot set headers
-            token = next((v for k, v in query if k == live.TOKEN_PARAM), "")
+            token = next((v for k, v in query if k == TOKEN_PARAM), "")
         if not token:
             return errors.make(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required (Authorization: Bearer <token>)")
         try:
@@ -479,7 +440,6 @@ class Gateway:
 
     def openapi_bytes(self) -> bytes:
         if self._openapi is None:
-            from gateway import openapi
 
             self._openapi = orjson.dumps(openapi.build(self.routes))
         return self._openapi

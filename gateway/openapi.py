@@ -19,7 +19,8 @@ from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gateway import edge, live
+from gateway import edge
+from gateway.call import TOKEN_PARAM
 from gateway.transcode import codec
 from gateway.transcode.request import resolve_field
 from gateway.transcode.routes import Route
@@ -113,7 +114,7 @@ def mask_pattern(paths: list[str]) -> str:
     """A comma-separated list of the allowed paths (lowerCamelCase or snake_case) or "*"."""
     names = sorted({*paths, *(_camel(p) for p in paths)}, key=lambda x: (-len(x), x))
     one = "(" + "|".join([re.escape(n) for n in names] + [r"\*"]) + ")"
-    return f"^{one}(,{one})*$"
+    return f"^({one}(,{one})*)?$"  # empty: as if absent (the mask is inferred from the body)
 
 
 def _rules(fd: FieldDescriptor) -> Any:
@@ -125,6 +126,23 @@ def _rules(fd: FieldDescriptor) -> Any:
     if not opts.HasExtension(validate_pb2.field):
         return None
     return opts.Extensions[validate_pb2.field]
+
+
+def _ordered_text(ordered: list[dict]) -> str:
+    return " ".join(f"`{o['greater']}` must be {'at least' if o.get('allowEqual') else 'after'} `{o['lesser']}`"
+                    " when both are set." for o in ordered)
+
+
+_META = ("description", "readOnly", "title")
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """proto3 JSON reads null as the field's default: an optional field may be sent as null."""
+    if schema.get("type") == "null" or any(s.get("type") == "null" for s in schema.get("anyOf", [])):
+        return schema
+    inner = {k: v for k, v in schema.items() if k not in _META}
+    outer = {k: v for k, v in schema.items() if k in _META}
+    return {"anyOf": [inner, {"type": "null"}], **outer}
 
 
 class Builder:
@@ -174,15 +192,18 @@ class Builder:
     def scalar(self, fd: FieldDescriptor) -> dict[str, Any]:
         t = fd.type
         if t == F.TYPE_STRING:
-            return {"type": "string"}
+            return {"type": "string", "pattern": codec.NO_NUL_PATTERN}
         if t == F.TYPE_BYTES:
             return {"type": "string", "format": "byte", "contentEncoding": "base64"}
         if t == F.TYPE_BOOL:
             return {"type": "boolean"}
+        # 64-bit integers are strings in proto3 JSON output; input also takes JSON numbers
         if t in codec.INT64_TYPES:
-            return {"type": "string", "format": "int64", "pattern": _INT64_PATTERN}
+            return {"anyOf": [{"type": "string", "format": "int64", "pattern": _INT64_PATTERN},
+                              {"type": "integer", "format": "int64"}]}
         if t in codec.UINT64_TYPES:
-            return {"type": "string", "format": "uint64", "pattern": _UINT64_PATTERN}
+            return {"anyOf": [{"type": "string", "format": "uint64", "pattern": _UINT64_PATTERN},
+                              {"type": "integer", "format": "int64", "minimum": 0}]}
         if t in codec.INT32_TYPES:
             return {"type": "integer", "format": "int32"}
         if t in codec.UINT32_TYPES:
@@ -200,7 +221,14 @@ class Builder:
         ed = fd.enum_type
         values = [v.name for v in ed.values]
         lines = [f"- `{v.name}`: {self.comments[f'{ed.full_name}.{v.name}']}" for v in ed.values if f"{ed.full_name}.{v.name}" in self.comments]
-        schema: dict[str, Any] = {"type": "string", "enum": values, "title": ed.name}
+        # proto3 JSON takes an enum by name or by number; a defined_only rule allows only the
+        # declared numbers, otherwise any int32 is kept as an unknown value
+        rules = _rules(fd)
+        if rules is not None and rules.defined_only:
+            schema: dict[str, Any] = {"enum": values + [v.number for v in ed.values], "title": ed.name}
+        else:
+            schema = {"anyOf": [{"type": "string", "enum": values}, {"type": "integer", "format": "int32"}],
+                      "title": ed.name}
         if lines:
             head = self.comments.get(ed.full_name, "")
             schema["description"] = (head + "\n\n" if head else "") + "\n".join(lines)
@@ -245,9 +273,14 @@ class Builder:
             schema["minItems"] = max(schema.get("minItems", 0), 1)
         elif fd.type in (F.TYPE_STRING, F.TYPE_BYTES):
             schema["minLength"] = max(schema.get("minLength", 0), 1)
-        elif fd.type == F.TYPE_ENUM and "enum" in schema:
-            zero = [v.name for v in fd.enum_type.values if v.number == 0]
-            schema["enum"] = [n for n in schema["enum"] if n not in zero]
+        elif fd.type == F.TYPE_ENUM:
+            zero = {v.name for v in fd.enum_type.values if v.number == 0} | {0}
+            if "enum" in schema:
+                schema["enum"] = [n for n in schema["enum"] if n not in zero]
+            elif "anyOf" in schema:
+                names, number = schema["anyOf"]
+                schema["anyOf"] = [{**names, "enum": [n for n in names["enum"] if n not in zero]},
+                                   {**number, "not": {"const": 0}}]
 
     def apply_rules(self, fd: FieldDescriptor, schema: dict[str, Any]) -> None:
         rules = _rules(fd)
@@ -269,7 +302,16 @@ class Builder:
             if rules.HasField("max_len"):
                 target["maxLength"] = rules.max_len
             if rules.pattern:
-                target["pattern"] = rules.pattern
+                # the rule applies to non-empty strings: "" is the unset value and always passes
+                target["pattern"] = f"(^$)|({rules.pattern})"
+        elif fd.type in codec.INT64_TYPES and "anyOf" in target:
+            text, number = (dict(x) for x in target["anyOf"])
+            for name, key in (("gte", "minimum"), ("lte", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")):
+                if rules.HasField(name):
+                    number[key] = int(getattr(rules, name))
+            if rules.HasField("gte") and rules.gte >= 0:
+                text["pattern"] = _UINT64_PATTERN  # a string cannot state a bound, but it can state no sign
+            target["anyOf"] = [text, number]
         elif fd.type in codec.FLOAT_TYPES or fd.type in codec.INT32_TYPES or fd.type in codec.UINT32_TYPES:
             num = target["oneOf"][0] if "oneOf" in target else target
             for name, key in (("gte", "minimum"), ("lte", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")):
@@ -284,9 +326,12 @@ class Builder:
         props: dict[str, Any] = {}
         required: list[str] = []
         for fd in d.fields:
-            props[fd.json_name] = self.field(fd)
+            prop = self.field(fd)
             if self.required(fd):
                 required.append(fd.json_name)
+            else:
+                prop = _nullable(prop)
+            props[fd.json_name] = prop
         # unknown fields are refused (TOWERCO_GATEWAY_UNKNOWN_FIELDS=reject, the default)
         schema: dict[str, Any] = {"type": "object", "title": d.name + (" (patch)" if self.patch else ""),
                                   "properties": props, "additionalProperties": False}
@@ -296,8 +341,7 @@ class Builder:
         ordered = self.ordered(d)
         if ordered:
             schema["x-towerco-ordered"] = ordered
-            desc = (desc + "\n\n" if desc else "") + " ".join(
-                f"`{o['greater']}` must be after `{o['lesser']}`." for o in ordered)
+            desc = (desc + "\n\n" if desc else "") + _ordered_text(ordered)
         if desc:
             schema["description"] = desc
         return schema
@@ -309,8 +353,8 @@ class Builder:
         if rules is None:
             return []
         by_name = d.fields_by_name
-        return [{"lesser": prefix + by_name[o.lesser].json_name, "greater": prefix + by_name[o.greater].json_name}
-                for o in rules.ordered]
+        return [{"lesser": prefix + by_name[o.lesser].json_name, "greater": prefix + by_name[o.greater].json_name,
+                 **({"allowEqual": True} if o.allow_equal else {})} for o in rules.ordered]
 
     # ------------------------------------------------------------------------------ operations
     def query_params(self, d: Descriptor, prefix: str, skip: set[str], depth: int, snake_prefix: str = "",
@@ -376,11 +420,15 @@ class Builder:
         json_names = {d.fields_by_name[b].json_name for b in bound if b in d.fields_by_name}
         name = f"{route.operation_id}.Body"
         copy = dict(target, title=f"{target.get('title', d.name)} ({route.method.name} body)")
+        copy["properties"] = dict(copy["properties"])
+        for j in json_names:  # given by the path: leave it out, or send the same value
+            copy["properties"][j] = {**copy["properties"][j], "readOnly": True}
         copy["required"] = [r for r in target.get("required", []) if r not in json_names]
         if not copy["required"]:
             del copy["required"]
         copy["description"] = (target.get("description", "") + "\n\n" + ", ".join(
-            f"`{j}`" for j in sorted(json_names)) + " come from the path.").strip()
+            f"`{j}`" for j in sorted(json_names)) + " come from the path: leave them out of the body "
+            "(or send the same value; a different one is refused).").strip()
         self.schemas[name] = copy
         return {"$ref": f"#/components/schemas/{name}"}
 
@@ -431,13 +479,12 @@ class Builder:
                 ordered.extend({**o, "in": "body"} for o in found)
         if ordered:
             op["x-towerco-ordered"] = ordered
-            op["description"] = (op.get("description", "") + "\n\n" + " ".join(
-                f"`{o['greater']}` must be after `{o['lesser']}`." for o in ordered)).strip()
+            op["description"] = (op.get("description", "") + "\n\n" + _ordered_text(ordered)).strip()
         if route.body:
             op["requestBody"] = {"required": route.body_required,
                                  "content": {"application/json": {"schema": self.body(route)}}}
         if route.server_streaming:
-            params.append({"name": live.TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+            params.append({"name": TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
                            "description": "The bearer token, for clients that cannot send headers (EventSource, WebSocket)."})
             if route.resume_field:
                 params.append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": _INT64_PATTERN},
@@ -451,7 +498,7 @@ class Builder:
             op["x-server-streaming"] = True
             op["responses"] = {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string", "description": f"Server-Sent Events; each `data:` is one {m.output_type.name} (see x-item-schema)."}, "x-item-schema": item}}}}
         elif route.http_body:  # google.api.HttpBody: the raw bytes, with the content type they carry
-            params.append({"name": live.TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+            params.append({"name": TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
                            "description": "The bearer token, e.g. a signed download link's (browsers cannot set headers)."})
             op["responses"] = {"200": {"description": "The raw content", "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}

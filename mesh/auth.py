@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
 
@@ -162,7 +162,7 @@ def verify_token(token: str, settings: Settings | None = None) -> Identity:
     return _verify(token, settings)[0]
 
 
-def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dict]:
+def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dict[str, Any]]:
     """verify_token, also returning the verified claims."""
     settings = settings or get_settings()
     if not token:
@@ -202,7 +202,7 @@ def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dic
     return _identity_from_claims(claims, token), claims
 
 
-def _identity_from_claims(claims: dict, token: str) -> Identity:
+def _identity_from_claims(claims: dict[str, Any], token: str) -> Identity:
     sub = claims.get("sub")
     tenant = claims.get("tenant")
     roles = claims.get("roles")
@@ -286,12 +286,12 @@ def bearer_token(authorization: str) -> str:
 _identity: ContextVar[Identity | None] = ContextVar("towerco_identity", default=None)
 
 
-def set_identity(identity: Identity | None) -> Token:
+def set_identity(identity: Identity | None) -> Token[Identity | None]:
     """Set the caller for this task (the auth interceptor does this)."""
     return _identity.set(identity)
 
 
-def reset_identity(token: Token) -> None:
+def reset_identity(token: Token[Identity | None]) -> None:
     _identity.reset(token)
 
 

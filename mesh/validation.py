@@ -88,7 +88,7 @@ def _value_checks(fd: FieldDescriptor, rules: validate_pb2.FieldRules) -> list[V
                 bounds.append((name, getattr(rules, name)))
         if bounds:
             checks.append(_bounds_check(bounds))
-    if t == _T.TYPE_ENUM and rules.defined_only:
+    if t == _T.TYPE_ENUM and rules.defined_only and fd.enum_type is not None:
         defined = frozenset(v.number for v in fd.enum_type.values)
         checks.append(lambda v: "must be one of the defined values" if v not in defined else None)
     return checks
@@ -125,6 +125,7 @@ def _is_map(fd: FieldDescriptor) -> bool:
     return (
         fd.is_repeated
         and fd.type == _T.TYPE_MESSAGE
+        and fd.message_type is not None
         and fd.message_type.GetOptions().map_entry
     )
 
@@ -140,8 +141,10 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
     max_items = rules.max_items if rules is not None and rules.HasField("max_items") else None
 
     if _is_map(fd):
+        assert fd.message_type is not None
         value_fd = fd.message_type.fields_by_name["value"]
-        nested = _rules_for(value_fd.message_type) if value_fd.type == _T.TYPE_MESSAGE else None
+        nested = (_rules_for(value_fd.message_type)
+                  if value_fd.type == _T.TYPE_MESSAGE and value_fd.message_type is not None else None)
         if not (required or min_items is not None or max_items is not None or nested):
             return None
 
@@ -161,7 +164,8 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
 
         return check_map
 
-    if is_message and fd.message_type.full_name == "google.protobuf.FieldMask" and rules is not None and rules.mask_paths:
+    if (is_message and fd.message_type is not None and fd.message_type.full_name == "google.protobuf.FieldMask"
+            and rules is not None and rules.mask_paths):
         allowed = frozenset(rules.mask_paths) | {"*"}
         listed = ", ".join(rules.mask_paths)
 
@@ -177,7 +181,7 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
 
         return check_mask
 
-    nested = _rules_for(fd.message_type) if is_message else None
+    nested = _rules_for(fd.message_type) if is_message and fd.message_type is not None else None
     if not (required or value_checks or min_items is not None or max_items is not None or nested):
         return None
 
@@ -254,13 +258,15 @@ def _message_checks(desc: Descriptor) -> list[FieldCheck]:
     for pair in opts.Extensions[_MSG_EXT].ordered:
         lo_fd, hi_fd = desc.fields_by_name[pair.lesser], desc.fields_by_name[pair.greater]
 
-        def ordered(msg: Message, prefix: str, out: list[FieldViolation],
-                    lo_fd: FieldDescriptor = lo_fd, hi_fd: FieldDescriptor = hi_fd) -> None:
+        def ordered(msg: Message, prefix: str, out: list[FieldViolation], lo_fd: FieldDescriptor = lo_fd,
+                    hi_fd: FieldDescriptor = hi_fd, equal_ok: bool = pair.allow_equal) -> None:
             for fd in (lo_fd, hi_fd):
-                if fd.has_presence and not msg.HasField(fd.name):
+                if (not msg.HasField(fd.name)) if fd.has_presence else not getattr(msg, fd.name):
                     return
-            if not _comparable(msg, hi_fd) > _comparable(msg, lo_fd):
-                out.append(FieldViolation(prefix + hi_fd.name, f"must be after {lo_fd.name}"))
+            hi, lo = _comparable(msg, hi_fd), _comparable(msg, lo_fd)
+            if not (hi >= lo if equal_ok else hi > lo):
+                words = f"at least {lo_fd.name}" if equal_ok else f"after {lo_fd.name}"
+                out.append(FieldViolation(prefix + hi_fd.name, f"must be {words}"))
 
         checks.append(ordered)
     return checks
@@ -317,12 +323,15 @@ def _run(checks: tuple[FieldCheck, ...] | _Lazy, msg: Message, prefix: str, out:
 
 def violations(msg: Message) -> list[FieldViolation]:
     """Every rule violation in `msg`, in field order, depth first."""
-    checks = _compiled.get(msg.DESCRIPTOR.full_name)
+    checks: tuple[FieldCheck, ...] | _Lazy | None = _compiled.get(msg.DESCRIPTOR.full_name)
     if checks is None:
-        checks = _rules_for(msg.DESCRIPTOR) or ()
+        checks = _rules_for(msg.DESCRIPTOR) or ()  # type: ignore[arg-type]  # upb's Descriptor is one
     if not checks:
         return []
     out: list[FieldViolation] = []
+    if isinstance(checks, _Lazy):  # only while its own type is being compiled
+        _run(checks, msg, "", out)
+        return out
     for check in checks:
         check(msg, "", out)
     return out

@@ -118,9 +118,9 @@ def validate_rule_set(rules: RuleSet, effective_month: str) -> list[tuple[str, s
         if b.to_points != 0 and b.to_points <= b.from_points:
             out.append((f"bands[{i}].to_points", "must be above from_points (or 0 for no upper edge)"))
     order = sorted(range(len(rules.bands)), key=lambda i: rules.bands[i].from_points)
-    for a, b in zip(order, order[1:], strict=False):
-        if rules.bands[a].upper > rules.bands[b].from_points:
-            out.append((f"bands[{b}]", f"overlaps bands[{a}]"))
+    for lower, upper in zip(order, order[1:], strict=False):
+        if rules.bands[lower].upper > rules.bands[upper].from_points:
+            out.append((f"bands[{upper}]", f"overlaps bands[{lower}]"))
     if not _percent_ok(rules.cap_percent):
         out.append(("cap_percent", "must be between 0 and 100"))
     if not _percent_ok(rules.incident_percent):

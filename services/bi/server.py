@@ -1,14 +1,7 @@
-"""Wiring of the BI service (port 7005): `python -m services.bi.server`.
-
-Environment (all optional; docs/bi.md): TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH (20),
-TOWERCO_BI_FUEL_PRICE_MINOR_PER_L (180), TOWERCO_BI_CURRENCY (USD),
-TOWERCO_BI_GRID_KG_CO2E_PER_KWH (0.45), TOWERCO_BI_DIESEL_KG_CO2E_PER_L (2.68).
-"""
+"""Wiring of the BI service (port 7005): `python -m services.bi.server`. Tariffs and emission
+factors come from mesh.config.BiSettings (docs/bi.md, docs/operations.md)."""
 
 from __future__ import annotations
-
-import math
-import os
 
 from towerco.bi.v1 import bi_pb2_grpc
 from towerco.files.v1 import files_pb2_grpc
@@ -17,6 +10,7 @@ from towerco.sites.v1 import sites_pb2_grpc
 
 from mesh.auth import service_token
 from mesh.bootstrap import Runtime, ServiceSpec, main
+from mesh.config import BiSettings, load
 from mesh.migrate import migrate
 from sdk.breaker import BreakerConfig
 from sdk.client import Client
@@ -28,27 +22,11 @@ FULL_NAME = "towerco.bi.v1.BiService"
 REPORT_SLOW_S = 30.0
 
 
-def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0")
-    return value
-
-
 def tariff_from_env() -> domain.Tariff:
-    d = domain.Tariff()
-    return domain.Tariff(
-        grid_price_minor_per_kwh=_number("TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH", d.grid_price_minor_per_kwh),
-        fuel_price_minor_per_l=_number("TOWERCO_BI_FUEL_PRICE_MINOR_PER_L", d.fuel_price_minor_per_l),
-        currency_code=os.environ.get("TOWERCO_BI_CURRENCY", "") or d.currency_code,
-        grid_kg_co2e_per_kwh=_number("TOWERCO_BI_GRID_KG_CO2E_PER_KWH", d.grid_kg_co2e_per_kwh),
-        diesel_kg_co2e_per_l=_number("TOWERCO_BI_DIESEL_KG_CO2E_PER_L", d.diesel_kg_co2e_per_l))
+    t = load(BiSettings)
+    return domain.Tariff(grid_price_minor_per_kwh=t.grid_price_minor_per_kwh,
+                         fuel_price_minor_per_l=t.fuel_price_minor_per_l, currency_code=t.currency,
+                         grid_kg_co2e_per_kwh=t.grid_kg_co2e_per_kwh, diesel_kg_co2e_per_l=t.diesel_kg_co2e_per_l)
 
 
 async def setup(rt: Runtime) -> list[ServiceSpec]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,25 +23,16 @@ from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2 as tpb
 from towerco.telemetry.v1 import telemetry_pb2_grpc
 
+from mesh.config import BiEngineSettings, BiSettings, load
 from workers.bi_engine import domain, store
 
 log = logging.getLogger("towerco.bi_engine")
 PAGE = 1000
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-
-
 @dataclass(frozen=True)
 class EngineConfig:
-    """TOWERCO_BI_ENGINE_INTERVAL_S (3600), TOWERCO_BI_ENGINE_WINDOW_DAYS (7),
-    TOWERCO_BI_ENGINE_CONCURRENCY (8); prices as the BI service reads them
-    (TOWERCO_BI_FUEL_PRICE_MINOR_PER_L 180, TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH 20, TOWERCO_BI_CURRENCY)."""
+    """A run's settings: mesh.config.BiEngineSettings and the BI domain's prices (BiSettings)."""
 
     interval_s: float = 3600.0
     window_days: int = 7
@@ -53,12 +43,10 @@ class EngineConfig:
 
     @classmethod
     def from_env(cls) -> EngineConfig:
-        return cls(interval_s=_float_env("TOWERCO_BI_ENGINE_INTERVAL_S", 3600.0),
-                   window_days=int(_float_env("TOWERCO_BI_ENGINE_WINDOW_DAYS", 7)),
-                   concurrency=int(_float_env("TOWERCO_BI_ENGINE_CONCURRENCY", 8)),
-                   fuel_price_minor_per_l=_float_env("TOWERCO_BI_FUEL_PRICE_MINOR_PER_L", 180.0),
-                   grid_price_minor_per_kwh=_float_env("TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH", 20.0),
-                   currency=os.environ.get("TOWERCO_BI_CURRENCY", "") or "USD")
+        e, prices = load(BiEngineSettings), load(BiSettings)
+        return cls(interval_s=e.interval_s, window_days=e.window_days, concurrency=e.concurrency,
+                   fuel_price_minor_per_l=prices.fuel_price_minor_per_l,
+                   grid_price_minor_per_kwh=prices.grid_price_minor_per_kwh, currency=prices.currency)
 
 
 @dataclass

@@ -469,7 +469,7 @@ async def test_bi_engine_recommendations(world):
     clients = {n: Client(f"127.0.0.1:{world.ports[n]}", token=lambda: service_token("bi"))
                for n in ("sites", "kpi", "telemetry", "bi")}
     try:
-        stubs = Stubs(sites=clients["sites"].sites, kpi=clients["kpi"].stub(kpi_pb2_grpc.KpiServiceStub),
+        stubs = Stubs(sites=clients["sites"].stub(sites_pb2_grpc.SitesServiceStub), kpi=clients["kpi"].stub(kpi_pb2_grpc.KpiServiceStub),
                       telemetry=clients["telemetry"].stub(telemetry_pb2_grpc.TelemetryServiceStub),
                       bi=clients["bi"].stub(bi_pb2_grpc.BiServiceStub))
         now = (H0 + 240) * 60

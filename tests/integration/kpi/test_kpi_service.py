@@ -55,7 +55,7 @@ class World:
 
 @pytest.fixture(scope="module")
 async def world(stack):
-    await migrate(stack.database_url, components=["kpi_calculator"])
+    await migrate(stack.database_url, components=["kpi"])
     pool = await db.create_pool(stack.database_url, min_size=1, max_size=6)
     nc = await events.connect(stack.nats_url, name="kpi-service-tests")
     js = nc.jetstream()

@@ -137,8 +137,9 @@ class MessageRules(_message.Message):
     ORDERED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ordered(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldOrder]:
-        """Each pair: when both fields are set, `greater` must be strictly greater than `lesser`
-        (timestamps, durations or numbers). The violation is reported on `greater`.
+        """Each pair: when both fields are set (present, or for scalars without presence non-zero),
+        `greater` must be greater than `lesser` (or equal, with allow_equal): timestamps, durations
+        or numbers. The violation is reported on `greater`.
         """
 
     def __init__(
@@ -162,19 +163,23 @@ class FieldOrder(_message.Message):
 
     LESSER_FIELD_NUMBER: _builtins.int
     GREATER_FIELD_NUMBER: _builtins.int
+    ALLOW_EQUAL_FIELD_NUMBER: _builtins.int
     lesser: _builtins.str
     """The field that must be smaller (earlier)."""
     greater: _builtins.str
     """The field that must be greater (later)."""
+    allow_equal: _builtins.bool
+    """Equal values are allowed too (greater >= lesser)."""
     def __init__(
         self,
         *,
         lesser: _builtins.str = ...,
         greater: _builtins.str = ...,
+        allow_equal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["greater", b"greater", "lesser", b"lesser"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_equal", b"allow_equal", "greater", b"greater", "lesser", b"lesser"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
