@@ -328,8 +328,10 @@ class _Tenanted(Protocol):
 def tenant_scope(identity: _Tenanted, requested: str = "") -> str | None:
     """The tenant a read is limited to: None means every tenant (staff not naming one).
 
-    A tenant-scoped caller naming another tenant gets NotFound: for it, that tenant's data does
-    not exist. Every service applies this one rule in its store queries.
+    A tenant-scoped caller naming another tenant as the resource it reads (`tenants/{id}/...`)
+    gets NotFound: for it, that tenant's data does not exist. A list merely *filtered* on another
+    tenant answers an empty page instead (check with `can_see`), as for a tenant that does not
+    exist. Every service applies these rules in its store queries.
     """
     if identity.tenant == STAFF_TENANT:
         return requested or None

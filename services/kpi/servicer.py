@@ -16,7 +16,7 @@ from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
 from mesh import outbox, subjects
-from mesh.auth import Identity, require_role, tenant_scope
+from mesh.auth import Identity, can_see, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.kpi import domain, store
 
@@ -361,6 +361,8 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
     async def ListWorstSites(self, request, context):
         identity = _reader()
         lo, hi = _minute_range(request.range)
+        if request.tenant_id and not can_see(identity, [request.tenant_id]):
+            return kpi_pb2.ListWorstSitesResponse()  # a list filter on another tenant matches nothing
         tenant = _scope(identity, request.tenant_id)
         limit = request.limit or DEFAULT_WORST
         rank_by = request.rank_by or kpi_pb2.RANK_BY_TENANT_AVAILABILITY

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
 from towerco.sites.v1 import sites_pb2 as pb
 
 from mesh import bootstrap
@@ -37,6 +38,9 @@ def new_site(site_id: str, region: str) -> pb.Site:
                                         rectifier_capacity_kw=12))
 
 
+TENANTS = ("sdkco", "wheelco")
+
+
 @contextlib.asynccontextmanager
 async def platform(stack, *, sites: int = 5) -> AsyncIterator[Platform]:
     import sdk
@@ -61,6 +65,11 @@ async def platform(stack, *, sites: int = 5) -> AsyncIterator[Platform]:
         async with sdk.Client(targets["sites"], token=p.token("admin"), breaker=False) as client:
             for sid in p.site_ids:
                 await client.sites.CreateSite(pb.CreateSiteRequest(site=new_site(sid, p.region)), timeout=10)
+            # the tenants whose availability policy the SDK tests read (the KPI service asks Sites)
+            for tid in TENANTS:
+                with contextlib.suppress(grpc.aio.AioRpcError):  # already there from an earlier module
+                    await client.sites.CreateTenant(pb.CreateTenantRequest(tenant=pb.Tenant(id=tid, name=tid)),
+                                                    timeout=10)
         yield p
     finally:
         for srv in reversed(running):
