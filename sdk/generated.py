@@ -30,7 +30,7 @@ def _options(timeout: float | None, metadata: Metadata | None, wait_for_ready: b
 
 
 class BiService(AsyncService):
-    """towerco.bi.v1.BiService: Business intelligence: monthly SLA statements with the penalties each tenant's contract rules give, closing a month, and energy and fuel reports. Availability comes from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every formula is in docs/bi.md.  A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and rule sets; anything else answers NOT_FOUND."""
+    """towerco.bi.v1.BiService: Business intelligence: monthly SLA statements with the penalties each tenant's contract rules give, closing a month, energy and fuel reports, the bi_engine's optimisation recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every formula is in docs/bi.md.  A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and rule sets; anything else answers NOT_FOUND."""
 
     SERVICE = "towerco.bi.v1.BiService"
     STUB = bi_pb2_grpc.BiServiceStub

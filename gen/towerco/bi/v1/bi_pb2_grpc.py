@@ -27,9 +27,10 @@ if _version_not_supported:
 
 class BiServiceStub:
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
-    rules give, closing a month, and energy and fuel reports. Availability comes from the KPI
-    service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every
-    formula is in docs/bi.md.
+    rules give, closing a month, energy and fuel reports, the bi_engine's optimisation
+    recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes
+    from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over
+    gRPC. Every formula is in docs/bi.md.
 
     A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and
     rule sets; anything else answers NOT_FOUND.
@@ -90,9 +91,10 @@ class BiServiceStub:
 
 class BiServiceServicer:
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
-    rules give, closing a month, and energy and fuel reports. Availability comes from the KPI
-    service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every
-    formula is in docs/bi.md.
+    rules give, closing a month, energy and fuel reports, the bi_engine's optimisation
+    recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes
+    from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over
+    gRPC. Every formula is in docs/bi.md.
 
     A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and
     rule sets; anything else answers NOT_FOUND.
@@ -226,9 +228,10 @@ def add_BiServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class BiService:
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
-    rules give, closing a month, and energy and fuel reports. Availability comes from the KPI
-    service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every
-    formula is in docs/bi.md.
+    rules give, closing a month, energy and fuel reports, the bi_engine's optimisation
+    recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes
+    from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over
+    gRPC. Every formula is in docs/bi.md.
 
     A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and
     rule sets; anything else answers NOT_FOUND.

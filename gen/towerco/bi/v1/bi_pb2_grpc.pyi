@@ -28,9 +28,10 @@ GRPC_VERSION: str
 
 class BiServiceStub:
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
-    rules give, closing a month, and energy and fuel reports. Availability comes from the KPI
-    service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every
-    formula is in docs/bi.md.
+    rules give, closing a month, energy and fuel reports, the bi_engine's optimisation
+    recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes
+    from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over
+    gRPC. Every formula is in docs/bi.md.
 
     A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and
     rule sets; anything else answers NOT_FOUND.
@@ -75,9 +76,10 @@ class BiServiceStub:
 @_typing.type_check_only
 class BiServiceAsyncStub(BiServiceStub):
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
-    rules give, closing a month, and energy and fuel reports. Availability comes from the KPI
-    service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every
-    formula is in docs/bi.md.
+    rules give, closing a month, energy and fuel reports, the bi_engine's optimisation
+    recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes
+    from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over
+    gRPC. Every formula is in docs/bi.md.
 
     A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and
     rule sets; anything else answers NOT_FOUND.
@@ -118,9 +120,10 @@ class BiServiceAsyncStub(BiServiceStub):
 
 class BiServiceServicer(metaclass=_abc_1.ABCMeta):
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
-    rules give, closing a month, and energy and fuel reports. Availability comes from the KPI
-    service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every
-    formula is in docs/bi.md.
+    rules give, closing a month, energy and fuel reports, the bi_engine's optimisation
+    recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes
+    from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over
+    gRPC. Every formula is in docs/bi.md.
 
     A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and
     rule sets; anything else answers NOT_FOUND.
