@@ -61,14 +61,15 @@ def _range(lo: int, hi: int) -> common_pb2.TimeRange:
     return common_pb2.TimeRange(start_time=_ts(lo), end_time=_ts(hi))
 
 
-async def _upstream(what: str, call: Awaitable[T]) -> T:
-    """Await a call to another service; its NOT_FOUND / PERMISSION_DENIED become our NOT_FOUND.
-    UNAVAILABLE and DEADLINE_EXCEEDED are mapped by the mesh's exception interceptor."""
+async def _upstream(kind: str, name: str, call: Awaitable[T]) -> T:
+    """Await a call to another service; its NOT_FOUND / PERMISSION_DENIED become our NOT_FOUND of
+    the resource asked about (kind, name). UNAVAILABLE and DEADLINE_EXCEEDED are mapped by the
+    mesh's exception interceptor."""
     try:
         return await call
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
-            raise NotFound(f"{what} not found", what.split(" ")[0], "") from None
+            raise NotFound(f"{kind} {name} not found".replace("  ", " "), kind, name) from None
         raise
 
 
@@ -110,7 +111,7 @@ async def list_tenancies(sites: sites_pb2_grpc.SitesServiceStub, tenant_id: str)
     out: list[Tenancy] = []
     token = ""
     while True:
-        resp = await _upstream("tenancies", sites.ListTenancies(sites_pb2.ListTenanciesRequest(
+        resp = await _upstream("tenant", tenant_id, sites.ListTenancies(sites_pb2.ListTenanciesRequest(
             tenant_id=tenant_id, page=common_pb2.PageRequest(size=PAGE, token=token))))
         for t in resp.tenancies:
             if t.tenant_id != tenant_id:
@@ -129,7 +130,7 @@ async def tenant_availability(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, 
     out: dict[str, kpi_pb2.TenancyAvailability] = {}
     token = ""
     while True:
-        resp = await _upstream("availability", kpi.GetTenantAvailability(kpi_pb2.GetTenantAvailabilityRequest(
+        resp = await _upstream("tenant", tenant_id, kpi.GetTenantAvailability(kpi_pb2.GetTenantAvailabilityRequest(
             tenant_id=tenant_id, range=_range(lo, hi), skip_outages=skip_outages,
             page=common_pb2.PageRequest(size=PAGE, token=token))))
         for t in resp.tenancies:
@@ -210,7 +211,8 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         # span it); then one query per other distinct measured span (a fleet seeded together
         # shares one)
         whole = asyncio.ensure_future(tenant_availability(self.kpi, tenant_id, lo, hi, skip_outages))
-        try:
+        try:  # a tenant the register does not know has no statement (NOT_FOUND), not an empty one
+            await _upstream("tenant", tenant_id, self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id)))
             tenancies = await list_tenancies(self.sites, tenant_id)
         except BaseException:
             whole.cancel()
@@ -397,7 +399,7 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
             for region in sorted(by_region):
                 report.regions.append(self._energy_line(region, region, by_region[region]))
         else:
-            fleet = await _upstream("fleet", self.kpi.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(range=rng)))
+            fleet = await _upstream("fleet", "", self.kpi.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(range=rng)))
             for g in fleet.regions:
                 f = domain.EnergyFigures(
                     sites=g.sites, energy_grid_kwh=g.energy_grid_kwh, energy_dg_kwh=g.energy_dg_kwh,
@@ -410,14 +412,14 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     async def _sites(self, site_id: str, region: str) -> list[sites_pb2.Site]:
         if site_id:
-            resp = await _upstream(f"site {site_id}", self.sites.GetSite(sites_pb2.GetSiteRequest(site_id=site_id)))
+            resp = await _upstream("site", site_id, self.sites.GetSite(sites_pb2.GetSiteRequest(site_id=site_id)))
             if region and resp.site.region != region:
                 return []
             return [resp.site]
         out: list[sites_pb2.Site] = []
         token = ""
         while True:
-            resp = await _upstream("sites", self.sites.ListSites(sites_pb2.ListSitesRequest(
+            resp = await _upstream("region", region, self.sites.ListSites(sites_pb2.ListSitesRequest(
                 region=region, page=common_pb2.PageRequest(size=PAGE, token=token))))
             out.extend(resp.sites)
             token = resp.page.next_token

@@ -266,6 +266,10 @@ async def test_bad_rules_and_months_are_invalid_arguments(world):
                                        metadata=world.md("viewer"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in violations_of(status_of(e.value))] == ["month"]
+    with pytest.raises(grpc.aio.AioRpcError) as e:  # a tenant the register does not know
+        await world.bi.GetSlaStatement(bi_pb2.GetSlaStatementRequest(tenant_id=f"nobody-{U}", month=MONTH),
+                                       metadata=world.md("viewer"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as e:  # writing rules needs admin
         await world.bi.CreatePenaltyRuleSet(bi_pb2.CreatePenaltyRuleSetRequest(rule_set=bi_pb2.PenaltyRuleSet(
             tenant_id=TENANT, effective_month="2026-01")), metadata=world.md("viewer"))
