@@ -374,10 +374,17 @@ async def test_energy_report_per_site_and_per_region(world):
                                             metadata=world.md("viewer"))).report
     mine = next(r for r in fleet.regions if r.key == REGION)
     assert mine.energy_grid_kwh == pytest.approx(rep.regions[0].energy_grid_kwh)
+    other = world.md("tenant_viewer", tenant=OTHER)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH, site_id=SITE_B),
-                                       metadata=world.md("tenant_viewer", tenant=OTHER))
+        await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH, site_id=SITE_B), metadata=other)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    # OTHER leases A only: its region report has A's line, not B's, and its fleet report only A's figures
+    theirs = (await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH, region=REGION),
+                                             metadata=other)).report
+    assert [x.key for x in theirs.sites] == [SITE_A]
+    fleet = (await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH), metadata=other)).report
+    assert [r.key for r in fleet.regions] == [REGION] and fleet.regions[0].sites == 1
+    assert fleet.regions[0].energy_grid_kwh == pytest.approx(rep.sites[0].energy_grid_kwh)
 
 
 async def test_exports_opened_back_match_the_api(world):
