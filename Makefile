@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ bench-gateway: $(STAMP)
 
 bench-kpi: $(STAMP)
 	$(BIN)/python -m bench.kpi
+
+bench-bi: $(STAMP)
+	$(BIN)/python -m bench.bi
 
 clean:
 	rm -rf $(VENV) .towerco .pytest_cache build *.egg-info

@@ -5,7 +5,8 @@ middleware stack: this path is the hot one). Everything else — /health, /ready
 /api/v1/openapi.json and the Swagger UI at /api/v1/docs with its bundled assets — is a FastAPI
 app the core hands over to. Streaming RPCs go to gateway.live (SSE and WebSocket).
 
-Per API request: correlation id -> CORS -> route -> bearer JWT (401 before any upstream call)
+Per API request: correlation id -> CORS -> route -> bearer JWT (401 before any upstream call;
+routes answering google.api.HttpBody, i.e. downloads, also take it as ?access_token=)
 -> per-principal token bucket (429) -> deadline (Grpc-Timeout / X-Request-Timeout, default
 10 s) -> body size (413) -> transcode (400) -> upstream call through the sdk channel (token,
 correlation id and deadline forwarded; its circuit breaker fails fast with 503) -> JSON.
@@ -269,7 +270,8 @@ class Gateway:
 
     async def _api(self, call: Call, route: routes.Route, params: dict[str, str], receive, send) -> int:
         query = query_of(call.scope)
-        err = self.authenticate(call, query if route.server_streaming else None)
+        raw = route.http_body
+        err = self.authenticate(call, query if route.server_streaming or raw else None)
         if err is None:
             err = self.rate_limit(call)
         if err is None:
@@ -312,7 +314,7 @@ class Gateway:
                 query=query,
                 body=body,
                 decoder=self.decoder,
-                reserved_query=RESERVED_QUERY if route.server_streaming else frozenset(),
+                reserved_query=RESERVED_QUERY if route.server_streaming or raw else frozenset(),
             )
         except request.TranscodeError as exc:
             return await self._error(send, call, errors.make(grpc.StatusCode.INVALID_ARGUMENT, exc.message, violations=exc.violations))
@@ -327,6 +329,12 @@ class Gateway:
             return await self._error(send, call, err)
         except asyncio.CancelledError:
             raise
+        if raw:  # google.api.HttpBody: its bytes, with its content type
+            body_msg = getattr(resp, route.response_body) if route.response_body else resp
+            hdrs = [(b"content-type", (body_msg.content_type or "application/octet-stream").encode("latin-1")),
+                    (b"x-correlation-id", call.cid.encode()), *call.origin_headers]
+            await _send(send, 200, body_msg.data, hdrs, json=False)
+            return 200
         try:
             payload = orjson.dumps(request.encode_response(resp, route.response_body))
         except Exception as exc:  # noqa: BLE001 - e.g. a Timestamp out of range from upstream

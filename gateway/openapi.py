@@ -497,6 +497,11 @@ class Builder:
             )
             op["x-server-streaming"] = True
             op["responses"] = {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string", "description": f"Server-Sent Events; each `data:` is one {m.output_type.name} (see x-item-schema)."}, "x-item-schema": item}}}}
+        elif route.http_body:  # google.api.HttpBody: the raw bytes, with the content type they carry
+            params.append({"name": TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+                           "description": "The bearer token, e.g. a signed download link's (browsers cannot set headers)."})
+            op["responses"] = {"200": {"description": "The raw content", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
         else:
             if route.response_body:
                 schema = self.field(m.output_type.fields_by_name[route.response_body])

@@ -5,15 +5,16 @@ exp and iat. On the embedded stack they are HS256 with settings.jwt_secret; in p
 keys come from settings.jwks_url. Only the algorithms in settings.jwt_algorithms are accepted and
 "none" never is.
 
-Roles: viewer, noc_operator, admin, tenant_viewer, service. admin and service imply every role;
-noc_operator implies viewer.
+Roles: viewer, noc_operator, admin, tenant_viewer, service, file_download. admin and service imply
+every role; noc_operator implies viewer. file_download is held only by the Files service's signed
+download links: it opens one file and grants nothing anywhere else.
 
 Which tenant a role may be held for is one rule, `claims_problem`, applied when a token is minted
 and again when one is verified: the staff roles (viewer, noc_operator, admin, service) only with
-tenant "*", the tenant role (tenant_viewer) only with one concrete tenant id. A token mixing them,
-or naming a tenant-scoped role for "*", is refused (UNAUTHENTICATED). What a caller then sees is
-the other rule, `tenant_scope`/`can_see`: staff see every tenant, a tenant only its own, and what
-it may not see is NOT_FOUND (never PERMISSION_DENIED, so existence does not leak).
+tenant "*", the tenant roles (tenant_viewer, file_download) only with one concrete tenant id. A
+token mixing them, or naming a tenant-scoped role for "*", is refused (UNAUTHENTICATED). What a
+caller then sees is the other rule, `tenant_scope`/`can_see`: staff see every tenant, a tenant only
+its own, and what it may not see is NOT_FOUND (never PERMISSION_DENIED, so existence does not leak).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import jwt
 from mesh.config import Settings, get_settings
 from mesh.errors import NotFound, PermissionDenied, Unauthenticated
 
-ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service"})
+ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service", "file_download"})
 STAFF_ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "service"})
-TENANT_ROLES: frozenset[str] = frozenset({"tenant_viewer"})
+TENANT_ROLES: frozenset[str] = frozenset({"tenant_viewer", "file_download"})
 STAFF_TENANT = "*"
 TENANT_ID = re.compile(r"^[a-z][a-z0-9-]{1,31}$")  # the Tenant.id pattern of sites.proto
 _ALL_ROLES_IMPLIED_BY = frozenset({"admin", "service"})

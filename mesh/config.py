@@ -7,6 +7,9 @@ Every variable is declared here once, with its type, default and meaning, in one
   OutboxSettings         the transactional outbox of every service
   IngestorSettings       the ingestor worker
   KpiCalculatorSettings  the kpi_calculator worker
+  BiSettings             the BI domain's tariffs and emission factors (BI service, bi_engine)
+  BiEngineSettings       the bi_engine worker
+  FilesSettings          the Files service
   GatewaySettings        the REST/WebSocket gateway
 
 `get_settings()` is the process-wide `Settings` (read once); a section is read with
@@ -39,7 +42,8 @@ DEFAULT_PORTS: dict[str, int] = {
 METRICS_PORT_OFFSET = 2000
 # Prometheus ports of the workers (no gRPC port to offset from); TOWERCO_<NAME>_METRICS_PORT moves
 # one, a value <= 0 turns it off (`towerco status` then has nothing to check).
-WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102, "aiops_engine": 9103}
+WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102, "aiops_engine": 9103,
+                                         "bi_engine": 9104}
 DEV_JWT_SECRET = "towerco-dev-secret-not-for-production"
 DAY_S = 86400.0
 
@@ -270,6 +274,48 @@ class KpiCalculatorSettings:
                                      "sites re-evaluated at once, each in its own transaction")
 
 
+def _non_negative(v: float) -> bool:
+    return v >= 0 and v == v and v != float("inf")
+
+
+@dataclass(frozen=True)
+class BiSettings:
+    """The BI domain's tariffs and emission factors: read by the BI service and the bi_engine."""
+
+    grid_price_minor_per_kwh: float = env("TOWERCO_BI_GRID_PRICE_MINOR_PER_KWH", 20.0,
+                                          "grid energy price, minor currency units per kWh",
+                                          check=_non_negative, requirement="must be a finite number >= 0")
+    fuel_price_minor_per_l: float = env("TOWERCO_BI_FUEL_PRICE_MINOR_PER_L", 180.0,
+                                        "diesel price, minor currency units per litre",
+                                        check=_non_negative, requirement="must be a finite number >= 0")
+    currency: str = env("TOWERCO_BI_CURRENCY", "USD", "currency of those prices (ISO 4217)")
+    grid_kg_co2e_per_kwh: float = env("TOWERCO_BI_GRID_KG_CO2E_PER_KWH", 0.45,
+                                      "grid emission factor, kg CO2e per kWh (set your market's)",
+                                      check=_non_negative, requirement="must be a finite number >= 0")
+    diesel_kg_co2e_per_l: float = env("TOWERCO_BI_DIESEL_KG_CO2E_PER_L", 2.68,
+                                      "diesel combustion factor, kg CO2e per litre",
+                                      check=_non_negative, requirement="must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class BiEngineSettings:
+    interval_s: float = env("TOWERCO_BI_ENGINE_INTERVAL_S", 3600.0, "seconds between recommendation runs",
+                            check=_positive, requirement="must be positive")
+    window_days: int = env("TOWERCO_BI_ENGINE_WINDOW_DAYS", 7, "whole days of figures a run looks back on",
+                           check=lambda v: 1 <= v <= 90, requirement="must be between 1 and 90")
+    concurrency: int = env("TOWERCO_BI_ENGINE_CONCURRENCY", 8, "sites asked about at once",
+                           check=lambda v: 1 <= v <= 64, requirement="must be between 1 and 64")
+
+
+@dataclass(frozen=True)
+class FilesSettings:
+    store_url: str = env("TOWERCO_FILES_STORE_URL", "",
+                         "object store of the file bytes, an obstore URL (s3://bucket/prefix, gs://, az://, "
+                         "file:///path)", shown="<TOWERCO_HOME>/files")
+    max_bytes: int = env("TOWERCO_FILES_MAX_BYTES", 3 * 1024 * 1024, "largest upload accepted, bytes",
+                         check=lambda v: v >= 1, requirement="must be at least 1")
+
+
 @dataclass(frozen=True)
 class AiopsEngineSettings:
     partitions: str = env("TOWERCO_AIOPS_PARTITIONS", "", "partitions this replica owns, e.g. `0-7` or `1,3,5`",
@@ -321,6 +367,9 @@ SECTIONS: dict[type, str] = {
     IngestorSettings: "ingestor",
     KpiCalculatorSettings: "kpi_calculator",
     AiopsEngineSettings: "aiops_engine",
+    BiSettings: "bi, bi_engine",
+    BiEngineSettings: "bi_engine",
+    FilesSettings: "files",
     GatewaySettings: "gateway",
 }
 

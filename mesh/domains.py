@@ -43,6 +43,8 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("kpi", schema="kpi", service="services.kpi", workers=("workers.kpi_calculator",),
            formerly=("kpi_calculator",)),
     Domain("aiops", schema="aiops", service="services.aiops", workers=("workers.aiops_engine",)),
+    Domain("bi", schema="bi", service="services.bi", workers=("workers.bi_engine",)),
+    Domain("files", schema="files", service="services.files"),
 )
 
 

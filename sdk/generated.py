@@ -8,6 +8,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 from typing import Any, cast, overload
 
 from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
+from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
+from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
@@ -119,6 +121,152 @@ class AiopsServiceBlocking(BlockingService):
     def list_all(self, request: aiops_pb2.ListAnomaliesRequest | aiops_pb2.ListPredictionsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[Any]:
         """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
         return self._iterate(self._service.list_all(request, page_size=page_size, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
+class BiService(AsyncService):
+    """towerco.bi.v1.BiService: Business intelligence: monthly SLA statements with the penalties each tenant's contract rules give, closing a month, energy and fuel reports, the bi_engine's optimisation recommendations, and exports (CSV, XLSX, PDF) filed in the Files service. Availability comes from the KPI service, tenancy terms (target, fee, start) from the Sites service, both over gRPC. Every formula is in docs/bi.md.  A month is "YYYY-MM" (UTC calendar month). A tenant viewer sees only its own statements and rule sets; anything else answers NOT_FOUND."""
+
+    SERVICE = "towerco.bi.v1.BiService"
+    STUB = bi_pb2_grpc.BiServiceStub
+
+    async def CreatePenaltyRuleSet(self, request: bi_pb2.CreatePenaltyRuleSetRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.CreatePenaltyRuleSetResponse:
+        """Store a new version of a tenant's penalty rules (admin). Bands must not overlap and every percentage lies in [0, 100]."""
+        return cast(bi_pb2.CreatePenaltyRuleSetResponse, await self._unary("CreatePenaltyRuleSet", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetPenaltyRuleSet(self, request: bi_pb2.GetPenaltyRuleSetRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.GetPenaltyRuleSetResponse:
+        """One version of a tenant's rules (version 0: the latest)."""
+        return cast(bi_pb2.GetPenaltyRuleSetResponse, await self._unary("GetPenaltyRuleSet", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListPenaltyRuleSets(self, request: bi_pb2.ListPenaltyRuleSetsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ListPenaltyRuleSetsResponse:
+        """Every version of a tenant's rules, newest first."""
+        return cast(bi_pb2.ListPenaltyRuleSetsResponse, await self._unary("ListPenaltyRuleSets", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetSlaStatement(self, request: bi_pb2.GetSlaStatementRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.GetSlaStatementResponse:
+        """A tenant's SLA statement for a month: per tenancy availability against its target, the penalty with the band, incidents and cap that produced it, and the outage evidence. An open month is computed live; a closed month answers its frozen statement plus any adjustments."""
+        return cast(bi_pb2.GetSlaStatementResponse, await self._unary("GetSlaStatement", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CloseMonth(self, request: bi_pb2.CloseMonthRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.CloseMonthResponse:
+        """Close a month for a tenant (admin): its statement is frozen as computed now. Closing a closed month answers FAILED_PRECONDITION; a month that has not ended cannot be closed."""
+        return cast(bi_pb2.CloseMonthResponse, await self._unary("CloseMonth", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetEnergyReport(self, request: bi_pb2.GetEnergyReportRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.GetEnergyReportResponse:
+        """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+        return cast(bi_pb2.GetEnergyReportResponse, await self._unary("GetEnergyReport", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListRecommendations(self, request: bi_pb2.ListRecommendationsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ListRecommendationsResponse:
+        """The optimisation recommendations of the latest bi_engine run (staff; a tenant's list is empty), largest estimated saving first."""
+        return cast(bi_pb2.ListRecommendationsResponse, await self._unary("ListRecommendations", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ExportSlaStatement(self, request: bi_pb2.ExportSlaStatementRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ExportSlaStatementResponse:
+        """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the tenant, with a time-limited download link."""
+        return cast(bi_pb2.ExportSlaStatementResponse, await self._unary("ExportSlaStatement", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ExportEnergyReport(self, request: bi_pb2.ExportEnergyReportRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ExportEnergyReportResponse:
+        """The energy report as a file, stored in the Files service (under the caller's tenant, or the "towerco" tenant for staff), with a time-limited download link."""
+        return cast(bi_pb2.ExportEnergyReportResponse, await self._unary("ExportEnergyReport", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+
+class BiServiceBlocking(BlockingService):
+    """towerco.bi.v1.BiService, blocking: each call waits for its result."""
+
+    _service: BiService
+
+    def CreatePenaltyRuleSet(self, request: bi_pb2.CreatePenaltyRuleSetRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.CreatePenaltyRuleSetResponse:
+        """Store a new version of a tenant's penalty rules (admin). Bands must not overlap and every percentage lies in [0, 100]."""
+        return self._call(self._service.CreatePenaltyRuleSet(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetPenaltyRuleSet(self, request: bi_pb2.GetPenaltyRuleSetRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.GetPenaltyRuleSetResponse:
+        """One version of a tenant's rules (version 0: the latest)."""
+        return self._call(self._service.GetPenaltyRuleSet(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListPenaltyRuleSets(self, request: bi_pb2.ListPenaltyRuleSetsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ListPenaltyRuleSetsResponse:
+        """Every version of a tenant's rules, newest first."""
+        return self._call(self._service.ListPenaltyRuleSets(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetSlaStatement(self, request: bi_pb2.GetSlaStatementRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.GetSlaStatementResponse:
+        """A tenant's SLA statement for a month: per tenancy availability against its target, the penalty with the band, incidents and cap that produced it, and the outage evidence. An open month is computed live; a closed month answers its frozen statement plus any adjustments."""
+        return self._call(self._service.GetSlaStatement(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CloseMonth(self, request: bi_pb2.CloseMonthRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.CloseMonthResponse:
+        """Close a month for a tenant (admin): its statement is frozen as computed now. Closing a closed month answers FAILED_PRECONDITION; a month that has not ended cannot be closed."""
+        return self._call(self._service.CloseMonth(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetEnergyReport(self, request: bi_pb2.GetEnergyReportRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.GetEnergyReportResponse:
+        """Energy, fuel, cost and carbon for a month: per region, and per site for one region or site."""
+        return self._call(self._service.GetEnergyReport(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListRecommendations(self, request: bi_pb2.ListRecommendationsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ListRecommendationsResponse:
+        """The optimisation recommendations of the latest bi_engine run (staff; a tenant's list is empty), largest estimated saving first."""
+        return self._call(self._service.ListRecommendations(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ExportSlaStatement(self, request: bi_pb2.ExportSlaStatementRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ExportSlaStatementResponse:
+        """The statement as a file (CSV, XLSX or a typeset PDF), stored in the Files service under the tenant, with a time-limited download link."""
+        return self._call(self._service.ExportSlaStatement(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ExportEnergyReport(self, request: bi_pb2.ExportEnergyReportRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ExportEnergyReportResponse:
+        """The energy report as a file, stored in the Files service (under the caller's tenant, or the "towerco" tenant for staff), with a time-limited download link."""
+        return self._call(self._service.ExportEnergyReport(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
+class FilesService(AsyncService):
+    """towerco.files.v1.FilesService: Files: report exports and site documents. Blobs live in object storage (the local filesystem under the data folder by default, S3-compatible storage when configured), metadata and sha256 checksums in PostgreSQL. Every file belongs to one tenant; a tenant caller sees only its own files (anything else answers NOT_FOUND). Downloads go through short-lived signed links."""
+
+    SERVICE = "towerco.files.v1.FilesService"
+    STUB = files_pb2_grpc.FilesServiceStub
+
+    async def UploadFile(self, request: files_pb2.UploadFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.UploadFileResponse:
+        """Store a file (admin, noc_operator or service). Size and content type are limited; the content must look like its declared type."""
+        return cast(files_pb2.UploadFileResponse, await self._unary("UploadFile", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetFile(self, request: files_pb2.GetFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.GetFileResponse:
+        """A file's metadata."""
+        return cast(files_pb2.GetFileResponse, await self._unary("GetFile", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListFiles(self, request: files_pb2.ListFilesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.ListFilesResponse:
+        """Files, newest first, filtered by tenant, site and kind."""
+        return cast(files_pb2.ListFilesResponse, await self._unary("ListFiles", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DeleteFile(self, request: files_pb2.DeleteFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.DeleteFileResponse:
+        """Delete a file and its blob (admin or service)."""
+        return cast(files_pb2.DeleteFileResponse, await self._unary("DeleteFile", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CreateDownloadLink(self, request: files_pb2.CreateDownloadLinkRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.CreateDownloadLinkResponse:
+        """A time-limited link that downloads the file without any other credential."""
+        return cast(files_pb2.CreateDownloadLinkResponse, await self._unary("CreateDownloadLink", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DownloadFile(self, request: files_pb2.DownloadFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.DownloadFileResponse:
+        """The file's bytes. Over REST the answer is the raw content with its content type; the link's token rides in the access_token query parameter."""
+        return cast(files_pb2.DownloadFileResponse, await self._unary("DownloadFile", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+
+class FilesServiceBlocking(BlockingService):
+    """towerco.files.v1.FilesService, blocking: each call waits for its result."""
+
+    _service: FilesService
+
+    def UploadFile(self, request: files_pb2.UploadFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.UploadFileResponse:
+        """Store a file (admin, noc_operator or service). Size and content type are limited; the content must look like its declared type."""
+        return self._call(self._service.UploadFile(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetFile(self, request: files_pb2.GetFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.GetFileResponse:
+        """A file's metadata."""
+        return self._call(self._service.GetFile(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListFiles(self, request: files_pb2.ListFilesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.ListFilesResponse:
+        """Files, newest first, filtered by tenant, site and kind."""
+        return self._call(self._service.ListFiles(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DeleteFile(self, request: files_pb2.DeleteFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.DeleteFileResponse:
+        """Delete a file and its blob (admin or service)."""
+        return self._call(self._service.DeleteFile(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CreateDownloadLink(self, request: files_pb2.CreateDownloadLinkRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.CreateDownloadLinkResponse:
+        """A time-limited link that downloads the file without any other credential."""
+        return self._call(self._service.CreateDownloadLink(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DownloadFile(self, request: files_pb2.DownloadFileRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> files_pb2.DownloadFileResponse:
+        """The file's bytes. Over REST the answer is the raw content with its content type; the link's token rides in the access_token query parameter."""
+        return self._call(self._service.DownloadFile(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
 
 class KpiService(AsyncService):
@@ -485,6 +633,8 @@ class AsyncServices:
     """The typed async client of every service, by attribute."""
 
     aiops: AiopsService
+    bi: BiService
+    files: FilesService
     kpi: KpiService
     sites: SitesService
     telemetry: TelemetryService
@@ -494,6 +644,8 @@ class BlockingServices:
     """The typed blocking client of every service, by attribute."""
 
     aiops: AiopsServiceBlocking
+    bi: BiServiceBlocking
+    files: FilesServiceBlocking
     kpi: KpiServiceBlocking
     sites: SitesServiceBlocking
     telemetry: TelemetryServiceBlocking
@@ -502,6 +654,8 @@ class BlockingServices:
 # attribute -> (async class, blocking class)
 SERVICES: dict[str, tuple[type[AsyncService], type[BlockingService]]] = {
     "aiops": (AiopsService, AiopsServiceBlocking),
+    "bi": (BiService, BiServiceBlocking),
+    "files": (FilesService, FilesServiceBlocking),
     "kpi": (KpiService, KpiServiceBlocking),
     "sites": (SitesService, SitesServiceBlocking),
     "telemetry": (TelemetryService, TelemetryServiceBlocking),

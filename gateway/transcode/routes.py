@@ -36,6 +36,7 @@ def _required(fd: FieldDescriptor) -> bool:
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 TEST_PACKAGES = ("towerco.testing.",)
+HTTP_BODY = "google.api.HttpBody"
 
 
 @dataclass
@@ -64,6 +65,17 @@ class Route:
     def operation_id(self) -> str:
         suffix = f"_{self.binding_index}" if self.binding_index else ""
         return f"{self.service.name}_{self.method.name}{suffix}"
+
+    @property
+    def http_body(self) -> bool:
+        """The answer is raw bytes (google.api.HttpBody, whole or as response_body), not JSON.
+        Such routes also take the bearer token from the access_token query parameter, as a
+        browser following a download link cannot set headers."""
+        desc = self.method.output_type
+        if self.response_body:
+            fd = desc.fields_by_name[self.response_body]
+            desc = fd.message_type if fd.type == F.TYPE_MESSAGE and not fd.is_repeated else None
+        return desc is not None and desc.full_name == HTTP_BODY
 
     @property
     def body_required(self) -> bool:
