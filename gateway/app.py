@@ -52,6 +52,7 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JSON_CT = (b"content-type", b"application/json")
+GATEWAY_SLOW_CALL_S = 30.0  # what the gateway's circuit breakers count as a slow (failed) call
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -147,9 +148,14 @@ class Gateway:
             return None
         cb = self._breakers.get(upstream)
         if cb is None:
-            from sdk.breaker import breaker_for
+            from sdk.breaker import BreakerConfig, breaker_for
 
-            cb = self._breakers[upstream] = breaker_for(self.target(upstream))
+            # Only a call slower than any deadline a client may normally ask for counts as slow:
+            # some answers (a large tenant's monthly statement) take seconds by nature, and the
+            # sdk's 2 s default would open the breaker on a healthy service. Deadline expiry
+            # (DEADLINE_EXCEEDED) still counts as a failure.
+            cfg = BreakerConfig(slow_call_threshold_s=GATEWAY_SLOW_CALL_S)
+            cb = self._breakers[upstream] = breaker_for(self.target(upstream), cfg)
         return cb
 
     def unary(self, route: routes.Route):

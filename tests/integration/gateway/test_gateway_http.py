@@ -280,3 +280,13 @@ async def test_deeply_nested_and_odd_bodies_are_400_not_500(gw) -> None:
         r = await client.post("/v1/echo", content=payload, headers={"content-type": "application/json"})
         assert r.status_code in (200, 400), (payload[:40], r.text)
         assert r.headers["content-type"] == "application/json"
+
+
+async def test_a_call_of_a_few_seconds_is_no_breaker_failure(make_gateway, token) -> None:
+    """A slow-by-nature answer (seconds: a monthly statement) must not open the upstream breaker."""
+    async with make_gateway() as (client, servicer, app, base, server):
+        client.headers["authorization"] = f"Bearer {token}"
+        r = await client.get("/v1/sleep", params={"duration": "2.3s"}, headers={"x-request-timeout": "10"})
+        assert r.status_code == 200, r.text
+        cb = app.breaker("testing")
+        assert cb.window_len() == 1 and cb.failure_rate() == 0.0
