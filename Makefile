@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,19 @@ test-fast: $(STAMP)
 gen: $(STAMP)
 	$(BIN)/python scripts/gen.py
 
+# The SDK distribution (towerco-sdk: sdk/ + gen/towerco) as a wheel in dist/
+sdk-wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist ./sdk
+	rm -rf sdk/build sdk/*.egg-info
+
 lint: $(STAMP)
 	$(BIN)/python scripts/buf.py lint
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# mypy --strict on sdk/, mesh/ and the domain modules ([tool.mypy] in pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # buf breaking (FILE rules) of proto/ against a git ref: make breaking AGAINST=origin/main
 AGAINST ?= main
@@ -50,6 +60,9 @@ bench-gateway: $(STAMP)
 
 bench-kpi: $(STAMP)
 	$(BIN)/python -m bench.kpi
+
+bench-bi: $(STAMP)
+	$(BIN)/python -m bench.bi
 
 clean:
 	rm -rf $(VENV) .towerco .pytest_cache build *.egg-info

@@ -283,7 +283,7 @@ async def phase_throughput(args, rate: float) -> dict:
     from towerco.telemetry.v1 import telemetry_pb2
 
     from bench.procs import cpu_seconds, pg_postmaster
-    from mesh import db, events
+    from mesh import db, events, subjects
     from mesh.embedded import EmbeddedNats, EmbeddedPostgres
     from mesh.migrate import migrate
 
@@ -308,13 +308,13 @@ async def phase_throughput(args, rate: float) -> dict:
             for sid, m, ten, t, v in samples:  # noqa: B007
                 s = telemetry_pb2.Sample(site_id=sid, metric=m, tenant_id=ten, value=v)
                 s.time.FromNanoseconds(int(t * 1e9))
-                req[events.partition_of(sid, parts)].append(s)
+                req[subjects.partition_of(sid, parts)].append(s)
             for p, items in req.items():
                 b = telemetry_pb2.TelemetryBatch(batch_id=f"{tag}-{step}", partition=p, samples=items)
                 msgs.append((p, b.SerializeToString(), f"{tag}-{step}:{p}"))
             n += len(samples)
         for p, data, mid in msgs:
-            await events.publish(js, f"telemetry.samples.{p}", data, msg_id=mid)
+            await events.publish(js, subjects.telemetry_subject(p), data, msg_id=mid)
         env = dict(os.environ, DATABASE_URL=pg.url, NATS_URL=nats.url, TOWERCO_LOG_LEVEL="warning",
                    TOWERCO_SITES_TARGET="127.0.0.1:1", TOWERCO_AIOPS_RETRAIN_S="3600")
         started = time.monotonic()

@@ -248,9 +248,9 @@ def calc_messages(sites: list[str], minutes: range, request: int, tag: str) -> l
     partition (Nats-Msg-Id "<batch_id>:<partition>"). Returns (partition, msg id, bytes, samples)."""
     from towerco.telemetry.v1 import telemetry_pb2
 
-    from mesh import events
+    from mesh import subjects
 
-    part_of = {s: events.partition_of(s, PARTITIONS) for s in sites}
+    part_of = {s: subjects.partition_of(s, PARTITIONS) for s in sites}
     flat = []
     for m in minutes:
         for s in sites:
@@ -290,7 +290,7 @@ async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids
     clock starts at the first publish. Backlog (`paused` = the calculator processes): they are
     stopped (SIGSTOP), everything is published, and the clock starts when they are resumed.
     Checks that every sample was folded in exactly once."""
-    from mesh import events
+    from mesh import events, subjects
     from workers.kpi_calculator.domain import SITE_METRICS
 
     now_min = int(time.time()) // 60
@@ -301,7 +301,7 @@ async def calc_run(args, pool, js, sites: list[str], tag: str, rate: float, pids
         start = time.perf_counter()
         sent = 0
         for part, mid, data, n in messages:
-            await events.publish(js, f"telemetry.samples.{part}", data, msg_id=mid)
+            await events.publish(js, subjects.telemetry_subject(part), data, msg_id=mid)
             sent += n
             if rate:
                 ahead = sent / rate - (time.perf_counter() - start)

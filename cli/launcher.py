@@ -405,6 +405,17 @@ class Supervisor:
             return
         self.seed_result = {"ok": True, **report.as_dict()}
         self.say(f"seed: {report.summary()}")
+        bi = self.children.get("bi")
+        if bi is not None:
+            from cli.seed import seed_penalty_rules
+
+            try:
+                n = await seed_penalty_rules(bi.endpoint or self.settings.target("bi"), token=self.tokens["admin"])
+            except Exception as exc:  # statements still work, without penalties
+                self.say(f"penalty rules not seeded: {type(exc).__name__}: {exc}")
+            else:
+                self.seed_result["penalty_rule_sets_created"] = n
+                self.say(f"seed: {n} demo penalty rule set(s)")
 
     async def _shutdown(self) -> None:
         self.phase = "stopping"

@@ -1,4 +1,4 @@
-"""`towerco migrate`: apply every component's SQL migrations once, in order."""
+"""`towerco migrate`: apply every domain's SQL migrations (mesh/domains.py) once, in order."""
 
 from __future__ import annotations
 

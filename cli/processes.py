@@ -80,6 +80,9 @@ PROCESSES: tuple[Process, ...] = (
     Process("kpi_calculator", "worker", "workers.kpi_calculator.worker", health="metrics"),
     Process("aiops", "service", "services.aiops.server", port="aiops", health="grpc"),
     Process("aiops_engine", "worker", "workers.aiops_engine.worker", health="metrics"),
+    Process("files", "service", "services.files.server", port="files", health="grpc"),
+    Process("bi", "service", "services.bi.server", port="bi", health="grpc"),
+    Process("bi_engine", "worker", "workers.bi_engine.worker", health="metrics"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.

@@ -352,13 +352,41 @@ async def seed_fleet(target: str, *, token: str, sites: int = 300, seed: int = 1
     return report
 
 
+# The demo contracts' penalty rules (docs/bi.md): shortfall bands in points below the target ->
+# percent of the monthly fee, a per-incident charge for outages of 4 hours or more, a 30 % cap.
+DEMO_PENALTY_BANDS = ((0.0, 0.5, 2.0), (0.5, 1.0, 5.0), (1.0, 0.0, 10.0))
+
+
+async def seed_penalty_rules(target: str, *, token: str, tenants: tuple[str, ...] | None = None,
+                             effective_month: str = "2020-01", rpc_timeout_s: float = 10.0) -> int:
+    """Give every demo tenant without penalty rules the demo rule set (BI API at `target`);
+    returns how many were created."""
+    from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
+
+    import sdk
+
+    created = 0
+    async with sdk.Client(target, token=token, breaker=False) as client:
+        bi = client.stub(bi_pb2_grpc.BiServiceStub)
+        for tenant in tenants or tuple(t.id for t in TENANTS):
+            have = await bi.ListPenaltyRuleSets(bi_pb2.ListPenaltyRuleSetsRequest(tenant_id=tenant),
+                                                timeout=rpc_timeout_s)
+            if have.rule_sets:
+                continue
+            await bi.CreatePenaltyRuleSet(bi_pb2.CreatePenaltyRuleSetRequest(rule_set=bi_pb2.PenaltyRuleSet(
+                tenant_id=tenant, effective_month=effective_month, cap_percent=30, incident_min_minutes=240,
+                incident_penalty_percent=1, description="demo master service agreement, schedule 3",
+                bands=[bi_pb2.PenaltyBand(from_points=a, to_points=b, penalty_percent=p)
+                       for a, b, p in DEMO_PENALTY_BANDS])), timeout=rpc_timeout_s)
+            created += 1
+    return created
+
+
 def _running_sites_target(settings: Any) -> str:
     """The Sites endpoint of the running `towerco up` of this home, unless the environment names one."""
-    import os
-
     from cli import state
 
-    if os.environ.get("TOWERCO_SITES_TARGET") or os.environ.get("TOWERCO_SITES_PORT"):
+    if settings.is_set("TOWERCO_SITES_TARGET") or settings.is_set("TOWERCO_SITES_PORT"):
         return ""
     root = state.home(settings)
     recorded = state.read_stack(root) or {}

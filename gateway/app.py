@@ -5,7 +5,8 @@ middleware stack: this path is the hot one). Everything else — /health, /ready
 /api/v1/openapi.json and the Swagger UI at /api/v1/docs with its bundled assets — is a FastAPI
 app the core hands over to. Streaming RPCs go to gateway.live (SSE and WebSocket).
 
-Per API request: correlation id -> CORS -> route -> bearer JWT (401 before any upstream call)
+Per API request: correlation id -> CORS -> route -> bearer JWT (401 before any upstream call;
+routes answering google.api.HttpBody, i.e. downloads, also take it as ?access_token=)
 -> per-principal token bucket (429) -> deadline (Grpc-Timeout / X-Request-Timeout, default
 10 s) -> body size (413) -> transcode (400) -> upstream call through the sdk channel (token,
 correlation id and deadline forwarded; its circuit breaker fails fast with 503) -> JSON.
@@ -19,7 +20,6 @@ import sys
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl
 
 import grpc
 import orjson
@@ -30,10 +30,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.staticfiles import StaticFiles
 
-from gateway import edge, live
+from gateway import edge, live, openapi
+from gateway.call import RESERVED_QUERY, TOKEN_PARAM, Call, headers_of, query_of
 from gateway.config import GatewayConfig
 from gateway.transcode import codec, errors, request, routes
-from mesh.auth import Authenticator, AuthError, Identity, bearer_token
+from mesh.auth import Authenticator, AuthError, bearer_token
 from mesh.config import Settings, get_settings
 from mesh.errors import FieldViolation
 
@@ -51,6 +52,7 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JSON_CT = (b"content-type", b"application/json")
+GATEWAY_SLOW_CALL_S = 30.0  # what the gateway's circuit breakers count as a slow (failed) call
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -71,45 +73,6 @@ def _observe(label: str, status: int, seconds: float) -> None:
     pair[0].inc()
     if seconds >= 0:
         pair[1].observe(seconds)
-
-
-class Call:
-    """What one API request carries through the core."""
-
-    __slots__ = ("scope", "headers", "cid", "origin_headers", "identity", "token", "timeout")
-
-    def __init__(self, scope: dict, headers: dict[str, str], cid: str, origin_headers: list):
-        self.scope = scope
-        self.headers = headers
-        self.cid = cid
-        self.origin_headers = origin_headers
-        self.identity: Identity | None = None
-        self.token = ""
-        self.timeout: float | None = None
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        md = (("authorization", f"Bearer {self.token}"), ("x-correlation-id", self.cid))
-        trace = self.headers.get("traceparent")  # W3C trace context rides along to the service
-        if trace:
-            md += (("traceparent", trace),)
-            state = self.headers.get("tracestate")
-            if state:
-                md += (("tracestate", state),)
-        return md
-
-
-def _headers(scope: dict) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in scope.get("headers") or ():
-        out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
-    return out
-
-
-def _query(scope: dict) -> list[tuple[str, str]]:
-    qs = scope.get("query_string") or b""
-    if not qs:
-        return []
-    return parse_qsl(qs.decode("latin-1"), keep_blank_values=True)
 
 
 class Gateway:
@@ -185,9 +148,14 @@ class Gateway:
             return None
         cb = self._breakers.get(upstream)
         if cb is None:
-            from sdk.breaker import breaker_for
+            from sdk.breaker import BreakerConfig, breaker_for
 
-            cb = self._breakers[upstream] = breaker_for(self.target(upstream))
+            # Only a call slower than any deadline a client may normally ask for counts as slow:
+            # some answers (a large tenant's monthly statement) take seconds by nature, and the
+            # sdk's 2 s default would open the breaker on a healthy service. Deadline expiry
+            # (DEADLINE_EXCEEDED) still counts as a failure.
+            cfg = BreakerConfig(slow_call_threshold_s=GATEWAY_SLOW_CALL_S)
+            cb = self._breakers[upstream] = breaker_for(self.target(upstream), cfg)
         return cb
 
     def unary(self, route: routes.Route):
@@ -256,7 +224,7 @@ class Gateway:
                 return
 
     async def _http(self, scope: dict, receive, send) -> None:
-        headers = _headers(scope)
+        headers = headers_of(scope)
         cid = edge.correlation_id(headers.get("x-correlation-id"))
         cors = self.cors.headers(headers.get("origin"))
         method = scope["method"]
@@ -307,8 +275,9 @@ class Gateway:
         _observe(label, status, time.perf_counter() - started)
 
     async def _api(self, call: Call, route: routes.Route, params: dict[str, str], receive, send) -> int:
-        query = _query(call.scope)
-        err = self.authenticate(call, query if route.server_streaming else None)
+        query = query_of(call.scope)
+        raw = route.http_body
+        err = self.authenticate(call, query if route.server_streaming or raw else None)
         if err is None:
             err = self.rate_limit(call)
         if err is None:
@@ -332,6 +301,9 @@ class Gateway:
         body, err = await self._read_body(call, receive)
         if err is not None:
             return await self._error(send, call, err)
+        if not body and route.body and route.body_required:
+            return await self._error(send, call, errors.make(
+                grpc.StatusCode.INVALID_ARGUMENT, "this method needs a JSON body (Content-Type: application/json)"))
         if body and route.body and not _is_json(call.headers.get("content-type")):
             text = f"the request body must be JSON: send Content-Type: application/json (got {call.headers.get('content-type', 'none')!r})"
             return await self._error(send, call, errors.make(grpc.StatusCode.INVALID_ARGUMENT, text), status=415)
@@ -348,7 +320,7 @@ class Gateway:
                 query=query,
                 body=body,
                 decoder=self.decoder,
-                reserved_query=live.RESERVED_QUERY if route.server_streaming else frozenset(),
+                reserved_query=RESERVED_QUERY if route.server_streaming or raw else frozenset(),
             )
         except request.TranscodeError as exc:
             return await self._error(send, call, errors.make(grpc.StatusCode.INVALID_ARGUMENT, exc.message, violations=exc.violations))
@@ -363,6 +335,12 @@ class Gateway:
             return await self._error(send, call, err)
         except asyncio.CancelledError:
             raise
+        if raw:  # google.api.HttpBody: its bytes, with its content type
+            body_msg = getattr(resp, route.response_body) if route.response_body else resp
+            hdrs = [(b"content-type", (body_msg.content_type or "application/octet-stream").encode("latin-1")),
+                    (b"x-correlation-id", call.cid.encode()), *call.origin_headers]
+            await _send(send, 200, body_msg.data, hdrs, json=False)
+            return 200
         try:
             payload = orjson.dumps(request.encode_response(resp, route.response_body))
         except Exception as exc:  # noqa: BLE001 - e.g. a Timestamp out of range from upstream
@@ -374,7 +352,7 @@ class Gateway:
     def authenticate(self, call: Call, query: list[tuple[str, str]] | None) -> errors.HttpError | None:
         token = bearer_token(call.headers.get("authorization", ""))
         if not token and query is not None:  # SSE: EventSource cannot set headers
-            token = next((v for k, v in query if k == live.TOKEN_PARAM), "")
+            token = next((v for k, v in query if k == TOKEN_PARAM), "")
         if not token:
             return errors.make(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required (Authorization: Bearer <token>)")
         try:
@@ -468,7 +446,6 @@ class Gateway:
 
     def openapi_bytes(self) -> bytes:
         if self._openapi is None:
-            from gateway import openapi
 
             self._openapi = orjson.dumps(openapi.build(self.routes))
         return self._openapi

@@ -7,7 +7,8 @@ channels, breakers and rate-limit buckets (the gateway is stateless).
 from __future__ import annotations
 
 import argparse
-import os
+
+from mesh import config as mesh_config
 
 HELP = "run the REST/WebSocket gateway (uvicorn, N worker processes)"
 
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("TOWERCO_GATEWAY_WORKERS", "1") or 1),
+        default=mesh_config.load(mesh_config.GatewaySettings).workers,
         help="worker processes (TOWERCO_GATEWAY_WORKERS, 1)",
     )
     parser.add_argument("--log-level", default=settings.log_level, help="uvicorn log level")

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # One spelling of each header rule, used here and published in the OpenAPI document.
-# X-Request-Timeout: a positive number of seconds with at most 3 decimals, then "s" or "ms"
-REQUEST_TIMEOUT_PATTERN = (r"^([1-9][0-9]{0,5}(\.[0-9]{1,3})?|0?\.(00[1-9]|0[1-9][0-9]?|[1-9][0-9]{0,2}))"
-                           r"(s|ms)?$")
+# X-Request-Timeout: 1 to 999.999 seconds (at most 3 decimals, "s" optional) or 1000 to 999999
+# milliseconds ("ms"); the gateway then caps it at its maximum. A shorter deadline cannot be met
+# through the gateway on a loaded host and would only manufacture 504s.
+REQUEST_TIMEOUT_PATTERN = r"^(?:([1-9][0-9]{0,2}(?:\.[0-9]{1,3})?)s?|([1-9][0-9]{3,5})ms)$"
 CORRELATION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _REQUEST_TIMEOUT = re.compile(REQUEST_TIMEOUT_PATTERN)
 _CORRELATION = re.compile(CORRELATION_PATTERN)
@@ -30,9 +31,9 @@ def parse_timeout(grpc_timeout: str | None, request_timeout: str | None) -> floa
     elif request_timeout is not None:
         m = _REQUEST_TIMEOUT.match(request_timeout)
         if not m:
-            raise ValueError('X-Request-Timeout must be a positive number of seconds ("2.5", "2.5s") or '
-                             f'milliseconds ("800ms"), at most 3 decimals, got {request_timeout!r}')
-        value = float(m.group(1)) / (1000.0 if m.group(4) == "ms" else 1.0)
+            raise ValueError('X-Request-Timeout must be 1 to 999.999 seconds ("2.5", "2.5s") or 1000 to 999999 '
+                             f'milliseconds ("1500ms"), got {request_timeout!r}')
+        value = float(m.group(1)) if m.group(1) else int(m.group(2)) / 1000.0
     else:
         return None
     if value <= 0:

@@ -37,16 +37,15 @@ from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import edge
+from gateway.call import RESERVED_QUERY, TOKEN_PARAM, Call, headers_of, query_of
 from gateway.transcode import codec, errors, request
 
 if TYPE_CHECKING:
-    from gateway.app import Call, Gateway
+    from gateway.app import Gateway
     from gateway.transcode.routes import Route
 
 log = structlog.get_logger("gateway.live")
 
-TOKEN_PARAM = "access_token"
-RESERVED_QUERY = frozenset({TOKEN_PARAM})
 CLOSE_NORMAL = 1000
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_AUTH_TIMEOUT = 4401
@@ -240,68 +239,68 @@ class Live:
 
     # ------------------------------------------------------------------------------ WebSocket
     async def websocket(self, scope: dict, receive, send) -> None:
-        from gateway.app import Call, _headers, _query
-
-        gw = self.gw
+        """One WebSocket client: accept and authenticate it, then forward the stream to it."""
         ws = WebSocket(scope, receive, send)
-        headers = _headers(scope)
+        opened = await self._ws_open(ws, scope)
+        if opened is None:
+            return
+        route, msg, call = opened
+        try:
+            pump = self.open(route, msg, call)
+        except grpc.RpcError as exc:  # the breaker is open
+            await _ws_fail(ws, errors.from_rpc_error(exc, correlation_id=call.cid))
+            return
+        STREAMS.labels("ws").inc()
+        try:
+            await self._ws_forward(ws, receive, pump, route, call.cid)
+        finally:
+            STREAMS.labels("ws").dec()
+            await pump.close()
+
+    async def _ws_open(self, ws: WebSocket, scope: dict) -> tuple[Route, Message, Call] | None:
+        """Route, origin, accept, token (header, query or first frame), limits and the request
+        message; None once the socket has been closed with the reason."""
+        gw = self.gw
+        headers = headers_of(scope)
         cid = edge.correlation_id(headers.get("x-correlation-id"))
         raw = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw.decode("latin-1") if isinstance(raw, bytes) else raw
         route, params, _ = gw.router.match("GET", raw_path.split("?", 1)[0])
         if route is None or not route.server_streaming:
             await ws.close(code=4404, reason="no streaming route at this path")
-            return
+            return None
         origin = headers.get("origin")
         same_origin = bool(origin) and origin.split("://", 1)[-1] == headers.get("host")
         if origin and not same_origin and not gw.cors.headers(origin):
             await ws.close(code=4403, reason="origin not allowed")
-            return
+            return None
         await ws.accept(headers=[(b"x-correlation-id", cid.encode())])
         call = Call(scope, headers, cid, [])
-        query = _query(scope)
+        query = query_of(scope)
         if not bearer_from(headers) and not any(k == TOKEN_PARAM for k, _ in query):
-            # the token comes in the first message
-            try:
-                first = await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S)
-                token = str(orjson.loads(first).get("token", ""))
-            except (TimeoutError, ValueError, AttributeError, WebSocketDisconnect, RuntimeError):
-                token = ""
+            token = await _first_frame_token(ws)
             if token:
                 call.headers = {**headers, "authorization": f"Bearer {token}"}
-        err = gw.authenticate(call, query)
-        if err is None:
-            err = gw.rate_limit(call)
-        if err is None:
-            try:
-                call.timeout = edge.parse_timeout(headers.get("grpc-timeout"), headers.get("x-request-timeout"))
-            except ValueError as exc:
-                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        err = gw.authenticate(call, query) or gw.rate_limit(call) or _ws_header_problem(headers)
         msg = None
         if err is None:
             try:
-                msg = request.build(
-                    request_cls=route.request_cls,
-                    body_rule="",
-                    http_method="GET",
-                    path_params=params,
-                    query=query,
-                    body=b"",
-                    decoder=gw.decoder,
-                    reserved_query=RESERVED_QUERY,
-                )
+                call.timeout = edge.parse_timeout(headers.get("grpc-timeout"), headers.get("x-request-timeout"))
+                msg = request.build(request_cls=route.request_cls, body_rule="", http_method="GET",
+                                    path_params=params, query=query, body=b"", decoder=gw.decoder,
+                                    reserved_query=RESERVED_QUERY)
+            except ValueError as exc:
+                err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except request.TranscodeError as exc:
                 err = errors.make(grpc.StatusCode.INVALID_ARGUMENT, exc.message, violations=exc.violations)
         if err is not None:
             await _ws_fail(ws, err)
-            return
+            return None
+        return route, msg, call
 
-        try:
-            pump = self.open(route, msg, call)
-        except grpc.RpcError as exc:  # the breaker is open
-            await _ws_fail(ws, errors.from_rpc_error(exc, correlation_id=cid))
-            return
-        STREAMS.labels("ws").inc()
+    async def _ws_forward(self, ws: WebSocket, receive, pump: _Pump, route: Route, cid: str) -> None:
+        """Send each item as a frame until the stream ends, fails, the client leaves or falls
+        behind (then close code 4008)."""
         closed = asyncio.Event()
 
         async def watch() -> None:
@@ -314,10 +313,9 @@ class Live:
                 closed.set()
 
         watcher = asyncio.ensure_future(watch())
-        writer: asyncio.Task | None = None
         try:
             while not closed.is_set():
-                item = await pump.next(gw.config.heartbeat_s)
+                item = await pump.next(self.gw.config.heartbeat_s)
                 if item is _END:
                     await ws.close(code=CLOSE_NORMAL)
                     return
@@ -343,9 +341,21 @@ class Live:
         except (WebSocketDisconnect, OSError, RuntimeError):
             pass
         finally:
-            STREAMS.labels("ws").dec()
             watcher.cancel()
-            await pump.close()
+
+
+async def _first_frame_token(ws: WebSocket) -> str:
+    """The token of a first client frame {"token": "<jwt>"} ("" when none comes in time)."""
+    try:
+        first = await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S)
+        return str(orjson.loads(first).get("token", ""))
+    except (TimeoutError, ValueError, AttributeError, WebSocketDisconnect, RuntimeError):
+        return ""
+
+
+def _ws_header_problem(headers: dict[str, str]) -> errors.HttpError | None:
+    problem = edge.correlation_problem(headers.get("x-correlation-id"))
+    return errors.make(grpc.StatusCode.INVALID_ARGUMENT, problem) if problem else None
 
 
 def bearer_from(headers: dict[str, str]) -> str:

@@ -19,7 +19,8 @@ from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gateway import live
+from gateway import edge
+from gateway.call import TOKEN_PARAM
 from gateway.transcode import codec
 from gateway.transcode.request import resolve_field
 from gateway.transcode.routes import Route
@@ -87,6 +88,35 @@ def _behaviors(fd: FieldDescriptor) -> set[int]:
     return set(fd.GetOptions().Extensions[field_behavior_pb2.field_behavior])
 
 
+def _message_rules(d: Descriptor) -> Any:
+    from towerco.validate.v1 import validate_pb2
+
+    opts = d.GetOptions()
+    return opts.Extensions[validate_pb2.message] if opts.HasExtension(validate_pb2.message) else None
+
+
+def _declared_required(fd: FieldDescriptor) -> bool:
+    """REQUIRED by google.api.field_behavior (the handler enforces it on create)."""
+    return field_behavior_pb2.REQUIRED in _behaviors(fd)
+
+
+def _validated_required(fd: FieldDescriptor) -> bool:
+    """required by a towerco.validate rule (the interceptor enforces it on every request)."""
+    rules = _rules(fd)
+    return bool(rules is not None and rules.required)
+
+
+def _camel(path: str) -> str:
+    return ".".join(codec.snake_to_camel(p) for p in path.split("."))
+
+
+def mask_pattern(paths: list[str]) -> str:
+    """A comma-separated list of the allowed paths (lowerCamelCase or snake_case) or "*"."""
+    names = sorted({*paths, *(_camel(p) for p in paths)}, key=lambda x: (-len(x), x))
+    one = "(" + "|".join([re.escape(n) for n in names] + [r"\*"]) + ")"
+    return f"^({one}(,{one})*)?$"  # empty: as if absent (the mask is inferred from the body)
+
+
 def _rules(fd: FieldDescriptor) -> Any:
     try:
         from towerco.validate.v1 import validate_pb2
@@ -98,20 +128,43 @@ def _rules(fd: FieldDescriptor) -> Any:
     return opts.Extensions[validate_pb2.field]
 
 
+def _ordered_text(ordered: list[dict]) -> str:
+    return " ".join(f"`{o['greater']}` must be {'at least' if o.get('allowEqual') else 'after'} `{o['lesser']}`"
+                    " when both are set." for o in ordered)
+
+
+_META = ("description", "readOnly", "title")
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """proto3 JSON reads null as the field's default: an optional field may be sent as null."""
+    if schema.get("type") == "null" or any(s.get("type") == "null" for s in schema.get("anyOf", [])):
+        return schema
+    inner = {k: v for k, v in schema.items() if k not in _META}
+    outer = {k: v for k, v in schema.items() if k in _META}
+    return {"anyOf": [inner, {"type": "null"}], **outer}
+
+
 class Builder:
+    """Schemas in two modes: the full one (create bodies, responses: REQUIRED fields required and
+    non-empty) and the patch one (update bodies with an update_mask, components named
+    `<message>.Patch`: only what the interceptor enforces on every request)."""
+
     def __init__(self, comments: dict[str, str]):
         self.comments = comments
         self.schemas: dict[str, Any] = {}
+        self.patch = False
 
     # ------------------------------------------------------------------------------ schemas
     def ref(self, d: Descriptor) -> dict[str, Any]:
         wkt = self.wkt(d)
         if wkt is not None:
             return wkt
-        if d.full_name not in self.schemas:
-            self.schemas[d.full_name] = {}  # placeholder: recursion
-            self.schemas[d.full_name] = self.message(d)
-        return {"$ref": f"#/components/schemas/{d.full_name}"}
+        name = d.full_name + (".Patch" if self.patch else "")
+        if name not in self.schemas:
+            self.schemas[name] = {}  # placeholder: recursion
+            self.schemas[name] = self.message(d)
+        return {"$ref": f"#/components/schemas/{name}"}
 
     def wkt(self, d: Descriptor) -> dict[str, Any] | None:
         full = d.full_name
@@ -139,15 +192,18 @@ class Builder:
     def scalar(self, fd: FieldDescriptor) -> dict[str, Any]:
         t = fd.type
         if t == F.TYPE_STRING:
-            return {"type": "string"}
+            return {"type": "string", "pattern": codec.NO_NUL_PATTERN}
         if t == F.TYPE_BYTES:
             return {"type": "string", "format": "byte", "contentEncoding": "base64"}
         if t == F.TYPE_BOOL:
             return {"type": "boolean"}
+        # 64-bit integers are strings in proto3 JSON output; input also takes JSON numbers
         if t in codec.INT64_TYPES:
-            return {"type": "string", "format": "int64", "pattern": _INT64_PATTERN}
+            return {"anyOf": [{"type": "string", "format": "int64", "pattern": _INT64_PATTERN},
+                              {"type": "integer", "format": "int64"}]}
         if t in codec.UINT64_TYPES:
-            return {"type": "string", "format": "uint64", "pattern": _UINT64_PATTERN}
+            return {"anyOf": [{"type": "string", "format": "uint64", "pattern": _UINT64_PATTERN},
+                              {"type": "integer", "format": "int64", "minimum": 0}]}
         if t in codec.INT32_TYPES:
             return {"type": "integer", "format": "int32"}
         if t in codec.UINT32_TYPES:
@@ -165,7 +221,14 @@ class Builder:
         ed = fd.enum_type
         values = [v.name for v in ed.values]
         lines = [f"- `{v.name}`: {self.comments[f'{ed.full_name}.{v.name}']}" for v in ed.values if f"{ed.full_name}.{v.name}" in self.comments]
-        schema: dict[str, Any] = {"type": "string", "enum": values, "title": ed.name}
+        # proto3 JSON takes an enum by name or by number; a defined_only rule allows only the
+        # declared numbers, otherwise any int32 is kept as an unknown value
+        rules = _rules(fd)
+        if rules is not None and rules.defined_only:
+            schema: dict[str, Any] = {"enum": values + [v.number for v in ed.values], "title": ed.name}
+        else:
+            schema = {"anyOf": [{"type": "string", "enum": values}, {"type": "integer", "format": "int32"}],
+                      "title": ed.name}
         if lines:
             head = self.comments.get(ed.full_name, "")
             schema["description"] = (head + "\n\n" if head else "") + "\n".join(lines)
@@ -179,6 +242,15 @@ class Builder:
             schema = {"type": "array", "items": self.scalar(fd)}
         else:
             schema = dict(self.scalar(fd))
+        if self.required(fd):
+            self.non_empty(fd, schema)
+        if fd.message_type is not None and fd.message_type.full_name == codec.FIELD_MASK:
+            rules = _rules(fd)
+            if rules is not None and rules.mask_paths:
+                schema = {"type": "string", "pattern": mask_pattern(list(rules.mask_paths)),
+                          "description": "Comma-separated paths to change: " + ", ".join(
+                              _camel(p) for p in rules.mask_paths) + ', or "*" for every one.',
+                          "examples": [_camel(rules.mask_paths[0])]}
         behaviors = _behaviors(fd)
         desc = self.comments.get(fd.full_name, "")
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
@@ -189,6 +261,26 @@ class Builder:
             schema["description"] = desc
         self.apply_rules(fd, schema)
         return schema
+
+    def required(self, fd: FieldDescriptor) -> bool:
+        """Must the field be present (and non-empty) in this mode?"""
+        return _validated_required(fd) or (not self.patch and _declared_required(fd))
+
+    @staticmethod
+    def non_empty(fd: FieldDescriptor, schema: dict[str, Any]) -> None:
+        """What "required" means on the wire: a non-empty string, at least one item, a set enum."""
+        if fd.is_repeated:
+            schema["minItems"] = max(schema.get("minItems", 0), 1)
+        elif fd.type in (F.TYPE_STRING, F.TYPE_BYTES):
+            schema["minLength"] = max(schema.get("minLength", 0), 1)
+        elif fd.type == F.TYPE_ENUM:
+            zero = {v.name for v in fd.enum_type.values if v.number == 0} | {0}
+            if "enum" in schema:
+                schema["enum"] = [n for n in schema["enum"] if n not in zero]
+            elif "anyOf" in schema:
+                names, number = schema["anyOf"]
+                schema["anyOf"] = [{**names, "enum": [n for n in names["enum"] if n not in zero]},
+                                   {**number, "not": {"const": 0}}]
 
     def apply_rules(self, fd: FieldDescriptor, schema: dict[str, Any]) -> None:
         rules = _rules(fd)
@@ -210,7 +302,16 @@ class Builder:
             if rules.HasField("max_len"):
                 target["maxLength"] = rules.max_len
             if rules.pattern:
-                target["pattern"] = rules.pattern
+                # the rule applies to non-empty strings: "" is the unset value and always passes
+                target["pattern"] = f"(^$)|({rules.pattern})"
+        elif fd.type in codec.INT64_TYPES and "anyOf" in target:
+            text, number = (dict(x) for x in target["anyOf"])
+            for name, key in (("gte", "minimum"), ("lte", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")):
+                if rules.HasField(name):
+                    number[key] = int(getattr(rules, name))
+            if rules.HasField("gte") and rules.gte >= 0:
+                text["pattern"] = _UINT64_PATTERN  # a string cannot state a bound, but it can state no sign
+            target["anyOf"] = [text, number]
         elif fd.type in codec.FLOAT_TYPES or fd.type in codec.INT32_TYPES or fd.type in codec.UINT32_TYPES:
             num = target["oneOf"][0] if "oneOf" in target else target
             for name, key in (("gte", "minimum"), ("lte", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")):
@@ -225,19 +326,41 @@ class Builder:
         props: dict[str, Any] = {}
         required: list[str] = []
         for fd in d.fields:
-            props[fd.json_name] = self.field(fd)
-            if field_behavior_pb2.REQUIRED in _behaviors(fd):
+            prop = self.field(fd)
+            if self.required(fd):
                 required.append(fd.json_name)
-        schema: dict[str, Any] = {"type": "object", "title": d.name, "properties": props}
+            else:
+                prop = _nullable(prop)
+            props[fd.json_name] = prop
+        # unknown fields are refused (TOWERCO_GATEWAY_UNKNOWN_FIELDS=reject, the default)
+        schema: dict[str, Any] = {"type": "object", "title": d.name + (" (patch)" if self.patch else ""),
+                                  "properties": props, "additionalProperties": False}
         if required:
             schema["required"] = required
-        desc = self.comments.get(d.full_name)
+        desc = self.comments.get(d.full_name, "")
+        ordered = self.ordered(d)
+        if ordered:
+            schema["x-towerco-ordered"] = ordered
+            desc = (desc + "\n\n" if desc else "") + _ordered_text(ordered)
         if desc:
             schema["description"] = desc
         return schema
 
+    @staticmethod
+    def ordered(d: Descriptor, prefix: str = "") -> list[dict[str, str]]:
+        """The message's field orderings, as JSON names (with a dotted query prefix)."""
+        rules = _message_rules(d)
+        if rules is None:
+            return []
+        by_name = d.fields_by_name
+        return [{"lesser": prefix + by_name[o.lesser].json_name, "greater": prefix + by_name[o.greater].json_name,
+                 **({"allowEqual": True} if o.allow_equal else {})} for o in rules.ordered]
+
     # ------------------------------------------------------------------------------ operations
-    def query_params(self, d: Descriptor, prefix: str, skip: set[str], depth: int, snake_prefix: str = "") -> list[dict[str, Any]]:
+    def query_params(self, d: Descriptor, prefix: str, skip: set[str], depth: int, snake_prefix: str = "",
+                     parents_required: bool = True, ordered: list | None = None) -> list[dict[str, Any]]:
+        """Query parameters of the fields not bound elsewhere; one is required when it and every
+        message above it are required. Orderings of expanded messages go to `ordered`."""
         out: list[dict[str, Any]] = []
         for fd in d.fields:
             snake = snake_prefix + fd.name
@@ -250,14 +373,20 @@ class Builder:
             if fd.type == F.TYPE_MESSAGE and fd.message_type.full_name not in codec.WRAPPERS | {codec.TIMESTAMP, codec.DURATION, codec.FIELD_MASK}:
                 if fd.is_repeated or depth >= MAX_QUERY_DEPTH or fd.message_type.full_name in codec.FREEFORM:
                     continue
-                out.extend(self.query_params(fd.message_type, name + ".", skip, depth + 1, snake + "."))
+                if ordered is not None:
+                    ordered.extend(self.ordered(fd.message_type, prefix=name + "."))
+                out.extend(self.query_params(fd.message_type, name + ".", skip, depth + 1, snake + ".",
+                                             parents_required and self.required(fd), ordered))
                 continue
             schema = self.field(fd)
-            if fd.type == F.TYPE_MESSAGE:
+            if fd.type == F.TYPE_MESSAGE and not (fd.message_type.full_name == codec.FIELD_MASK and "pattern" in schema):
                 schema = {k: v for k, v in self.wkt(fd.message_type).items() if k != "anyOf"} or {"type": "string"}
                 if fd.message_type.full_name in codec.WRAPPERS:
                     schema = self.scalar(fd.message_type.fields_by_name["value"])
-            param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+            required = parents_required and self.required(fd)
+            if required:
+                self.non_empty(fd, schema)
+            param: dict[str, Any] = {"name": name, "in": "query", "required": required, "schema": schema}
             desc = self.comments.get(fd.full_name)
             if desc:
                 param["description"] = desc
@@ -266,6 +395,42 @@ class Builder:
                 param["explode"] = True
             out.append(param)
         return out
+
+    def body(self, route: Route) -> dict[str, Any]:
+        """The request body's schema. An update (a request with an update_mask) takes the patch
+        mode; fields bound by the path are taken from it, so the body need not repeat them."""
+        m = route.method
+        self.patch = "update_mask" in m.input_type.fields_by_name
+        try:
+            if route.body == "*":
+                d, schema = m.input_type, self.ref(m.input_type)
+                bound_prefix = ""
+            else:
+                fd = m.input_type.fields_by_name[route.body]
+                d, schema = fd.message_type, self.field(fd)
+                bound_prefix = route.body + "."
+        finally:
+            self.patch = False
+        bound = {v.field_path[len(bound_prefix):] for v in route.template.variables
+                 if v.field_path.startswith(bound_prefix) and "." not in v.field_path[len(bound_prefix):]}
+        if d is None or "$ref" not in schema or not bound:
+            return schema
+        # a copy of the message's schema without the path-bound fields among the required
+        target = self.schemas[schema["$ref"].rsplit("/", 1)[1]]
+        json_names = {d.fields_by_name[b].json_name for b in bound if b in d.fields_by_name}
+        name = f"{route.operation_id}.Body"
+        copy = dict(target, title=f"{target.get('title', d.name)} ({route.method.name} body)")
+        copy["properties"] = dict(copy["properties"])
+        for j in json_names:  # given by the path: leave it out, or send the same value
+            copy["properties"][j] = {**copy["properties"][j], "readOnly": True}
+        copy["required"] = [r for r in target.get("required", []) if r not in json_names]
+        if not copy["required"]:
+            del copy["required"]
+        copy["description"] = (target.get("description", "") + "\n\n" + ", ".join(
+            f"`{j}`" for j in sorted(json_names)) + " come from the path: leave them out of the body "
+            "(or send the same value; a different one is refused).").strip()
+        self.schemas[name] = copy
+        return {"$ref": f"#/components/schemas/{name}"}
 
     def operation(self, route: Route) -> dict[str, Any]:
         m = route.method
@@ -276,6 +441,10 @@ class Builder:
             schema = self.scalar(chain[-1])
             if var.multi or route.template.variable_pattern(var) not in ("*",):
                 schema = {"type": "string", "description": f"matches {route.template.variable_pattern(var)}"}
+            else:  # the bound field's own rules: a path segment is never empty
+                self.apply_rules(chain[-1], schema)
+                if schema.get("type") == "string":
+                    schema["minLength"] = max(schema.get("minLength", 0), 1)
             param = {"name": var.param_name, "in": "path", "required": True, "schema": schema}
             desc = self.comments.get(chain[-1].full_name, "")
             if var.param_name != var.field_path:
@@ -283,11 +452,12 @@ class Builder:
             if desc:
                 param["description"] = desc
             params.append(param)
+        ordered: list[dict[str, str]] = []
         if route.body != "*":
             skip = {v.field_path for v in route.template.variables}
             if route.body:
                 skip.add(route.body)
-            params.extend(self.query_params(m.input_type, "", skip, 0))
+            params.extend(self.query_params(m.input_type, "", skip, 0, ordered=ordered))
         params.append({"$ref": "#/components/parameters/XRequestTimeout"})
         params.append({"$ref": "#/components/parameters/XCorrelationId"})
         op: dict[str, Any] = {
@@ -298,14 +468,23 @@ class Builder:
         }
         if comment:
             op["description"] = comment
+        for o in ordered:
+            o["in"] = "query"
         if route.body:
-            if route.body == "*":
-                schema = self.ref(m.input_type)
-            else:
-                schema = self.field(m.input_type.fields_by_name[route.body])
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+            body_msg = m.input_type if route.body == "*" else m.input_type.fields_by_name[route.body].message_type
+            if body_msg is not None:
+                found = self.ordered(body_msg) + [
+                    o for f in body_msg.fields if f.message_type is not None and not f.is_repeated
+                    for o in self.ordered(f.message_type, prefix=f.json_name + ".")]
+                ordered.extend({**o, "in": "body"} for o in found)
+        if ordered:
+            op["x-towerco-ordered"] = ordered
+            op["description"] = (op.get("description", "") + "\n\n" + _ordered_text(ordered)).strip()
+        if route.body:
+            op["requestBody"] = {"required": route.body_required,
+                                 "content": {"application/json": {"schema": self.body(route)}}}
         if route.server_streaming:
-            params.append({"name": live.TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+            params.append({"name": TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
                            "description": "The bearer token, for clients that cannot send headers (EventSource, WebSocket)."})
             if route.resume_field:
                 params.append({"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": _INT64_PATTERN},
@@ -318,6 +497,11 @@ class Builder:
             )
             op["x-server-streaming"] = True
             op["responses"] = {"200": {"description": "A stream of events", "content": {"text/event-stream": {"schema": {"type": "string", "description": f"Server-Sent Events; each `data:` is one {m.output_type.name} (see x-item-schema)."}, "x-item-schema": item}}}}
+        elif route.http_body:  # google.api.HttpBody: the raw bytes, with the content type they carry
+            params.append({"name": TOKEN_PARAM, "in": "query", "required": False, "schema": {"type": "string"},
+                           "description": "The bearer token, e.g. a signed download link's (browsers cannot set headers)."})
+            op["responses"] = {"200": {"description": "The raw content", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
         else:
             if route.response_body:
                 schema = self.field(m.output_type.fields_by_name[route.response_body])
@@ -327,6 +511,8 @@ class Builder:
             op["responses"] = {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
         for code in ERROR_CODES:
             op["responses"][code] = {"$ref": f"#/components/responses/E{code}"}
+        if route.body:
+            op["responses"]["415"] = {"$ref": "#/components/responses/E415"}
         op["responses"]["default"] = {"$ref": "#/components/responses/Error"}
         return op
 
@@ -335,7 +521,8 @@ _ERROR_TEXT = {
     "400": "Bad request (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE); field violations in a google.rpc.BadRequest detail.",
     "401": "No or bad bearer token (UNAUTHENTICATED); see WWW-Authenticate.",
     "403": "The token's roles or tenant do not allow this (PERMISSION_DENIED).",
-    "404": "Not found (NOT_FOUND).",
+    "404": "Not found (NOT_FOUND): it does not exist, or the caller's tenant may not see it.",
+    "415": "The request body is not sent as Content-Type: application/json.",
     "429": "Rate limited (RESOURCE_EXHAUSTED); see Retry-After.",
     "503": "The upstream service is unavailable or its circuit breaker is open (UNAVAILABLE); see Retry-After.",
 }
@@ -403,10 +590,11 @@ def build(routes: list[Route], *, title: str = "Towerco AIOps API", version: str
             "responses": responses,
             "parameters": {
                 "XRequestTimeout": {"name": "X-Request-Timeout", "in": "header", "required": False,
-                                    "schema": {"type": "string", "pattern": r"^[1-9][0-9]{0,2}(\.[0-9]{1,3})?s?$"},
-                                    "description": "Deadline for this request: seconds (\"2.5\", \"2.5s\") or \"800ms\"; default 10 s."},
+                                    "schema": {"type": "string", "pattern": edge.REQUEST_TIMEOUT_PATTERN},
+                                    "description": "Deadline for this request: seconds (\"2.5\", \"2.5s\") or \"800ms\", "
+                                                   "at most 3 decimals; default 10 s, capped by the gateway's maximum."},
                 "XCorrelationId": {"name": "X-Correlation-ID", "in": "header", "required": False,
-                                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                                   "schema": {"type": "string", "pattern": edge.CORRELATION_PATTERN},
                                    "description": "Echoed back and forwarded upstream; generated when absent."},
             },
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},

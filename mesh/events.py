@@ -3,6 +3,7 @@
 Streams (created or updated idempotently by `ensure_streams`):
 
     TELEMETRY  telemetry.samples.*   raw sample batches; the token is partition_of(site_id)
+                                     (subject names and partitioning: mesh/subjects.py)
     EVENTS     towerco.>             domain events, each wrapped in an Envelope (towerco.events.v1)
     DLQ        dlq.>                 messages a consumer gave up on: dlq.<stream>.<durable>
 
@@ -28,10 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,16 +47,14 @@ from nats.js import JetStreamContext, api
 from prometheus_client import Counter
 from towerco.events.v1 import events_pb2
 
-from mesh import db
+from mesh import config, db
+from mesh.subjects import DLQ_SUBJECTS, EVENTS_SUBJECTS, TELEMETRY_SUBJECTS, dlq_subject
 
 log = logging.getLogger("towerco.events")
 
 TELEMETRY_STREAM = "TELEMETRY"
 EVENTS_STREAM = "EVENTS"
 DLQ_STREAM = "DLQ"
-TELEMETRY_SUBJECTS = "telemetry.samples.*"
-EVENTS_SUBJECTS = "towerco.>"
-DLQ_SUBJECTS = "dlq.>"
 DUPLICATE_WINDOW_S = 120.0
 DAY_S = 86400.0
 
@@ -116,20 +113,12 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 30.0) -> Cl
 
 
 def telemetry_max_age_s() -> float:
-    raw = os.environ.get("TOWERCO_TELEMETRY_STREAM_MAX_AGE_S", "")
-    if not raw:
-        return 7 * DAY_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"TOWERCO_TELEMETRY_STREAM_MAX_AGE_S must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError("TOWERCO_TELEMETRY_STREAM_MAX_AGE_S must be positive")
-    return value
+    """How long the TELEMETRY stream keeps a batch (TOWERCO_TELEMETRY_STREAM_MAX_AGE_S, mesh.config)."""
+    return config.load(config.TelemetrySettings).stream_max_age_s
 
 
 def stream_configs() -> list[api.StreamConfig]:
-    common = dict(storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+    common: dict[str, Any] = dict(storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
                   discard=api.DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW_S, num_replicas=1)
     return [
         api.StreamConfig(name=TELEMETRY_STREAM, subjects=[TELEMETRY_SUBJECTS],
@@ -147,7 +136,7 @@ async def ensure_streams(js: JetStreamContext) -> None:
     safe to run from every process at start-up (a concurrent creator wins, we then update)."""
     for cfg in stream_configs():
         try:
-            await js.stream_info(cfg.name)
+            await js.stream_info(cfg.name or "")
         except nats.js.errors.NotFoundError:
             try:
                 await js.add_stream(cfg)
@@ -155,17 +144,6 @@ async def ensure_streams(js: JetStreamContext) -> None:
             except nats.js.errors.BadRequestError:
                 pass  # created concurrently by another process: update below
         await js.update_stream(cfg)
-
-
-def partition_of(site_id: str, partitions: int) -> int:
-    """The stable partition of a site: crc32 of its UTF-8 id modulo `partitions`."""
-    if partitions <= 0:
-        raise ValueError("partitions must be positive")
-    return zlib.crc32(site_id.encode("utf-8")) % partitions
-
-
-def telemetry_subject(site_id: str, partitions: int) -> str:
-    return f"telemetry.samples.{partition_of(site_id, partitions)}"
 
 
 # --------------------------------------------------------------------------- envelope
@@ -202,7 +180,7 @@ _ = any_pb2  # the Any type is what Envelope.payload is
 # --------------------------------------------------------------------------- headers / context
 
 
-def _sdk_context():
+def _sdk_context() -> Any:
     try:
         from sdk import context as sdk_context
     except ImportError:  # sdk not installed alongside: no correlation id propagation
@@ -243,6 +221,7 @@ class MessageContext:
         """Bind the correlation id (sdk.context) and attach the trace context for the block, so
         logs, spans and outgoing calls made while handling the message continue its story."""
         token = None
+        otel_context: Any = None
         try:
             from opentelemetry import context as otel_context
 
@@ -373,10 +352,10 @@ class PullConsumer:
         self.backoff = tuple(float(b) for b in backoff) or (1.0,)
         self.fetch_timeout = fetch_timeout
         self.max_ack_pending = max_ack_pending
-        self.dlq_subject = f"dlq.{stream}.{durable}"
+        self.dlq_subject = dlq_subject(stream, durable)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._busy = False
         self.stats = {"acked": 0, "naked": 0, "dead_lettered": 0, "fetch_errors": 0}
 
@@ -391,6 +370,7 @@ class PullConsumer:
                 try:
                     if self._sub is None:
                         await self._subscribe()
+                    assert self._sub is not None
                     msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
                 except TimeoutError:  # nats.errors.TimeoutError too
                     delay = 0.2

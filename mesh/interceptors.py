@@ -35,7 +35,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -143,7 +143,7 @@ class _Call:
         self.identity: auth.Identity | None = None
 
 
-def _request_type(handler: grpc.RpcMethodHandler) -> Any:
+def _request_type(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     deserializer = handler.request_deserializer
     return getattr(deserializer, "__self__", None)
 
@@ -181,13 +181,14 @@ class MeshServerInterceptor(AsyncServerInterceptor):
         self.validate = validate
         self.access_log = access_log
         self.public_prefixes = public_prefixes
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     # The base class's hook; unused because intercept_service builds kind-specific wrappers.
-    async def intercept(self, method: Callable, request_or_iterator: Any, context: Any, method_name: str) -> Any:
+    async def intercept(self, method: Callable[..., Any], request_or_iterator: Any, context: Any,
+                        method_name: str) -> Any:
         return await method(request_or_iterator, context)
 
-    async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+    async def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
         name = handler_call_details.method
         wrapped = self._handlers.get(name)
         if wrapped is not None:
@@ -328,105 +329,88 @@ class MeshServerInterceptor(AsyncServerInterceptor):
 
     # ------------------------------------------------------------------------------------------
     # Wrappers per kind
+    #
+    # The four RPC kinds differ along two seams only: how the request arrives (one message,
+    # validated before the handler runs, or a stream, validated as the handler reads it) and how
+    # the response leaves (one awaited message, or a stream passed through). `_request_one` /
+    # `_request_stream` give the request side, `_unary_response` / `_stream_response` wrap the
+    # handler with the stages around it (admit, fail, finish) once per response shape.
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], name: str) -> grpc.RpcMethodHandler[Any, Any]:
         method = _Method(name, _request_type(handler))
         check = self.validate and method.validate
-        admit, fail, finish = self._admit, self._fail, self._finish
-        validate_one = self._check
-        validated_stream = self._validated_stream
-        kw = {
+        kw: dict[str, Any] = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
-
         if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
-                call = _Call(method)
-                method.in_flight.inc()
-                try:
-                    admit(call, context)
-                    if check:
-                        validate_one(request)
-                    response = inner(request, context)
-                    if hasattr(response, "__await__"):
-                        response = await response
-                    call.code = _final_code(context)
-                    return response
-                except BaseException as exc:
-                    await fail(call, context, exc)
-                    raise
-                finally:
-                    finish(call)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, **kw)
-
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary_response(method, handler.unary_unary, self._request_one(check)), **kw)
         if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                call = _Call(method)
-                method.in_flight.inc()
-                try:
-                    admit(call, context)
-                    if check:
-                        validate_one(request)
-                    result = inner_us(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    elif hasattr(result, "__await__"):
-                        await result  # read/write API: the handler wrote with context.write()
-                    else:
-                        for item in result or ():
-                            yield item
-                    call.code = _final_code(context)
-                except BaseException as exc:
-                    await fail(call, context, exc)
-                    raise
-                finally:
-                    finish(call)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
-
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream_response(method, handler.unary_stream, self._request_one(check)), **kw)
         if handler.stream_unary:
-            inner_su = handler.stream_unary
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary_response(method, handler.stream_unary, self._request_stream(check)), **kw)
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream_response(method, handler.stream_stream, self._request_stream(check)), **kw)
 
-            async def stream_unary(request_iterator: Any, context: Any) -> Any:
-                call = _Call(method)
-                method.in_flight.inc()
-                try:
-                    admit(call, context)
-                    requests = validated_stream(request_iterator) if check else request_iterator
-                    response = inner_su(requests, context)
-                    if hasattr(response, "__await__"):
-                        response = await response
-                    call.code = _final_code(context)
-                    return response
-                except BaseException as exc:
-                    await fail(call, context, exc)
-                    raise
-                finally:
-                    finish(call)
+    def _request_one(self, check: bool) -> Callable[[Any], Any] | None:
+        """A single request: validated before the handler runs (None: nothing to do)."""
+        if not check:
+            return None
+        validate_one = self._check
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
+        def prepare(request: Any) -> Any:
+            validate_one(request)
+            return request
 
-        inner_ss = handler.stream_stream
+        return prepare
 
-        async def stream_stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+    def _request_stream(self, check: bool) -> Callable[[Any], Any] | None:
+        """A request stream: each message validated as the handler iterates it."""
+        return self._validated_stream if check else None
+
+    def _unary_response(self, method: _Method, inner: Any, prepare: Callable[[Any], Any] | None
+                        ) -> Callable[[Any, Any], Awaitable[Any]]:
+        admit, fail, finish = self._admit, self._fail, self._finish
+
+        async def handle(request: Any, context: Any) -> Any:
             call = _Call(method)
             method.in_flight.inc()
             try:
                 admit(call, context)
-                requests = validated_stream(request_iterator) if check else request_iterator
-                result = inner_ss(requests, context)
+                response = inner(request if prepare is None else prepare(request), context)
+                if hasattr(response, "__await__"):
+                    response = await response
+                call.code = _final_code(context)
+                return response
+            except BaseException as exc:
+                await fail(call, context, exc)
+                raise
+            finally:
+                finish(call)
+
+        return handle
+
+    def _stream_response(self, method: _Method, inner: Any, prepare: Callable[[Any], Any] | None
+                         ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        admit, fail, finish = self._admit, self._fail, self._finish
+
+        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+            call = _Call(method)
+            method.in_flight.inc()
+            try:
+                admit(call, context)
+                result = inner(request if prepare is None else prepare(request), context)
                 if hasattr(result, "__aiter__"):
                     async for item in result:
                         yield item
                 elif hasattr(result, "__await__"):
-                    await result
+                    await result  # read/write API: the handler wrote with context.write()
+                else:
+                    for item in result or ():
+                        yield item
                 call.code = _final_code(context)
             except BaseException as exc:
                 await fail(call, context, exc)
@@ -434,7 +418,7 @@ class MeshServerInterceptor(AsyncServerInterceptor):
             finally:
                 finish(call)
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
+        return handle
 
 
 def server_interceptors(settings: Settings, service: str, *, extra: Sequence[Any] = (), **kw: Any) -> list[Any]:

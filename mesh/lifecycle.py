@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -44,9 +43,9 @@ async def worker_runtime(name: str, *, table: str, **pool_kwargs: Any) -> AsyncI
     settings = get_settings()
     configure_logging(settings, name)
     stop_metrics = None
-    raw = os.environ.get(f"TOWERCO_{name.upper()}_METRICS_PORT", "").strip()
-    if raw and int(raw) >= 0:
-        port, stop_metrics = start_metrics_server(int(raw), settings.host)
+    wanted = settings.worker_metrics_ports.get(name, -1)
+    if settings.is_set(f"TOWERCO_{name.upper()}_METRICS_PORT") and wanted >= 0:
+        port, stop_metrics = start_metrics_server(wanted, settings.host)
         log.info("metrics on %s:%d", settings.host, port)
     pool = await db.create_pool(settings.database_url, **pool_kwargs)
     try:

@@ -20,7 +20,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -159,7 +159,7 @@ def _trace_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any
     return event
 
 
-def _json(_logger: Any, _name: str, event: dict[str, Any]) -> str:
+def _json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
     return orjson.dumps(event, default=repr).decode()
 
 
@@ -356,7 +356,7 @@ def setup_tracing(settings: Settings, service: str) -> Any | None:
         _tracer_provider = TracerProvider(resource=Resource.create({"service.name": f"towerco-{service}"}))
         _tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(_tracer_provider)
-    return aio_server_interceptor(tracer_provider=_tracer_provider)
+    return aio_server_interceptor(tracer_provider=_tracer_provider)  # type: ignore[no-untyped-call]
 
 
 def shutdown_tracing() -> None:

@@ -7,8 +7,8 @@ So a rollback publishes nothing, and a NATS outage loses nothing (rows wait in t
 
     async with pool.acquire() as conn, conn.transaction():
         await store.insert_site(conn, ...)
-        await outbox.enqueue(conn, schema="sites", subject="towerco.sites.site.created",
-                             event_type="towerco.sites.site.created", source="sites",
+        created = subjects.sites_event("site", "created")     # towerco.sites.site.created
+        await outbox.enqueue(conn, schema="sites", subject=created, event_type=created, source="sites",
                              payload=site_created, tenant_ids=[tenant])
 
     relay = OutboxRelay(pool, js, schema="sites")   # in server.py: rt.spawn(relay.run())
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import re
 import zlib
@@ -47,13 +46,14 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from mesh import db, events
+from mesh import config, db, events
 from mesh.events import Envelope
+from mesh.listener import PgListener
 
 log = logging.getLogger("towerco.outbox")
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-DEFAULT_RETENTION_S = 7 * 86400.0
+DEFAULT_RETENTION_S = config.OutboxSettings.retention_s  # the declared default
 MAX_ENVELOPE_BYTES = 900 * 1024  # under NATS' default 1 MiB max_payload, leaving room for headers
 
 PUBLISHED = Counter("towerco_outbox_published_total", "Outbox rows published to JetStream", ["schema"])
@@ -102,16 +102,8 @@ CREATE INDEX IF NOT EXISTS outbox_published_at_idx ON {s}.outbox (published_at) 
 
 
 def retention_s() -> float:
-    raw = os.environ.get("TOWERCO_OUTBOX_RETENTION_S", "")
-    if not raw:
-        return DEFAULT_RETENTION_S
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"TOWERCO_OUTBOX_RETENTION_S must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError("TOWERCO_OUTBOX_RETENTION_S must be positive")
-    return value
+    """How long published rows are kept (TOWERCO_OUTBOX_RETENTION_S, mesh.config)."""
+    return config.load(config.OutboxSettings).retention_s
 
 
 @dataclass(frozen=True)
@@ -193,7 +185,8 @@ async def read_since(conn: asyncpg.Connection, *, schema: str, after_id: int, li
 async def oldest_id(conn: asyncpg.Connection, *, schema: str) -> int | None:
     """The smallest id still in the outbox (None when empty): a reader whose position is below
     it - 1 has missed purged rows and must resynchronise."""
-    return await conn.fetchval(f"SELECT min(id) FROM {_check_schema(schema)}.outbox")
+    value = await conn.fetchval(f"SELECT min(id) FROM {_check_schema(schema)}.outbox")
+    return None if value is None else int(value)
 
 
 class OutboxRelay:
@@ -213,8 +206,10 @@ class OutboxRelay:
         self.purge_every_s = purge_every_s
         self.database_url = database_url
         self._wake = asyncio.Event()
-        self._listener: Any = None
-        self._pooled = False
+        # held from the pool for the relay's lifetime without a database_url (the pool needs >= 2)
+        self._listener = PgListener(channel(self.schema), on_notify=self._wake.set, on_lost=self._wake.set,
+                                    database_url=database_url, pool=None if database_url else pool,
+                                    application_name=f"towerco:outbox-relay:{self.schema}")
         self.published = 0
 
     # -- public
@@ -226,7 +221,7 @@ class OutboxRelay:
         try:
             while True:
                 try:
-                    await self._ensure_listener()
+                    await self._listener.ensure()
                     self._wake.clear()
                     while await self.publish_pending() >= self.batch:
                         pass
@@ -248,11 +243,11 @@ class OutboxRelay:
                     else:
                         log.exception("outbox %s relay failed; retrying in %.1fs", self.schema, delay)
                     if not events.is_transient(exc) or db.is_unavailable(exc):
-                        await self._close_listener()  # PG trouble: start from a fresh connection
+                        await self._listener.close()  # PG trouble: start from a fresh connection
                     await asyncio.sleep(delay + random.uniform(0, delay / 2))
                     delay = min(delay * 2, 5.0)
         finally:
-            await self._close_listener()
+            await self._listener.close()
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished rows in id order; return how many were published.
@@ -298,47 +293,6 @@ class OutboxRelay:
         return count
 
     # -- internals
-
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        await self._close_listener()
-        if self.database_url:
-            conn = await db.connect(self.database_url, application_name=f"towerco:outbox-relay:{self.schema}")
-            self._pooled = False
-        else:  # held from the pool for the relay's lifetime (the pool needs >= 2 connections)
-            conn = await self.pool.acquire()
-            self._pooled = True
-        self._listener = conn
-        await conn.add_listener(channel(self.schema), self._notified)
-        conn.add_termination_listener(self._terminated)
-        self._wake.set()  # catch up with anything committed while we were not listening
-
-    def _notified(self, *_: Any) -> None:
-        self._wake.set()
-
-    def _terminated(self, *_: Any) -> None:
-        self._wake.set()
-
-    async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is None:
-            return
-        if self._pooled:
-            # Never hand a LISTENing connection back to the pool: terminate it (synchronous, so a
-            # second cancellation cannot skip it) and release it shielded, so pool.close() is
-            # never left waiting for a connection a cancelled relay still holds.
-            conn.terminate()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.pool.release(conn))
-            return
-        with contextlib.suppress(Exception):
-            await conn.remove_listener(channel(self.schema), self._notified)
-        if not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
-            if not conn.is_closed():
-                conn.terminate()
 
     async def _wait(self) -> None:
         with contextlib.suppress(TimeoutError):

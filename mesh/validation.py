@@ -23,6 +23,7 @@ from towerco.validate.v1 import validate_pb2
 from mesh.errors import FieldViolation, InvalidArgument
 
 _EXT = validate_pb2.field
+_MSG_EXT = validate_pb2.message
 _T = FieldDescriptor
 _NUMERIC = {
     _T.TYPE_DOUBLE,
@@ -87,7 +88,7 @@ def _value_checks(fd: FieldDescriptor, rules: validate_pb2.FieldRules) -> list[V
                 bounds.append((name, getattr(rules, name)))
         if bounds:
             checks.append(_bounds_check(bounds))
-    if t == _T.TYPE_ENUM and rules.defined_only:
+    if t == _T.TYPE_ENUM and rules.defined_only and fd.enum_type is not None:
         defined = frozenset(v.number for v in fd.enum_type.values)
         checks.append(lambda v: "must be one of the defined values" if v not in defined else None)
     return checks
@@ -124,6 +125,7 @@ def _is_map(fd: FieldDescriptor) -> bool:
     return (
         fd.is_repeated
         and fd.type == _T.TYPE_MESSAGE
+        and fd.message_type is not None
         and fd.message_type.GetOptions().map_entry
     )
 
@@ -139,8 +141,10 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
     max_items = rules.max_items if rules is not None and rules.HasField("max_items") else None
 
     if _is_map(fd):
+        assert fd.message_type is not None
         value_fd = fd.message_type.fields_by_name["value"]
-        nested = _rules_for(value_fd.message_type) if value_fd.type == _T.TYPE_MESSAGE else None
+        nested = (_rules_for(value_fd.message_type)
+                  if value_fd.type == _T.TYPE_MESSAGE and value_fd.message_type is not None else None)
         if not (required or min_items is not None or max_items is not None or nested):
             return None
 
@@ -160,7 +164,24 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
 
         return check_map
 
-    nested = _rules_for(fd.message_type) if is_message else None
+    if (is_message and fd.message_type is not None and fd.message_type.full_name == "google.protobuf.FieldMask"
+            and rules is not None and rules.mask_paths):
+        allowed = frozenset(rules.mask_paths) | {"*"}
+        listed = ", ".join(rules.mask_paths)
+
+        def check_mask(msg: Message, prefix: str, out: list[FieldViolation]) -> None:
+            if not msg.HasField(name):
+                if required:
+                    out.append(FieldViolation(prefix + name, "is required"))
+                return
+            for i, path in enumerate(getattr(msg, name).paths):
+                if path.strip() not in allowed:
+                    out.append(FieldViolation(f"{prefix}{name}.paths[{i}]",
+                                              f"{path!r} is not a field that can be changed; one of: {listed}"))
+
+        return check_mask
+
+    nested = _rules_for(fd.message_type) if is_message and fd.message_type is not None else None
     if not (required or value_checks or min_items is not None or max_items is not None or nested):
         return None
 
@@ -220,6 +241,37 @@ def _compile_field(fd: FieldDescriptor, rules: validate_pb2.FieldRules | None) -
     return check_scalar
 
 
+def _comparable(msg: Message, fd: FieldDescriptor) -> Any:
+    """A field's value as something ordered (Timestamp/Duration as (seconds, nanos))."""
+    value = getattr(msg, fd.name)
+    if fd.type == _T.TYPE_MESSAGE:
+        return (value.seconds, value.nanos)
+    return value
+
+
+def _message_checks(desc: Descriptor) -> list[FieldCheck]:
+    """The message-level rules (towerco.validate.v1.message): field orderings."""
+    opts = desc.GetOptions()
+    if not opts.HasExtension(_MSG_EXT):
+        return []
+    checks: list[FieldCheck] = []
+    for pair in opts.Extensions[_MSG_EXT].ordered:
+        lo_fd, hi_fd = desc.fields_by_name[pair.lesser], desc.fields_by_name[pair.greater]
+
+        def ordered(msg: Message, prefix: str, out: list[FieldViolation], lo_fd: FieldDescriptor = lo_fd,
+                    hi_fd: FieldDescriptor = hi_fd, equal_ok: bool = pair.allow_equal) -> None:
+            for fd in (lo_fd, hi_fd):
+                if (not msg.HasField(fd.name)) if fd.has_presence else not getattr(msg, fd.name):
+                    return
+            hi, lo = _comparable(msg, hi_fd), _comparable(msg, lo_fd)
+            if not (hi >= lo if equal_ok else hi > lo):
+                words = f"at least {lo_fd.name}" if equal_ok else f"after {lo_fd.name}"
+                out.append(FieldViolation(prefix + hi_fd.name, f"must be {words}"))
+
+        checks.append(ordered)
+    return checks
+
+
 # Compiled rules per message full name; an empty tuple means "nothing to check anywhere below".
 _compiled: dict[str, tuple[FieldCheck, ...]] = {}
 _compiling: set[str] = set()
@@ -251,6 +303,7 @@ def _rules_for(desc: Descriptor) -> tuple[FieldCheck, ...] | _Lazy | None:
             check = _compile_field(fd, rules)
             if check is not None:
                 checks.append(check)
+        checks.extend(_message_checks(desc))
     finally:
         _compiling.discard(key)
     compiled = tuple(checks)
@@ -270,12 +323,15 @@ def _run(checks: tuple[FieldCheck, ...] | _Lazy, msg: Message, prefix: str, out:
 
 def violations(msg: Message) -> list[FieldViolation]:
     """Every rule violation in `msg`, in field order, depth first."""
-    checks = _compiled.get(msg.DESCRIPTOR.full_name)
+    checks: tuple[FieldCheck, ...] | _Lazy | None = _compiled.get(msg.DESCRIPTOR.full_name)
     if checks is None:
-        checks = _rules_for(msg.DESCRIPTOR) or ()
+        checks = _rules_for(msg.DESCRIPTOR) or ()  # type: ignore[arg-type]  # upb's Descriptor is one
     if not checks:
         return []
     out: list[FieldViolation] = []
+    if isinstance(checks, _Lazy):  # only while its own type is being compiled
+        _run(checks, msg, "", out)
+        return out
     for check in checks:
         check(msg, "", out)
     return out

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEPS = ("google/api/annotations.proto", "google/api/http.proto", "google/api/field_behavior.proto")
+DEPS = ("google/api/annotations.proto", "google/api/http.proto", "google/api/field_behavior.proto",
+        "google/api/httpbody.proto")
 
 
 def buf_exe() -> str:

@@ -4,6 +4,8 @@ The generator is pinned through pyproject (grpcio-tools, mypy-protobuf), so the 
 same on every machine; tests/unit/test_gen_fresh.py fails when gen/ drifts from proto/.
 It also writes gen/towerco/descriptor_set.binpb: every file with its imports and source info
 (comments), which the gateway reads for OpenAPI descriptions (the _pb2 modules carry no comments).
+From that set it writes the SDK's typed clients (scripts/gen_clients.py): sdk/generated.py, or
+OUT_DIR/sdk/generated.py when OUT_DIR is given.
 Usage: python scripts/gen.py [OUT_DIR]   (default: gen/)
 """
 
@@ -44,6 +46,7 @@ def generate(out: Path) -> None:
         tmp_path = Path(tmp)
         for d in [tmp_path / "towerco", *[p for p in (tmp_path / "towerco").rglob("*") if p.is_dir()]]:
             (d / "__init__.py").touch()
+        (tmp_path / "towerco" / "py.typed").touch()  # PEP 561: the .pyi stubs are for type checkers
         target = out / "towerco"
         if target.exists():
             shutil.rmtree(target)
@@ -51,5 +54,15 @@ def generate(out: Path) -> None:
         shutil.copytree(tmp_path / "towerco", target)
 
 
+def generate_clients(out: Path) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gen_clients
+
+    clients = ROOT / "sdk" / "generated.py" if out.resolve() == (ROOT / "gen").resolve() else out / "sdk" / "generated.py"
+    gen_clients.write(out / "towerco" / "descriptor_set.binpb", clients)
+
+
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "gen")
+    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "gen"
+    generate(out_dir)
+    generate_clients(out_dir)

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc.aio import AioRpcError
@@ -132,7 +133,7 @@ class CircuitOpenError(AioRpcError):
             debug_error_string="towerco.sdk circuit breaker rejected the call",
         )
 
-    def __reduce__(self):  # keep it picklable despite the different constructor
+    def __reduce__(self) -> tuple[Any, tuple[str, float]]:  # picklable despite the constructor
         return (CircuitOpenError, (self.target, self.retry_in_s))
 
 
@@ -146,6 +147,10 @@ class Permit:
 
 
 class _Metrics:
+    state: Any
+    transitions: Any
+    rejected: Any
+
     def __init__(self) -> None:
         try:
             import prometheus_client as prom  # optional: the sdk works without it
@@ -209,7 +214,7 @@ class CircuitBreaker:
         self._trials_ok = 0
         self._metrics = _get_metrics() if metrics else None
         # The rejection counter's child, bound once: a rejection is the hot path of an open breaker.
-        self._rejected = None
+        self._rejected: Any = None
         if self._metrics is not None and self._metrics.state is not None:
             self._metrics.state.labels(target).set(int(State.CLOSED))
             self._rejected = self._metrics.rejected.labels(target)
@@ -296,7 +301,7 @@ class CircuitBreaker:
             duration_s is not None and duration_s > self.config.slow_call_threshold_s
         )
         now = self._clock()
-        changes: list[tuple[State, State, dict]] = []
+        changes: list[tuple[State, State, dict[str, Any]]] = []
         with self._lock:
             if permit.generation != self._generation:
                 return  # the call started in an earlier state; its outcome no longer matters
@@ -341,7 +346,7 @@ class CircuitBreaker:
             _, failed = window.popleft()
             self._failures -= failed
 
-    def _maybe_half_open(self, now: float) -> tuple[State, State, dict] | None:
+    def _maybe_half_open(self, now: float) -> tuple[State, State, dict[str, Any]] | None:
         if self._state is State.OPEN and now >= self._open_until:
             self._state = State.HALF_OPEN
             self._generation += 1
@@ -350,7 +355,7 @@ class CircuitBreaker:
             return (State.OPEN, State.HALF_OPEN, {"trials": self.config.half_open_max_calls})
         return None
 
-    def _open(self, now: float, before: State, info: dict) -> tuple[State, State, dict]:
+    def _open(self, now: float, before: State, info: dict[str, Any]) -> tuple[State, State, dict[str, Any]]:
         self._opens += 1
         nominal = self.config.nominal_open_s(self._opens)
         spread = self.config.jitter * (2.0 * self._rng() - 1.0)
@@ -363,7 +368,7 @@ class CircuitBreaker:
         info = dict(info, open_for_s=round(self._open_for, 3), consecutive_opens=self._opens)
         return (before, State.OPEN, info)
 
-    def _close(self) -> tuple[State, State, dict]:
+    def _close(self) -> tuple[State, State, dict[str, Any]]:
         before = self._state
         self._state = State.CLOSED
         self._generation += 1
@@ -374,7 +379,7 @@ class CircuitBreaker:
         self._trials_ok = 0
         return (before, State.CLOSED, {})
 
-    def _announce(self, before: State, after: State, info: dict) -> None:
+    def _announce(self, before: State, after: State, info: dict[str, Any]) -> None:
         log.log(
             logging.WARNING if after is not State.CLOSED else logging.INFO,
             "breaker_state_change",

@@ -16,7 +16,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Final
 
 __all__ = [
@@ -83,7 +83,7 @@ def bind(
     Only the keywords you pass change; pass None to clear one explicitly. A deadline is never
     extended: binding a later deadline than the one already bound keeps the earlier one.
     """
-    resets = []
+    resets: list[tuple[ContextVar[Any], Token[Any]]] = []
     if token is not UNSET:
         resets.append((outgoing_token, outgoing_token.set(_strip_bearer(token))))
     if correlation_id is not UNSET:

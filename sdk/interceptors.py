@@ -73,7 +73,7 @@ class _UnaryUnary(UnaryUnaryClientInterceptor):
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self.inner.intercept_unary_unary(continuation, client_call_details, request)
 
 
@@ -81,7 +81,7 @@ class _UnaryStream(UnaryStreamClientInterceptor):
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self.inner.intercept_unary_stream(continuation, client_call_details, request)
 
 
@@ -89,7 +89,7 @@ class _StreamUnary(StreamUnaryClientInterceptor):
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await self.inner.intercept_stream_unary(continuation, client_call_details, request_iterator)
 
 
@@ -97,7 +97,7 @@ class _StreamStream(StreamStreamClientInterceptor):
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await self.inner.intercept_stream_stream(continuation, client_call_details, request_iterator)
 
 
@@ -154,22 +154,22 @@ class PropagationInterceptor(_AllKinds):
                 metadata.add(AUTHORIZATION, token)
         if CORRELATION_ID not in present:
             metadata.add(CORRELATION_ID, context.correlation_id.get() or _new_correlation_id())
-        return details._replace(timeout=timeout, metadata=metadata)
+        return details._replace(timeout=timeout, metadata=metadata)  # type: ignore[attr-defined,no-any-return]
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(await self._details(client_call_details), request)
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(await self._details(client_call_details), request)
 
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(await self._details(client_call_details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(await self._details(client_call_details), request_iterator)
 
 
-class _RejectedCall(grpc.aio.UnaryUnaryCall):
+class _RejectedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
     """A unary-unary call the breaker rejected: finished, UNAVAILABLE, never sent.
 
     Awaiting it raises CircuitOpenError, as awaiting a failed call raises AioRpcError. The
@@ -191,7 +191,7 @@ class _RejectedCall(grpc.aio.UnaryUnaryCall):
 
     def __await__(self) -> Generator[Any, None, Any]:
         raise self._error()
-        yield  # pragma: no cover - makes __await__ a generator, as the protocol wants
+        yield  # type: ignore[unreachable]  # makes __await__ a generator, as the protocol wants
 
     def cancelled(self) -> bool:
         return False
@@ -218,10 +218,10 @@ class _RejectedCall(grpc.aio.UnaryUnaryCall):
         return grpc.StatusCode.UNAVAILABLE
 
     async def details(self) -> str:
-        return self._error().details()
+        return self._error().details() or ""
 
     async def debug_error_string(self) -> str:
-        return self._error().debug_error_string()
+        return self._error().debug_error_string() or ""
 
     async def wait_for_connection(self) -> None:
         raise self._error()
@@ -247,9 +247,9 @@ class BreakerInterceptor(_AllKinds):
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.breaker = breaker
-        self._watchers: set[asyncio.Task] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         breaker = self.breaker
         permit = breaker.try_acquire()
         if not isinstance(permit, Permit):
@@ -301,7 +301,8 @@ class BreakerInterceptor(_AllKinds):
         except Exception:
             breaker.release(permit)
 
-    async def _stream(self, continuation, client_call_details, request_or_iterator, *, first_sign: bool):
+    async def _stream(self, continuation: Any, client_call_details: Any, request_or_iterator: Any, *,
+                      first_sign: bool) -> Any:
         permit = self.breaker.acquire()
         try:
             call = await continuation(client_call_details, request_or_iterator)
@@ -314,11 +315,11 @@ class BreakerInterceptor(_AllKinds):
         self._watch(call, permit, first_sign=first_sign)
         return call
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await self._stream(continuation, client_call_details, request, first_sign=True)
 
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await self._stream(continuation, client_call_details, request_iterator, first_sign=False)
 
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await self._stream(continuation, client_call_details, request_iterator, first_sign=True)

@@ -22,6 +22,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 FLOAT_V = 53.5  # rectifier float voltage (-48 V system, magnitude)
 BOOST_V = 54.5  # while recharging the battery
@@ -246,10 +247,22 @@ class Fleet:
         return out
 
     def _site_step(self, st: SiteState, t: float, dt: float, out: list[Sample]) -> None:
-        spec, rng = st.spec, st.rng
-        sid = spec.site_id
+        """One step of one site: each subsystem in turn (the order is part of the seeded
+        determinism: every random draw happens in the same sequence), then its samples."""
+        mains = self._grid(st, t, dt)
+        self._generator(st, t, mains)
+        power = self._power(st, t, dt, mains)
+        self._fuel(st, t, dt, power)
+        cabinet = self._cabinet(st, t, dt, power.powered)
+        self._door(st, t, dt)
+        self._tenant_links(st, t, dt)
+        if self._link_silent(st, t, dt):
+            return
+        self._samples(st, t, mains, power, cabinet, out)
 
-        # Grid.
+    def _grid(self, st: SiteState, t: float, dt: float) -> bool:
+        """Grid outages; whether mains are present now."""
+        spec, rng = st.spec, st.rng
         if spec.has_grid and st.outage_until <= t and self._chance(rng, GRID_OUTAGE, dt):
             st.outage_until = t + _duration(rng, GRID_OUTAGE)
             self._open(st, "outage", GRID_OUTAGE, t)
@@ -263,22 +276,28 @@ class Fleet:
             st.mains_lost_at = None
             st.dg_failed = False
         st.mains = mains
+        return mains
 
-        # Generator: auto-start after the delay, stop when mains return or the tank is dry.
-        if spec.has_dg:
-            want_dg = not mains and st.mains_lost_at is not None and t - st.mains_lost_at >= spec.dg_start_delay_s
-            if not spec.has_grid:  # off-grid sites run the DG when the battery needs it
-                want_dg = st.dg_running or st.soc < 40.0
-                if st.dg_running and st.soc >= 98.0:
-                    want_dg = False
-            if want_dg and st.dg_failed and not st.dg_running:
-                self._open(st, "dg_fail", DG_FAIL_TO_START, t)
-                want_dg = False
-            st.dg_running = want_dg and st.fuel_l > 1.0
-        else:
+    def _generator(self, st: SiteState, t: float, mains: bool) -> None:
+        """Auto-start after the delay, stop when mains return or the tank is dry."""
+        spec = st.spec
+        if not spec.has_dg:
             st.dg_running = False
+            return
+        want_dg = not mains and st.mains_lost_at is not None and t - st.mains_lost_at >= spec.dg_start_delay_s
+        if not spec.has_grid:  # off-grid sites run the DG when the battery needs it
+            want_dg = st.dg_running or st.soc < 40.0
+            if st.dg_running and st.soc >= 98.0:
+                want_dg = False
+        if want_dg and st.dg_failed and not st.dg_running:
+            self._open(st, "dg_fail", DG_FAIL_TO_START, t)
+            want_dg = False
+        st.dg_running = want_dg and st.fuel_l > 1.0
 
-        # Load and power balance.
+    def _power(self, st: SiteState, t: float, dt: float, mains: bool) -> _Power:
+        """Load and power balance: battery charge or discharge, low-voltage disconnect, the DC bus
+        and rectifier faults."""
+        spec, rng = st.spec, st.rng
         load = max(0.0, diurnal_load(t, spec.base_load_a) + rng.gauss(0, spec.base_load_a * 0.02))
         powered = mains or st.dg_running
         if powered:
@@ -312,37 +331,44 @@ class Fleet:
         if powered and st.rectifier_until <= t and self._chance(rng, RECTIFIER_FAULT, dt):
             st.rectifier_until = t + _duration(rng, RECTIFIER_FAULT)
             self._open(st, "rectifier", RECTIFIER_FAULT, t)
+        return _Power(load, charge_a, bus, battery_v, powered)
 
-        # Fuel: burn follows load (+ recharge), refuel when low, theft only with the DG off.
-        if spec.has_dg:
+    def _fuel(self, st: SiteState, t: float, dt: float, power: _Power) -> None:
+        """Burn follows load (+ recharge), refuel when low, theft only with the DG off."""
+        spec, rng, sid = st.spec, st.rng, st.spec.site_id
+        if not spec.has_dg:
+            return
+        if st.dg_running:
+            kw = (power.load + power.charge_a) * power.bus / 1000.0 / 0.9
+            st.fuel_l = max(0.0, st.fuel_l - (0.9 + 0.28 * kw) * dt / 3600.0)
+        if st.refuel_at is None and st.fuel_l < 0.25 * spec.tank_l:
+            st.refuel_at = t + rng.uniform(2 * 3600, 24 * 3600)
+        if st.refuel_at is not None and t >= st.refuel_at:
+            added = 0.95 * spec.tank_l - st.fuel_l
+            if added > 0:
+                self.on_fault(Fault(REFUEL, sid, t, t, {"litres": round(added, 1)}))
+                st.fuel_l += added
+            st.refuel_at = None
+        if st.theft_until > t:
             if st.dg_running:
-                kw = (load + charge_a) * bus / 1000.0 / 0.9
-                st.fuel_l = max(0.0, st.fuel_l - (0.9 + 0.28 * kw) * dt / 3600.0)
-            if st.refuel_at is None and st.fuel_l < 0.25 * spec.tank_l:
-                st.refuel_at = t + rng.uniform(2 * 3600, 24 * 3600)
-            if st.refuel_at is not None and t >= st.refuel_at:
-                added = 0.95 * spec.tank_l - st.fuel_l
-                if added > 0:
-                    self.on_fault(Fault(REFUEL, sid, t, t, {"litres": round(added, 1)}))
-                    st.fuel_l += added
-                st.refuel_at = None
-            if st.theft_until > t:
-                if st.dg_running:
-                    st.theft_until = t  # thieves leave when the DG starts
-                else:
-                    st.fuel_l = max(0.0, st.fuel_l - st.theft_rate_lps * dt)
-            if st.theft_until and st.theft_until <= t:
-                st.theft_until = 0.0
-                self._close(st, "theft", t)
-            if not st.dg_running and st.theft_until == 0.0 and st.fuel_l > 0.3 * spec.tank_l \
-                    and self._chance(rng, FUEL_THEFT, dt):
-                duration = _duration(rng, FUEL_THEFT)
-                litres = st.fuel_l * rng.uniform(0.15, 0.45)
-                st.theft_until = t + duration
-                st.theft_rate_lps = litres / duration
-                self._open(st, "theft", FUEL_THEFT, t, litres=round(litres, 1))
+                st.theft_until = t  # thieves leave when the DG starts
+            else:
+                st.fuel_l = max(0.0, st.fuel_l - st.theft_rate_lps * dt)
+        if st.theft_until and st.theft_until <= t:
+            st.theft_until = 0.0
+            self._close(st, "theft", t)
+        if not st.dg_running and st.theft_until == 0.0 and st.fuel_l > 0.3 * spec.tank_l \
+                and self._chance(rng, FUEL_THEFT, dt):
+            duration = _duration(rng, FUEL_THEFT)
+            litres = st.fuel_l * rng.uniform(0.15, 0.45)
+            st.theft_until = t + duration
+            st.theft_rate_lps = litres / duration
+            self._open(st, "theft", FUEL_THEFT, t, litres=round(litres, 1))
 
-        # Cabinet temperature: first-order lag towards ambient + 5 (cooling on) or + 22 (failed).
+    def _cabinet(self, st: SiteState, t: float, dt: float, powered: bool) -> float:
+        """Cabinet temperature: first-order lag towards ambient + 5 (cooling on) or + 22 (failed);
+        returns the reading."""
+        spec, rng = st.spec, st.rng
         if st.cooling_until and st.cooling_until <= t:
             st.cooling_until = 0.0
             self._close(st, "cooling", t)
@@ -354,50 +380,64 @@ class Fleet:
             heat = 2.0
         target = ambient_c(t, spec.ambient_offset_c) + heat
         st.cabinet_c += (target - st.cabinet_c) * (1.0 - math.exp(-dt / 1800.0))
-        cabinet = min(85.0, max(-35.0, st.cabinet_c + rng.gauss(0, 0.1)))
+        return min(85.0, max(-35.0, st.cabinet_c + rng.gauss(0, 0.1)))
 
-        # Door.
+    def _door(self, st: SiteState, t: float, dt: float) -> None:
         if st.door_until and st.door_until <= t:
             st.door_until = 0.0
             self._close(st, "door", t)
-        if st.door_until == 0.0 and self._chance(rng, DOOR_OPEN, dt):
-            st.door_until = t + _duration(rng, DOOR_OPEN)
+        if st.door_until == 0.0 and self._chance(st.rng, DOOR_OPEN, dt):
+            st.door_until = t + _duration(st.rng, DOOR_OPEN)
             self._open(st, "door", DOOR_OPEN, t)
 
-        # Tenant links.
-        for tenant in spec.tenants:
+    def _tenant_links(self, st: SiteState, t: float, dt: float) -> None:
+        for tenant in st.spec.tenants:
             until = st.tenant_down_until.get(tenant, 0.0)
             if until and until <= t:
                 st.tenant_down_until[tenant] = 0.0
                 self._close(st, f"tenant:{tenant}", t)
-            elif not until and self._chance(rng, TENANT_LINK_DOWN, dt):
-                st.tenant_down_until[tenant] = t + _duration(rng, TENANT_LINK_DOWN)
+            elif not until and self._chance(st.rng, TENANT_LINK_DOWN, dt):
+                st.tenant_down_until[tenant] = t + _duration(st.rng, TENANT_LINK_DOWN)
                 self._open(st, f"tenant:{tenant}", TENANT_LINK_DOWN, t, tenant_id=tenant)
 
-        # Telemetry link: silence, not zeros.
+    def _link_silent(self, st: SiteState, t: float, dt: float) -> bool:
+        """Telemetry link losses: a silent site sends nothing (silence, not zeros)."""
         if st.silent_until and st.silent_until <= t:
             st.silent_until = 0.0
             self._close(st, "link", t)
-        if st.silent_until == 0.0 and self._chance(rng, LINK_LOSS, dt):
-            st.silent_until = t + _duration(rng, LINK_LOSS)
+        if st.silent_until == 0.0 and self._chance(st.rng, LINK_LOSS, dt):
+            st.silent_until = t + _duration(st.rng, LINK_LOSS)
             self._open(st, "link", LINK_LOSS, t)
-        if st.silent_until > t:
-            return
+        return st.silent_until > t
 
+    def _samples(self, st: SiteState, t: float, mains: bool, power: _Power, cabinet: float,
+                 out: list[Sample]) -> None:
+        spec, rng, sid = st.spec, st.rng, st.spec.site_id
+        bus = power.bus
         out.append((sid, "mains_present", "", t, 1.0 if mains else 0.0))
         out.append((sid, "dg_running", "", t, 1.0 if st.dg_running else 0.0))
         if spec.has_dg:
             out.append((sid, "fuel_level_l", "", t, round(max(0.0, st.fuel_l + rng.gauss(0, 0.5)), 1)))
         out.append((sid, "dc_bus_v", "", t, round(max(0.0, bus), 2)))
-        out.append((sid, "load_a", "", t, round(load, 2)))
+        out.append((sid, "load_a", "", t, round(power.load, 2)))
         out.append((sid, "battery_soc_pct", "", t, round(st.soc, 2)))
-        out.append((sid, "battery_v", "", t, round(max(0.0, battery_v), 2)))
+        out.append((sid, "battery_v", "", t, round(max(0.0, power.battery_v), 2)))
         out.append((sid, "cabinet_temp_c", "", t, round(cabinet, 2)))
         out.append((sid, "door_open", "", t, 1.0 if st.door_until > t else 0.0))
         out.append((sid, "rectifier_fault", "", t, 1.0 if st.rectifier_until > t else 0.0))
         for tenant in spec.tenants:
             up = bus > 0 and st.tenant_down_until.get(tenant, 0.0) <= t
             out.append((sid, "tenant_link_up", tenant, t, 1.0 if up else 0.0))
+
+
+class _Power(NamedTuple):
+    """A step's electrical state, from `_power`."""
+
+    load: float
+    charge_a: float
+    bus: float
+    battery_v: float
+    powered: bool
 
 
 def demo_specs(site_ids: list[str], *, seed: int, regions: dict[str, str] | None = None,

@@ -137,6 +137,19 @@ def mask_paths(obj: dict[str, Any], desc: Descriptor, prefix: str = "") -> list[
     return out
 
 
+def _string_at(msg: Message, chain: list[FieldDescriptor]) -> str:
+    """The string a body set at the end of chain ("" when unset or not a singular string)."""
+    target = msg
+    for fd in chain[:-1]:
+        if fd.is_repeated or fd.type != F.TYPE_MESSAGE or not target.HasField(fd.name):
+            return ""
+        target = getattr(target, fd.name)
+    leaf = chain[-1]
+    if leaf.is_repeated or leaf.type != F.TYPE_STRING:
+        return ""
+    return getattr(target, leaf.name)
+
+
 def build(
     *,
     request_cls: type[Message],
@@ -179,9 +192,14 @@ def build(
         except RecursionError:
             raise TranscodeError("the body is nested too deeply") from None
 
-    # 2. path variables (they win over the body)
+    # 2. path variables; a body repeating one must agree with the path (not be silently overridden)
     for field_path, text in path_params.items():
         chain = resolve_field(desc, field_path)  # checked when the route was built
+        given_in_body = _string_at(msg, chain) if obj is not None else ""
+        if given_in_body and given_in_body != text:
+            violations.append(FieldViolation(field_path, f"the body says {given_in_body[:64]!r} but the path says "
+                                                         f"{text[:64]!r}: leave it out of the body or send the same"))
+            continue
         try:
             set_text(msg, chain, text, repeated_ok=False)
         except ValueError as exc:

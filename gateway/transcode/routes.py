@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 
-from google.api import annotations_pb2, http_pb2
+from google.api import annotations_pb2, field_behavior_pb2, http_pb2
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
@@ -22,8 +22,21 @@ from gateway.transcode import pattern
 from gateway.transcode.request import resolve_field
 
 F = FieldDescriptor
+
+
+def _required(fd: FieldDescriptor) -> bool:
+    """REQUIRED by google.api.field_behavior or by a towerco.validate rule."""
+    from towerco.validate.v1 import validate_pb2
+
+    opts = fd.GetOptions()
+    if field_behavior_pb2.REQUIRED in opts.Extensions[field_behavior_pb2.field_behavior]:
+        return True
+    return opts.HasExtension(validate_pb2.field) and opts.Extensions[validate_pb2.field].required
+
+
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 TEST_PACKAGES = ("towerco.testing.",)
+HTTP_BODY = "google.api.HttpBody"
 
 
 @dataclass
@@ -52,6 +65,27 @@ class Route:
     def operation_id(self) -> str:
         suffix = f"_{self.binding_index}" if self.binding_index else ""
         return f"{self.service.name}_{self.method.name}{suffix}"
+
+    @property
+    def http_body(self) -> bool:
+        """The answer is raw bytes (google.api.HttpBody, whole or as response_body), not JSON.
+        Such routes also take the bearer token from the access_token query parameter, as a
+        browser following a download link cannot set headers."""
+        desc = self.method.output_type
+        if self.response_body:
+            fd = desc.fields_by_name[self.response_body]
+            desc = fd.message_type if fd.type == F.TYPE_MESSAGE and not fd.is_repeated else None
+        return desc is not None and desc.full_name == HTTP_BODY
+
+    @property
+    def body_required(self) -> bool:
+        """Must the request carry a JSON body? Yes, unless the whole message is the body and
+        nothing in it is required (an empty body is then the empty message)."""
+        if not self.body:
+            return False
+        if self.body != "*":
+            return True
+        return any(_required(fd) for fd in self.method.input_type.fields)
 
     @property
     def resume_field(self) -> str:

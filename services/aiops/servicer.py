@@ -15,7 +15,7 @@ import asyncpg
 from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.common.v1 import common_pb2
 
-from mesh import db, outbox
+from mesh import db, outbox, subjects
 from mesh.auth import Identity, current_identity, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound
 from services.aiops import domain, store
@@ -24,8 +24,8 @@ SCHEMA = "aiops"
 READ_ROLES = ("viewer", "tenant_viewer")
 FEEDBACK_ROLES = ("noc_operator",)
 WATCH_BATCH = 500
-DETECTED = "towerco.aiops.anomaly.detected"
-CLEARED = "towerco.aiops.anomaly.cleared"
+DETECTED = subjects.AIOPS_ANOMALY_DETECTED
+CLEARED = subjects.AIOPS_ANOMALY_CLEARED
 # The engine's detectors (workers/aiops_engine/domain.py; the service asks nothing of the worker's
 # code, so the list is repeated here and checked against it by a unit test).
 DETECTORS: tuple[tuple[str, int, str], ...] = (

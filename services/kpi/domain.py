@@ -174,6 +174,24 @@ def split_edges(lo: int, hi: int) -> tuple[int, int]:
     return first, last
 
 
+def edge_hours(lo: int, hi: int, first: int, last: int) -> list[int]:
+    """The hours (minute index of their start) that [lo, hi) only partly covers, given the whole
+    hours [first, last) of split_edges: read minute by minute, the whole ones from their sums."""
+    edges = []
+    if lo < first:
+        edges.append(lo - lo % HOUR_MIN)
+    if hi > last and (hi - hi % HOUR_MIN) not in edges and hi - hi % HOUR_MIN >= first:
+        edges.append(hi - hi % HOUR_MIN)
+    return edges
+
+
+def resolve_policy(stored: tuple[int, int] | None, override: int) -> tuple[int, int]:
+    """(unknown policy, min outage minutes) of a tenant: its stored policy, else the default
+    (EXCLUDED, 0); a request's unknown-policy override wins over either."""
+    policy, minimum = stored if stored is not None else (EXCLUDED, 0)
+    return (override or policy, minimum)
+
+
 # --------------------------------------------------------------------------- intervals
 
 

@@ -1,7 +1,8 @@
 """Wiring of the KPI service (port 7003): `python -m services.kpi.server`.
 
-The kpi schema belongs to the kpi_calculator worker (workers/kpi_calculator/migrations); the
-service applies it too (idempotent, advisory-locked) so either process can start first.
+The KPI service owns the kpi domain (mesh/domains.py): the schema in services/kpi/migrations,
+shared with its worker, the kpi_calculator, which waits for it. Applied at start (idempotent,
+advisory-locked) and by `towerco migrate`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ FULL_NAME = "towerco.kpi.v1.KpiService"
 
 
 async def setup(rt: Runtime) -> list[ServiceSpec]:
-    await migrate(rt.settings.database_url, components=["kpi_calculator"])
+    await migrate(rt.settings.database_url, components=["kpi"])
     # tenant existence is asked of the Sites service, with each caller's token propagated
     sites_channel = create_channel(rt.settings.target("sites"))
     rt.on_shutdown(sites_channel.close)

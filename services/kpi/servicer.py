@@ -15,13 +15,13 @@ from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
-from mesh import outbox
-from mesh.auth import Identity, require_role, tenant_scope
+from mesh import outbox, subjects
+from mesh.auth import Identity, can_see, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.kpi import domain, store
 
 SCHEMA = "kpi"
-POLICY_SUBJECT = "towerco.kpi.policy.updated"
+POLICY_SUBJECT = subjects.KPI_POLICY_UPDATED
 READ_ROLES = ("viewer", "tenant_viewer")
 DEFAULT_PAGE = 1000
 DEFAULT_WORST = 10
@@ -124,20 +124,11 @@ async def tenancy_counts(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_i
         rows += await store.tenancy_sums(conn, first_hour=a, last_hour=b, tenant_id=tenant_id, site_ids=site_ids)
     for r in rows:
         out[(r["tenant_id"], r["site_id"])].update(store.counts_of(r))
-    edges = _edge_hours(lo, hi, first, last)
+    edges = domain.edge_hours(lo, hi, first, last)
     for r in await store.tenancy_maps(conn, hours=edges, tenant_id=tenant_id, site_ids=site_ids):
         out[(r["tenant_id"], r["site_id"])].update(
             domain.slice_map(store.minute_index(r["hour"]), r["minutes"], lo, hi))
     return out
-
-
-def _edge_hours(lo: int, hi: int, first: int, last: int) -> list[int]:
-    edges = []
-    if lo < first:
-        edges.append(lo - lo % 60)
-    if hi > last and (hi - hi % 60) not in edges and hi - hi % 60 >= first:
-        edges.append(hi - hi % 60)
-    return edges
 
 
 async def resolved_policies(conn: asyncpg.Connection, tenant_ids: Iterable[str], override: int
@@ -145,12 +136,8 @@ async def resolved_policies(conn: asyncpg.Connection, tenant_ids: Iterable[str],
     """tenant -> (unknown policy, min outage minutes), the request's override winning."""
     ids = sorted(set(tenant_ids))
     rows = await store.policies(conn, tenant_ids=ids)
-    out = {}
-    for t in ids:
-        row = rows.get(t)
-        pol = override or (row["unknown_policy"] if row else domain.EXCLUDED)
-        out[t] = (pol, row["min_outage_minutes"] if row else 0)
-    return out
+    return {t: domain.resolve_policy((rows[t]["unknown_policy"], rows[t]["min_outage_minutes"]) if t in rows else None,
+                                     override) for t in ids}
 
 
 async def tenancy_figures(conn: asyncpg.Connection, tenancies: Sequence[asyncpg.Record], *, lo: int, hi: int,
@@ -174,7 +161,7 @@ async def site_totals(conn: asyncpg.Connection, *, lo: int, hi: int, site_ids: S
     out: dict[str, domain.SiteTotals] = defaultdict(domain.SiteTotals)
     for r in await store.site_sums(conn, first_hour=first, last_hour=last, site_ids=site_ids):
         add_site_counts(out[r["site_id"]], r)
-    for r in await store.site_edge_rows(conn, hours=_edge_hours(lo, hi, first, last), site_ids=site_ids):
+    for r in await store.site_edge_rows(conn, hours=domain.edge_hours(lo, hi, first, last), site_ids=site_ids):
         add_site_row(out[r["site_id"]], r, lo, hi)
     return out
 
@@ -374,6 +361,8 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
     async def ListWorstSites(self, request, context):
         identity = _reader()
         lo, hi = _minute_range(request.range)
+        if request.tenant_id and not can_see(identity, [request.tenant_id]):
+            return kpi_pb2.ListWorstSitesResponse()  # a list filter on another tenant matches nothing
         tenant = _scope(identity, request.tenant_id)
         limit = request.limit or DEFAULT_WORST
         rank_by = request.rank_by or kpi_pb2.RANK_BY_TENANT_AVAILABILITY

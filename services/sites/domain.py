@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from mesh import subjects
 from mesh.auth import tenant_scope
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +483,7 @@ class PageTokens:
         key = data.get("k")
         if not isinstance(key, list) or not key:
             raise bad
-        return _from_jsonable(key)
+        return list(_from_jsonable(key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,7 +498,7 @@ def event_subject(entity: Entity, kind: ChangeKind) -> str:
         raise ValueError(f"unknown entity {entity!r}")
     if kind not in ("created", "updated", "deleted"):
         raise ValueError(f"unknown change kind {kind!r}")
-    return f"towerco.sites.{entity}.{kind}"
+    return subjects.sites_event(entity, kind)
 
 
 def event_tenants(

@@ -1,9 +1,15 @@
 """The SitesService RPC handlers: authorize, call domain/store in one transaction together with
 the outbox event of every change, and map rows <-> protobuf. Nothing else lives here.
 
-Errors: domain decisions raise services.sites.domain errors, which `_rpc` turns into the mesh's
-rich gRPC errors (INVALID_ARGUMENT with field violations, NOT_FOUND with ResourceInfo, ...). A
-database that cannot be reached answers UNAVAILABLE (with RetryInfo); the pool reconnects by itself.
+The four entities (site, tenant, tenancy, calendar window) share one CRUD shape: an `Entity`
+describes each (its message field, store functions, mask rules, checks, event tenants) and one
+generic set of handlers (`_create`, `_get`, `_update`, `_delete`) serves all of them; the List
+RPCs keep their own filters and share the paging.
+
+Errors: domain decisions raise services.sites.domain errors and the store its typed refusals
+(services.sites.store.Duplicate, ...), which `_rpc` turns into the mesh's rich gRPC errors
+(INVALID_ARGUMENT with field violations, NOT_FOUND with ResourceInfo, ...). A database that
+cannot be reached answers UNAVAILABLE (with RetryInfo); the pool reconnects by itself.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +30,7 @@ from towerco.sites.v1 import sites_pb2 as pb
 from towerco.sites.v1 import sites_pb2_grpc
 
 from mesh import auth, db, errors, outbox
+from mesh.listener import PgListener
 from services.sites import domain as d
 from services.sites import store
 
@@ -57,7 +65,7 @@ def _map(exc: BaseException) -> BaseException | None:
         return _not_found(exc.resource_type, exc.resource_name)
     if isinstance(exc, d.Forbidden):
         return errors.PermissionDenied(str(exc))
-    if isinstance(exc, asyncpg.DataError):  # a value PostgreSQL cannot take (a safety net)
+    if isinstance(exc, store.Unstorable):  # a value PostgreSQL cannot take (a safety net)
         return errors.InvalidArgument("a value in the request cannot be stored in the register")
     if not isinstance(exc, errors.RichError) and db.is_unavailable(exc):
         return errors.Unavailable("the site register's database is unavailable; retry shortly", retry_after_s=1.0)
@@ -238,6 +246,126 @@ def _next_token(tokens: d.PageTokens, rows: list[dict[str, Any]], size: int, fp:
 
 
 # ---------------------------------------------------------------------------------------------
+# the CRUD shape
+
+Row = dict[str, Any]
+Related = Callable[["SitesServicer", asyncpg.Connection, d.Caller, Row, d.ChangeKind], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """What the generic handlers need to know about one entity of the register."""
+
+    name: d.Entity
+    key: str                                     # Get/Delete request field and store keyword: "site_id"
+    mask: d.MaskRules
+    row: Callable[[Any], Row]                    # message -> row
+    proto: Callable[[Mapping[str, Any]], Any]    # row -> message (complete, for events)
+    check: Callable[[Row, bool], None]           # (row, creating): refuse or normalise in place
+    tenants: Callable[[Mapping[str, Any], Sequence[str]], list[str]]  # (row, site tenants) -> event tenants
+    get: Callable[..., Awaitable[Row | None]]
+    create: Callable[..., Awaitable[Row]]
+    update: Callable[..., Awaitable[Row | None]]
+    delete: Callable[..., Awaitable[bool]]
+    # reads what a write needs inside its transaction (the site of a window or tenancy); returns
+    # the site's tenants for the event
+    related: Related | None = None
+    # the site a create must be visible on before a refusal may say "permission denied"
+    parent_key: str = ""
+    duplicate: Callable[[Row], BaseException] | None = None
+    prepare: Callable[[Row, d.Caller], None] | None = None   # a create's defaults
+
+    @property
+    def field(self) -> str:
+        """The entity's field in requests, responses and SitesChange ("site", ...)."""
+        return self.name
+
+
+def _visible_site_out(caller: d.Caller, row: Mapping[str, Any]) -> pb.Site:
+    return site_proto(row, d.visible_tenant_ids(caller, row.get("tenant_ids", [])))
+
+
+def _visible_window_out(caller: d.Caller, row: Mapping[str, Any]) -> pb.CalendarWindow:
+    return window_proto(row, d.visible_tenant_ids(caller, row["tenant_ids"]))
+
+
+def _check_window(row: Row, creating: bool) -> None:
+    row["tenant_ids"] = d.check_window(row, creating=creating)
+
+
+async def _site_of_window(svc: SitesServicer, conn: asyncpg.Connection, caller: d.Caller, row: Row,
+                          kind: d.ChangeKind) -> list[str]:
+    if kind == "deleted":
+        return await store.site_tenants(conn, site_id=row["site_id"])
+    site = await store.get_site(conn, site_id=row["site_id"], tenant=caller.tenant_scope)
+    if site is None:
+        raise _not_found("site", row["site_id"])
+    d.check_window_tenants(row["tenant_ids"], site["tenant_ids"], site_id=row["site_id"])
+    return list(site["tenant_ids"])
+
+
+async def _site_of_tenancy(svc: SitesServicer, conn: asyncpg.Connection, caller: d.Caller, row: Row,
+                           kind: d.ChangeKind) -> list[str]:
+    if kind == "created" and await store.get_site(conn, site_id=row["site_id"], tenant=caller.tenant_scope) is None:
+        raise _not_found("site", row["site_id"])
+    return []
+
+
+def _exists(entity: str) -> Callable[[Row], BaseException]:
+    def err(row: Row) -> BaseException:
+        return errors.AlreadyExists(f"{entity} {row['id']!r} already exists", resource_type=RESOURCE[entity],
+                                    resource_name=row["id"])
+    return err
+
+
+def _tenancy_exists(row: Row) -> BaseException:
+    return errors.AlreadyExists(f"tenant {row['tenant_id']!r} already has a tenancy on site {row['site_id']!r}",
+                                resource_type=RESOURCE["tenancy"], resource_name=f"{row['site_id']}/{row['tenant_id']}")
+
+
+def _default_status(row: Row, caller: d.Caller) -> None:
+    row["status"] = d.default_site_status(row["status"])
+
+
+def _created_by(row: Row, caller: d.Caller) -> None:
+    row["created_by"] = caller.subject
+
+
+SITE = Entity("site", "site_id", d.SITE_MASK, site_row, site_proto, lambda r, c: d.check_site(r, creating=c),
+              lambda r, _: d.event_tenants("site", site_tenants=r["tenant_ids"]),
+              store.get_site, store.create_site, store.update_site, store.delete_site,
+              duplicate=_exists("site"), prepare=_default_status)
+TENANT = Entity("tenant", "tenant_id", d.TENANT_MASK, tenant_row, tenant_proto,
+                lambda r, c: d.check_tenant(r, creating=c), lambda r, _: d.event_tenants("tenant", tenant_id=r["id"]),
+                store.get_tenant, store.create_tenant, store.update_tenant, store.delete_tenant,
+                duplicate=_exists("tenant"))
+TENANCY = Entity("tenancy", "tenancy_id", d.TENANCY_MASK, tenancy_row, tenancy_proto,
+                 lambda r, c: d.check_tenancy(r, creating=c),
+                 lambda r, _: d.event_tenants("tenancy", tenant_id=r["tenant_id"]),
+                 store.get_tenancy, store.create_tenancy, store.update_tenancy, store.delete_tenancy,
+                 related=_site_of_tenancy, duplicate=_tenancy_exists)
+WINDOW = Entity("window", "window_id", d.WINDOW_MASK, window_row, window_proto, _check_window,
+                lambda r, site_tenants: d.event_tenants("window", site_tenants=site_tenants,
+                                                        window_tenants=r["tenant_ids"]),
+                store.get_window, store.create_window, store.update_window, store.delete_window,
+                related=_site_of_window, parent_key="site_id", prepare=_created_by)
+
+
+def _response(request: Message) -> Any:
+    return getattr(pb, type(request).__name__.removesuffix("Request") + "Response")
+
+
+def _crud(op: str, entity: Entity) -> Callable[..., Any]:
+    """The RPC handler `op` ("create", "get", "update", "delete") of `entity`."""
+
+    async def handler(self: SitesServicer, request: Message, context: Any) -> Message:
+        return await getattr(self, f"_{op}")(entity, request)  # type: ignore[no-any-return]
+
+    handler.__name__ = f"{op.title()}{entity.name.title()}"
+    return _rpc(handler)
+
+
+# ---------------------------------------------------------------------------------------------
 # the servicer
 
 
@@ -279,87 +407,126 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
                 seen = (await visible(conn)) is not None
         d.check_write(caller, entity, resource_name=name, visible=seen)
 
-    async def _emit(self, conn: asyncpg.Connection, entity: d.Entity, kind: d.ChangeKind, change: pb.SitesChange,
+    async def _emit(self, conn: asyncpg.Connection, entity: Entity, kind: d.ChangeKind, row: Mapping[str, Any],
                     tenant_ids: list[str]) -> None:
-        subject = d.event_subject(entity, kind)
+        subject = d.event_subject(entity.name, kind)
+        change = pb.SitesChange(**{entity.field: entity.proto(row)})
         change.kind = _KIND[kind]
         await outbox.enqueue(conn, schema=SCHEMA, subject=subject, event_type=subject, source=SOURCE,
                              payload=change, tenant_ids=tenant_ids)
 
-    def _site_out(self, caller: d.Caller, row: Mapping[str, Any]) -> pb.Site:
-        return site_proto(row, d.visible_tenant_ids(caller, row.get("tenant_ids", [])))
+    def _out(self, entity: Entity, caller: d.Caller, row: Mapping[str, Any]) -> Any:
+        if entity is SITE:
+            return _visible_site_out(caller, row)
+        if entity is WINDOW:
+            return _visible_window_out(caller, row)
+        return entity.proto(row)
 
-    def _window_out(self, caller: d.Caller, row: Mapping[str, Any]) -> pb.CalendarWindow:
-        return window_proto(row, d.visible_tenant_ids(caller, row["tenant_ids"]))
+    def _visible(self, entity: Entity, caller: d.Caller, key: str) -> Callable[[asyncpg.Connection], Any]:
+        return lambda c: entity.get(c, **{entity.key: key}, tenant=caller.tenant_scope)
 
-    # -- sites
+    # -- the CRUD shape, once for every entity
 
-    @_rpc
-    async def CreateSite(self, request: pb.CreateSiteRequest, context: Any) -> pb.CreateSiteResponse:
+    async def _create(self, entity: Entity, request: Message) -> Message:
         caller = self._caller()
-        d.check_write(caller, "site")
-        row = site_row(request.site)
-        row["status"] = d.default_site_status(row["status"])
-        d.check_site(row, creating=True)
+        row = entity.row(getattr(request, entity.field))
+        if entity.parent_key:
+            parent = row[entity.parent_key]
+            await self._check_write(caller, entity.name, parent, self._visible(SITE, caller, parent))
+        else:
+            d.check_write(caller, entity.name)
+        if entity.prepare is not None:
+            entity.prepare(row, caller)
+        entity.check(row, True)
         async with self._tx() as conn:
+            related = await entity.related(self, conn, caller, row, "created") if entity.related else []
             try:
-                created = await store.create_site(conn, row=row)
-            except asyncpg.UniqueViolationError:
-                raise errors.AlreadyExists(f"site {row['id']!r} already exists", resource_type=RESOURCE["site"],
-                                           resource_name=row["id"]) from None
-            await self._emit(conn, "site", "created", pb.SitesChange(site=site_proto(created)), [])
-        return pb.CreateSiteResponse(site=self._site_out(caller, created))
+                created = await entity.create(conn, row=row)
+            except store.Duplicate:
+                if entity.duplicate is None:
+                    raise
+                raise entity.duplicate(row) from None
+            except store.MissingReference as exc:
+                raise _not_found(exc.entity, row[f"{exc.entity}_id"]) from None
+            await self._emit(conn, entity, "created", created, entity.tenants(created, related))
+        return _response(request)(**{entity.field: self._out(entity, caller, created)})
 
-    @_rpc
-    async def GetSite(self, request: pb.GetSiteRequest, context: Any) -> pb.GetSiteResponse:
+    async def _get(self, entity: Entity, request: Message) -> Message:
         caller = self._reader()
+        key = getattr(request, entity.key)
         async with self._conn() as conn:
-            row = await store.get_site(conn, site_id=request.site_id, tenant=caller.tenant_scope)
+            row = await entity.get(conn, **{entity.key: key}, tenant=caller.tenant_scope)
         if row is None:
-            raise _not_found("site", request.site_id)
-        return pb.GetSiteResponse(site=self._site_out(caller, row))
+            raise _not_found(entity.name, key)
+        return _response(request)(**{entity.field: self._out(entity, caller, row)})
 
-    @_rpc
-    async def UpdateSite(self, request: pb.UpdateSiteRequest, context: Any) -> pb.UpdateSiteResponse:
+    async def _update(self, entity: Entity, request: Message) -> Message:
         caller = self._caller()
-        site_id = request.site.id
-        if not site_id:
-            raise d.Invalid([("site.id", "is required")])
-        await self._check_write(caller, "site", site_id,
-                                lambda c: store.get_site(c, site_id=site_id, tenant=caller.tenant_scope))
-        columns = d.resolve_mask(d.SITE_MASK, _mask_paths(request, request.site, d.SITE_MASK))
-        incoming = site_row(request.site)
+        message = getattr(request, entity.field)
+        key = message.id
+        if not key:
+            raise d.Invalid([(f"{entity.field}.id", "is required")])
+        await self._check_write(caller, entity.name, key, self._visible(entity, caller, key))
+        columns = d.resolve_mask(entity.mask, _mask_paths(request, message, entity.mask))
+        incoming = entity.row(message)
         async with self._tx() as conn:
-            current = await store.get_site(conn, site_id=site_id, tenant=caller.tenant_scope, for_update=True)
+            current = await entity.get(conn, **{entity.key: key}, tenant=caller.tenant_scope, for_update=True)
             if current is None:
-                raise _not_found("site", site_id)
+                raise _not_found(entity.name, key)
             merged = d.apply_mask(current, incoming, columns)
-            d.check_site(merged)
-            updated = await store.update_site(conn, site_id=site_id, values={c: merged[c] for c in columns})
+            entity.check(merged, False)
+            related = await entity.related(self, conn, caller, merged, "updated") if entity.related else []
+            updated = await entity.update(conn, **{entity.key: key}, values={c: merged[c] for c in columns})
             assert updated is not None  # locked above
-            await self._emit(conn, "site", "updated", pb.SitesChange(site=site_proto(updated)),
-                             d.event_tenants("site", site_tenants=updated["tenant_ids"]))
-        return pb.UpdateSiteResponse(site=self._site_out(caller, updated))
+            await self._emit(conn, entity, "updated", updated, entity.tenants(updated, related))
+        return _response(request)(**{entity.field: self._out(entity, caller, updated)})
 
-    @_rpc
-    async def DeleteSite(self, request: pb.DeleteSiteRequest, context: Any) -> pb.DeleteSiteResponse:
+    async def _delete(self, entity: Entity, request: Message) -> Message:
         caller = self._caller()
-        site_id = request.site_id
-        await self._check_write(caller, "site", site_id,
-                                lambda c: store.get_site(c, site_id=site_id, tenant=caller.tenant_scope))
+        key = getattr(request, entity.key)
+        await self._check_write(caller, entity.name, key, self._visible(entity, caller, key))
         async with self._tx() as conn:
-            current = await store.get_site(conn, site_id=site_id, tenant=caller.tenant_scope, for_update=True)
+            current = await entity.get(conn, **{entity.key: key}, tenant=caller.tenant_scope, for_update=True)
             if current is None:
-                raise _not_found("site", site_id)
-            await store.delete_site(conn, site_id=site_id)
-            await self._emit(conn, "site", "deleted", pb.SitesChange(site=site_proto(current)),
-                             d.event_tenants("site", site_tenants=current["tenant_ids"]))
-        return pb.DeleteSiteResponse()
+                raise _not_found(entity.name, key)
+            related = await entity.related(self, conn, caller, current, "deleted") if entity.related else []
+            try:
+                await entity.delete(conn, **{entity.key: key})
+            except store.StillReferenced:
+                raise errors.FailedPrecondition(
+                    f"{entity.name} {key!r} still has tenancies; end them first",
+                    reason=f"{entity.name.upper()}_HAS_TENANCIES") from None
+            await self._emit(conn, entity, "deleted", current, entity.tenants(current, related))
+        return _response(request)()
+
+    def _page(self, request: Message, what: str, caller: d.Caller, filters: Mapping[str, Any]
+              ) -> tuple[int, str, list[Any] | None]:
+        """(page size, query fingerprint, the decoded token's sort key) of a List request."""
+        fp = d.query_fingerprint(what, caller.tenant_scope, dict(filters))
+        return d.page_size(request.page.size), fp, self.tokens.decode(request.page.token, fp)
+
+    CreateSite = _crud("create", SITE)
+    GetSite = _crud("get", SITE)
+    UpdateSite = _crud("update", SITE)
+    DeleteSite = _crud("delete", SITE)
+    CreateTenant = _crud("create", TENANT)
+    GetTenant = _crud("get", TENANT)
+    UpdateTenant = _crud("update", TENANT)
+    DeleteTenant = _crud("delete", TENANT)
+    CreateTenancy = _crud("create", TENANCY)
+    GetTenancy = _crud("get", TENANCY)
+    UpdateTenancy = _crud("update", TENANCY)
+    DeleteTenancy = _crud("delete", TENANCY)
+    CreateWindow = _crud("create", WINDOW)
+    GetWindow = _crud("get", WINDOW)
+    UpdateWindow = _crud("update", WINDOW)
+    DeleteWindow = _crud("delete", WINDOW)
+
+    # -- lists: each its own filters, one paging
 
     @_rpc
     async def ListSites(self, request: pb.ListSitesRequest, context: Any) -> pb.ListSitesResponse:
         caller = self._reader()
-        size = d.page_size(request.page.size)
         bbox = None
         if request.HasField("bbox"):
             sw, ne = request.bbox.south_west, request.bbox.north_east
@@ -368,8 +535,7 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
         filters = {"region": request.region, "tenant_id": request.tenant_id,
                    "status": _enum_text(*_SITE_STATUS, request.status) if request.status else "",
                    "query": request.query, "bbox": list(bbox) if bbox else None}
-        fp = d.query_fingerprint("sites", caller.tenant_scope, filters)
-        after = self.tokens.decode(request.page.token, fp)
+        size, fp, after = self._page(request, "sites", caller, filters)
         if not d.tenant_filter_visible(caller, request.tenant_id):
             return pb.ListSitesResponse(page={"next_token": ""})
         async with self._conn() as conn:
@@ -378,85 +544,14 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
                                           query=request.query, bbox=bbox,
                                           after=str(after[0]) if after else None, limit=size)
         return pb.ListSitesResponse(
-            sites=[self._site_out(caller, r) for r in rows[:size]],
+            sites=[_visible_site_out(caller, r) for r in rows[:size]],
             page={"next_token": _next_token(self.tokens, rows, size, fp, lambda r: [r["id"]])},
         )
-
-    # -- tenants
-
-    @_rpc
-    async def CreateTenant(self, request: pb.CreateTenantRequest, context: Any) -> pb.CreateTenantResponse:
-        caller = self._caller()
-        d.check_write(caller, "tenant")
-        row = tenant_row(request.tenant)
-        d.check_tenant(row, creating=True)
-        async with self._tx() as conn:
-            try:
-                created = await store.create_tenant(conn, row=row)
-            except asyncpg.UniqueViolationError:
-                raise errors.AlreadyExists(f"tenant {row['id']!r} already exists",
-                                           resource_type=RESOURCE["tenant"], resource_name=row["id"]) from None
-            await self._emit(conn, "tenant", "created", pb.SitesChange(tenant=tenant_proto(created)),
-                             d.event_tenants("tenant", tenant_id=created["id"]))
-        return pb.CreateTenantResponse(tenant=tenant_proto(created))
-
-    @_rpc
-    async def GetTenant(self, request: pb.GetTenantRequest, context: Any) -> pb.GetTenantResponse:
-        caller = self._reader()
-        async with self._conn() as conn:
-            row = await store.get_tenant(conn, tenant_id=request.tenant_id, tenant=caller.tenant_scope)
-        if row is None:
-            raise _not_found("tenant", request.tenant_id)
-        return pb.GetTenantResponse(tenant=tenant_proto(row))
-
-    @_rpc
-    async def UpdateTenant(self, request: pb.UpdateTenantRequest, context: Any) -> pb.UpdateTenantResponse:
-        caller = self._caller()
-        tenant_id = request.tenant.id
-        if not tenant_id:
-            raise d.Invalid([("tenant.id", "is required")])
-        await self._check_write(caller, "tenant", tenant_id,
-                                lambda c: store.get_tenant(c, tenant_id=tenant_id, tenant=caller.tenant_scope))
-        columns = d.resolve_mask(d.TENANT_MASK, _mask_paths(request, request.tenant, d.TENANT_MASK))
-        incoming = tenant_row(request.tenant)
-        async with self._tx() as conn:
-            current = await store.get_tenant(conn, tenant_id=tenant_id, tenant=caller.tenant_scope, for_update=True)
-            if current is None:
-                raise _not_found("tenant", tenant_id)
-            merged = d.apply_mask(current, incoming, columns)
-            d.check_tenant(merged)
-            updated = await store.update_tenant(conn, tenant_id=tenant_id, values={c: merged[c] for c in columns})
-            assert updated is not None
-            await self._emit(conn, "tenant", "updated", pb.SitesChange(tenant=tenant_proto(updated)),
-                             d.event_tenants("tenant", tenant_id=tenant_id))
-        return pb.UpdateTenantResponse(tenant=tenant_proto(updated))
-
-    @_rpc
-    async def DeleteTenant(self, request: pb.DeleteTenantRequest, context: Any) -> pb.DeleteTenantResponse:
-        caller = self._caller()
-        tenant_id = request.tenant_id
-        await self._check_write(caller, "tenant", tenant_id,
-                                lambda c: store.get_tenant(c, tenant_id=tenant_id, tenant=caller.tenant_scope))
-        async with self._tx() as conn:
-            current = await store.get_tenant(conn, tenant_id=tenant_id, tenant=caller.tenant_scope, for_update=True)
-            if current is None:
-                raise _not_found("tenant", tenant_id)
-            try:
-                await store.delete_tenant(conn, tenant_id=tenant_id)
-            except (asyncpg.RestrictViolationError, asyncpg.ForeignKeyViolationError):
-                raise errors.FailedPrecondition(
-                    f"tenant {tenant_id!r} still has tenancies; end them first", reason="TENANT_HAS_TENANCIES"
-                ) from None
-            await self._emit(conn, "tenant", "deleted", pb.SitesChange(tenant=tenant_proto(current)),
-                             d.event_tenants("tenant", tenant_id=tenant_id))
-        return pb.DeleteTenantResponse()
 
     @_rpc
     async def ListTenants(self, request: pb.ListTenantsRequest, context: Any) -> pb.ListTenantsResponse:
         caller = self._reader()
-        size = d.page_size(request.page.size)
-        fp = d.query_fingerprint("tenants", caller.tenant_scope, {})
-        after = self.tokens.decode(request.page.token, fp)
+        size, fp, after = self._page(request, "tenants", caller, {})
         async with self._conn() as conn:
             rows = await store.list_tenants(conn, tenant=caller.tenant_scope,
                                             after=str(after[0]) if after else None, limit=size)
@@ -465,88 +560,11 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
             page={"next_token": _next_token(self.tokens, rows, size, fp, lambda r: [r["id"]])},
         )
 
-    # -- tenancies
-
-    @_rpc
-    async def CreateTenancy(self, request: pb.CreateTenancyRequest, context: Any) -> pb.CreateTenancyResponse:
-        caller = self._caller()
-        d.check_write(caller, "tenancy")
-        row = tenancy_row(request.tenancy)
-        d.check_tenancy(row, creating=True)
-        async with self._tx() as conn:
-            if await store.get_site(conn, site_id=row["site_id"], tenant=caller.tenant_scope) is None:
-                raise _not_found("site", row["site_id"])
-            try:
-                created = await store.create_tenancy(conn, row=row)
-            except asyncpg.UniqueViolationError:
-                raise errors.AlreadyExists(
-                    f"tenant {row['tenant_id']!r} already has a tenancy on site {row['site_id']!r}",
-                    resource_type=RESOURCE["tenancy"], resource_name=f"{row['site_id']}/{row['tenant_id']}",
-                ) from None
-            except asyncpg.ForeignKeyViolationError as exc:
-                if "site" in (exc.constraint_name or ""):
-                    raise _not_found("site", row["site_id"]) from None
-                raise _not_found("tenant", row["tenant_id"]) from None
-            await self._emit(conn, "tenancy", "created", pb.SitesChange(tenancy=tenancy_proto(created)),
-                             d.event_tenants("tenancy", tenant_id=created["tenant_id"]))
-        return pb.CreateTenancyResponse(tenancy=tenancy_proto(created))
-
-    @_rpc
-    async def GetTenancy(self, request: pb.GetTenancyRequest, context: Any) -> pb.GetTenancyResponse:
-        caller = self._reader()
-        async with self._conn() as conn:
-            row = await store.get_tenancy(conn, tenancy_id=request.tenancy_id, tenant=caller.tenant_scope)
-        if row is None:
-            raise _not_found("tenancy", request.tenancy_id)
-        return pb.GetTenancyResponse(tenancy=tenancy_proto(row))
-
-    @_rpc
-    async def UpdateTenancy(self, request: pb.UpdateTenancyRequest, context: Any) -> pb.UpdateTenancyResponse:
-        caller = self._caller()
-        tenancy_id = request.tenancy.id
-        if not tenancy_id:
-            raise d.Invalid([("tenancy.id", "is required")])
-        await self._check_write(caller, "tenancy", tenancy_id,
-                                lambda c: store.get_tenancy(c, tenancy_id=tenancy_id, tenant=caller.tenant_scope))
-        columns = d.resolve_mask(d.TENANCY_MASK, _mask_paths(request, request.tenancy, d.TENANCY_MASK))
-        incoming = tenancy_row(request.tenancy)
-        async with self._tx() as conn:
-            current = await store.get_tenancy(conn, tenancy_id=tenancy_id, tenant=caller.tenant_scope,
-                                              for_update=True)
-            if current is None:
-                raise _not_found("tenancy", tenancy_id)
-            merged = d.apply_mask(current, incoming, columns)
-            d.check_tenancy(merged)
-            updated = await store.update_tenancy(conn, tenancy_id=tenancy_id,
-                                                 values={c: merged[c] for c in columns})
-            assert updated is not None
-            await self._emit(conn, "tenancy", "updated", pb.SitesChange(tenancy=tenancy_proto(updated)),
-                             d.event_tenants("tenancy", tenant_id=updated["tenant_id"]))
-        return pb.UpdateTenancyResponse(tenancy=tenancy_proto(updated))
-
-    @_rpc
-    async def DeleteTenancy(self, request: pb.DeleteTenancyRequest, context: Any) -> pb.DeleteTenancyResponse:
-        caller = self._caller()
-        tenancy_id = request.tenancy_id
-        await self._check_write(caller, "tenancy", tenancy_id,
-                                lambda c: store.get_tenancy(c, tenancy_id=tenancy_id, tenant=caller.tenant_scope))
-        async with self._tx() as conn:
-            current = await store.get_tenancy(conn, tenancy_id=tenancy_id, tenant=caller.tenant_scope,
-                                              for_update=True)
-            if current is None:
-                raise _not_found("tenancy", tenancy_id)
-            await store.delete_tenancy(conn, tenancy_id=tenancy_id)
-            await self._emit(conn, "tenancy", "deleted", pb.SitesChange(tenancy=tenancy_proto(current)),
-                             d.event_tenants("tenancy", tenant_id=current["tenant_id"]))
-        return pb.DeleteTenancyResponse()
-
     @_rpc
     async def ListTenancies(self, request: pb.ListTenanciesRequest, context: Any) -> pb.ListTenanciesResponse:
         caller = self._reader()
-        size = d.page_size(request.page.size)
-        fp = d.query_fingerprint("tenancies", caller.tenant_scope,
-                                 {"site_id": request.site_id, "tenant_id": request.tenant_id})
-        after = self.tokens.decode(request.page.token, fp)
+        size, fp, after = self._page(request, "tenancies", caller,
+                                     {"site_id": request.site_id, "tenant_id": request.tenant_id})
         if after is not None and len(after) != 2:
             raise d.Invalid([("page.token", "is not a page token of this query; start again without one")])
         async with self._conn() as conn:
@@ -558,101 +576,22 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
             page={"next_token": _next_token(self.tokens, rows, size, fp, lambda r: [r["site_id"], r["tenant_id"]])},
         )
 
-    # -- calendar windows
-
-    async def _site_for_window(self, conn: asyncpg.Connection, caller: d.Caller, site_id: str) -> dict[str, Any]:
-        site = await store.get_site(conn, site_id=site_id, tenant=caller.tenant_scope)
-        if site is None:
-            raise _not_found("site", site_id)
-        return site
-
-    @_rpc
-    async def CreateWindow(self, request: pb.CreateWindowRequest, context: Any) -> pb.CreateWindowResponse:
-        caller = self._caller()
-        row = window_row(request.window)
-        site_id = row["site_id"]
-        await self._check_write(caller, "window", site_id,
-                                lambda c: store.get_site(c, site_id=site_id, tenant=caller.tenant_scope))
-        row["tenant_ids"] = d.check_window(row, creating=True)
-        row["created_by"] = caller.subject
-        async with self._tx() as conn:
-            site = await self._site_for_window(conn, caller, site_id)
-            d.check_window_tenants(row["tenant_ids"], site["tenant_ids"], site_id=site_id)
-            created = await store.create_window(conn, row=row)
-            await self._emit(conn, "window", "created", pb.SitesChange(window=window_proto(created)),
-                             d.event_tenants("window", site_tenants=site["tenant_ids"],
-                                             window_tenants=created["tenant_ids"]))
-        return pb.CreateWindowResponse(window=self._window_out(caller, created))
-
-    @_rpc
-    async def GetWindow(self, request: pb.GetWindowRequest, context: Any) -> pb.GetWindowResponse:
-        caller = self._reader()
-        async with self._conn() as conn:
-            row = await store.get_window(conn, window_id=request.window_id, tenant=caller.tenant_scope)
-        if row is None:
-            raise _not_found("window", request.window_id)
-        return pb.GetWindowResponse(window=self._window_out(caller, row))
-
-    @_rpc
-    async def UpdateWindow(self, request: pb.UpdateWindowRequest, context: Any) -> pb.UpdateWindowResponse:
-        caller = self._caller()
-        window_id = request.window.id
-        if not window_id:
-            raise d.Invalid([("window.id", "is required")])
-        await self._check_write(caller, "window", window_id,
-                                lambda c: store.get_window(c, window_id=window_id, tenant=caller.tenant_scope))
-        columns = d.resolve_mask(d.WINDOW_MASK, _mask_paths(request, request.window, d.WINDOW_MASK))
-        incoming = window_row(request.window)
-        async with self._tx() as conn:
-            current = await store.get_window(conn, window_id=window_id, tenant=caller.tenant_scope, for_update=True)
-            if current is None:
-                raise _not_found("window", window_id)
-            merged = d.apply_mask(current, incoming, columns)
-            merged["tenant_ids"] = d.check_window(merged)
-            site = await self._site_for_window(conn, caller, current["site_id"])
-            d.check_window_tenants(merged["tenant_ids"], site["tenant_ids"], site_id=current["site_id"])
-            updated = await store.update_window(conn, window_id=window_id, values={c: merged[c] for c in columns})
-            assert updated is not None
-            await self._emit(conn, "window", "updated", pb.SitesChange(window=window_proto(updated)),
-                             d.event_tenants("window", site_tenants=site["tenant_ids"],
-                                             window_tenants=updated["tenant_ids"]))
-        return pb.UpdateWindowResponse(window=self._window_out(caller, updated))
-
-    @_rpc
-    async def DeleteWindow(self, request: pb.DeleteWindowRequest, context: Any) -> pb.DeleteWindowResponse:
-        caller = self._caller()
-        window_id = request.window_id
-        await self._check_write(caller, "window", window_id,
-                                lambda c: store.get_window(c, window_id=window_id, tenant=caller.tenant_scope))
-        async with self._tx() as conn:
-            current = await store.get_window(conn, window_id=window_id, tenant=caller.tenant_scope, for_update=True)
-            if current is None:
-                raise _not_found("window", window_id)
-            site_tenants = await store.site_tenants(conn, site_id=current["site_id"])
-            await store.delete_window(conn, window_id=window_id)
-            await self._emit(conn, "window", "deleted", pb.SitesChange(window=window_proto(current)),
-                             d.event_tenants("window", site_tenants=site_tenants,
-                                             window_tenants=current["tenant_ids"]))
-        return pb.DeleteWindowResponse()
-
     @_rpc
     async def ListWindows(self, request: pb.ListWindowsRequest, context: Any) -> pb.ListWindowsResponse:
         caller = self._reader()
-        size = d.page_size(request.page.size)
         start = _dt(request.range, "start_time") if request.HasField("range") else None
         end = _dt(request.range, "end_time") if request.HasField("range") else None
         d.check_range(start, end)
         category = _enum_text(*_CATEGORY, request.category) if request.category else ""
-        fp = d.query_fingerprint("windows", caller.tenant_scope,
-                                 {"site_id": request.site_id, "start": start, "end": end, "category": category})
-        after = self.tokens.decode(request.page.token, fp)
+        size, fp, after = self._page(request, "windows", caller,
+                                     {"site_id": request.site_id, "start": start, "end": end, "category": category})
         if after is not None and (len(after) != 2 or not isinstance(after[0], datetime)):
             raise d.Invalid([("page.token", "is not a page token of this query; start again without one")])
         async with self._conn() as conn:
             rows = await store.list_windows(conn, tenant=caller.tenant_scope, site_id=request.site_id, start=start,
                                             end=end, category=category, after=after, limit=size)
         return pb.ListWindowsResponse(
-            windows=[self._window_out(caller, r) for r in rows[:size]],
+            windows=[_visible_window_out(caller, r) for r in rows[:size]],
             page={"next_token": _next_token(self.tokens, rows, size, fp, lambda r: [r["start_time"], r["id"]])},
         )
 
@@ -701,26 +640,6 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
         tick.set()
 
     async def listen(self, database_url: str) -> None:
-        """LISTEN on the outbox channel and wake watchers; reconnects until cancelled."""
-        delay = 0.5
-        while True:
-            conn = None
-            try:
-                conn = await db.connect(database_url, application_name="towerco:sites-watch")
-                await conn.add_listener(outbox.channel(SCHEMA), lambda *_: self.notify())
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda *_, ev=lost: ev.set())
-                delay = 0.5
-                while not lost.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=5)
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1")  # notices a dead server
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the database is away; watchers poll meanwhile
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
+        """LISTEN on the outbox channel and wake watchers; reconnects until cancelled (mesh.listener)."""
+        await PgListener(outbox.channel(SCHEMA), on_notify=self.notify, database_url=database_url,
+                         application_name="towerco:sites-watch").run()

@@ -10,16 +10,72 @@ else the caller's tenant id) and a scoped query only returns what that tenant ma
 Lists use keyset pagination: `after` is the sort key of the last row of the previous page and
 they fetch `limit + 1` rows so the caller knows whether there is a next page.
 Column names in dynamic UPDATEs come from fixed whitelists, never from input.
+
+Errors: what the database refuses comes out as the typed errors below, never as asyncpg's:
+`Duplicate` (a unique key is taken), `MissingReference` (an insert names a site or tenant that
+does not exist), `StillReferenced` (a delete is blocked by rows that point at it) and
+`Unstorable` (a value PostgreSQL cannot take). Connection failures pass through unchanged (the
+mesh maps them to UNAVAILABLE).
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class StoreError(Exception):
+    """Base of the refusals of the site register's database."""
+
+
+class Duplicate(StoreError):
+    """A unique key (a site or tenant id, one tenancy per tenant and site) is already taken."""
+
+
+class MissingReference(StoreError):
+    """An insert refers to a row that does not exist; `entity` is "site" or "tenant"."""
+
+    def __init__(self, entity: str) -> None:
+        super().__init__(f"unknown {entity}")
+        self.entity = entity
+
+
+class StillReferenced(StoreError):
+    """A delete is blocked by rows that still refer to the row (a tenant's tenancies)."""
+
+
+class Unstorable(StoreError):
+    """A value the database cannot take (out of its range or encoding)."""
+
+
+def _refused(*, on_delete: bool = False) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Turn asyncpg's integrity and data errors into the typed errors of this module."""
+
+    def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except asyncpg.UniqueViolationError as exc:
+                raise Duplicate(exc.constraint_name or "") from None
+            except (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError) as exc:
+                if on_delete:
+                    raise StillReferenced(exc.constraint_name or "") from None
+                raise MissingReference("site" if "site" in (exc.constraint_name or "") else "tenant") from None
+            except asyncpg.DataError as exc:
+                raise Unstorable(str(exc)) from None
+
+        return call
+
+    return wrap
 
 SITE_FIELDS: tuple[str, ...] = (
     "name", "region", "latitude", "longitude", "type", "status", "grid", "dg_capacity_kva",
@@ -75,6 +131,7 @@ def _set_clause(fields: Sequence[str], allowed: Sequence[str], start: int) -> st
 # sites
 
 
+@_refused()
 async def get_site(conn: asyncpg.Connection, *, site_id: str, tenant: str | None = None,
                    for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE OF s" if for_update else ""
@@ -83,12 +140,14 @@ async def get_site(conn: asyncpg.Connection, *, site_id: str, tenant: str | None
         site_id, tenant))
 
 
+@_refused()
 async def site_tenants(conn: asyncpg.Connection, *, site_id: str) -> list[str]:
     rows = await conn.fetch("SELECT tenant_id FROM sites.tenancies WHERE site_id = $1 ORDER BY tenant_id",
                             site_id)
     return [r["tenant_id"] for r in rows]
 
 
+@_refused()
 async def create_site(conn: asyncpg.Connection, *, row: Mapping[str, Any]) -> dict[str, Any]:
     cols = ("id", *SITE_FIELDS)
     params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
@@ -99,6 +158,7 @@ async def create_site(conn: asyncpg.Connection, *, row: Mapping[str, Any]) -> di
     return _row(rec)  # type: ignore[return-value]
 
 
+@_refused()
 async def update_site(conn: asyncpg.Connection, *, site_id: str, values: Mapping[str, Any]
                       ) -> dict[str, Any] | None:
     fields = list(values)
@@ -109,11 +169,13 @@ async def update_site(conn: asyncpg.Connection, *, site_id: str, values: Mapping
     return _row(rec)
 
 
+@_refused(on_delete=True)
 async def delete_site(conn: asyncpg.Connection, *, site_id: str) -> bool:
     """Delete a site; its tenancies and windows go with it (ON DELETE CASCADE)."""
     return await conn.fetchval("DELETE FROM sites.sites WHERE id = $1 RETURNING true", site_id) is True
 
 
+@_refused()
 async def list_sites(
     conn: asyncpg.Connection,
     *,
@@ -164,6 +226,7 @@ async def list_sites(
 # tenants
 
 
+@_refused()
 async def get_tenant(conn: asyncpg.Connection, *, tenant_id: str, tenant: str | None = None,
                      for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
@@ -172,11 +235,13 @@ async def get_tenant(conn: asyncpg.Connection, *, tenant_id: str, tenant: str | 
         tenant_id, tenant))
 
 
+@_refused()
 async def create_tenant(conn: asyncpg.Connection, *, row: Mapping[str, Any]) -> dict[str, Any]:
     return _row(await conn.fetchrow(  # type: ignore[return-value]
         "INSERT INTO sites.tenants (id, name) VALUES ($1, $2) RETURNING *", row["id"], row["name"]))
 
 
+@_refused()
 async def update_tenant(conn: asyncpg.Connection, *, tenant_id: str, values: Mapping[str, Any]
                         ) -> dict[str, Any] | None:
     fields = list(values)
@@ -185,11 +250,13 @@ async def update_tenant(conn: asyncpg.Connection, *, tenant_id: str, values: Map
         tenant_id, *(values[f] for f in fields)))
 
 
+@_refused(on_delete=True)
 async def delete_tenant(conn: asyncpg.Connection, *, tenant_id: str) -> bool:
-    """Raises asyncpg.RestrictViolationError while the tenant still has tenancies."""
+    """Raises StillReferenced while the tenant still has tenancies."""
     return await conn.fetchval("DELETE FROM sites.tenants WHERE id = $1 RETURNING true", tenant_id) is True
 
 
+@_refused()
 async def list_tenants(conn: asyncpg.Connection, *, tenant: str | None = None, after: str | None = None,
                        limit: int = 50) -> list[dict[str, Any]]:
     return _rows(await conn.fetch(
@@ -202,6 +269,7 @@ async def list_tenants(conn: asyncpg.Connection, *, tenant: str | None = None, a
 # tenancies
 
 
+@_refused()
 async def get_tenancy(conn: asyncpg.Connection, *, tenancy_id: str, tenant: str | None = None,
                       for_update: bool = False) -> dict[str, Any] | None:
     key = _uuid(tenancy_id)
@@ -213,9 +281,10 @@ async def get_tenancy(conn: asyncpg.Connection, *, tenancy_id: str, tenant: str 
         key, tenant))
 
 
+@_refused()
 async def create_tenancy(conn: asyncpg.Connection, *, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Raises UniqueViolationError for a second tenancy of a tenant on a site and
-    ForeignKeyViolationError for an unknown site or tenant."""
+    """Raises Duplicate for a second tenancy of a tenant on a site and MissingReference for an
+    unknown site or tenant."""
     cols = ("site_id", "tenant_id", *TENANCY_FIELDS)
     params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
     return _row(await conn.fetchrow(  # type: ignore[return-value]
@@ -223,6 +292,7 @@ async def create_tenancy(conn: asyncpg.Connection, *, row: Mapping[str, Any]) ->
         *(row[c] for c in cols)))
 
 
+@_refused()
 async def update_tenancy(conn: asyncpg.Connection, *, tenancy_id: str, values: Mapping[str, Any]
                          ) -> dict[str, Any] | None:
     key = _uuid(tenancy_id)
@@ -234,6 +304,7 @@ async def update_tenancy(conn: asyncpg.Connection, *, tenancy_id: str, values: M
         key, *(values[f] for f in fields)))
 
 
+@_refused(on_delete=True)
 async def delete_tenancy(conn: asyncpg.Connection, *, tenancy_id: str) -> bool:
     key = _uuid(tenancy_id)
     if key is None:
@@ -241,6 +312,7 @@ async def delete_tenancy(conn: asyncpg.Connection, *, tenancy_id: str) -> bool:
     return await conn.fetchval("DELETE FROM sites.tenancies WHERE id = $1 RETURNING true", key) is True
 
 
+@_refused()
 async def list_tenancies(conn: asyncpg.Connection, *, tenant: str | None = None, site_id: str = "",
                          tenant_id: str = "", after: Sequence[str] | None = None, limit: int = 50
                          ) -> list[dict[str, Any]]:
@@ -258,6 +330,7 @@ async def list_tenancies(conn: asyncpg.Connection, *, tenant: str | None = None,
 # calendar windows
 
 
+@_refused()
 async def get_window(conn: asyncpg.Connection, *, window_id: str, tenant: str | None = None,
                      for_update: bool = False) -> dict[str, Any] | None:
     key = _uuid(window_id)
@@ -269,6 +342,7 @@ async def get_window(conn: asyncpg.Connection, *, window_id: str, tenant: str | 
         key, tenant))
 
 
+@_refused()
 async def create_window(conn: asyncpg.Connection, *, row: Mapping[str, Any]) -> dict[str, Any]:
     cols = ("site_id", *WINDOW_FIELDS, "created_by")
     params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
@@ -277,6 +351,7 @@ async def create_window(conn: asyncpg.Connection, *, row: Mapping[str, Any]) -> 
         *(row[c] for c in cols)))
 
 
+@_refused()
 async def update_window(conn: asyncpg.Connection, *, window_id: str, values: Mapping[str, Any]
                         ) -> dict[str, Any] | None:
     key = _uuid(window_id)
@@ -288,6 +363,7 @@ async def update_window(conn: asyncpg.Connection, *, window_id: str, values: Map
         key, *(values[f] for f in fields)))
 
 
+@_refused(on_delete=True)
 async def delete_window(conn: asyncpg.Connection, *, window_id: str) -> bool:
     key = _uuid(window_id)
     if key is None:
@@ -295,6 +371,7 @@ async def delete_window(conn: asyncpg.Connection, *, window_id: str) -> bool:
     return await conn.fetchval("DELETE FROM sites.windows WHERE id = $1 RETURNING true", key) is True
 
 
+@_refused()
 async def list_windows(
     conn: asyncpg.Connection,
     *,

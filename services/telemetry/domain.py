@@ -1,5 +1,5 @@
-"""Telemetry decisions, free of I/O: the metric catalogue, per-sample screening, partitioning and
-the split of a batch into one message per partition.
+"""Telemetry decisions, free of I/O: the metric catalogue, per-sample screening and the split of a
+batch into one message per partition (the partition function itself: mesh.subjects).
 
 Everything here works on plain Python values so it can be unit-tested exhaustively; the servicer
 reads the protobuf fields and hands them over.
@@ -8,13 +8,15 @@ reads the protobuf fields and hands them over.
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.config import TelemetrySettings
 
 # How far ahead of the server clock a sample may be stamped (clock skew of field units).
 MAX_FUTURE_S = 300.0
-DEFAULT_RETENTION_DAYS = 90
+DEFAULT_RETENTION_DAYS = TelemetrySettings.retention_days  # TOWERCO_TELEMETRY_RETENTION_DAYS
 # Largest samples per batch (also declared in the .proto as max_items).
 MAX_SAMPLES_PER_BATCH = 10_000
 # Samples in the TelemetryBatch messages we publish: large batches are cut so a message stays
@@ -60,15 +62,6 @@ CATALOGUE: dict[str, Metric] = {
                description="A tenant's transmission link up (1) or down (0); one series per tenancy."),
     )
 }
-
-
-def partition_of(site_id: str, partitions: int) -> int:
-    """Stable site -> partition: CRC-32 of the UTF-8 id modulo the partition count.
-
-    Identical to mesh.events.partition_of; kept here too so the decision is unit-testable
-    without the server runtime.
-    """
-    return zlib.crc32(site_id.encode("utf-8")) % partitions
 
 
 # Rejection reasons (machine readable), documented in docs/telemetry.md.
@@ -176,7 +169,7 @@ def screen(
     return out
 
 
-def screen_samples(samples, *, sites: Mapping[str, int], now: float, retention_s: float) -> Screened:
+def screen_samples(samples: Sequence[Any], *, sites: Mapping[str, int], now: float, retention_s: float) -> Screened:
     """screen() for objects with site_id, metric, tenant_id, time.seconds, time.nanos and value
     attributes (the IngestRequest samples), without building tuples: the ingest hot path.
 
@@ -224,10 +217,6 @@ def message_id(batch_id: str, partition: int, chunk: int = 0) -> str:
 
 def chunks(indexes: list[int], size: int = MAX_SAMPLES_PER_MESSAGE) -> list[list[int]]:
     return [indexes[i:i + size] for i in range(0, len(indexes), size)] or [[]]
-
-
-def subject(partition: int) -> str:
-    return f"telemetry.samples.{partition}"
 
 
 def step_ok(step_s: float, range_s: float, limit: int) -> bool:

@@ -6,49 +6,32 @@ are refused at ingest (and their partitions dropped by the ingestor).
 
 from __future__ import annotations
 
-import os
-
 import grpc
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2_grpc
 
-from mesh import auth
+from mesh import auth, config, subjects
 from mesh.bootstrap import Runtime, ServiceSpec, main
 from mesh.migrate import migrate
 from sdk import Client
-from services.telemetry import domain
 from services.telemetry.servicer import TelemetryServicer, site_info
 from services.telemetry.sites import SiteDirectory
 
 SERVICE = "telemetry"
 FULL_NAME = "towerco.telemetry.v1.TelemetryService"
-SITES_EVENTS = "towerco.sites.>"
 
 
 def retention_days() -> int:
-    raw = os.environ.get("TOWERCO_TELEMETRY_RETENTION_DAYS", "")
-    try:
-        days = int(raw) if raw else domain.DEFAULT_RETENTION_DAYS
-    except ValueError as exc:
-        raise ValueError(f"TOWERCO_TELEMETRY_RETENTION_DAYS must be an integer, got {raw!r}") from exc
-    if days < 1:
-        raise ValueError("TOWERCO_TELEMETRY_RETENTION_DAYS must be at least 1")
-    return days
+    """TOWERCO_TELEMETRY_RETENTION_DAYS (mesh.config.TelemetrySettings, shared with the ingestor)."""
+    return config.load(config.TelemetrySettings).retention_days
 
 
 def site_directory(rt: Runtime) -> tuple[SiteDirectory, Client]:
     client = Client(rt.settings.target("sites"), token=lambda: auth.service_token(SERVICE))
 
     async def fetch_all() -> list[tuple[str, frozenset[str]]]:
-        out = []
-        token = ""
-        while True:
-            reply = await client.sites.ListSites(
-                sites_pb2.ListSitesRequest(page={"size": 1000, "token": token}), timeout=30)
-            out.extend(site_info(s) for s in reply.sites)
-            token = reply.page.next_token
-            if not token:
-                return out
+        return [site_info(s) async for s in client.sites.list_all(sites_pb2.ListSitesRequest(), page_size=1000,
+                                                                  timeout=30)]
 
     async def fetch_one(site_id: str) -> tuple[str, frozenset[str]] | None:
         try:
@@ -71,7 +54,7 @@ async def setup(rt: Runtime) -> list[ServiceSpec]:
     async def on_event(msg) -> None:
         servicer.apply_event(msg.data)
 
-    sub = await rt.nc.subscribe(SITES_EVENTS, cb=on_event)
+    sub = await rt.nc.subscribe(subjects.SITES_EVENTS, cb=on_event)
     rt.spawn(sites.keep_fresh(), name="telemetry-site-directory")
 
     async def close() -> None:

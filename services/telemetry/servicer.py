@@ -22,7 +22,7 @@ from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2 as pb
 from towerco.telemetry.v1 import telemetry_pb2_grpc
 
-from mesh import auth, events
+from mesh import auth, events, subjects
 from mesh.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.telemetry import domain, store
 from services.telemetry.sites import SiteDirectory, SiteDirectoryUnavailable
@@ -110,7 +110,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             for n, chunk in enumerate(domain.chunks(indexes)):
                 msg = pb.TelemetryBatch(batch_id=batch_id, partition=part, accepted_time=accepted_time)
                 msg.samples.extend([samples[i] for i in chunk])
-                pubs.append(events.publish(self.js, domain.subject(part), msg.SerializeToString(),
+                pubs.append(events.publish(self.js, subjects.telemetry_subject(part), msg.SerializeToString(),
                                            msg_id=domain.message_id(batch_id, part, n), headers=headers))
         try:
             acks = await asyncio.gather(*pubs)
@@ -250,7 +250,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 queue.put_nowait(msg.data)
 
         self._tails += 1
-        sub = await self.nc.subscribe(domain.subject(self.sites.partition(site_id)), cb=on_msg)
+        sub = await self.nc.subscribe(subjects.telemetry_subject(self.sites.partition(site_id)), cb=on_msg)
         try:
             while True:
                 data = await queue.get()

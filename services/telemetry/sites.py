@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from services.telemetry.domain import partition_of
+from mesh.subjects import partition_of
 
 log = logging.getLogger("towerco.telemetry.sites")
 

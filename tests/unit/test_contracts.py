@@ -24,6 +24,8 @@ def test_gen_matches_a_fresh_generation(tmp_path: Path) -> None:
                    capture_output=True)
     drift = _diff(ROOT / "gen" / "towerco", tmp_path / "towerco")
     assert not drift, "gen/ drifted from proto/; run `make gen`:\n" + "\n".join(drift)
+    fresh = (tmp_path / "sdk" / "generated.py").read_text()
+    assert (ROOT / "sdk" / "generated.py").read_text() == fresh, "sdk/generated.py drifted; run `make gen`"
 
 
 def test_buf_lint_passes() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,24 +30,19 @@ from towerco.events.v1 import events_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import events, outbox
+from mesh import config, events, outbox, subjects
 from workers.aiops_engine import domain, store
 
 log = logging.getLogger("towerco.aiops_engine")
 
 SCHEMA = "aiops"
 SOURCE = "aiops_engine"
-DETECTED = "towerco.aiops.anomaly.detected"
-CLEARED = "towerco.aiops.anomaly.cleared"
-PREDICTED = "towerco.aiops.anomaly.predicted"
-SITES_FILTER = "towerco.sites.>"
+DETECTED = subjects.AIOPS_ANOMALY_DETECTED
+CLEARED = subjects.AIOPS_ANOMALY_CLEARED
+PREDICTED = subjects.AIOPS_ANOMALY_PREDICTED
+SITES_FILTER = subjects.SITES_EVENTS
 COUNTS = Counter("towerco_aiops_engine", "What the aiops_engine did: samples, batches, duplicate_batches, "
                  "anomalies_opened, anomalies_cleared, predictions, detector_errors.", ["what"])
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    return float(raw) if raw else default
 
 
 def parse_partitions(spec: str, count: int) -> list[int]:
@@ -71,19 +65,9 @@ def parse_partitions(spec: str, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """From the environment (all optional):
-    TOWERCO_AIOPS_PARTITIONS        partitions this replica owns, e.g. "0-7" (all)
-    TOWERCO_AIOPS_REPLICA           a name for this replica's register-event consumer
-    TOWERCO_AIOPS_DURABLE_PREFIX    prefix of the consumer names (aiops-engine)
-    TOWERCO_AIOPS_BATCH             TELEMETRY messages handled in one transaction, at most (100)
-    TOWERCO_AIOPS_ACK_WAIT_S        redelivery delay of a batch a dead replica held (30); nothing
-                                    newer of its partition is delivered meanwhile (order matters here)
-    TOWERCO_AIOPS_TICK_S            how often silent sites are judged (telemetry gap) (5)
-    TOWERCO_AIOPS_LIVE_LAG_S        a partition whose newest sample is at most this old when it
-                                    arrives is live: its clock then runs on with the wall clock (120)
-    TOWERCO_AIOPS_ADJUST_S          how often feedback adjustments are re-read (5)
-    TOWERCO_AIOPS_RETRAIN_S         how often the multivariate models are retrained (3600; 0 = never)
-    """
+    """The engine's tuning, from the TOWERCO_AIOPS_* variables of mesh.config.AiopsEngineSettings
+    (docs/operations.md). While a dead replica's batch waits out ack_wait_s, nothing newer of its
+    partition is delivered (order matters here)."""
 
     partitions: tuple[int, ...]
     replica: str = "all"
@@ -100,17 +84,13 @@ class EngineConfig:
 
     @classmethod
     def from_env(cls, partition_count: int) -> EngineConfig:
-        parts = parse_partitions(os.environ.get("TOWERCO_AIOPS_PARTITIONS", ""), partition_count)
-        replica = os.environ.get("TOWERCO_AIOPS_REPLICA", "") or (
-            "all" if len(parts) == partition_count else "p" + "_".join(map(str, parts)))
-        return cls(partitions=tuple(parts), replica=replica,
-                   durable_prefix=os.environ.get("TOWERCO_AIOPS_DURABLE_PREFIX", "") or "aiops-engine",
-                   batch=max(1, int(_env_float("TOWERCO_AIOPS_BATCH", 100))),
-                   ack_wait_s=_env_float("TOWERCO_AIOPS_ACK_WAIT_S", 30.0),
-                   tick_s=_env_float("TOWERCO_AIOPS_TICK_S", 5.0),
-                   live_lag_s=_env_float("TOWERCO_AIOPS_LIVE_LAG_S", 120.0),
-                   adjust_s=_env_float("TOWERCO_AIOPS_ADJUST_S", 5.0),
-                   retrain_s=_env_float("TOWERCO_AIOPS_RETRAIN_S", 3600.0))
+        """From mesh.config.AiopsEngineSettings (TOWERCO_AIOPS_*)."""
+        env = config.load(config.AiopsEngineSettings)
+        parts = parse_partitions(env.partitions, partition_count)
+        replica = env.replica or ("all" if len(parts) == partition_count else "p" + "_".join(map(str, parts)))
+        return cls(partitions=tuple(parts), replica=replica, durable_prefix=env.durable_prefix or "aiops-engine",
+                   batch=max(1, env.batch), ack_wait_s=env.ack_wait_s, tick_s=env.tick_s,
+                   live_lag_s=env.live_lag_s, adjust_s=env.adjust_s, retrain_s=env.retrain_s)
 
 
 # --------------------------------------------------------------------------- reference data
@@ -243,7 +223,7 @@ class AiopsEngine:
         COUNTS.labels(what).inc(n)
 
     def owns(self, site_id: str) -> bool:
-        return events.partition_of(site_id, self.partition_count) in self.owned
+        return subjects.partition_of(site_id, self.partition_count) in self.owned
 
     def cfg(self, site_id: str) -> domain.SiteCfg:
         return self.cfgs.get(site_id) or domain.SiteCfg(site_id)
@@ -268,7 +248,7 @@ class AiopsEngine:
         for p in self.config.partitions:
             self.consumers.append(events.PullConsumer(
                 self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
-                filter_subject=f"telemetry.samples.{p}", handler=self._handler(p), batch=self.config.batch,
+                filter_subject=subjects.telemetry_subject(p), handler=self._handler(p), batch=self.config.batch,
                 ack_wait=self.config.ack_wait_s, max_deliver=self.config.max_deliver, backoff=self.config.backoff,
                 # one fetch in flight: after a crash its messages are redelivered (after ack_wait)
                 # before anything newer, so each site's samples are judged in order
@@ -441,7 +421,7 @@ class AiopsEngine:
             async with self.locks[p]:
                 # a site whose samples are still arriving (a backlog, a lagging remote unit) is
                 # not silent: its own samples will show a real gap when they come
-                sites = [s for s in self.states if events.partition_of(s, self.partition_count) == p
+                sites = [s for s in self.states if subjects.partition_of(s, self.partition_count) == p
                          and wall - self.arrived.get(s, self.started) > self.engine.gap_limit(self.states[s])]
                 transitions = []
                 for sid in sites:

@@ -200,7 +200,7 @@ def anomaly_id(site_id: str, key: str, start: float) -> str:
 BINS = 48  # 24 hours of the day x 2 contexts (the engine: site powered by mains/DG or on battery)
 
 
-def new_baseline() -> list:
+def new_baseline() -> list[Any]:
     """[levels[48], devs[48], ns[48], glevels[2], gdevs[2], gns[2], zs, above, below, open_since, last_t]:
     hour-of-day bins and a global level per context."""
     return [[0.0] * BINS, [0.0] * BINS, [0] * BINS, [0.0, 0.0], [0.0, 0.0], [0, 0], 0.0, 0, 0, None, None]
@@ -226,7 +226,7 @@ def _score01(z: float, k: float) -> float:
     return 1.0 - math.exp(-math.log(2.0) * a * a)
 
 
-def baseline_step(b: list, t: float, x: float, p: Params, factor: float = 1.0, context: int = 0) -> Score:
+def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1.0, context: int = 0) -> Score:
     """Score x (at time t) against the baseline, then learn from it unless it is anomalous.
     `context` (0 or 1) keeps separate bins and global levels for two regimes of the series.
 
@@ -336,19 +336,19 @@ class SiteState:
 
     last_t: float | None = None
     interval: float = 0.0  # EWMA of the time between snapshots
-    latest: dict[str, list] = field(default_factory=dict)  # metric -> [t, v]
-    links: dict[str, list] = field(default_factory=dict)  # tenant -> [t, v]
-    open: dict[str, dict] = field(default_factory=dict)  # key -> {"id", "start", ...}
+    latest: dict[str, list[Any]] = field(default_factory=dict)  # metric -> [t, v]
+    links: dict[str, list[Any]] = field(default_factory=dict)  # tenant -> [t, v]
+    open: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {"id", "start", ...}
     timers: dict[str, float] = field(default_factory=dict)
     minute: int | None = None
-    acc: dict[str, list] = field(default_factory=dict)  # metric -> [n, sum, max] in the minute
-    baselines: dict[str, list] = field(default_factory=dict)
-    fuel: list = field(default_factory=list)  # [[minute, mean level, dg_any, load, bus], ...]
-    preds: dict[str, dict] = field(default_factory=dict)  # kind -> open prediction
+    acc: dict[str, list[Any]] = field(default_factory=dict)  # metric -> [n, sum, max] in the minute
+    baselines: dict[str, list[Any]] = field(default_factory=dict)
+    fuel: list[Any] = field(default_factory=list)  # [[minute, mean level, dg_any, load, bus], ...]
+    preds: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> open prediction
     samples: int = 0
-    features: list = field(default_factory=list)  # [[minute, [value or None per MODEL_FEATURES]], ...] not yet scored
+    features: list[Any] = field(default_factory=list)  # [[minute, [value or None per MODEL_FEATURES]], ...] not yet scored
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"last_t": self.last_t, "interval": self.interval, "latest": self.latest, "links": self.links,
                 "open": self.open, "timers": self.timers, "minute": self.minute, "acc": self.acc,
                 "baselines": self.baselines, "fuel": self.fuel, "preds": self.preds, "samples": self.samples,
@@ -500,7 +500,7 @@ class Engine:
         lv = st.latest.get(metric)
         if lv is None or t - lv[0] > self.p.fresh_s:
             return None
-        return lv[1]
+        return float(lv[1])
 
     # -- one snapshot (every sample of one time)
 
@@ -539,7 +539,6 @@ class Engine:
         door = self._val(st, "door_open", t)
         rect = self._val(st, "rectifier_fault", t)
         fuel = self._val(st, "fuel_level_l", t)
-        kw = {"adj": adj}
         if (mains is not None and mains >= 0.5 and cfg.has_grid) or (dg is not None and dg >= 0.5):
             off = st.timers.pop("unpowered_since", None)
             if off is not None and t > off:  # the cooling was off: the cabinet needs time to cool down
@@ -554,7 +553,7 @@ class Engine:
             if not lost:
                 st.timers.pop("mains_lost_since", None)
             self._cond(st, cfg, out, "rule.mains_lost", lost, t, summary="mains lost",
-                       features=(Feature("mains_present", mains, 1.0, 0.5),), **kw)
+                       features=(Feature("mains_present", mains, 1.0, 0.5),), adj=adj)
             if dg is not None:
                 since = st.timers.get("mains_lost_since")
                 wait = cfg.dg_start_delay_s + p.fts_grace_s
@@ -564,18 +563,18 @@ class Engine:
                                    f"{cfg.dg_start_delay_s:.0f} s)",
                            features=(Feature("dg_running", dg, 1.0, 0.5),
                                      Feature("seconds_since_mains_lost", t - since if since else 0.0, 0.0, wait)),
-                           **kw)
+                           adj=adj)
                 both = cfg.has_grid and mains >= 0.5 and dg >= 0.5
                 self._cond(st, cfg, out, "rule.dg_running_with_mains", both, t, for_s=p.dg_with_mains_s,
                            summary="the DG keeps running with mains present",
                            features=(Feature("dg_running", dg, 0.0, 0.5), Feature("mains_present", mains, 1.0, 0.5)),
-                           **kw)
+                           adj=adj)
         if bus is not None:
             low = bus < cfg.dc_min_v
             self._cond(st, cfg, out, "rule.dc_bus_low", low, t,
                        score=min(1.0, 0.5 + 0.5 * (cfg.dc_min_v - bus) / max(cfg.dc_min_v, 1.0)),
                        summary=f"DC bus {bus:.1f} V below the band minimum {cfg.dc_min_v:.1f} V",
-                       features=(Feature("dc_bus_v", bus, 53.5, cfg.dc_min_v),), **kw)
+                       features=(Feature("dc_bus_v", bus, 53.5, cfg.dc_min_v),), adj=adj)
         if soc is not None:
             discharging = (mains is not None and mains < 0.5 or not cfg.has_grid) and (dg is None or dg < 0.5)
             near = cfg.battery_bank_ah >= 0 and discharging and soc < LVD_SOC + p.lvd_margin_pct \
@@ -583,7 +582,7 @@ class Engine:
             self._cond(st, cfg, out, "rule.battery_near_lvd", near, t,
                        score=min(1.0, 0.5 + 0.5 * (LVD_SOC + p.lvd_margin_pct - soc) / p.lvd_margin_pct),
                        summary=f"on battery at {soc:.0f} % state of charge (LVD {LVD_SOC:.0f} %)",
-                       features=(Feature("battery_soc_pct", soc, 100.0, LVD_SOC + p.lvd_margin_pct),), **kw)
+                       features=(Feature("battery_soc_pct", soc, 100.0, LVD_SOC + p.lvd_margin_pct),), adj=adj)
         if temp is not None:
             # On battery the cooling is shed and heat is expected: only the critical limit holds.
             powered = self._cooled(st, t)
@@ -593,26 +592,26 @@ class Engine:
                        score=min(1.0, max(0.5, 0.5 + (temp - limit) / 20.0)),
                        summary=f"cabinet at {temp:.1f} °C (limit {limit:.0f} °C"
                                f"{'' if powered else ', on battery'})",
-                       features=(Feature("cabinet_temp_c", temp, 0.0, limit),), **kw)
+                       features=(Feature("cabinet_temp_c", temp, 0.0, limit),), adj=adj)
         if door is not None:
             opened = door >= 0.5 and not cfg.in_planned_window(t)
             self._cond(st, cfg, out, "rule.door_open", opened, t, summary="door open outside a planned window",
-                       features=(Feature("door_open", door, 0.0, 0.5),), **kw)
+                       features=(Feature("door_open", door, 0.0, 0.5),), adj=adj)
         if rect is not None:
             self._cond(st, cfg, out, "rule.rectifier_fault", rect >= 0.5, t, summary="rectifier alarm active",
-                       features=(Feature("rectifier_fault", rect, 0.0, 0.5),), **kw)
+                       features=(Feature("rectifier_fault", rect, 0.0, 0.5),), adj=adj)
         if fuel is not None and cfg.has_dg and cfg.fuel_tank_l > 0:
             limit = p.low_fuel_share * cfg.fuel_tank_l
             self._cond(st, cfg, out, "rule.low_fuel", fuel < limit, t, for_s=p.low_fuel_for_s,
                        summary=f"{fuel:.0f} l of fuel left (limit {limit:.0f} l)",
-                       features=(Feature("fuel_level_l", fuel, cfg.fuel_tank_l, limit),), **kw)
+                       features=(Feature("fuel_level_l", fuel, cfg.fuel_tank_l, limit),), adj=adj)
         for tenant, (lt, lv) in st.links.items():
             if t - lt > p.fresh_s:
                 continue
             down = lv < 0.5 and bus is not None and bus >= cfg.dc_min_v
             self._cond(st, cfg, out, f"rule.tenant_link_down|{tenant}", down, t, tenant=tenant,
                        detector="rule.tenant_link_down", summary=f"{tenant}'s link down with the site powered",
-                       features=(Feature("tenant_link_up", lv, 1.0, 0.5),), **kw)
+                       features=(Feature("tenant_link_up", lv, 1.0, 0.5),), adj=adj)
 
     # -- per minute: statistics and forecasts
 

@@ -22,14 +22,14 @@ from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import db
+from mesh import db, subjects
 from mesh.events import MSG_ID_HEADER, TELEMETRY_STREAM, Poison, PullConsumer, telemetry_max_age_s
 from workers.ingestor import domain, store
 
 log = logging.getLogger("towerco.ingestor")
 
 DURABLE = "ingestor"
-FILTER = "telemetry.samples.*"
+FILTER = subjects.TELEMETRY_SUBJECTS
 
 SAMPLES = Counter("towerco_ingestor_samples", "Samples written to telemetry.samples.")
 MESSAGES = Counter("towerco_ingestor_messages", "TELEMETRY messages handled, by outcome.", ["outcome"])

@@ -3,9 +3,10 @@ TELEMETRY message may contain."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+
+from mesh import config
 
 DAY_S = 86_400
 FUTURE_SLACK_S = DAY_S  # the API refuses > 5 min ahead; anything a day ahead is not ours
@@ -43,12 +44,9 @@ def plausible_span(min_s: float, max_s: float, *, now_s: float, retention_days: 
 
 @dataclass(frozen=True)
 class IngestorConfig:
-    """Environment: TOWERCO_TELEMETRY_RETENTION_DAYS (90), TOWERCO_INGESTOR_PARTITIONS_AHEAD_DAYS
-    (3), TOWERCO_INGESTOR_BATCH (messages per fetch, 200), TOWERCO_INGESTOR_UPKEEP_S (3600),
-    TOWERCO_INGESTOR_METRICS_PORT (unset or -1: off; 0: a free port; read by
-    mesh.lifecycle.worker_runtime), TOWERCO_INGESTOR_ACK_WAIT_S (30: how
-    soon the messages a killed replica held are redelivered to another), TOWERCO_INGESTOR_CONCURRENCY
-    (2: fetch-and-write loops per process, so decoding one batch overlaps writing another)."""
+    """The ingestor's tuning: TOWERCO_INGESTOR_* (mesh.config.IngestorSettings) and the telemetry
+    retention shared with the telemetry service (TOWERCO_TELEMETRY_RETENTION_DAYS,
+    mesh.config.TelemetrySettings); listed in docs/operations.md."""
 
     retention_days: int = 90
     ahead_days: int = 3
@@ -59,23 +57,16 @@ class IngestorConfig:
 
     @classmethod
     def from_env(cls) -> IngestorConfig:
-        def num(name: str, default: float, kind=int):
-            raw = os.environ.get(name, "")
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError as exc:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-            return value
-
+        """From mesh.config's IngestorSettings and TelemetrySettings (the retention the telemetry
+        service also reads)."""
+        env = config.load(config.IngestorSettings)
         cfg = cls(
-            retention_days=num("TOWERCO_TELEMETRY_RETENTION_DAYS", 90),
-            ahead_days=num("TOWERCO_INGESTOR_PARTITIONS_AHEAD_DAYS", 3),
-            batch=num("TOWERCO_INGESTOR_BATCH", 200),
-            upkeep_s=num("TOWERCO_INGESTOR_UPKEEP_S", 3600.0, float),
-            ack_wait_s=num("TOWERCO_INGESTOR_ACK_WAIT_S", 30.0, float),
-            concurrency=num("TOWERCO_INGESTOR_CONCURRENCY", 2),
+            retention_days=config.load(config.TelemetrySettings).retention_days,
+            ahead_days=env.partitions_ahead_days,
+            batch=env.batch,
+            upkeep_s=env.upkeep_s,
+            ack_wait_s=env.ack_wait_s,
+            concurrency=env.concurrency,
         )
         if cfg.retention_days < 1 or cfg.ahead_days < 0 or cfg.batch < 1 or cfg.upkeep_s <= 0 \
                 or cfg.ack_wait_s < 1 or not 1 <= cfg.concurrency <= 16:

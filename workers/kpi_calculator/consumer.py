@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -28,15 +27,15 @@ from towerco.kpi.v1 import kpi_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import events, outbox
+from mesh import config, events, outbox, subjects
 from workers.kpi_calculator import domain, store
 
 log = logging.getLogger("towerco.kpi_calculator")
 
 SCHEMA = "kpi"
-HOUR_SUBJECT = "towerco.kpi.hour.computed"
-SITES_FILTER = "towerco.sites.>"
-POLICY_SUBJECT = "towerco.kpi.policy.updated"
+HOUR_SUBJECT = subjects.KPI_HOUR_COMPUTED
+SITES_FILTER = subjects.SITES_EVENTS
+POLICY_SUBJECT = subjects.KPI_POLICY_UPDATED
 RECOMPUTE_CHUNK_H = 24
 RECOMPUTE_GROUP = 16  # sites re-evaluated in one transaction
 COUNTS = Counter("towerco_kpi_calculator", "What the kpi_calculator did: samples (folded or skipped "
@@ -44,11 +43,6 @@ COUNTS = Counter("towerco_kpi_calculator", "What the kpi_calculator did: samples
                  "hours_published, register_changes.", ["what"])
 FOLD_LAG = Gauge("towerco_kpi_calculator_fold_lag_seconds",
                  "Seconds from the ingest API accepting the newest folded batch to its folding (whole seconds).")
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    return float(raw) if raw else default
 
 
 def parse_partitions(spec: str, count: int) -> list[int]:
@@ -71,24 +65,8 @@ def parse_partitions(spec: str, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class CalculatorConfig:
-    """From the environment (all optional):
-    TOWERCO_KPI_PARTITIONS          partitions this replica owns, e.g. "0-7" (all)
-    TOWERCO_KPI_ALLOWED_LATENESS_S  samples older than this are not folded in (7 days)
-    TOWERCO_KPI_RECOMPUTE_DAYS      how far back a register change is re-evaluated (35)
-    TOWERCO_KPI_PUBLISH_GRACE_S     an hour is announced this long after it ends (60)
-    TOWERCO_KPI_PUBLISH_INTERVAL_S  how often closed hours are looked for (5)
-    TOWERCO_KPI_MINUTE_RETENTION_DAYS  minute aggregates kept (35)
-    TOWERCO_KPI_REPLICA             a name for this replica's register-event consumer (partitions)
-    TOWERCO_KPI_DURABLE_PREFIX      prefix of the consumer names (kpi-calculator)
-    TOWERCO_KPI_ACK_WAIT_S          redelivery delay of a batch a dead replica held (60)
-    TOWERCO_KPI_BATCH               TELEMETRY messages folded in one transaction, at most (100)
-    TOWERCO_KPI_RECOMPUTE_INTERVAL_S  least pause between re-evaluation rounds (0.1)
-    TOWERCO_KPI_SETTLE_S            a site's marked hours are re-evaluated once no telemetry has
-                                    touched it for this long (0.5): a site reporting minute by minute is
-                                    re-evaluated after each report, one in a burst or a backlog once
-    TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S  ... but a site that never goes quiet at least this often (10)
-    TOWERCO_KPI_RECOMPUTE_CONCURRENCY  sites re-evaluated at once, each in its own transaction (3)
-    """
+    """The calculator's tuning, from mesh.config.KpiCalculatorSettings (TOWERCO_KPI_*, each
+    described there and in docs/operations.md)."""
 
     partitions: tuple[int, ...]
     allowed_lateness_s: float = 7 * 86400.0
@@ -107,24 +85,25 @@ class CalculatorConfig:
 
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
-        parts = parse_partitions(os.environ.get("TOWERCO_KPI_PARTITIONS", ""), partition_count)
-        replica = os.environ.get("TOWERCO_KPI_REPLICA", "") or (
+        env = config.load(config.KpiCalculatorSettings)
+        parts = parse_partitions(env.partitions, partition_count)
+        replica = env.replica or (
             "all" if len(parts) == partition_count else "p" + "_".join(map(str, parts)))
         return cls(
             partitions=tuple(parts),
-            allowed_lateness_s=_env_float("TOWERCO_KPI_ALLOWED_LATENESS_S", 7 * 86400.0),
-            recompute_days=_env_float("TOWERCO_KPI_RECOMPUTE_DAYS", 35.0),
-            publish_grace_s=_env_float("TOWERCO_KPI_PUBLISH_GRACE_S", 60.0),
-            publish_interval_s=_env_float("TOWERCO_KPI_PUBLISH_INTERVAL_S", 5.0),
-            minute_retention_days=_env_float("TOWERCO_KPI_MINUTE_RETENTION_DAYS", 35.0),
+            allowed_lateness_s=env.allowed_lateness_s,
+            recompute_days=env.recompute_days,
+            publish_grace_s=env.publish_grace_s,
+            publish_interval_s=env.publish_interval_s,
+            minute_retention_days=env.minute_retention_days,
             replica=replica,
-            durable_prefix=os.environ.get("TOWERCO_KPI_DURABLE_PREFIX", "") or "kpi-calculator",
-            ack_wait_s=_env_float("TOWERCO_KPI_ACK_WAIT_S", 60.0),
-            batch=max(1, int(_env_float("TOWERCO_KPI_BATCH", 100))),
-            recompute_interval_s=_env_float("TOWERCO_KPI_RECOMPUTE_INTERVAL_S", 0.1),
-            settle_s=_env_float("TOWERCO_KPI_SETTLE_S", 0.5),
-            recompute_max_delay_s=_env_float("TOWERCO_KPI_RECOMPUTE_MAX_DELAY_S", 10.0),
-            recompute_concurrency=max(1, int(_env_float("TOWERCO_KPI_RECOMPUTE_CONCURRENCY", 3))),
+            durable_prefix=env.durable_prefix or "kpi-calculator",
+            ack_wait_s=env.ack_wait_s,
+            batch=max(1, env.batch),
+            recompute_interval_s=env.recompute_interval_s,
+            settle_s=env.settle_s,
+            recompute_max_delay_s=env.recompute_max_delay_s,
+            recompute_concurrency=max(1, env.recompute_concurrency),
         )
 
 
@@ -225,7 +204,7 @@ class Calculator:
         COUNTS.labels(what).inc(n)
 
     def owns(self, site_id: str) -> bool:
-        return events.partition_of(site_id, self.partition_count) in self.owned
+        return subjects.partition_of(site_id, self.partition_count) in self.owned
 
     # -- lifecycle
 
@@ -239,7 +218,7 @@ class Calculator:
         for p in self.config.partitions:
             c = events.PullConsumer(
                 self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
-                filter_subject=f"telemetry.samples.{p}", handler=self.handle_telemetry,
+                filter_subject=subjects.telemetry_subject(p), handler=self.handle_telemetry,
                 batch=self.config.batch, ack_wait=self.config.ack_wait_s)
             self.consumers.append(c)
         reg = events.PullConsumer(
@@ -430,7 +409,7 @@ class Calculator:
     async def handle_events(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             subject = msg.subject
-            if not (subject.startswith("towerco.sites.") or subject == POLICY_SUBJECT):
+            if not (subject.startswith(subjects.SITES_EVENTS_PREFIX) or subject == POLICY_SUBJECT):
                 continue
             env = events_pb2.Envelope()
             try:

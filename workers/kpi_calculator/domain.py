@@ -29,7 +29,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # The site metrics some KPI reads. The catalogue's others (battery_v, cabinet_temp_c, door_open,
 # rectifier_fault) are counted and skipped: no KPI uses them, and folding and storing them cost a
@@ -105,7 +105,7 @@ def agg_key(metric: str, tenant_id: str = "") -> str:
     return f"{LINK_METRIC}:{tenant_id}" if metric == LINK_METRIC else metric
 
 
-RawAgg = list  # [n, total, lo, hi, last_t, last_v]: an Agg as stored (JSON) and folded on the hot path
+RawAgg = list[Any]  # [n, total, lo, hi, last_t, last_v]: an Agg as stored (JSON) and folded on the hot path
 RawAggs = dict[str, RawAgg]  # key as in MinuteAggs
 
 # metric -> aggregate key of the site metrics (the link metric's key depends on the tenant)
@@ -125,7 +125,7 @@ def fold(samples: Iterable[tuple[str, str, str, float, float]]) -> dict[tuple[st
     return {k: {kk: Agg.from_list(a) for kk, a in aggs.items()} for k, aggs in out.items()}
 
 
-def _fold_one(out: dict, site_id: str, metric: str, tenant_id: str, minute: int, t: float, v: float) -> None:
+def _fold_one(out: dict[tuple[str, int], RawAggs], site_id: str, metric: str, tenant_id: str, minute: int, t: float, v: float) -> None:
     key = _SITE_KEYS.get(metric)
     if key is None:
         if metric != LINK_METRIC or not tenant_id:
@@ -151,7 +151,7 @@ def _fold_one(out: dict, site_id: str, metric: str, tenant_id: str, minute: int,
         a[5] = v
 
 
-def fold_messages(batches: Sequence[Sequence], *, oldest: float) -> tuple[dict[tuple[str, int], RawAggs], int, int]:
+def fold_messages(batches: Sequence[Sequence[Any]], *, oldest: float) -> tuple[dict[tuple[str, int], RawAggs], int, int]:
     """The hot path of `fold`, straight from TelemetryBatch samples (anything with site_id, metric,
     tenant_id, value and a Timestamp-like `time`), in raw form. A sample belongs to the minute of
     its whole epoch seconds; its time (for "latest") is seconds + nanos / 1e9. Samples of a metric
@@ -192,9 +192,10 @@ def fold_messages(batches: Sequence[Sequence], *, oldest: float) -> tuple[dict[t
             minute = sec // 60
             if minute != last_minute or site_id != last_site:
                 mk = (site_id, minute)
-                aggs = out.get(mk)  # type: ignore[assignment]
-                if aggs is None:
-                    aggs = out[mk] = {}
+                got = out.get(mk)
+                if got is None:
+                    got = out[mk] = {}
+                aggs = got
                 last_site, last_minute = site_id, minute
             a = aggs.get(key)
             if a is None:
@@ -292,18 +293,20 @@ def minute_state_raw(raw: Mapping[str, Sequence[float]]) -> MinuteState:
                                       get("load_a"), get("fuel_level_l"), get("battery_soc_pct"))
     links = {k[_LINK_LEN:]: (1 if a[2] >= 0.5 else 0) for k, a in raw.items()
              if k not in _SITE_KEY_SET and k.startswith(_LINK_PREFIX) and a[0] > 0} or _NO_LINKS
-    no_dc = dc is None or dc[0] <= 0
-    no_soc = soc is None or soc[0] <= 0
+    if dc is not None and dc[0] <= 0:
+        dc = None
+    if soc is not None and soc[0] <= 0:
+        soc = None
     return MinuteState(
         None if mains is None or mains[0] <= 0 else (1 if mains[2] >= 0.5 else 0),
         None if dg is None or dg[0] <= 0 else (1 if dg[3] >= 0.5 else 0),
-        None if no_dc else float(dc[2]),
-        None if no_dc else float(dc[3]),
-        None if no_dc else dc[1] / dc[0],
+        None if dc is None else float(dc[2]),
+        None if dc is None else float(dc[3]),
+        None if dc is None else dc[1] / dc[0],
         None if load is None or load[0] <= 0 else load[1] / load[0],
         None if fuel is None or fuel[0] <= 0 else fuel[1] / fuel[0],
-        None if no_soc else float(soc[5]),
-        None if no_soc else float(soc[4]),
+        None if soc is None else float(soc[5]),
+        None if soc is None else float(soc[4]),
         links,
     )
 
@@ -559,10 +562,10 @@ def _site_hour(site: SiteCfg, h: int, span: Sequence[MinuteState | None], pad: i
             row.fuel_expected_l += (FUEL_A * rated_kw + FUEL_B * (kw or 0.0)) / 60.0
         # refuels: a rise of more than REFUEL_THRESHOLD_L against the previous reading
         if s.fuel_l is not None:
-            back = _previous_fuel(span, i)
-            if back is not None and s.fuel_l - span[back].fuel_l > REFUEL_THRESHOLD_L:
-                row.refuel_l += s.fuel_l - span[back].fuel_l
-                if not _was_refuelling(span, back):
+            last_fuel = _previous_fuel(span, i)
+            if last_fuel is not None and s.fuel_l - last_fuel[2] > REFUEL_THRESHOLD_L:
+                row.refuel_l += s.fuel_l - last_fuel[2]
+                if not _was_refuelling(span, last_fuel[0]):
                     row.refuels += 1
         if s.soc_pct is not None and s.load_a is not None:
             row.soc_pct, row.load_a, row.soc_time = s.soc_pct, s.load_a, s.soc_t
@@ -570,14 +573,15 @@ def _site_hour(site: SiteCfg, h: int, span: Sequence[MinuteState | None], pad: i
     return row
 
 
-def _previous_fuel(span: Sequence[MinuteState | None], i: int) -> int | None:
-    """Index of the latest minute before span[i], at most FUEL_LOOKBACK_MIN back, with a fuel reading."""
+def _previous_fuel(span: Sequence[MinuteState | None], i: int) -> tuple[int, MinuteState, float] | None:
+    """(index, minute, fuel level) of the latest minute before span[i], at most FUEL_LOOKBACK_MIN
+    back, with a fuel reading."""
     for back in range(1, FUEL_LOOKBACK_MIN + 1):
         if i - back < 0:
             return None
         p = span[i - back]
         if p is not None and p.fuel_l is not None:
-            return i - back
+            return i - back, p, p.fuel_l
     return None
 
 
@@ -588,13 +592,13 @@ def _fuel_balance(row: SiteHour, span: Sequence[MinuteState | None], pad: int) -
     telescope: consecutive hours share their boundary level. The part lost with the generator
     stopped (theft indicator) is the same balance over each run of steps in which it ran in
     neither minute. Both are clipped at 0."""
-    readings = [i for i in range(pad, pad + 60) if span[i] is not None and span[i].fuel_l is not None]
+    readings = [m.fuel_l for m in span[pad:pad + 60] if m is not None and m.fuel_l is not None]
     if not readings:
         return
-    start_i = _previous_fuel(span, pad)
-    end_i = _previous_fuel(span, pad + 60)
-    start = span[start_i if start_i is not None else readings[0]].fuel_l
-    end = span[end_i if end_i is not None else readings[-1]].fuel_l
+    before_start = _previous_fuel(span, pad)
+    before_end = _previous_fuel(span, pad + 60)
+    start = before_start[2] if before_start is not None else readings[0]
+    end = before_end[2] if before_end is not None else readings[-1]
     row.fuel_consumed_l = max(0.0, start - end + row.refuel_l)
     # generator-off runs
     run_start: float | None = None
@@ -605,22 +609,22 @@ def _fuel_balance(row: SiteHour, span: Sequence[MinuteState | None], pad: int) -
         s = span[i]
         if s is None or s.fuel_l is None:
             continue
-        back = _previous_fuel(span, i)
-        if back is None:
+        last_fuel = _previous_fuel(span, i)
+        if last_fuel is None:
             continue
-        p = span[back]
+        _, p, p_fuel = last_fuel
         if s.dg == 1 or p.dg == 1:
-            if run_start is not None:
+            if run_start is not None and run_last is not None:
                 drop += max(0.0, run_start - run_last + run_refuel)
             run_start = None
             continue
         if run_start is None:
-            run_start, run_refuel = p.fuel_l, 0.0
-        delta = s.fuel_l - p.fuel_l
+            run_start, run_refuel = p_fuel, 0.0
+        delta = s.fuel_l - p_fuel
         if delta > REFUEL_THRESHOLD_L:
             run_refuel += delta
         run_last = s.fuel_l
-    if run_start is not None:
+    if run_start is not None and run_last is not None:
         drop += max(0.0, run_start - run_last + run_refuel)
     row.fuel_drop_dg_off_l = drop
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-from towerco.common.v1 import common_pb2
 from towerco.sites.v1 import sites_pb2
 
 from mesh import lifecycle
@@ -28,20 +27,13 @@ def register_fetcher(target: str):
 
     async def fetch() -> dict:
         async with Client(target, token=lambda: service_token("kpi")) as c:
-            out: dict[str, list] = {"sites": [], "tenancies": [], "windows": []}
-            for key, call, req_cls, field in (
-                ("sites", c.sites.ListSites, sites_pb2.ListSitesRequest, "sites"),
-                ("tenancies", c.sites.ListTenancies, sites_pb2.ListTenanciesRequest, "tenancies"),
-                ("windows", c.sites.ListWindows, sites_pb2.ListWindowsRequest, "windows"),
-            ):
-                token = ""
-                while True:
-                    resp = await call(req_cls(page=common_pb2.PageRequest(size=1000, token=token)), timeout=30)
-                    out[key].extend(getattr(resp, field))
-                    token = resp.page.next_token
-                    if not token:
-                        break
-            return out
+            return {
+                "sites": [s async for s in c.sites.list_all(sites_pb2.ListSitesRequest(), page_size=1000, timeout=30)],
+                "tenancies": [t async for t in c.sites.list_all(sites_pb2.ListTenanciesRequest(), page_size=1000,
+                                                                timeout=30)],
+                "windows": [w async for w in c.sites.list_all(sites_pb2.ListWindowsRequest(), page_size=1000,
+                                                              timeout=30)],
+            }
 
     return fetch
 

@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import events
+from mesh import events, subjects
 from workers.aiops_engine.consumer import AiopsEngine, EngineConfig
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ async def publish_samples(js, samples: list[telemetry_pb2.Sample], *, batch_id: 
     """As the ingest API does: one TelemetryBatch per partition, Nats-Msg-Id batch:partition."""
     by_part: dict[int, list] = {}
     for s in samples:
-        by_part.setdefault(events.partition_of(s.site_id, PARTITIONS), []).append(s)
+        by_part.setdefault(subjects.partition_of(s.site_id, PARTITIONS), []).append(s)
     ids = []
     for part, items in sorted(by_part.items()):
         for i in range(0, len(items), chunk):
@@ -93,7 +93,7 @@ async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool],
 
 
 def partitions_of(site_ids: Iterable[str]) -> tuple[int, ...]:
-    return tuple(sorted({events.partition_of(s, PARTITIONS) for s in site_ids}))
+    return tuple(sorted({subjects.partition_of(s, PARTITIONS) for s in site_ids}))
 
 
 @contextlib.asynccontextmanager

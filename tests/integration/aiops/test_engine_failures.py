@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from aiops_support import eventually, partitions_of, publish_samples, register_site, running_engine, snapshots
 
-from mesh import events
+from mesh import subjects
 from workers.aiops_engine import domain, models
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -56,7 +56,7 @@ async def test_a_raising_detector_is_retried_then_dead_lettered_and_the_rest_goe
         assert {r["site_id"] for r in rows} == {good}
         dlq = f"dlq.TELEMETRY.{engine.consumers[0].durable}" if len(partitions_of([bad])) else ""
         durable = next(c.durable for c in engine.consumers
-                       if c.filter_subject == f"telemetry.samples.{events.partition_of(bad, 16)}")
+                       if c.filter_subject == subjects.telemetry_subject(subjects.partition_of(bad, 16)))
         dlq = f"dlq.TELEMETRY.{durable}"
         sub = await js.subscribe(dlq, stream="DLQ")
         try:

@@ -11,7 +11,7 @@ from mesh.migrate import migrate
 
 @pytest.fixture(scope="session")
 async def kpi_db(stack) -> str:
-    await migrate(stack.database_url, components=["kpi_calculator"])
+    await migrate(stack.database_url, components=["kpi"])
     return stack.database_url
 
 

@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import events
+from mesh import events, subjects
 from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ async def publish_samples(js, samples: list[telemetry_pb2.Sample], *, batch_id: 
     """Publish as the ingest API does: one TelemetryBatch per partition, Nats-Msg-Id batch:partition."""
     by_part: dict[int, list] = {}
     for s in samples:
-        by_part.setdefault(events.partition_of(s.site_id, PARTITIONS), []).append(s)
+        by_part.setdefault(subjects.partition_of(s.site_id, PARTITIONS), []).append(s)
     ids = []
     for part, items in sorted(by_part.items()):
         for i in range(0, len(items), chunk):
@@ -116,7 +116,7 @@ async def eventually(fn: Callable[[], Awaitable[T]], check: Callable[[T], bool],
 @contextlib.asynccontextmanager
 async def running_calculator(pool, js, site_ids, *, database_url=None, **kw):
     """A calculator owning the partitions of `site_ids`, with its own durable consumers."""
-    parts = tuple(sorted({events.partition_of(s, PARTITIONS) for s in site_ids}))
+    parts = tuple(sorted({subjects.partition_of(s, PARTITIONS) for s in site_ids}))
     name = uuid.uuid4().hex[:8]
     cfg = CalculatorConfig(partitions=parts, publish_interval_s=0.2, publish_grace_s=0.0, replica=name,
                            recompute_interval_s=0.1, settle_s=0.2,

@@ -24,7 +24,7 @@ from towerco.events.v1 import events_pb2
 from towerco.kpi.v1 import kpi_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import events
+from mesh import events, subjects
 from services.kpi import store as service_store
 from workers.kpi_calculator import store
 
@@ -87,7 +87,7 @@ async def test_register_and_telemetry_become_minute_maps_and_hour_events(pool, j
 
         # a redelivered batch (same message id) is folded in only once
         row = await site_row(pool, site, h)
-        batch = telemetry_pb2.TelemetryBatch(batch_id="dup", partition=events.partition_of(site, 16),
+        batch = telemetry_pb2.TelemetryBatch(batch_id="dup", partition=subjects.partition_of(site, 16),
                                              samples=minute_samples(site, [h + 1], overrides={h + 1: {"dc_bus_v": 30.0}}))
 
         def metric(what: str) -> float:

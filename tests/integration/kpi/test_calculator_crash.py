@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kpi_support import eventually, hours_ago, minute_samples, publish_samples
 
-from mesh import events
+from mesh import subjects
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -31,7 +31,7 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(stack, pool, js, tmp_
     stack.require_embedded()
     u = uuid.uuid4().hex[:5].upper()
     sites = [f"KC{u}-{i}" for i in range(12)]
-    parts = sorted({events.partition_of(s, 16) for s in sites})
+    parts = sorted({subjects.partition_of(s, 16) for s in sites})
     env = stack.env()
     env.update(TOWERCO_KPI_PARTITIONS=",".join(map(str, parts)), TOWERCO_KPI_DURABLE_PREFIX=f"kpi-crash-{u.lower()}",
                TOWERCO_SITES_TARGET="127.0.0.1:1", TOWERCO_LOG_LEVEL="error",

@@ -22,7 +22,7 @@ from towerco.common.v1 import common_pb2
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
-from mesh import bootstrap, db, events
+from mesh import bootstrap, db, events, subjects
 from mesh.auth import mint_token
 from mesh.config import Settings, reset_settings
 
@@ -78,7 +78,7 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
         env = stack.env()
         env.update(TOWERCO_SITES_TARGET=f"127.0.0.1:{sites_srv.port}",
                    TOWERCO_TELEMETRY_TARGET=f"127.0.0.1:{tel_srv.port}",
-                   TOWERCO_KPI_PARTITIONS=",".join(str(events.partition_of(s, settings.partitions)) for s in sites),
+                   TOWERCO_KPI_PARTITIONS=",".join(str(subjects.partition_of(s, settings.partitions)) for s in sites),
                    TOWERCO_KPI_DURABLE_PREFIX=f"kpi-e2e-{u.lower()}", TOWERCO_KPI_PUBLISH_INTERVAL_S="0.5",
                    TOWERCO_KPI_RECOMPUTE_INTERVAL_S="0.2", TOWERCO_KPI_SETTLE_S="0.3",
                    TOWERCO_LOG_LEVEL="warning")
@@ -93,7 +93,7 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
             sys.executable, "-m", "cli.simulate", "--sites", str(len(sites)), "--site-prefix", prefix,
             "--interval", "15", "--duration", "7200", "--speed", "0", "--seed", "11",
             "--start", datetime.fromtimestamp(start).astimezone().isoformat(),
-            "--faults", "none,grid_outage=12,tenant_link_down=12", "--truth", str(truth),
+            "--faults", "none,grid_outage=12,tenant_link_down=48", "--truth", str(truth),
             "--target", f"127.0.0.1:{tel_srv.port}", "--sites-target", f"127.0.0.1:{sites_srv.port}", "--quiet",
             env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(sim.communicate(), 120)
@@ -131,7 +131,7 @@ async def test_simulator_ground_truth_matches_kpis_to_the_minute(stack, tmp_path
             try:
                 async def pending():
                     total = 0
-                    for p in {events.partition_of(s, settings.partitions) for s in sites}:
+                    for p in {subjects.partition_of(s, settings.partitions) for s in sites}:
                         info = await nc.jetstream().consumer_info("TELEMETRY", f"kpi-e2e-{u.lower()}-{p}")
                         total += info.num_pending + info.num_ack_pending
                     return total

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from mesh import migrate
+from mesh.domains import Domain
 from mesh.migrate import MigrationError
 
 
@@ -144,3 +145,72 @@ def test_module_entry_point(stack, fresh_db, tmp_path):
                           timeout=60, cwd=Path(migrate.__file__).parent.parent)
     assert proc.returncode == 2
     assert "DATABASE_URL" in proc.stderr
+
+
+async def test_moved_domain_folder_renames_the_ledger_and_applies_nothing_twice(fresh_db, tree):
+    # A database migrated when beta's files lived in workers/beta (component "beta")...
+    assert "beta/0001_init.sql" in await migrate.migrate(fresh_db, root=tree)
+    # ...then the files move to their domain's service (same content, same checksums).
+    moved = tree / "services" / "gamma" / "migrations"
+    moved.parent.mkdir(parents=True)
+    (tree / "workers" / "beta" / "migrations").rename(moved)
+    domains = (Domain("alpha", schema="alpha", service="services.alpha"),
+               Domain("gamma", schema="beta", service="services.gamma", workers=("workers.beta",),
+                      formerly=("beta",)))
+    write(tree, "services", "gamma", "0002_more.sql", "ALTER TABLE beta.state ADD COLUMN at int;")
+    assert await migrate.migrate(fresh_db, root=tree, domains=domains) == ["gamma/0002_more.sql"]
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        rows = await conn.fetch("SELECT component, version FROM public.towerco_migrations ORDER BY 1, 2")
+        assert [(r["component"], r["version"]) for r in rows] == [
+            ("alpha", 1), ("alpha", 2), ("gamma", 1), ("gamma", 2)]
+    finally:
+        await conn.close()
+    assert await migrate.migrate(fresh_db, root=tree, domains=domains) == []
+    # the former name still selects the domain
+    assert await migrate.migrate(fresh_db, root=tree, domains=domains, components=["beta"]) == []
+
+
+async def test_a_version_recorded_under_both_names_is_refused(fresh_db, tree):
+    await migrate.migrate(fresh_db, root=tree)
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute("INSERT INTO public.towerco_migrations (component, version, name, checksum) "
+                           "VALUES ('gamma', 1, '0001_init', 'x')")
+    finally:
+        await conn.close()
+    domains = (Domain("alpha", schema="alpha", service="services.alpha"),
+               Domain("gamma", schema="beta", service="workers.beta", formerly=("beta",)))
+    with pytest.raises(MigrationError, match="both 'beta' and 'gamma'"):
+        await migrate.migrate(fresh_db, root=tree, domains=domains)
+
+
+def test_a_migrations_folder_no_domain_owns_is_refused(tree):
+    domains = (Domain("alpha", schema="alpha", service="services.alpha"),)
+    with pytest.raises(MigrationError, match="workers/beta/migrations belong to no domain"):
+        migrate.discover(tree, domains=domains)
+    labels = [m.label for m in migrate.discover(tree, domains=(
+        *domains, Domain("beta", schema="beta", service="workers.beta")))]
+    assert labels == ["alpha/0001_init.sql", "alpha/0002_more.sql", "beta/0001_init.sql"]
+
+
+async def test_a_database_migrated_before_the_kpi_move_applies_nothing_twice(fresh_db):
+    """The project's own files, recorded as the old layout did (kpi's under `kpi_calculator`):
+    the next migrate renames the ledger rows and applies nothing."""
+    plan = migrate.discover()
+    assert {m.component for m in plan} == {"kpi", "sites", "telemetry"}
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute(migrate.TABLE_DDL)
+        for m in plan:
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO public.towerco_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                    "kpi_calculator" if m.component == "kpi" else m.component, m.version, m.name, m.checksum)
+        assert await migrate.migrate(fresh_db) == []
+        rows = await conn.fetch("SELECT component, count(*) AS n FROM public.towerco_migrations GROUP BY 1 ORDER BY 1")
+        assert [(r["component"], r["n"]) for r in rows] == [
+            ("kpi", sum(m.component == "kpi" for m in plan)), ("sites", 1), ("telemetry", 1)]
+    finally:
+        await conn.close()

@@ -299,7 +299,7 @@ async def test_a_cancelled_relay_without_database_url_gives_its_connection_back(
     own = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
     relay = outbox.OutboxRelay(own, None, schema=schema, poll_s=30)
     task = asyncio.create_task(relay.run())
-    await wait_for(lambda: _true(relay._listener is not None))
+    await wait_for(lambda: _true(relay._listener.connected))
     task.cancel()
     await asyncio.sleep(0)
     task.cancel()

@@ -139,3 +139,12 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="package")
+async def plat(stack):
+    """The real Sites, Telemetry and KPI services with five sites (platform_support.py)."""
+    from platform_support import platform
+
+    async with platform(stack) as p:
+        yield p

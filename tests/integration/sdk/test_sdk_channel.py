@@ -300,22 +300,40 @@ async def test_dead_server_opens_the_breaker(make_peer, clock):
             await stub.GetSite(GET, timeout=2)
 
 
+async def _recorded(cb: CircuitBreaker, n: int, wait_s: float = 5.0) -> None:
+    """Until the breaker's window holds n outcomes (a watcher task records a stream's outcome)."""
+    for _ in range(int(wait_s / 0.005)):
+        if cb.window_len() >= n:
+            return
+        await asyncio.sleep(0.005)
+
+
+async def _opened(cb: CircuitBreaker, wait_s: float = 5.0) -> None:
+    for _ in range(int(wait_s / 0.005)):
+        if cb.state is State.OPEN:
+            return
+        await asyncio.sleep(0.005)
+
+
 async def test_streams_count_by_first_response_or_end(peer, clock):
     cb = CircuitBreaker(peer.target, SMALL, clock=clock)
     channel, stub = stub_for(peer.target, breaker=cb, retry=False)
     async with channel:
         replies = [r async for r in stub.WatchChanges(sites_pb2.WatchChangesRequest(), timeout=5)]
         assert len(replies) == 3
-        await asyncio.sleep(0.01)
+        await _recorded(cb, 1)
         assert cb.window_len() == 1 and cb.failure_rate() == 0.0
 
         peer.servicer.always["WatchChanges"] = grpc.StatusCode.UNAVAILABLE
-        for _ in range(3):  # 1 success + 3 failures: rate 0.75 over the minimum 4 calls
+        for i in range(3):  # 1 success + 3 failures: rate 0.75 over the minimum 4 calls
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _r in stub.WatchChanges(sites_pb2.WatchChangesRequest(), timeout=5):
                     pass
             assert not isinstance(err.value, CircuitOpenError)
-            await asyncio.sleep(0.01)  # the outcome is recorded by a watcher task
+            if i < 2:
+                await _recorded(cb, 2 + i)  # the outcome is recorded by a watcher task
+            else:
+                await _opened(cb)
         assert cb.state is State.OPEN
         with pytest.raises(CircuitOpenError):
             async for _r in stub.WatchChanges(sites_pb2.WatchChangesRequest(), timeout=5):

@@ -46,7 +46,7 @@ async def test_site_crud_and_constraints(conn, uniq):
     sid = f"ST-{uniq}"
     created = await store.create_site(conn, row=site_row(sid))
     assert created["id"] == sid and created["tenant_ids"] == [] and created["create_time"].tzinfo
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(store.Duplicate):
         await store.create_site(conn, row=site_row(sid))
     with pytest.raises(asyncpg.CheckViolationError):
         await store.create_site(conn, row=site_row(f"BAD-{uniq}", latitude=91.0))
@@ -66,11 +66,15 @@ async def test_site_crud_and_constraints(conn, uniq):
 async def test_tenancies_cascade_and_restrict(conn, uniq):
     region, ta, tb, s1, s2, s3 = await seed(conn, uniq)
     assert (await store.get_site(conn, site_id=s2))["tenant_ids"] == sorted([ta, tb])
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(store.Duplicate):
         await store.create_tenancy(conn, row=tenancy_row(s1, ta))
-    with pytest.raises(asyncpg.ForeignKeyViolationError):
+    with pytest.raises(store.MissingReference) as missing:
         await store.create_tenancy(conn, row=tenancy_row(f"NOPE-{uniq}", ta))
-    with pytest.raises(asyncpg.RestrictViolationError):
+    assert missing.value.entity == "site"
+    with pytest.raises(store.MissingReference) as missing:
+        await store.create_tenancy(conn, row=tenancy_row(s3, f"nope-{uniq.lower()}"))
+    assert missing.value.entity == "tenant"
+    with pytest.raises(store.StillReferenced):
         await store.delete_tenant(conn, tenant_id=tb)
     t = (await store.list_tenancies(conn, site_id=s2, tenant_id=tb))[0]
     assert (await store.get_tenancy(conn, tenancy_id=t["id"]))["tenant_id"] == tb

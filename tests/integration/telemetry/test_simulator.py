@@ -72,7 +72,7 @@ async def test_bad_arguments_are_refused(stack, p):
 async def test_two_fleets_with_the_same_seed_and_start_both_store_everything(stack, p):
     """Batch ids are deterministic per fleet, never shared across fleets: the ingestor skips a
     message id it has stored before, so a shared id would silently drop the second fleet's data."""
-    from mesh.events import partition_of
+    from mesh.subjects import partition_of
 
     start = datetime.fromtimestamp(time.time() // 60 * 60 - 5 * 3600, UTC).isoformat()
     # one site per fleet, both in the same partition, so equal batch ids would mean equal message ids

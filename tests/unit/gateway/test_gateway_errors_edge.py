@@ -96,7 +96,7 @@ TIMEOUTS = [
     ("100n", None, 1e-7),
     (None, "2.5", 2.5),
     (None, "2.5s", 2.5),
-    (None, "800ms", 0.8),
+    (None, "1500ms", 1.5),
     ("1S", "99", 1.0),  # Grpc-Timeout wins
     (None, None, None),
 ]
@@ -108,7 +108,7 @@ def test_parse_timeout(grpc_timeout, request_timeout, seconds) -> None:
     assert got == pytest.approx(seconds) if seconds is not None else got is None
 
 
-@pytest.mark.parametrize(("grpc_timeout", "request_timeout"), [("10", None), ("1x", None), ("123456789S", None), (None, "soon"), (None, "0"), (None, "-1")])
+@pytest.mark.parametrize(("grpc_timeout", "request_timeout"), [("10", None), ("1x", None), ("123456789S", None), (None, "soon"), (None, "0"), (None, "-1"), (None, "800ms"), (None, ""), (None, " 2")])
 def test_bad_timeouts(grpc_timeout, request_timeout) -> None:
     with pytest.raises(ValueError):
         edge.parse_timeout(grpc_timeout, request_timeout)

@@ -37,8 +37,8 @@ CASES = [
     ("GET", "/v1/files/a/b/c.txt", None, "GetFile", {"path": "a/b/c.txt"}),
     ("POST", "/v1/shelves/s1:archive", {"reason": "full", "keep": "60s"}, "ArchiveShelf",
      {"name": "shelves/s1", "reason": "full", "keep": "60s"}),
-    # path wins over the body for the same field
-    ("POST", "/v1/shelves/s1:archive", {"name": "shelves/zzz"}, "ArchiveShelf", {"name": "shelves/s1"}),
+    # a body may repeat a path field with the same value (a different one is refused: see below)
+    ("POST", "/v1/shelves/s1:archive", {"name": "shelves/s1"}, "ArchiveShelf", {"name": "shelves/s1"}),
     ("POST", "/v1/shelves/s2/books", {"id": "b1", "title": "T"}, "CreateBook",
      {"book": {"id": "b1", "shelf": "s2", "title": "T"}}),
     ("POST", "/v1/shelves/s2/books?dry_run=true", {"id": "b1"}, "CreateBook",
@@ -165,3 +165,13 @@ def test_inferred_mask_paths_are_proto_names() -> None:
     msg = request.build(request_cls=route.request_cls, body_rule=route.body, http_method="PATCH", path_params=params,
                         query=[], body=b'{"power": {"solarKwp": 5, "dg_capacity_kva": 1}, "name": "n"}', decoder=DECODER)
     assert list(msg.update_mask.paths) == ["power.solar_kwp", "power.dg_capacity_kva", "name"]
+
+
+def test_a_body_contradicting_the_path_is_refused() -> None:
+    """grpc-gateway lets the path silently win; here the caller learns that its body was wrong."""
+    with pytest.raises(request.TranscodeError) as err:
+        build("POST", "/v1/shelves/s1:archive", {"name": "shelves/zzz"})
+    [v] = err.value.violations
+    assert v.field == "name" and "shelves/zzz" in v.description and "shelves/s1" in v.description
+    with pytest.raises(request.TranscodeError):
+        build("POST", "/v1/shelves/s2/books", {"id": "b1", "shelf": "s9"})

@@ -166,3 +166,21 @@ def test_series_value_matches_the_full_formula(codes, extra, policy):
     value, known = q.availability_value(Counter(codes), len(codes) + extra, policy)
     assert value == pytest.approx(fig.availability)
     assert known == (fig.period_minutes - fig.excluded_total if fig.defined else 0)
+
+
+def test_edge_hours_are_the_partly_covered_hours() -> None:
+    from services.kpi.domain import edge_hours, split_edges
+
+    for lo, hi, want in [(0, 120, []), (30, 120, [0]), (0, 90, [60]), (30, 90, [0, 60]), (10, 50, [0]),
+                         (60, 60, []), (61, 119, [60])]:
+        first, last = split_edges(lo, hi)
+        assert edge_hours(lo, hi, first, last) == want, (lo, hi)
+
+
+def test_policy_resolution_default_stored_and_override() -> None:
+    from services.kpi.domain import EXCLUDED, resolve_policy
+
+    assert resolve_policy(None, 0) == (EXCLUDED, 0)
+    assert resolve_policy((3, 15), 0) == (3, 15)
+    assert resolve_policy((3, 15), 2) == (2, 15)  # the request's unknown policy wins, the minimum stays
+    assert resolve_policy(None, 2) == (2, 0)

@@ -13,25 +13,25 @@ from hypothesis import strategies as st
 from nats.aio.msg import Msg
 from nats.js import api
 
-from mesh import events
+from mesh import events, subjects
 from sdk import context as sdk_context
 
 
 @given(st.text(min_size=1, max_size=40), st.integers(min_value=1, max_value=256))
 def test_partition_is_stable_and_in_range(site_id, partitions):
-    p = events.partition_of(site_id, partitions)
+    p = subjects.partition_of(site_id, partitions)
     assert 0 <= p < partitions
     assert p == zlib.crc32(site_id.encode("utf-8")) % partitions
-    assert events.telemetry_subject(site_id, partitions) == f"telemetry.samples.{p}"
+    assert subjects.site_telemetry_subject(site_id, partitions) == f"telemetry.samples.{p}"
 
 
 def test_partition_known_values_and_bad_count():
     # Fixed expectations: changing the hash would re-route every site to another replica.
-    assert events.partition_of("site-0001", 16) == 2
-    assert events.partition_of("IN-DL-0042", 16) == 0
-    assert events.partition_of("टावर-7", 16) == 1  # UTF-8 bytes, not code points
+    assert subjects.partition_of("site-0001", 16) == 2
+    assert subjects.partition_of("IN-DL-0042", 16) == 0
+    assert subjects.partition_of("टावर-7", 16) == 1  # UTF-8 bytes, not code points
     with pytest.raises(ValueError):
-        events.partition_of("x", 0)
+        subjects.partition_of("x", 0)
 
 
 def test_envelope_round_trip():

@@ -220,3 +220,56 @@ def test_real_contracts() -> None:
     # google.api.field_behavior REQUIRED is documentation only: Site.location is not enforced
     site = sites_pb2.Site(id="NBO-0001", name="n", region="r")
     assert "site.location" not in fields(sites_pb2.UpdateSiteRequest(site=site))
+
+
+# ------------------------------------------------------------------ rules the OpenAPI also states
+
+
+def test_time_range_order_is_a_declared_message_rule() -> None:
+    from google.protobuf import timestamp_pb2
+    from towerco.common.v1 import common_pb2
+    from towerco.kpi.v1 import kpi_pb2
+
+    def rng(a: int, b: int | None) -> common_pb2.TimeRange:
+        r = common_pb2.TimeRange(start_time=timestamp_pb2.Timestamp(seconds=a))
+        if b is not None:
+            r.end_time.seconds = b
+        return r
+
+    assert violations(kpi_pb2.GetSiteKpisRequest(site_id="S-1", range=rng(60, 120))) == []
+    for bad in (rng(120, 60), rng(60, 60)):
+        found = violations(kpi_pb2.GetSiteKpisRequest(site_id="S-1", range=bad))
+        assert [(v.field, v.description) for v in found] == [("range.end_time", "must be after start_time")]
+    # one end missing is not an ordering question (the handler says which end is required)
+    assert violations(kpi_pb2.GetSiteKpisRequest(site_id="S-1", range=rng(60, None))) == []
+    nanos = common_pb2.TimeRange(start_time=timestamp_pb2.Timestamp(seconds=60, nanos=2),
+                                 end_time=timestamp_pb2.Timestamp(seconds=60, nanos=1))
+    assert [v.field for v in violations(kpi_pb2.GetSiteKpisRequest(site_id="S-1", range=nanos))] == ["range.end_time"]
+
+
+def test_update_mask_paths_are_declared_and_checked() -> None:
+    from google.protobuf import field_mask_pb2
+    from towerco.sites.v1 import sites_pb2
+
+    def req(*paths: str) -> sites_pb2.UpdateTenantRequest:
+        return sites_pb2.UpdateTenantRequest(tenant=sites_pb2.Tenant(id="acme", name="Acme"),
+                                             update_mask=field_mask_pb2.FieldMask(paths=list(paths)))
+
+    assert violations(req("name")) == [] and violations(req("*")) == []
+    assert violations(sites_pb2.UpdateTenantRequest(tenant=sites_pb2.Tenant(id="acme"))) == []  # no mask
+    found = violations(req("name", "id", "power.solar_kwp"))
+    assert [v.field for v in found] == ["update_mask.paths[1]", "update_mask.paths[2]"]
+    assert "one of: name" in found[0].description
+
+
+def test_declared_mask_paths_are_the_sites_domain_masks() -> None:
+    """The OpenAPI publishes the declared paths; the Sites domain maps the same paths to columns."""
+    from towerco.sites.v1 import sites_pb2
+
+    from services.sites import domain
+
+    for request, entity in [(sites_pb2.UpdateSiteRequest, "site"), (sites_pb2.UpdateTenantRequest, "tenant"),
+                            (sites_pb2.UpdateTenancyRequest, "tenancy"), (sites_pb2.UpdateWindowRequest, "window")]:
+        fd = request.DESCRIPTOR.fields_by_name["update_mask"]
+        declared = list(fd.GetOptions().Extensions[validate_pb2.field].mask_paths)
+        assert declared == list(domain.MASKS[entity].paths), entity

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh import subjects
 from services.telemetry import domain
 
 NOW = 1_750_000_000.0
@@ -63,13 +64,13 @@ def test_bad_sample_is_refused_with_field_and_reason(kwargs, field, reason):
 
 
 def test_partition_is_stable_crc32():
-    assert domain.partition_of("S-001", 16) == zlib.crc32(b"S-001") % 16
-    assert domain.partition_of("S-001", 16) == domain.partition_of("S-001", 16)
+    assert subjects.partition_of("S-001", 16) == zlib.crc32(b"S-001") % 16
+    assert subjects.partition_of("S-001", 16) == subjects.partition_of("S-001", 16)
 
 
 @given(st.text(min_size=1, max_size=32), st.integers(min_value=1, max_value=256))
 def test_partition_in_range(site, n):
-    assert 0 <= domain.partition_of(site, n) < n
+    assert 0 <= subjects.partition_of(site, n) < n
 
 
 def test_screen_groups_by_partition_in_order_and_keeps_bad_samples_out():
@@ -104,7 +105,7 @@ def test_message_ids_and_chunks():
     assert domain.message_id("b1", 3, 2) == "b1:3:2"
     assert domain.chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
     assert domain.chunks([], 2) == [[]]
-    assert domain.subject(7) == "telemetry.samples.7"
+    assert subjects.telemetry_subject(7) == "telemetry.samples.7"
 
 
 def test_docs_metric_catalogue_matches_the_code():

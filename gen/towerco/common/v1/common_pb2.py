@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from towerco.validate.v1 import validate_pb2 as towerco_dot_validate_dot_v1_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etowerco/common/v1/common.proto\x12\x11towerco.common.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"towerco/validate/v1/validate.proto\"K\n\x0bPageRequest\x12$\n\x04size\x18\x01 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00@\x8f@\x12\x16\n\x05token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x04\"\"\n\x0cPageResponse\x12\x12\n\nnext_token\x18\x01 \x01(\t\"u\n\tTimeRange\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\"c\n\x08GeoPoint\x12*\n\x08latitude\x18\x01 \x01(\x01\x42\x18\xca\xf3\x18\x14)\x00\x00\x00\x00\x00\x80V\xc0\x31\x00\x00\x00\x00\x00\x80V@`\x01\x12+\n\tlongitude\x18\x02 \x01(\x01\x42\x18\xca\xf3\x18\x14)\x00\x00\x00\x00\x00\x80\x66\xc0\x31\x00\x00\x00\x00\x00\x80\x66@`\x01\"\x7f\n\x0b\x42oundingBox\x12\x37\n\nsouth_west\x18\x01 \x01(\x0b\x32\x1b.towerco.common.v1.GeoPointB\x06\xca\xf3\x18\x02\x08\x01\x12\x37\n\nnorth_east\x18\x02 \x01(\x0b\x32\x1b.towerco.common.v1.GeoPointB\x06\xca\xf3\x18\x02\x08\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etowerco/common/v1/common.proto\x12\x11towerco.common.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"towerco/validate/v1/validate.proto\"K\n\x0bPageRequest\x12$\n\x04size\x18\x01 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00@\x8f@\x12\x16\n\x05token\x18\x02 \x01(\tB\x07\xca\xf3\x18\x03\x18\x80\x04\"\"\n\x0cPageResponse\x12\x12\n\nnext_token\x18\x01 \x01(\t\"\x93\x01\n\tTimeRange\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02:\x1c\xd2\xf3\x18\x18\n\x16\n\nstart_time\x12\x08\x65nd_time\"c\n\x08GeoPoint\x12*\n\x08latitude\x18\x01 \x01(\x01\x42\x18\xca\xf3\x18\x14)\x00\x00\x00\x00\x00\x80V\xc0\x31\x00\x00\x00\x00\x00\x80V@`\x01\x12+\n\tlongitude\x18\x02 \x01(\x01\x42\x18\xca\xf3\x18\x14)\x00\x00\x00\x00\x00\x80\x66\xc0\x31\x00\x00\x00\x00\x00\x80\x66@`\x01\"\x7f\n\x0b\x42oundingBox\x12\x37\n\nsouth_west\x18\x01 \x01(\x0b\x32\x1b.towerco.common.v1.GeoPointB\x06\xca\xf3\x18\x02\x08\x01\x12\x37\n\nnorth_east\x18\x02 \x01(\x0b\x32\x1b.towerco.common.v1.GeoPointB\x06\xca\xf3\x18\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMERANGE'].fields_by_name['start_time']._serialized_options = b'\342A\001\002'
   _globals['_TIMERANGE'].fields_by_name['end_time']._loaded_options = None
   _globals['_TIMERANGE'].fields_by_name['end_time']._serialized_options = b'\342A\001\002'
+  _globals['_TIMERANGE']._loaded_options = None
+  _globals['_TIMERANGE']._serialized_options = b'\322\363\030\030\n\026\n\nstart_time\022\010end_time'
   _globals['_GEOPOINT'].fields_by_name['latitude']._loaded_options = None
   _globals['_GEOPOINT'].fields_by_name['latitude']._serialized_options = b'\312\363\030\024)\000\000\000\000\000\200V\3001\000\000\000\000\000\200V@`\001'
   _globals['_GEOPOINT'].fields_by_name['longitude']._loaded_options = None
@@ -54,10 +56,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGEREQUEST']._serialized_end=230
   _globals['_PAGERESPONSE']._serialized_start=232
   _globals['_PAGERESPONSE']._serialized_end=266
-  _globals['_TIMERANGE']._serialized_start=268
-  _globals['_TIMERANGE']._serialized_end=385
-  _globals['_GEOPOINT']._serialized_start=387
-  _globals['_GEOPOINT']._serialized_end=486
-  _globals['_BOUNDINGBOX']._serialized_start=488
-  _globals['_BOUNDINGBOX']._serialized_end=615
+  _globals['_TIMERANGE']._serialized_start=269
+  _globals['_TIMERANGE']._serialized_end=416
+  _globals['_GEOPOINT']._serialized_start=418
+  _globals['_GEOPOINT']._serialized_end=517
+  _globals['_BOUNDINGBOX']._serialized_start=519
+  _globals['_BOUNDINGBOX']._serialized_end=646
 # @@protoc_insertion_point(module_scope)

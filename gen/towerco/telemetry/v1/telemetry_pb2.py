@@ -23,22 +23,19 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
-from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from towerco.common.v1 import common_pb2 as towerco_dot_common_dot_v1_dot_common__pb2
 from towerco.validate.v1 import validate_pb2 as towerco_dot_validate_dot_v1_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$towerco/telemetry/v1/telemetry.proto\x12\x14towerco.telemetry.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etowerco/common/v1/common.proto\x1a\"towerco/validate/v1/validate.proto\"{\n\x06Sample\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12.\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x11\n\ttenant_id\x18\x05 \x01(\t\"d\n\rIngestRequest\x12\x1b\n\x08\x62\x61tch_id\x18\x01 \x01(\tB\t\xca\xf3\x18\x05\x08\x01\x18\x80\x01\x12\x36\n\x07samples\x18\x02 \x03(\x0b\x32\x1c.towerco.telemetry.v1.SampleB\x07\xca\xf3\x18\x03P\x90N\"J\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"|\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x33\n\nrejections\x18\x03 \x03(\x0b\x32\x1f.towerco.telemetry.v1.Rejection\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"j\n\x13IngestStreamRequest\x12\x1b\n\x08\x62\x61tch_id\x18\x01 \x01(\tB\t\xca\xf3\x18\x05\x08\x01\x18\x80\x01\x12\x36\n\x07samples\x18\x02 \x03(\x0b\x32\x1c.towerco.telemetry.v1.SampleB\x07\xca\xf3\x18\x03P\x90N\"\x80\x01\n\x14IngestStreamResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x33\n\nrejections\x18\x04 \x03(\x0b\x32\x1f.towerco.telemetry.v1.Rejection\"\x8e\x02\n\x13QuerySamplesRequest\x12\x19\n\x07site_id\x18\x01 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18 \x12\x17\n\x07metrics\x18\x02 \x03(\tB\x06\xca\xf3\x18\x02P \x12\x33\n\x05range\x18\x03 \x01(\x0b\x32\x1c.towerco.common.v1.TimeRangeB\x06\xca\xf3\x18\x02\x08\x01\x12\'\n\x04step\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12>\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32!.towerco.telemetry.v1.AggregationB\x06\xca\xf3\x18\x02X\x01\x12%\n\x05limit\x18\x06 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00j\xf8@\"@\n\x05Point\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\"X\n\x06Series\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12+\n\x06points\x18\x03 \x03(\x0b\x32\x1b.towerco.telemetry.v1.Point\"D\n\x14QuerySamplesResponse\x12,\n\x06series\x18\x01 \x03(\x0b\x32\x1c.towerco.telemetry.v1.Series\"2\n\x15LatestSnapshotRequest\x12\x19\n\x07site_id\x18\x01 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18 \"G\n\x16LatestSnapshotResponse\x12-\n\x07samples\x18\x01 \x03(\x0b\x32\x1c.towerco.telemetry.v1.Sample\"H\n\x12TailSamplesRequest\x12\x19\n\x07site_id\x18\x01 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18 \x12\x17\n\x07metrics\x18\x02 \x03(\tB\x06\xca\xf3\x18\x02P \"C\n\x13TailSamplesResponse\x12,\n\x06sample\x18\x01 \x01(\x0b\x32\x1c.towerco.telemetry.v1.Sample\"\x97\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12-\n\x07samples\x18\x03 \x03(\x0b\x32\x1c.towerco.telemetry.v1.Sample\x12\x31\n\raccepted_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x96\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_AVG\x10\x01\x12\x13\n\x0f\x41GGREGATION_MIN\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x12\x14\n\x10\x41GGREGATION_LAST\x10\x04\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x05\x32\xb3\x05\n\x10TelemetryService\x12x\n\x06Ingest\x12#.towerco.telemetry.v1.IngestRequest\x1a$.towerco.telemetry.v1.IngestResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/telemetry:ingest:\x01*\x12g\n\x0cIngestStream\x12).towerco.telemetry.v1.IngestStreamRequest\x1a*.towerco.telemetry.v1.IngestStreamResponse(\x01\x12\x8e\x01\n\x0cQuerySamples\x12).towerco.telemetry.v1.QuerySamplesRequest\x1a*.towerco.telemetry.v1.QuerySamplesResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/api/v1/sites/{site_id}/samples\x12\x95\x01\n\x0eLatestSnapshot\x12+.towerco.telemetry.v1.LatestSnapshotRequest\x1a,.towerco.telemetry.v1.LatestSnapshotResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/sites/{site_id}/snapshot\x12\x92\x01\n\x0bTailSamples\x12(.towerco.telemetry.v1.TailSamplesRequest\x1a).towerco.telemetry.v1.TailSamplesResponse\",\x82\xd3\xe4\x93\x02&\x12$/api/v1/sites/{site_id}/samples:tail0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$towerco/telemetry/v1/telemetry.proto\x12\x14towerco.telemetry.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1etowerco/common/v1/common.proto\x1a\"towerco/validate/v1/validate.proto\"u\n\x06Sample\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x11\n\ttenant_id\x18\x05 \x01(\t\"d\n\rIngestRequest\x12\x1b\n\x08\x62\x61tch_id\x18\x01 \x01(\tB\t\xca\xf3\x18\x05\x08\x01\x18\x80\x01\x12\x36\n\x07samples\x18\x02 \x03(\x0b\x32\x1c.towerco.telemetry.v1.SampleB\x07\xca\xf3\x18\x03P\x90N\"J\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"|\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x33\n\nrejections\x18\x03 \x03(\x0b\x32\x1f.towerco.telemetry.v1.Rejection\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"j\n\x13IngestStreamRequest\x12\x1b\n\x08\x62\x61tch_id\x18\x01 \x01(\tB\t\xca\xf3\x18\x05\x08\x01\x18\x80\x01\x12\x36\n\x07samples\x18\x02 \x03(\x0b\x32\x1c.towerco.telemetry.v1.SampleB\x07\xca\xf3\x18\x03P\x90N\"\x80\x01\n\x14IngestStreamResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x33\n\nrejections\x18\x04 \x03(\x0b\x32\x1f.towerco.telemetry.v1.Rejection\"\x8e\x02\n\x13QuerySamplesRequest\x12\x19\n\x07site_id\x18\x01 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18 \x12\x17\n\x07metrics\x18\x02 \x03(\tB\x06\xca\xf3\x18\x02P \x12\x33\n\x05range\x18\x03 \x01(\x0b\x32\x1c.towerco.common.v1.TimeRangeB\x06\xca\xf3\x18\x02\x08\x01\x12\'\n\x04step\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12>\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32!.towerco.telemetry.v1.AggregationB\x06\xca\xf3\x18\x02X\x01\x12%\n\x05limit\x18\x06 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00j\xf8@\"@\n\x05Point\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\"X\n\x06Series\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12+\n\x06points\x18\x03 \x03(\x0b\x32\x1b.towerco.telemetry.v1.Point\"D\n\x14QuerySamplesResponse\x12,\n\x06series\x18\x01 \x03(\x0b\x32\x1c.towerco.telemetry.v1.Series\"2\n\x15LatestSnapshotRequest\x12\x19\n\x07site_id\x18\x01 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18 \"G\n\x16LatestSnapshotResponse\x12-\n\x07samples\x18\x01 \x03(\x0b\x32\x1c.towerco.telemetry.v1.Sample\"H\n\x12TailSamplesRequest\x12\x19\n\x07site_id\x18\x01 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18 \x12\x17\n\x07metrics\x18\x02 \x03(\tB\x06\xca\xf3\x18\x02P \"C\n\x13TailSamplesResponse\x12,\n\x06sample\x18\x01 \x01(\x0b\x32\x1c.towerco.telemetry.v1.Sample\"\x97\x01\n\x0eTelemetryBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12-\n\x07samples\x18\x03 \x03(\x0b\x32\x1c.towerco.telemetry.v1.Sample\x12\x31\n\raccepted_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x96\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_AVG\x10\x01\x12\x13\n\x0f\x41GGREGATION_MIN\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x12\x14\n\x10\x41GGREGATION_LAST\x10\x04\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x05\x32\xb3\x05\n\x10TelemetryService\x12x\n\x06Ingest\x12#.towerco.telemetry.v1.IngestRequest\x1a$.towerco.telemetry.v1.IngestResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/api/v1/telemetry:ingest:\x01*\x12g\n\x0cIngestStream\x12).towerco.telemetry.v1.IngestStreamRequest\x1a*.towerco.telemetry.v1.IngestStreamResponse(\x01\x12\x8e\x01\n\x0cQuerySamples\x12).towerco.telemetry.v1.QuerySamplesRequest\x1a*.towerco.telemetry.v1.QuerySamplesResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/api/v1/sites/{site_id}/samples\x12\x95\x01\n\x0eLatestSnapshot\x12+.towerco.telemetry.v1.LatestSnapshotRequest\x1a,.towerco.telemetry.v1.LatestSnapshotResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/sites/{site_id}/snapshot\x12\x92\x01\n\x0bTailSamples\x12(.towerco.telemetry.v1.TailSamplesRequest\x1a).towerco.telemetry.v1.TailSamplesResponse\",\x82\xd3\xe4\x93\x02&\x12$/api/v1/sites/{site_id}/samples:tail0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'towerco.telemetry.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLE'].fields_by_name['time']._loaded_options = None
-  _globals['_SAMPLE'].fields_by_name['time']._serialized_options = b'\342A\001\002'
   _globals['_INGESTREQUEST'].fields_by_name['batch_id']._loaded_options = None
   _globals['_INGESTREQUEST'].fields_by_name['batch_id']._serialized_options = b'\312\363\030\005\010\001\030\200\001'
   _globals['_INGESTREQUEST'].fields_by_name['samples']._loaded_options = None
@@ -71,38 +68,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TELEMETRYSERVICE'].methods_by_name['LatestSnapshot']._serialized_options = b'\202\323\344\223\002\"\022 /api/v1/sites/{site_id}/snapshot'
   _globals['_TELEMETRYSERVICE'].methods_by_name['TailSamples']._loaded_options = None
   _globals['_TELEMETRYSERVICE'].methods_by_name['TailSamples']._serialized_options = b'\202\323\344\223\002&\022$/api/v1/sites/{site_id}/samples:tail'
-  _globals['_AGGREGATION']._serialized_start=1848
-  _globals['_AGGREGATION']._serialized_end=1998
-  _globals['_SAMPLE']._serialized_start=258
-  _globals['_SAMPLE']._serialized_end=381
-  _globals['_INGESTREQUEST']._serialized_start=383
-  _globals['_INGESTREQUEST']._serialized_end=483
-  _globals['_REJECTION']._serialized_start=485
-  _globals['_REJECTION']._serialized_end=559
-  _globals['_INGESTRESPONSE']._serialized_start=561
-  _globals['_INGESTRESPONSE']._serialized_end=685
-  _globals['_INGESTSTREAMREQUEST']._serialized_start=687
-  _globals['_INGESTSTREAMREQUEST']._serialized_end=793
-  _globals['_INGESTSTREAMRESPONSE']._serialized_start=796
-  _globals['_INGESTSTREAMRESPONSE']._serialized_end=924
-  _globals['_QUERYSAMPLESREQUEST']._serialized_start=927
-  _globals['_QUERYSAMPLESREQUEST']._serialized_end=1197
-  _globals['_POINT']._serialized_start=1199
-  _globals['_POINT']._serialized_end=1263
-  _globals['_SERIES']._serialized_start=1265
-  _globals['_SERIES']._serialized_end=1353
-  _globals['_QUERYSAMPLESRESPONSE']._serialized_start=1355
-  _globals['_QUERYSAMPLESRESPONSE']._serialized_end=1423
-  _globals['_LATESTSNAPSHOTREQUEST']._serialized_start=1425
-  _globals['_LATESTSNAPSHOTREQUEST']._serialized_end=1475
-  _globals['_LATESTSNAPSHOTRESPONSE']._serialized_start=1477
-  _globals['_LATESTSNAPSHOTRESPONSE']._serialized_end=1548
-  _globals['_TAILSAMPLESREQUEST']._serialized_start=1550
-  _globals['_TAILSAMPLESREQUEST']._serialized_end=1622
-  _globals['_TAILSAMPLESRESPONSE']._serialized_start=1624
-  _globals['_TAILSAMPLESRESPONSE']._serialized_end=1691
-  _globals['_TELEMETRYBATCH']._serialized_start=1694
-  _globals['_TELEMETRYBATCH']._serialized_end=1845
-  _globals['_TELEMETRYSERVICE']._serialized_start=2001
-  _globals['_TELEMETRYSERVICE']._serialized_end=2692
+  _globals['_AGGREGATION']._serialized_start=1809
+  _globals['_AGGREGATION']._serialized_end=1959
+  _globals['_SAMPLE']._serialized_start=225
+  _globals['_SAMPLE']._serialized_end=342
+  _globals['_INGESTREQUEST']._serialized_start=344
+  _globals['_INGESTREQUEST']._serialized_end=444
+  _globals['_REJECTION']._serialized_start=446
+  _globals['_REJECTION']._serialized_end=520
+  _globals['_INGESTRESPONSE']._serialized_start=522
+  _globals['_INGESTRESPONSE']._serialized_end=646
+  _globals['_INGESTSTREAMREQUEST']._serialized_start=648
+  _globals['_INGESTSTREAMREQUEST']._serialized_end=754
+  _globals['_INGESTSTREAMRESPONSE']._serialized_start=757
+  _globals['_INGESTSTREAMRESPONSE']._serialized_end=885
+  _globals['_QUERYSAMPLESREQUEST']._serialized_start=888
+  _globals['_QUERYSAMPLESREQUEST']._serialized_end=1158
+  _globals['_POINT']._serialized_start=1160
+  _globals['_POINT']._serialized_end=1224
+  _globals['_SERIES']._serialized_start=1226
+  _globals['_SERIES']._serialized_end=1314
+  _globals['_QUERYSAMPLESRESPONSE']._serialized_start=1316
+  _globals['_QUERYSAMPLESRESPONSE']._serialized_end=1384
+  _globals['_LATESTSNAPSHOTREQUEST']._serialized_start=1386
+  _globals['_LATESTSNAPSHOTREQUEST']._serialized_end=1436
+  _globals['_LATESTSNAPSHOTRESPONSE']._serialized_start=1438
+  _globals['_LATESTSNAPSHOTRESPONSE']._serialized_end=1509
+  _globals['_TAILSAMPLESREQUEST']._serialized_start=1511
+  _globals['_TAILSAMPLESREQUEST']._serialized_end=1583
+  _globals['_TAILSAMPLESRESPONSE']._serialized_start=1585
+  _globals['_TAILSAMPLESRESPONSE']._serialized_end=1652
+  _globals['_TELEMETRYBATCH']._serialized_start=1655
+  _globals['_TELEMETRYBATCH']._serialized_end=1806
+  _globals['_TELEMETRYSERVICE']._serialized_start=1962
+  _globals['_TELEMETRYSERVICE']._serialized_end=2653
 # @@protoc_insertion_point(module_scope)

@@ -82,7 +82,10 @@ class Sample(_message.Message):
     """For per-tenancy metrics (tenant_link_up): the tenant (at most 32 characters)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it was measured."""
+        """When it was measured. A sample without it is refused on its own (in the response's
+        rejections, reason MISSING_TIME), like every other per-sample problem: it does not sink
+        the batch, so the schema does not mark it required.
+        """
 
     def __init__(
         self,

@@ -3,18 +3,20 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -42,6 +44,7 @@ class FieldRules(_message.Message):
     MAX_ITEMS_FIELD_NUMBER: _builtins.int
     DEFINED_ONLY_FIELD_NUMBER: _builtins.int
     FINITE_FIELD_NUMBER: _builtins.int
+    MASK_PATHS_FIELD_NUMBER: _builtins.int
     required: _builtins.bool
     """The field must be set: a non-empty string or bytes, a present message, a non-zero
     enum value, at least one element of a repeated field.
@@ -63,6 +66,12 @@ class FieldRules(_message.Message):
     """Enums: the value must be one of the enum's declared numbers."""
     finite: _builtins.bool
     """Numbers (double/float): the value must be finite (no NaN, no infinity)."""
+    @_builtins.property
+    def mask_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """google.protobuf.FieldMask: the only paths it may name (snake_case, as on the wire in gRPC);
+        "*" (every updatable field) is always allowed when this list is set.
+        """
+
     def __init__(
         self,
         *,
@@ -78,10 +87,11 @@ class FieldRules(_message.Message):
         max_items: _builtins.int | None = ...,
         defined_only: _builtins.bool = ...,
         finite: _builtins.bool = ...,
+        mask_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "_max_items", b"_max_items", "_max_len", b"_max_len", "_min_items", b"_min_items", "_min_len", b"_min_len", "gt", b"gt", "gte", b"gte", "lt", b"lt", "lte", b"lte", "max_items", b"max_items", "max_len", b"max_len", "min_items", b"min_items", "min_len", b"min_len"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "_max_items", b"_max_items", "_max_len", b"_max_len", "_min_items", b"_min_items", "_min_len", b"_min_len", "defined_only", b"defined_only", "finite", b"finite", "gt", b"gt", "gte", b"gte", "lt", b"lt", "lte", b"lte", "max_items", b"max_items", "max_len", b"max_len", "min_items", b"min_items", "min_len", b"min_len", "pattern", b"pattern", "required", b"required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "_max_items", b"_max_items", "_max_len", b"_max_len", "_min_items", b"_min_items", "_min_len", b"_min_len", "defined_only", b"defined_only", "finite", b"finite", "gt", b"gt", "gte", b"gte", "lt", b"lt", "lte", b"lte", "mask_paths", b"mask_paths", "max_items", b"max_items", "max_len", b"max_len", "min_items", b"min_items", "min_len", b"min_len", "pattern", b"pattern", "required", b"required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__gt: _TypeAlias = _typing.Literal["gt"]  # noqa: Y015
     _WhichOneofArgType__gt: _TypeAlias = _typing.Literal["_gt", b"_gt"]  # noqa: Y015
@@ -118,6 +128,66 @@ class FieldRules(_message.Message):
 
 Global___FieldRules: _TypeAlias = FieldRules  # noqa: Y015
 
+@_typing.final
+class MessageRules(_message.Message):
+    """Rules that relate several fields of one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ordered(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldOrder]:
+        """Each pair: when both fields are set (present, or for scalars without presence non-zero),
+        `greater` must be greater than `lesser` (or equal, with allow_equal): timestamps, durations
+        or numbers. The violation is reported on `greater`.
+        """
+
+    def __init__(
+        self,
+        *,
+        ordered: _abc.Iterable[Global___FieldOrder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ordered", b"ordered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageRules: _TypeAlias = MessageRules  # noqa: Y015
+
+@_typing.final
+class FieldOrder(_message.Message):
+    """Two fields of one message, `greater` after (above) `lesser`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LESSER_FIELD_NUMBER: _builtins.int
+    GREATER_FIELD_NUMBER: _builtins.int
+    ALLOW_EQUAL_FIELD_NUMBER: _builtins.int
+    lesser: _builtins.str
+    """The field that must be smaller (earlier)."""
+    greater: _builtins.str
+    """The field that must be greater (later)."""
+    allow_equal: _builtins.bool
+    """Equal values are allowed too (greater >= lesser)."""
+    def __init__(
+        self,
+        *,
+        lesser: _builtins.str = ...,
+        greater: _builtins.str = ...,
+        allow_equal: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_equal", b"allow_equal", "greater", b"greater", "lesser", b"lesser"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldOrder: _TypeAlias = FieldOrder  # noqa: Y015
+
 FIELD_FIELD_NUMBER: _builtins.int
+MESSAGE_FIELD_NUMBER: _builtins.int
 field: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldRules]
 """Rules for one field."""
+message: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MessageOptions, Global___MessageRules]
+"""Rules across the fields of one message."""

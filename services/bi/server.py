@@ -1,0 +1,51 @@
+"""Wiring of the BI service (port 7005): `python -m services.bi.server`. Tariffs and emission
+factors come from mesh.config.BiSettings (docs/bi.md, docs/operations.md)."""
+
+from __future__ import annotations
+
+from towerco.bi.v1 import bi_pb2_grpc
+from towerco.files.v1 import files_pb2_grpc
+from towerco.kpi.v1 import kpi_pb2_grpc
+from towerco.sites.v1 import sites_pb2_grpc
+
+from mesh.auth import service_token
+from mesh.bootstrap import Runtime, ServiceSpec, main
+from mesh.config import BiSettings, load
+from mesh.migrate import migrate
+from sdk.breaker import BreakerConfig
+from sdk.client import Client
+from services.bi import domain
+from services.bi.servicer import BiServicer
+
+SERVICE = "bi"
+FULL_NAME = "towerco.bi.v1.BiService"
+REPORT_SLOW_S = 30.0
+
+
+def tariff_from_env() -> domain.Tariff:
+    t = load(BiSettings)
+    return domain.Tariff(grid_price_minor_per_kwh=t.grid_price_minor_per_kwh,
+                         fuel_price_minor_per_l=t.fuel_price_minor_per_l, currency_code=t.currency,
+                         grid_kg_co2e_per_kwh=t.grid_kg_co2e_per_kwh, diesel_kg_co2e_per_l=t.diesel_kg_co2e_per_l)
+
+
+async def setup(rt: Runtime) -> list[ServiceSpec]:
+    await migrate(rt.settings.database_url, components=["bi"])
+    # no fixed token: calls carry the caller's own token, so KPI and Sites scope it as well.
+    # A month of a large tenant is a heavy query by nature: a call counts as slow for the circuit
+    # breaker only past REPORT_SLOW_S, not the default 2 s (which opened it under bench-bi)
+    report_breaker = BreakerConfig(slow_call_threshold_s=REPORT_SLOW_S)
+    kpi = Client(rt.settings.target("kpi"), breaker=report_breaker)
+    sites = Client(rt.settings.target("sites"), breaker=report_breaker)
+    # exports are filed as the BI service itself (a tenant's viewer may not upload)
+    files = Client(rt.settings.target("files"), token=lambda: service_token(SERVICE))
+    for c in (kpi, sites, files):
+        rt.on_shutdown(c.close)
+    servicer = BiServicer(rt.pool, kpi=kpi.stub(kpi_pb2_grpc.KpiServiceStub),
+                          sites=sites.stub(sites_pb2_grpc.SitesServiceStub),
+                          files=files.stub(files_pb2_grpc.FilesServiceStub), tariff=tariff_from_env())
+    return [ServiceSpec(FULL_NAME, servicer, bi_pb2_grpc.add_BiServiceServicer_to_server)]
+
+
+if __name__ == "__main__":
+    main(SERVICE, setup)

@@ -1,0 +1,550 @@
+"""BiService handlers: check the caller and the request, gather figures from the KPI and Sites
+services over gRPC (with the caller's own token, so they scope it too), let the domain compute,
+keep rule sets and closed months in the bi schema (store), map to protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+from google.protobuf import timestamp_pb2
+from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
+from towerco.common.v1 import common_pb2
+from towerco.files.v1 import files_pb2, files_pb2_grpc
+from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
+from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
+
+from mesh.auth import Identity, require_role, tenant_scope
+from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from services.bi import domain, exports, store
+
+SCHEMA = "bi"
+READ_ROLES = ("viewer", "tenant_viewer")
+WRITE_ROLES = ("admin",)
+PAGE = 1000
+SITE_CONCURRENCY = 16
+STAFF_FILES_TENANT = "towerco"  # where staff's fleet-wide exports are filed
+FORMATS = {bi_pb2.EXPORT_FORMAT_CSV: "csv", bi_pb2.EXPORT_FORMAT_XLSX: "xlsx", bi_pb2.EXPORT_FORMAT_PDF: "pdf"}
+CHART_BARS = 60
+PDF_EVIDENCE_ROWS = 2000
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _scope(identity: Identity, tenant_id: str) -> str | None:
+    """The tenant a read is limited to (mesh.auth.tenant_scope): another tenant's data is NOT_FOUND."""
+    return tenant_scope(identity, tenant_id)
+
+
+def _month(month: str, field: str = "month") -> tuple[int, int]:
+    try:
+        return domain.month_span(month)
+    except ValueError as exc:
+        raise InvalidArgument("invalid month", [FieldViolation(field, str(exc))]) from None
+
+
+def _ts(minute: int) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromSeconds(minute * 60)
+    return t
+
+
+def _range(lo: int, hi: int) -> common_pb2.TimeRange:
+    return common_pb2.TimeRange(start_time=_ts(lo), end_time=_ts(hi))
+
+
+async def _upstream(kind: str, name: str, call: Awaitable[T]) -> T:
+    """Await a call to another service; its NOT_FOUND / PERMISSION_DENIED become our NOT_FOUND of
+    the resource asked about (kind, name). UNAVAILABLE and DEADLINE_EXCEEDED are mapped by the
+    mesh's exception interceptor."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+            raise NotFound(f"{kind} {name} not found".replace("  ", " "), kind, name) from None
+        raise
+
+
+def rules_of(row: dict[str, Any] | None) -> domain.RuleSet:
+    if row is None:
+        return domain.NO_RULES
+    return domain.RuleSet(
+        bands=tuple(domain.Band(float(b["from_points"]), float(b["to_points"]), float(b["penalty_percent"]))
+                    for b in row["bands"]),
+        cap_percent=float(row["cap_percent"]), incident_min_minutes=int(row["incident_min_minutes"]),
+        incident_percent=float(row["incident_percent"]), version=int(row["version"]))
+
+
+def rule_set_pb(row: dict[str, Any]) -> bi_pb2.PenaltyRuleSet:
+    rs = bi_pb2.PenaltyRuleSet(
+        tenant_id=row["tenant_id"], version=row["version"], effective_month=row["effective_month"],
+        bands=[bi_pb2.PenaltyBand(from_points=b["from_points"], to_points=b["to_points"],
+                                  penalty_percent=b["penalty_percent"]) for b in row["bands"]],
+        cap_percent=row["cap_percent"], incident_min_minutes=row["incident_min_minutes"],
+        incident_penalty_percent=row["incident_percent"], description=row["description"])
+    rs.create_time.FromDatetime(row["create_time"])
+    return rs
+
+
+# --------------------------------------------------------------------------- gathering
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    id: str
+    site_id: str
+    sla_target: float
+    fee_minor: int
+    currency: str
+    start_s: float
+
+
+async def list_tenancies(sites: sites_pb2_grpc.SitesServiceStub, tenant_id: str) -> list[Tenancy]:
+    out: list[Tenancy] = []
+    token = ""
+    while True:
+        resp = await _upstream("tenant", tenant_id, sites.ListTenancies(sites_pb2.ListTenanciesRequest(
+            tenant_id=tenant_id, page=common_pb2.PageRequest(size=PAGE, token=token))))
+        for t in resp.tenancies:
+            if t.tenant_id != tenant_id:
+                continue
+            start = t.create_time.seconds + t.create_time.nanos / 1e9 if t.HasField("create_time") else 0.0
+            out.append(Tenancy(t.id, t.site_id, t.sla_availability_target, t.monthly_fee_minor,
+                               t.currency_code, start))
+        token = resp.page.next_token
+        if not token:
+            return out
+
+
+async def tenant_availability(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, lo: int, hi: int,
+                              skip_outages: bool) -> dict[str, kpi_pb2.TenancyAvailability]:
+    """site -> the tenant's tenancy availability over [lo, hi), every page."""
+    out: dict[str, kpi_pb2.TenancyAvailability] = {}
+    token = ""
+    while True:
+        resp = await _upstream("tenant", tenant_id, kpi.GetTenantAvailability(kpi_pb2.GetTenantAvailabilityRequest(
+            tenant_id=tenant_id, range=_range(lo, hi), skip_outages=skip_outages,
+            page=common_pb2.PageRequest(size=PAGE, token=token))))
+        for t in resp.tenancies:
+            if t.tenant_id == tenant_id:
+                out[t.site_id] = t
+        token = resp.page.next_token
+        if not token:
+            return out
+
+
+# --------------------------------------------------------------------------- the servicer
+
+
+class BiServicer(bi_pb2_grpc.BiServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, *, kpi: kpi_pb2_grpc.KpiServiceStub,
+                 sites: sites_pb2_grpc.SitesServiceStub, files: files_pb2_grpc.FilesServiceStub | None = None,
+                 tariff: domain.Tariff, clock: Callable[[], float] = time.time) -> None:
+        self.pool = pool
+        self.files = files  # called as the BI service itself: a tenant's viewer may not upload
+        self.kpi = kpi
+        self.sites = sites
+        self.tariff = tariff
+        self.clock = clock
+
+    # -- penalty rule sets
+
+    async def CreatePenaltyRuleSet(self, request, context):
+        identity = require_role(*WRITE_ROLES)
+        rs = request.rule_set
+        if not rs.tenant_id:
+            raise InvalidArgument("invalid rule set", [FieldViolation("rule_set.tenant_id", "is required")])
+        _scope(identity, rs.tenant_id)
+        rules = domain.RuleSet(
+            bands=tuple(domain.Band(b.from_points, b.to_points, b.penalty_percent) for b in rs.bands),
+            cap_percent=rs.cap_percent, incident_min_minutes=rs.incident_min_minutes,
+            incident_percent=rs.incident_penalty_percent)
+        problems = domain.validate_rule_set(rules, rs.effective_month)
+        if problems:
+            raise InvalidArgument("invalid rule set", [FieldViolation(f"rule_set.{f}", d) for f, d in problems])
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await store.insert_rule_set(
+                conn, tenant_id=rs.tenant_id, effective_month=rs.effective_month,
+                bands=[{"from_points": b.from_points, "to_points": b.to_points, "penalty_percent": b.percent}
+                       for b in rules.bands],
+                cap_percent=rules.cap_percent, incident_min_minutes=rules.incident_min_minutes,
+                incident_percent=rules.incident_percent, description=rs.description,
+                created_by=identity.subject)
+        return bi_pb2.CreatePenaltyRuleSetResponse(rule_set=rule_set_pb(row))
+
+    async def GetPenaltyRuleSet(self, request, context):
+        identity = require_role(*READ_ROLES)
+        scope = _scope(identity, request.tenant_id)
+        async with self.pool.acquire() as conn:
+            row = await store.get_rule_set(conn, tenant_id=request.tenant_id, version=request.version, tenant=scope)
+        if row is None:
+            name = f"{request.tenant_id}/{request.version or 'latest'}"
+            raise NotFound(f"penalty rule set {name} not found", "penalty rule set", name)
+        return bi_pb2.GetPenaltyRuleSetResponse(rule_set=rule_set_pb(row))
+
+    async def ListPenaltyRuleSets(self, request, context):
+        identity = require_role(*READ_ROLES)
+        if not identity.is_staff and request.tenant_id != identity.tenant:
+            return bi_pb2.ListPenaltyRuleSetsResponse()  # lists omit what the caller may not see
+        async with self.pool.acquire() as conn:
+            rows = await store.list_rule_sets(conn, tenant_id=request.tenant_id,
+                                              tenant=None if identity.is_staff else identity.tenant)
+        return bi_pb2.ListPenaltyRuleSetsResponse(rule_sets=[rule_set_pb(r) for r in rows])
+
+    # -- statements
+
+    async def compute_statement(self, tenant_id: str, month: str, *, skip_outages: bool) -> bi_pb2.SlaStatement:
+        """The month's statement computed from today's figures."""
+        lo, hi = _month(month)
+        async with self.pool.acquire() as conn:
+            rows = await store.list_rule_sets(conn, tenant_id=tenant_id, tenant=None)
+        rules = domain.pick_rule_set(((r["effective_month"], rules_of(r)) for r in rows), month)
+        # the whole month is asked of the KPI service while the register is read (most tenancies
+        # span it); then one query per other distinct measured span (a fleet seeded together
+        # shares one)
+        whole = asyncio.ensure_future(tenant_availability(self.kpi, tenant_id, lo, hi, skip_outages))
+        try:  # a tenant the register does not know has no statement (NOT_FOUND), not an empty one
+            await _upstream("tenant", tenant_id, self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id)))
+            tenancies = await list_tenancies(self.sites, tenant_id)
+        except BaseException:
+            whole.cancel()
+            raise
+        spans: dict[tuple[int, int], list[Tenancy]] = defaultdict(list)
+        for t in tenancies:
+            span = domain.measured_span(lo, hi, t.start_s)
+            if span is not None:
+                spans[span].append(t)
+        others = [sp for sp in spans if sp != (lo, hi)]
+        figures = dict(zip(others, await asyncio.gather(*(
+            tenant_availability(self.kpi, tenant_id, a, b, skip_outages) for a, b in others)), strict=True))
+        figures[(lo, hi)] = await whole
+        st = bi_pb2.SlaStatement(tenant_id=tenant_id, month=month, range=_range(lo, hi),
+                                 status=bi_pb2.STATEMENT_STATUS_OPEN, rule_set_version=rules.version)
+        st.compute_time.FromSeconds(int(self.clock()))
+        lines = []
+        for span, group in spans.items():
+            for t in group:
+                lines.append(self._line(t, span, hi - lo, figures[span].get(t.site_id), rules))
+        lines.sort(key=lambda x: (x.site_id, x.tenancy_id))
+        st.tenancies.extend(lines)
+        st.tenancies_below_sla = sum(1 for x in lines if not x.sla_met)
+        for cur, tot in domain.totals_by_currency((x.currency_code, x.prorated_fee_minor, x.penalty_minor)
+                                                  for x in lines).items():
+            st.totals.add(currency_code=cur, fee_minor=tot.fee_minor, penalty_minor=tot.penalty_minor)
+        return st
+
+    @staticmethod
+    def _line(t: Tenancy, span: tuple[int, int], month_minutes: int, fig: kpi_pb2.TenancyAvailability | None,
+              rules: domain.RuleSet) -> bi_pb2.TenancyStatement:
+        lo, hi = span
+        if fig is None:  # the KPI side has no figures at all for the tenancy: every minute unknown
+            breakdown = kpi_pb2.Availability(
+                availability=1.0, defined=False, period_minutes=hi - lo, unknown_minutes=hi - lo,
+                excluded=kpi_pb2.ExcludedMinutes(total=hi - lo, unknown=hi - lo), sla_target=t.sla_target,
+                sla_met=True)
+            outages: list[kpi_pb2.OutageInterval] = []
+            region = ""
+        else:
+            breakdown, outages, region = fig.availability, list(fig.outages), fig.region
+        p = domain.penalty(domain.TenancyInput(
+            site_id=t.site_id, sla_target=t.sla_target, period_minutes=breakdown.period_minutes,
+            outage_minutes=breakdown.outage.total, excluded_minutes=breakdown.excluded.total,
+            outage_interval_minutes=tuple(o.minutes for o in outages), monthly_fee_minor=t.fee_minor,
+            span_minutes=hi - lo, month_minutes=month_minutes), rules)
+        return bi_pb2.TenancyStatement(
+            site_id=t.site_id, region=region, tenancy_id=t.id, measured_range=_range(lo, hi),
+            sla_target=t.sla_target, availability=p.availability, defined=p.defined, sla_met=p.sla_met,
+            shortfall_points=p.shortfall_points, breakdown=breakdown, outages=outages,
+            monthly_fee_minor=t.fee_minor, prorated_fee_minor=p.prorated_fee_minor, currency_code=t.currency,
+            band=p.band, band_percent=p.band_percent, band_penalty_minor=p.band_penalty_minor,
+            incidents=p.incidents, incident_penalty_minor=p.incident_penalty_minor, capped=p.capped,
+            penalty_minor=p.penalty_minor)
+
+    async def statement(self, tenant_id: str, month: str, *, skip_outages: bool = False) -> bi_pb2.SlaStatement:
+        """The statement as callers see it: live while open; frozen plus adjustments once closed."""
+        _month(month)
+        async with self.pool.acquire() as conn:
+            closed = await store.closed_month(conn, tenant_id=tenant_id, month=month)
+        live = await self.compute_statement(tenant_id, month, skip_outages=skip_outages)
+        if closed is None:
+            return live
+        frozen = bi_pb2.SlaStatement.FromString(closed["statement"])
+        if skip_outages:
+            for line in frozen.tenancies:
+                del line.outages[:]
+        adj = domain.adjustments(_figures(frozen), _figures(live))
+        frozen.adjustments.extend(bi_pb2.Adjustment(
+            site_id=a.site_id, availability_delta=a.availability_delta, penalty_delta_minor=a.penalty_delta_minor,
+            currency_code=a.currency_code, reason=a.reason) for a in adj)
+        return frozen
+
+    async def GetSlaStatement(self, request, context):
+        identity = require_role(*READ_ROLES)
+        _scope(identity, request.tenant_id)
+        st = await self.statement(request.tenant_id, request.month, skip_outages=request.skip_outages)
+        return bi_pb2.GetSlaStatementResponse(statement=st)
+
+    async def CloseMonth(self, request, context):
+        identity = require_role(*WRITE_ROLES)
+        _scope(identity, request.tenant_id)
+        _month(request.month)
+        now = self.clock()
+        if not domain.month_ended(request.month, now):
+            raise FailedPrecondition(f"month {request.month} has not ended", "MONTH_NOT_ENDED")
+        st = await self.compute_statement(request.tenant_id, request.month, skip_outages=False)
+        st.status = bi_pb2.STATEMENT_STATUS_CLOSED
+        st.close_time.FromSeconds(int(now))
+        st.closed_by = identity.subject
+        async with self.pool.acquire() as conn:
+            row = await store.insert_closed_month(conn, tenant_id=request.tenant_id, month=request.month,
+                                                  statement=st.SerializeToString(), closed_by=identity.subject)
+        if row is None:
+            raise FailedPrecondition(f"month {request.month} is already closed", "MONTH_CLOSED")
+        return bi_pb2.CloseMonthResponse(statement=st)
+
+    # -- recommendations
+
+    async def ListRecommendations(self, request, context):
+        identity = require_role(*READ_ROLES)
+        if not identity.is_staff:  # the towerco's own optimisation work: not a tenant's business
+            return bi_pb2.ListRecommendationsResponse()
+        async with self.pool.acquire() as conn:
+            rows = await store.list_recommendations(conn, kind=request.kind, region=request.region,
+                                                    limit=request.limit or 100)
+        resp = bi_pb2.ListRecommendationsResponse()
+        for r in rows:
+            rec = resp.recommendations.add(
+                kind=r["kind"], site_id=r["site_id"], region=r["region"], title=r["title"],
+                evidence=[bi_pb2.Evidence(name=n, value=v) for n, v in r["evidence"]],
+                estimated_monthly_saving_minor=r["saving_minor"], currency_code=r["currency"],
+                due_date=r["due_date"], run=r["run"])
+            rec.compute_time.FromDatetime(r["compute_time"])
+        return resp
+
+    # -- exports
+
+    async def _file(self, tenant_id: str, name: str, fmt: str, content: bytes, ttl: int
+                    ) -> tuple[files_pb2.File, files_pb2.CreateDownloadLinkResponse]:
+        if self.files is None:
+            raise FailedPrecondition("exports need the Files service, which is not configured", "NO_FILES")
+        up = await self.files.UploadFile(files_pb2.UploadFileRequest(
+            tenant_id=tenant_id, kind=files_pb2.FILE_KIND_EXPORT, name=name,
+            content_type=exports.CONTENT_TYPES[fmt], content=content))
+        link = await self.files.CreateDownloadLink(files_pb2.CreateDownloadLinkRequest(
+            file_id=up.file.id, ttl_seconds=ttl))
+        return up.file, link
+
+    async def ExportSlaStatement(self, request, context):
+        identity = require_role(*READ_ROLES)
+        _scope(identity, request.tenant_id)
+        fmt = FORMATS[request.format]
+        st = await self.statement(request.tenant_id, request.month)
+        content = await asyncio.to_thread(exports.render, statement_report(st), fmt)
+        f, link = await self._file(request.tenant_id, f"statement-{request.tenant_id}-{request.month}.{fmt}", fmt,
+                                   content, request.link_ttl_seconds)
+        return bi_pb2.ExportSlaStatementResponse(file=f, download_url=link.url, expire_time=link.expire_time)
+
+    async def ExportEnergyReport(self, request, context):
+        identity = require_role(*READ_ROLES)
+        fmt = FORMATS[request.format]
+        rep = (await self.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=request.month, region=request.region),
+                                          context)).report
+        content = await asyncio.to_thread(exports.render, energy_report(rep), fmt)
+        owner = STAFF_FILES_TENANT if identity.is_staff else identity.tenant
+        suffix = f"-{request.region}" if request.region else ""
+        f, link = await self._file(owner, f"energy-{request.month}{suffix}.{fmt}", fmt, content,
+                                   request.link_ttl_seconds)
+        return bi_pb2.ExportEnergyReportResponse(file=f, download_url=link.url, expire_time=link.expire_time)
+
+    # -- energy
+
+    async def GetEnergyReport(self, request, context):
+        require_role(*READ_ROLES)
+        lo, hi = _month(request.month)
+        rng = _range(lo, hi)
+        report = bi_pb2.EnergyReport(month=request.month, range=rng, tariff=bi_pb2.EnergyTariff(
+            grid_price_minor_per_kwh=self.tariff.grid_price_minor_per_kwh,
+            fuel_price_minor_per_l=self.tariff.fuel_price_minor_per_l, currency_code=self.tariff.currency_code,
+            grid_kg_co2e_per_kwh=self.tariff.grid_kg_co2e_per_kwh,
+            diesel_kg_co2e_per_l=self.tariff.diesel_kg_co2e_per_l))
+        total = domain.EnergyFigures()
+        if request.site_id or request.region:
+            sites = await self._sites(request.site_id, request.region)
+            sem = asyncio.Semaphore(SITE_CONCURRENCY)
+
+            async def one(site: sites_pb2.Site) -> tuple[sites_pb2.Site, kpi_pb2.SiteKpis | None]:
+                async with sem:
+                    try:
+                        r = await self.kpi.GetSiteKpis(kpi_pb2.GetSiteKpisRequest(site_id=site.id, range=rng))
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() == grpc.StatusCode.NOT_FOUND:  # no figures yet
+                            return site, None
+                        raise
+                    return site, r.kpis
+
+            by_region: dict[str, domain.EnergyFigures] = defaultdict(domain.EnergyFigures)
+            for site, k in await asyncio.gather(*(one(s) for s in sites)):
+                f = _site_figures(site, k)
+                report.sites.append(self._energy_line(site.id, site.region, f))
+                by_region[site.region].add(f)
+                total.add(f)
+            for region in sorted(by_region):
+                report.regions.append(self._energy_line(region, region, by_region[region]))
+        else:
+            fleet = await _upstream("fleet", "", self.kpi.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(range=rng)))
+            for g in fleet.regions:
+                f = domain.EnergyFigures(
+                    sites=g.sites, energy_grid_kwh=g.energy_grid_kwh, energy_dg_kwh=g.energy_dg_kwh,
+                    energy_battery_kwh=g.energy_battery_kwh, dg_run_hours=g.dg_run_hours,
+                    fuel_consumed_l=g.fuel_consumed_l, fuel_expected_l=g.fuel_expected_l)
+                report.regions.append(self._energy_line(g.key, g.key, f))
+                total.add(f)
+        report.total.CopyFrom(self._energy_line("total", "", total))
+        return bi_pb2.GetEnergyReportResponse(report=report)
+
+    async def _sites(self, site_id: str, region: str) -> list[sites_pb2.Site]:
+        if site_id:
+            resp = await _upstream("site", site_id, self.sites.GetSite(sites_pb2.GetSiteRequest(site_id=site_id)))
+            if region and resp.site.region != region:
+                return []
+            return [resp.site]
+        out: list[sites_pb2.Site] = []
+        token = ""
+        while True:
+            resp = await _upstream("region", region, self.sites.ListSites(sites_pb2.ListSitesRequest(
+                region=region, page=common_pb2.PageRequest(size=PAGE, token=token))))
+            out.extend(resp.sites)
+            token = resp.page.next_token
+            if not token:
+                return sorted(out, key=lambda s: s.id)
+
+    def _energy_line(self, key: str, region: str, f: domain.EnergyFigures) -> bi_pb2.EnergyLine:
+        c = domain.energy_cost(f, self.tariff)
+        return bi_pb2.EnergyLine(
+            key=key, region=region, sites=f.sites, energy_grid_kwh=f.energy_grid_kwh, energy_dg_kwh=f.energy_dg_kwh,
+            energy_battery_kwh=f.energy_battery_kwh, dg_run_hours=f.dg_run_hours, dg_starts=f.dg_starts,
+            fuel_consumed_l=f.fuel_consumed_l, fuel_expected_l=f.fuel_expected_l, fuel_excess_l=c.fuel_excess_l,
+            fuel_drop_dg_off_l=f.fuel_drop_dg_off_l, refuel_l=f.refuel_l, refuels=f.refuels,
+            grid_cost_minor=c.grid_cost_minor, fuel_cost_minor=c.fuel_cost_minor, cost_minor=c.cost_minor,
+            carbon_kg_co2e=c.carbon_kg_co2e, solar_kwp=f.solar_kwp)
+
+
+def _site_figures(site: sites_pb2.Site, k: kpi_pb2.SiteKpis | None) -> domain.EnergyFigures:
+    if k is None:
+        return domain.EnergyFigures(sites=1, solar_kwp=site.power.solar_kwp)
+    return domain.EnergyFigures(
+        sites=1, energy_grid_kwh=k.energy_grid_kwh, energy_dg_kwh=k.energy_dg_kwh,
+        energy_battery_kwh=k.energy_battery_kwh, dg_run_hours=k.dg_run_hours, dg_starts=k.dg_starts,
+        fuel_consumed_l=k.fuel_consumed_l, fuel_expected_l=k.fuel_expected_l,
+        fuel_drop_dg_off_l=k.fuel_drop_dg_off_l, refuel_l=k.refuel_l, refuels=k.refuels,
+        solar_kwp=site.power.solar_kwp)
+
+
+def _figures(st: bi_pb2.SlaStatement) -> list[domain.LineFigures]:
+    return [domain.LineFigures(x.site_id, x.availability, x.penalty_minor, x.currency_code) for x in st.tenancies]
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def _day(ts: timestamp_pb2.Timestamp) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M")
+
+
+def _major(minor: int, currency: str) -> str:
+    return f"{currency} {minor / 100:,.2f}"
+
+
+STATEMENT_COLUMNS = (
+    "site_id", "region", "tenancy_id", "measured_from", "measured_to", "sla_target", "availability", "defined",
+    "sla_met", "shortfall_points", "period_minutes", "outage_minutes", "excluded_minutes", "unknown_minutes",
+    "outage_intervals", "currency", "monthly_fee_minor", "prorated_fee_minor", "band", "band_percent",
+    "band_penalty_minor", "incidents", "incident_penalty_minor", "capped", "penalty_minor")
+STATEMENT_PDF_COLUMNS = tuple(STATEMENT_COLUMNS.index(c) for c in (
+    "site_id", "region", "measured_from", "sla_target", "availability", "shortfall_points", "outage_minutes",
+    "excluded_minutes", "currency", "prorated_fee_minor", "band", "band_penalty_minor", "incidents",
+    "incident_penalty_minor", "capped", "penalty_minor"))
+
+
+def statement_report(st: bi_pb2.SlaStatement) -> exports.Report:
+    """The statement as tables: every number exactly as the API gives it (fees in minor units)."""
+    rows = []
+    evidence = []
+    for x in st.tenancies:
+        a = x.breakdown
+        rows.append((
+            x.site_id, x.region, x.tenancy_id, _day(x.measured_range.start_time), _day(x.measured_range.end_time),
+            x.sla_target, x.availability, x.defined, x.sla_met, x.shortfall_points, a.period_minutes,
+            a.outage.total, a.excluded.total, a.unknown_minutes, len(x.outages), x.currency_code,
+            x.monthly_fee_minor, x.prorated_fee_minor, x.band, x.band_percent, x.band_penalty_minor, x.incidents,
+            x.incident_penalty_minor, x.capped, x.penalty_minor))
+        for o in x.outages:
+            evidence.append((x.site_id, _day(o.start_time), _day(o.end_time),
+                             kpi_pb2.OutageCause.Name(o.cause).removeprefix("OUTAGE_CAUSE_"), o.minutes))
+    status = bi_pb2.StatementStatus.Name(st.status).removeprefix("STATEMENT_STATUS_").lower()
+    facts = [("Tenant", st.tenant_id), ("Month", st.month), ("Status", status),
+             ("Penalty rules", f"version {st.rule_set_version}" if st.rule_set_version else "none"),
+             ("Tenancies", str(len(st.tenancies))), ("Below target", str(st.tenancies_below_sla))]
+    for t in st.totals:
+        facts.append((f"Fees ({t.currency_code})", _major(t.fee_minor, t.currency_code)))
+        facts.append((f"Total penalty ({t.currency_code})", _major(t.penalty_minor, t.currency_code)))
+    facts.append(("Computed", st.compute_time.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")))
+    if st.HasField("close_time"):
+        facts.append(("Closed", f"{st.close_time.ToDatetime():%Y-%m-%d %H:%M UTC} by {st.closed_by}"))
+    extra = [exports.Section("Outage evidence", ("site_id", "start", "end", "cause", "minutes"), evidence,
+                             pdf_max_rows=PDF_EVIDENCE_ROWS),
+             exports.Section("Totals", ("currency", "fee_minor", "penalty_minor"),
+                             [(t.currency_code, t.fee_minor, t.penalty_minor) for t in st.totals])]
+    if st.adjustments:
+        extra.append(exports.Section(
+            "Adjustments since closing", ("site_id", "reason", "availability_delta", "penalty_delta_minor", "currency"),
+            [(a.site_id, a.reason, a.availability_delta, a.penalty_delta_minor, a.currency_code)
+             for a in st.adjustments]))
+    lowest = sorted((x for x in st.tenancies if x.defined), key=lambda x: x.availability)[:CHART_BARS]
+    chart = exports.Chart(
+        title="Availability by tenancy, % (the lowest first; dashed: the lowest target)",
+        labels=[x.site_id for x in lowest], values=[x.availability * 100 for x in lowest],
+        reference=min((x.sla_target for x in st.tenancies), default=0) * 100 or None)
+    return exports.Report(
+        title=f"SLA statement: {st.tenant_id}, {st.month}", facts=facts,
+        main=exports.Section("Tenancies", STATEMENT_COLUMNS, rows, pdf_columns=STATEMENT_PDF_COLUMNS),
+        extra=extra, chart=chart,
+        note="Availability = (T − outage − excluded) / (T − excluded) over each tenancy's measured span; "
+             "fees and penalties in minor currency units; formulas in docs/bi.md.")
+
+
+ENERGY_COLUMNS = (
+    "key", "region", "sites", "energy_grid_kwh", "energy_dg_kwh", "energy_battery_kwh", "dg_run_hours", "dg_starts",
+    "fuel_consumed_l", "fuel_expected_l", "fuel_excess_l", "fuel_drop_dg_off_l", "refuel_l", "refuels",
+    "grid_cost_minor", "fuel_cost_minor", "cost_minor", "carbon_kg_co2e", "solar_kwp")
+
+
+def _energy_row(x: bi_pb2.EnergyLine) -> tuple:
+    return tuple(getattr(x, c) for c in ENERGY_COLUMNS)
+
+
+def energy_report(rep: bi_pb2.EnergyReport) -> exports.Report:
+    t = rep.tariff
+    lines = list(rep.sites) or list(rep.regions)
+    main = exports.Section("Sites" if rep.sites else "Regions", ENERGY_COLUMNS, [_energy_row(x) for x in lines])
+    extra = [exports.Section("Regions", ENERGY_COLUMNS, [_energy_row(x) for x in rep.regions])] if rep.sites else []
+    extra.append(exports.Section("Total", ENERGY_COLUMNS, [_energy_row(rep.total)]))
+    top = sorted(lines, key=lambda x: -x.cost_minor)[:CHART_BARS]
+    facts = [("Month", rep.month), ("Sites", str(rep.total.sites)),
+             ("Cost", _major(rep.total.cost_minor, t.currency_code)),
+             ("Carbon", f"{rep.total.carbon_kg_co2e:,.1f} kg CO2e"),
+             ("Grid tariff", f"{t.grid_price_minor_per_kwh:g} minor/kWh"),
+             ("Fuel price", f"{t.fuel_price_minor_per_l:g} minor/l"),
+             ("Factors", f"grid {t.grid_kg_co2e_per_kwh:g} kg/kWh, diesel {t.diesel_kg_co2e_per_l:g} kg/l")]
+    total_cost = max(1, max((x.cost_minor for x in top), default=1))
+    chart = exports.Chart(title="Cost, % of the most expensive line", labels=[x.key for x in top],
+                          values=[100.0 * x.cost_minor / total_cost for x in top])
+    return exports.Report(title=f"Energy and fuel: {rep.month}", facts=facts, main=main, extra=extra, chart=chart)
