@@ -13,6 +13,7 @@ interceptor object under one kind only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import time
@@ -58,6 +59,8 @@ def _metadata_keys(metadata: Any) -> set[str]:
     if not metadata:
         return set()
     return {key.lower() for key, _ in metadata}
+
+TRAILERS_GRACE_S = 0.05  # how long a stream's first headers wait for a trailers-only status
 
 
 class _AllKinds:
@@ -289,6 +292,10 @@ class BreakerInterceptor(_AllKinds):
         try:
             if first_sign:
                 await call.initial_metadata()
+                # A trailers-only answer (an immediate error) resolves the headers a moment before
+                # the status is set: give the status that moment, or it would count as a success.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(call.code()), TRAILERS_GRACE_S)
                 if not call.done():
                     breaker.record(permit, grpc.StatusCode.OK, None)
                     return
