@@ -232,6 +232,7 @@ class Router:
             [r for r in self.routes if _may_match(r.template, n)] for n in range(longest + 2)
         ]
         self._longer = [r for r in self.routes if r.template.dstar >= 0]  # paths beyond `longest`
+        self._verbs = frozenset(r.template.verb for r in self.routes if r.template.verb)
 
     def candidates(self, raw_path: str) -> list[Route]:
         """The routes whose templates can match a path of this many segments, in order."""
@@ -241,7 +242,14 @@ class Router:
     def match(self, http_method: str, raw_path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         """(route, path bindings, allowed methods when only other methods match)."""
         allowed: list[str] = []
+        # A path ending in a declared custom verb (".../X:feedback") is only for templates with a
+        # verb: a template without one must not bind "X:feedback" as an id (and answer GET or
+        # OPTIONS on a verb's path as if it were the plain resource).
+        last = raw_path.rsplit("/", 1)[-1]
+        verb_path = ":" in last and last.rsplit(":", 1)[1] in self._verbs
         for r in self.candidates(raw_path):
+            if verb_path and not r.template.verb:
+                continue
             params = r.template.match(raw_path)
             if params is None:
                 continue

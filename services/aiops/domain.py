@@ -41,9 +41,12 @@ def adjust(kind: int, layer: int, factor: float, suppressed: bool) -> tuple[floa
     return factor, suppressed
 
 
-def visible(tenant_scope: str | None, tenant_ids: Iterable[str]) -> bool:
-    """A row is visible to staff (scope None) and to the tenants leasing its site."""
-    return tenant_scope is None or tenant_scope in set(tenant_ids)
+def visible(tenant_scope: str | None, tenant_ids: Iterable[str], tenant_id: str = "") -> bool:
+    """A row is visible to staff (scope None) and to the tenants leasing its site; a row about one
+    tenant (its `tenant_id` set: that tenant's link on a shared site) only to that tenant."""
+    if tenant_scope is None:
+        return True
+    return tenant_scope in set(tenant_ids) and (not tenant_id or tenant_id == tenant_scope)
 
 
 def encode_cursor(t: datetime, row_id: str) -> str:

@@ -227,6 +227,8 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
                 if not env.payload.Unpack(payload):
                     continue
                 a = payload.anomaly
+                if not domain.visible(scope, a.tenant_ids, a.tenant_id):  # another tenant's own anomaly
+                    continue
                 if (request.site_id and a.site_id != request.site_id) or a.severity < request.min_severity:
                     continue
                 a.tenant_ids[:] = _visible_tenants(identity, list(a.tenant_ids))

@@ -1,7 +1,8 @@
 """SQL of the AIOps service: reads of the aiops schema the aiops_engine writes, and feedback.
 
-Tenant scoping: every read takes `tenant` (None only for towerco staff); a row is visible to a
-tenant when its site was leased by that tenant when the row was written (`tenant_ids`)."""
+Tenant scoping: every read takes `tenant` (None only for towerco staff); an anomaly is visible to
+a tenant when its site was leased by that tenant when the row was written (`tenant_ids`) and it is
+not another tenant's own (`tenant_id`: a tenant's link on a shared site) - domain.visible's rule."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ async def list_anomalies(conn: asyncpg.Connection, *, tenant: str | None, site_i
     args: list[Any] = []
     if tenant is not None:
         _where(f, args, "$? = ANY(tenant_ids)", tenant)
+        _where(f, args, "tenant_id IN ('', $?)", tenant)
     if site_id:
         _where(f, args, "site_id = $?", site_id)
     if region:
@@ -55,7 +57,8 @@ async def list_anomalies(conn: asyncpg.Connection, *, tenant: str | None, site_i
 
 async def get_anomaly(conn: asyncpg.Connection, *, tenant: str | None, anomaly_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT * FROM aiops.anomaly WHERE id = $1::uuid AND ($2::text IS NULL OR $2 = ANY(tenant_ids))",
+        "SELECT * FROM aiops.anomaly WHERE id = $1::uuid "
+        "AND ($2::text IS NULL OR ($2 = ANY(tenant_ids) AND tenant_id IN ('', $2)))",
         anomaly_id, tenant)
 
 
@@ -100,7 +103,8 @@ async def get_prediction(conn: asyncpg.Connection, *, tenant: str | None, predic
 async def detector_counts(conn: asyncpg.Connection, *, tenant: str | None) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT detector, min(detector_version) AS version, count(*) FILTER (WHERE state = 1) AS open, "
-        "count(*) AS total FROM aiops.anomaly WHERE $1::text IS NULL OR $1 = ANY(tenant_ids) GROUP BY detector",
+        "count(*) AS total FROM aiops.anomaly "
+        "WHERE $1::text IS NULL OR ($1 = ANY(tenant_ids) AND tenant_id IN ('', $1)) GROUP BY detector",
         tenant)
 
 

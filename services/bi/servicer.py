@@ -192,8 +192,7 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     async def ListPenaltyRuleSets(self, request, context):
         identity = require_role(*READ_ROLES)
-        if not identity.is_staff and request.tenant_id != identity.tenant:
-            return bi_pb2.ListPenaltyRuleSetsResponse()  # lists omit what the caller may not see
+        tenant_scope(identity, request.tenant_id)  # tenants/{other}/penalty-rule-sets: NOT_FOUND
         async with self.pool.acquire() as conn:
             rows = await store.list_rule_sets(conn, tenant_id=request.tenant_id,
                                               tenant=None if identity.is_staff else identity.tenant)

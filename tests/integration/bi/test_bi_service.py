@@ -237,8 +237,10 @@ async def test_tenants_see_only_their_own(world):
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await call
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
-    listed = await world.bi.ListPenaltyRuleSets(bi_pb2.ListPenaltyRuleSetsRequest(tenant_id=TENANT), metadata=other)
-    assert list(listed.rule_sets) == []
+    # tenants/{another tenant}/penalty-rule-sets addresses that tenant: NOT_FOUND (docs/security.md)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await world.bi.ListPenaltyRuleSets(bi_pb2.ListPenaltyRuleSetsRequest(tenant_id=TENANT), metadata=other)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
     mine = await world.bi.ListPenaltyRuleSets(bi_pb2.ListPenaltyRuleSetsRequest(tenant_id=TENANT), metadata=own)
     assert [r.version for r in mine.rule_sets] == [1]
     # OTHER's own statement: its one tenancy, with no rules → no penalty

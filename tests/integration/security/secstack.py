@@ -9,6 +9,11 @@ data of any other test, and the seeded fleet is known row by row:
 
 Each site has telemetry (dc_bus_v, and tenant_link_up per tenant) and a calendar window
 naming its tenants; acme and beta have an availability policy.
+
+The AIOps, BI and Files services run as well (the gateway exposes them): every site has an
+anomaly and a prediction (written as the aiops engine writes them: rows and their outbox events;
+SEC-AB also has one for beta's link alone), acme and beta have a penalty rule set and an exported
+SLA statement of the seeded month, and each tenant has a site document per leased site.
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
+from towerco.aiops.v1 import aiops_pb2
+from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
+from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2 as tpb
 from towerco.telemetry.v1 import telemetry_pb2_grpc
 
-from mesh import bootstrap, db, events
+from mesh import bootstrap, db, events, outbox
 from mesh.auth import mint_token
 from mesh.config import Settings, reset_settings
 from mesh.embedded import EmbeddedNats
@@ -43,6 +52,7 @@ from gwfake import serve_gateway  # noqa: E402
 TENANTS = ("acme", "beta", "gamma")
 LEASES = {"SEC-A": ("acme",), "SEC-B": ("beta",), "SEC-AB": ("acme", "beta"), "SEC-N": ()}
 PARTITIONS = 16
+SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi")  # started in this order, all behind the gateway
 
 
 @dataclass
@@ -53,6 +63,18 @@ class SecStack:
     hour0: int  # first seeded hour (epoch seconds)
     tenancies: dict[tuple[str, str], str] = field(default_factory=dict)  # (site, tenant) -> id
     windows: dict[str, str] = field(default_factory=dict)  # site -> window id
+    pool: asyncpg.Pool | None = None  # the stack's database (for rows only an engine writes)
+    anomalies: dict[str, str] = field(default_factory=dict)  # site -> id ("SEC-AB/beta": beta's link)
+    predictions: dict[str, str] = field(default_factory=dict)  # site -> id
+    files: dict[tuple[str, str], str] = field(default_factory=dict)  # (site or "export", tenant) -> file id
+
+    @property
+    def month(self) -> str:
+        """The month of the seeded hours (statements, energy reports)."""
+        return time.strftime("%Y-%m", time.gmtime(self.hour0))
+
+    def region_of(self, site: str) -> str:
+        return f"sec-region-{list(LEASES).index(site) % 2}"
 
     def token(self, role: str, tenant: str = "*") -> str:
         return mint_token(subject=f"sec-{role}-{tenant}", tenant=tenant, roles=[role], settings=self.settings)
@@ -63,6 +85,48 @@ class SecStack:
     def visible_sites(self, tenant: str) -> set[str]:
         """The sites a caller of `tenant` may see ("*": all)."""
         return set(LEASES) if tenant == "*" else {s for s, ts in LEASES.items() if tenant in ts}
+
+
+async def inject_aiops(stack: SecStack, summary: str, at: float, *, predictions: bool = False
+                       ) -> dict[str, str]:
+    """As the aiops engine writes them (workers/aiops_engine/consumer.py): one open anomaly per site
+    (tenant_ids = the site's tenants) plus, on SEC-AB, one of beta's link alone (tenant_id beta), and
+    optionally a prediction per site, with their outbox events (WatchAnomalies replays and follows
+    the outbox). `summary` is the explanation's text. Returns key -> id (keys: site, "SEC-AB/beta",
+    "prediction:<site>")."""
+    from workers.aiops_engine import consumer as engine
+    from workers.aiops_engine import store as engine_store
+
+    assert stack.pool is not None
+    rows, prows, keys = [], [], []
+    specs = [(s, "rule.dc_bus_low", "", ["dc_bus_v"]) for s in LEASES]
+    specs.append(("SEC-AB", "rule.tenant_link_down", "beta", ["tenant_link_up"]))
+    for site, detector, tenant, metrics in specs:
+        aid = str(uuid.uuid4())
+        keys.append((f"{site}/{tenant}" if tenant else site, aid))
+        rows.append({"id": aid, "site_id": site, "region": stack.region_of(site), "tenant_ids": list(LEASES[site]),
+                     "key": f"{detector}|{tenant}|{aid}", "detector": detector, "version": "1", "layer": 1,
+                     "metrics": metrics, "tenant_id": tenant, "score": 0.9, "severity": aiops_pb2.SEVERITY_MAJOR,
+                     "start": at, "time": at, "explanation": aiops_pb2.Explanation(
+                         summary=summary, features=[aiops_pb2.Feature(name=metrics[0], observed=40.0, expected=53.0,
+                                                                      threshold=43.0)]).SerializeToString()})
+        if predictions and not tenant:
+            pid = str(uuid.uuid4())
+            keys.append((f"prediction:{site}", pid))
+            prows.append({"id": pid, "site_id": site, "region": stack.region_of(site),
+                          "tenant_ids": list(LEASES[site]), "kind": aiops_pb2.PREDICTION_KIND_BATTERY_DEPLETION,
+                          "detector": "forecast.battery", "predict_time": at, "expected_time": at + 3 * 3600,
+                          "confidence": 0.8, "inputs": aiops_pb2.Explanation(features=[aiops_pb2.Feature(
+                              name="battery_soc_pct", observed=40.0)]).SerializeToString()})
+    async with stack.pool.acquire() as conn, conn.transaction():
+        items = [outbox.Event(engine.DETECTED, engine.DETECTED, engine.SOURCE,
+                              aiops_pb2.AnomalyDetected(anomaly=engine.anomaly_pb(r)), list(r["tenant_ids"]))
+                 for r in await engine_store.insert_anomalies(conn, rows=rows)]
+        items += [outbox.Event(engine.PREDICTED, engine.PREDICTED, engine.SOURCE,
+                               aiops_pb2.AnomalyPredicted(prediction=engine.prediction_pb(r)), list(r["tenant_ids"]))
+                  for r in await engine_store.insert_predictions(conn, rows=prows)]
+        await outbox.enqueue_many(conn, schema="aiops", items=items)
+    return dict(keys)
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:
@@ -110,6 +174,39 @@ async def _seed(stack: SecStack) -> None:
                                     tenant_id=tenant).time.CopyFrom(t)
         resp = await tel.Ingest(req, metadata=stack.md("service"))
         assert resp.rejected == 0, resp
+    ids = await inject_aiops(stack, "seeded", stack.hour0 + 1800, predictions=True)
+    for key, value in ids.items():
+        if key.startswith("prediction:"):
+            stack.predictions[key.split(":", 1)[1]] = value
+        else:
+            stack.anomalies[key] = value
+    # the bi_engine's recommendations (towerco staff's work; a tenant sees none), one per site
+    from workers.bi_engine import store as bi_engine_store
+    from workers.bi_engine.domain import Rec
+
+    async with stack.pool.acquire() as conn:
+        await bi_engine_store.replace_recommendations(conn, compute_time=datetime.now(UTC), recs=[
+            Rec(kind=bi_pb2.RECOMMENDATION_KIND_REFUEL, site_id=s, region=stack.region_of(s), title=f"refuel {s}",
+                evidence=(("fuel_level_l", "50"),), saving_minor=1000, currency="KES") for s in LEASES])
+    async with grpc.aio.insecure_channel(stack.targets["files"]) as ch:
+        files = files_pb2_grpc.FilesServiceStub(ch)
+        for site_id, tenants in LEASES.items():
+            for t in tenants:
+                resp = await files.UploadFile(files_pb2.UploadFileRequest(
+                    tenant_id=t, site_id=site_id, kind=files_pb2.FILE_KIND_SITE_DOCUMENT,
+                    name=f"lease {t} {site_id}.csv", content_type="text/csv",
+                    content=f"tenant,site\n{t},{site_id}\n".encode()), metadata=admin)
+                stack.files[(site_id, t)] = resp.file.id
+    async with grpc.aio.insecure_channel(stack.targets["bi"]) as ch:
+        bi = bi_pb2_grpc.BiServiceStub(ch)
+        for t in ("acme", "beta"):
+            await bi.CreatePenaltyRuleSet(bi_pb2.CreatePenaltyRuleSetRequest(rule_set=bi_pb2.PenaltyRuleSet(
+                tenant_id=t, effective_month=stack.month, cap_percent=20.0, description=f"{t} penalties",
+                bands=[bi_pb2.PenaltyBand(from_points=0.0, to_points=1.0, penalty_percent=5.0)])), metadata=admin)
+        for t in ("acme", "beta"):
+            resp = await bi.ExportSlaStatement(bi_pb2.ExportSlaStatementRequest(
+                tenant_id=t, month=stack.month, format=bi_pb2.EXPORT_FORMAT_CSV), metadata=admin, timeout=30)
+            stack.files[("export", t)] = resp.file.id
 
 
 async def _wait_for(pool: asyncpg.Pool, sql: str, want: int, wait_s: float = 60.0) -> None:
@@ -128,6 +225,9 @@ async def _wait_for(pool: asyncpg.Pool, sql: str, want: int, wait_s: float = 60.
 async def security_stack(session_stack, *, gateway_overrides: dict | None = None) -> AsyncIterator[SecStack]:
     from gateway.app import create_app
     from gateway.config import GatewayConfig
+    from services.aiops.server import setup as aiops_setup
+    from services.bi.server import setup as bi_setup
+    from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
     from services.sites.server import setup as sites_setup
     from services.telemetry.server import setup as telemetry_setup
@@ -144,8 +244,10 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
     database_url = session_stack.database_url.rsplit("/", 1)[0] + "/" + name
     nats = EmbeddedNats(session_stack.tmp / name).start()
     reset_settings()
-    base = dataclasses.replace(Settings.from_env(), database_url=database_url, nats_url=nats.url)
-    await migrate(database_url, components=["sites", "telemetry", "kpi"])
+    home = session_stack.tmp / name / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    base = dataclasses.replace(Settings.from_env(), database_url=database_url, nats_url=nats.url, home=home)
+    await migrate(database_url, components=list(SERVICES))
     running: list[bootstrap.RunningServer] = []
     tasks: list[asyncio.Task] = []
     pool = await db.create_pool(database_url, min_size=1, max_size=6)
@@ -156,7 +258,8 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
     try:
         targets = dict(base.targets)
         settings = dataclasses.replace(base, targets=targets)
-        for svc, setup in (("sites", sites_setup), ("telemetry", telemetry_setup), ("kpi", kpi_setup)):
+        for svc, setup in (("sites", sites_setup), ("telemetry", telemetry_setup), ("kpi", kpi_setup),
+                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup)):
             srv = await bootstrap.start(svc, setup, port=0, metrics_port=-1, settings=settings)
             running.append(srv)
             targets[svc] = f"127.0.0.1:{srv.port}"  # the next services find the earlier ones
@@ -168,11 +271,11 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
             database_url=database_url)
         tasks.append(asyncio.create_task(calc.run()))
         hour0 = (int(time.time()) // 3600 - 3) * 3600
-        cfg = GatewayConfig(services=("sites", "telemetry", "kpi"), targets=dict(targets), rate_per_s=0,
+        cfg = GatewayConfig(services=SERVICES, targets=dict(targets), rate_per_s=0,
                             **(gateway_overrides or {}))
         app = create_app(cfg, settings)
         async with serve_gateway(app) as url:
-            stack = SecStack(settings=settings, base=url, targets=targets, hour0=hour0)
+            stack = SecStack(settings=settings, base=url, targets=targets, hour0=hour0, pool=pool)
             await _seed(stack)
             n_samples = sum(120 * (2 + len(ts)) for ts in LEASES.values())
             await _wait_for(pool, "SELECT count(*) FROM telemetry.samples", n_samples)

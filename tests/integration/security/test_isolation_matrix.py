@@ -1,16 +1,19 @@
 """The tenant isolation matrix of issue 9, generated from the descriptors.
 
-Every read RPC of the sites, telemetry and KPI services (an http rule that is a GET, or a
+Every read RPC of the sites, telemetry, KPI, AIOps, BI and Files services (an http rule that is a GET, or a
 server-streaming RPC) is called by every caller for every target over every transport:
 
 * callers: admin, viewer and noc_operator for "*"; tenant_viewer for acme; and two combinations
   the auth rule refuses (tenant_viewer for "*", viewer for acme), signed validly with the stack's
   key, which must be UNAUTHENTICATED (HTTP 401) everywhere;
 * targets: the RPC's request built from field-name conventions (site_id, tenant_id, tenancy_id,
-  window_id, range, step, metrics, page, limit) for acme's own resources ("own": SEC-A), acme's
-  resources on the shared site ("shared": SEC-AB), beta's ("other": SEC-B), beta's next to acme
-  on the shared site ("other@shared": SEC-AB with tenant beta, beta's SEC-AB tenancy, the SEC-N
-  window), and the unscoped form (no id at all: lists, fleet figures, the change feed);
+  window_id, anomaly_id, prediction_id, file_id, region, month, range, step, metrics, page,
+  limit) for acme's own resources ("own": SEC-A, its anomaly, prediction and document, region
+  sec-region-0), acme's resources on the shared site ("shared": SEC-AB), beta's ("other": SEC-B,
+  region sec-region-1 that holds no site of acme), beta's next to acme on the shared site
+  ("other@shared": SEC-AB with tenant beta, beta's SEC-AB tenancy and document, beta's own
+  link anomaly on SEC-AB, the SEC-N window and prediction), and the unscoped form (no id at all:
+  lists, fleet figures, the change and anomaly feeds);
 * transports: gRPC straight to the service (token in metadata); REST through the gateway (every
   binding: the template's path with the ids filled in, the other fields as proto3 JSON query
   parameters; Authorization header) for unary RPCs; SSE (Authorization header) and WebSocket
@@ -23,7 +26,11 @@ The documented answer: staff get data, foreign rows included; tenant_viewer acme
 or an answer without foreign rows when only a filter is, and data otherwise. No successful answer
 to acme (proto as JSON text, REST body, every stream frame) may contain a string of another
 tenant: beta, gamma, SEC-B, SEC-N, beta's tenancy ids, the SEC-B and SEC-N window ids, or the
-region that holds only foreign sites. Nothing may answer 5xx / INTERNAL / UNKNOWN.
+region that holds only foreign sites, the anomalies, predictions and files acme may not see.
+Nothing may answer 5xx / INTERNAL / UNKNOWN. Figures-only answers (AGGREGATES) get the leak check
+only; staff-only reads (STAFF_ONLY) must answer a tenant nothing. Product defects the matrix found
+are listed in KNOWN_DEFECTS (their cells must still fail; they are printed, not hidden). Signed
+download links (the file_download role) have their own test.
 
 An RPC whose request the conventions cannot build (a required field without a convention) fails
 the matrix by name. The matrix size and a table are printed by the last test.
@@ -51,6 +58,7 @@ from google.api import field_behavior_pb2
 from google.protobuf import json_format, message_factory, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
+from secstack import inject_aiops
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from towerco.validate.v1 import validate_pb2
@@ -59,12 +67,13 @@ from gateway.transcode import routes as gw_routes
 from gateway.transcode.pattern import LITERAL, Template
 from mesh import auth
 
-SERVICES = ("sites", "telemetry", "kpi")
+SERVICES = ("sites", "telemetry", "kpi", "aiops", "bi", "files")
 F = FieldDescriptor
 
 UNARY_TIMEOUT_S = 15.0
 STREAM_FIRST_S = 8.0  # a streaming cell waits this long at most for its first frame
-STREAM_AFTER_FIRST_S = 2.0  # then reads this long (several live-change rounds arrive meanwhile)
+STREAM_AFTER_FIRST_S = 3.0  # then reads this long (several live-change rounds arrive meanwhile;
+# a staff stream replays every change and anomaly of the session first)
 STREAM_MAX_FRAMES = 5000
 PUMP_EVERY_S = 0.25  # the live-change pump during the streaming tests
 CONCURRENCY = 8
@@ -123,21 +132,32 @@ class Target:
     tenant: str = ""
     tenancy: str = ""
     window: str = ""
+    anomaly: str = ""
+    prediction: str = ""
+    file: str = ""
+    region: str = ""
 
     def value(self, kind: str) -> str:
         return getattr(self, kind)
 
 
-ID_FIELDS = {"site_id": "site", "tenant_id": "tenant", "tenancy_id": "tenancy", "window_id": "window"}
+ID_FIELDS = {"site_id": "site", "tenant_id": "tenant", "tenancy_id": "tenancy", "window_id": "window",
+             "anomaly_id": "anomaly", "prediction_id": "prediction", "file_id": "file", "region": "region"}
 
 
 def targets_of(sec) -> list[Target]:
-    t, w = sec.tenancies, sec.windows
+    t, w, a, p, f = sec.tenancies, sec.windows, sec.anomalies, sec.predictions, sec.files
     return [
-        Target("own", "SEC-A", "acme", t[("SEC-A", "acme")], w["SEC-A"]),
-        Target("shared", "SEC-AB", "acme", t[("SEC-AB", "acme")], w["SEC-AB"]),
-        Target("other", "SEC-B", "beta", t[("SEC-B", "beta")], w["SEC-B"]),
-        Target("other@shared", "SEC-AB", "beta", t[("SEC-AB", "beta")], w["SEC-N"]),
+        Target("own", "SEC-A", "acme", t[("SEC-A", "acme")], w["SEC-A"], a["SEC-A"], p["SEC-A"],
+               f[("SEC-A", "acme")], sec.region_of("SEC-A")),
+        Target("shared", "SEC-AB", "acme", t[("SEC-AB", "acme")], w["SEC-AB"], a["SEC-AB"], p["SEC-AB"],
+               f[("SEC-AB", "acme")]),
+        Target("other", "SEC-B", "beta", t[("SEC-B", "beta")], w["SEC-B"], a["SEC-B"], p["SEC-B"],
+               f[("SEC-B", "beta")], sec.region_of("SEC-B")),
+        # beta next to acme: beta's own anomaly on the shared site (its link), the SEC-N prediction
+        # and window (a site nobody leases), beta's document of the shared site
+        Target("other@shared", "SEC-AB", "beta", t[("SEC-AB", "beta")], w["SEC-N"], a["SEC-AB/beta"], p["SEC-N"],
+               f[("SEC-AB", "beta")]),
         Target("unscoped"),
     ]
 
@@ -162,6 +182,19 @@ def foreign_to_acme(sec, kind: str, value: str) -> bool:
     if kind == "window":
         site = next(s for s, wid in sec.windows.items() if wid == value)
         return OWN_TENANT not in lease.get(site, ())
+    if kind == "anomaly":
+        # a site's anomaly is its tenants'; one of a single tenant (its link, Anomaly.tenant_id) is
+        # that tenant's alone, even on a shared site
+        key = next(k for k, aid in sec.anomalies.items() if aid == value)
+        site, _, tenant = key.partition("/")
+        return OWN_TENANT not in lease.get(site, ()) or (tenant not in ("", OWN_TENANT))
+    if kind == "prediction":
+        site = next(s for s, pid in sec.predictions.items() if pid == value)
+        return OWN_TENANT not in lease.get(site, ())
+    if kind == "file":
+        return not any(fid == value and tenant == OWN_TENANT for (_, tenant), fid in sec.files.items())
+    if kind == "region":
+        return all(OWN_TENANT not in ts for s, ts in lease.items() if sec.region_of(s) == value)
     raise AssertionError(kind)
 
 
@@ -173,6 +206,9 @@ def foreign_markers(sec) -> list[str]:
     markers |= {s for s, ts in lease.items() if OWN_TENANT not in ts}  # SEC-B, SEC-N
     markers |= {tid for (_, tenant), tid in sec.tenancies.items() if tenant != OWN_TENANT}
     markers |= {wid for s, wid in sec.windows.items() if OWN_TENANT not in lease[s]}
+    markers |= {v for v in sec.anomalies.values() if foreign_to_acme(sec, "anomaly", v)}
+    markers |= {v for v in sec.predictions.values() if foreign_to_acme(sec, "prediction", v)}
+    markers |= {fid for (_, tenant), fid in sec.files.items() if tenant != OWN_TENANT}
     # a region holding only foreign sites (secstack: region sec-region-<i % 2>)
     regions: dict[str, set[str]] = defaultdict(set)
     for i, site in enumerate(lease):
@@ -182,6 +218,23 @@ def foreign_markers(sec) -> list[str]:
 
 
 OWN_MARKERS = ("acme", "sec-a")  # "sec-a" also matches SEC-AB, acme's shared site
+
+# Unscoped answers that are figures only, naming no row (detector counts and model facts; the
+# fleet's energy total without a region or site): no row to look for, own or foreign. The leak
+# check still applies to them.
+AGGREGATES = frozenset({"GetDetectorStatus", "GetEnergyReport"})
+# Reads a tenant is answered nothing by, by rule (services/bi/servicer.py: the recommendations are
+# the towerco's own work): a tenant's answer must have no row at all.
+STAFF_ONLY = frozenset({"ListRecommendations"})
+
+# Product defects this matrix found, kept visible rather than failing every run until they are
+# fixed: each (RPC, target, caller) cell MUST still show a problem (a cell of the list that
+# passes fails the test: the defect is gone, take it off the list), its problems are printed by
+# the summary, and any other failing cell fails as usual.
+KNOWN_DEFECTS: dict[tuple[str, str, str], str] = {
+    # empty: AIOPS-TENANT-ANOMALY (another tenant's own anomaly on a shared site shown) and
+    # BI-RULESETS-NOT-FOUND (tenants/{other}/penalty-rule-sets answered an empty list) are fixed
+}
 
 
 # ------------------------------------------------------------------------------ the read RPCs
@@ -284,6 +337,9 @@ def build_request(sec, op: Op, target: Target) -> Built:
                 continue
         if fd.name == "limit" and fd.type in (F.TYPE_INT32, F.TYPE_INT64) and not fd.is_repeated:
             msg.limit = 1000
+            continue
+        if fd.name == "month" and fd.type == F.TYPE_STRING and not fd.is_repeated:
+            msg.month = sec.month  # the seeded hours' month (statements, energy reports)
             continue
         if fd.name == "metrics" and fd.is_repeated and fd.type == F.TYPE_STRING:
             if required:
@@ -409,6 +465,19 @@ def judge(sec, cell: Cell, code: str, text: str, http_status: int | None = None,
     if code != "OK":
         return
     lowered = text.lower()
+    if cell.op.name in STAFF_ONLY and not cell.caller.staff:
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            body = {"?": text}
+        if any(v not in ([], {}, None) for v in body.values()):
+            cell.problems.append(f"{cell.op.name} is staff-only, yet a tenant got: {text[:300]}")
+        return
+    if cell.op.name in AGGREGATES and cell.target.name == "unscoped":
+        leaks = [] if cell.caller.staff else [m for m in foreign_markers(sec) if m in lowered]
+        if leaks:
+            cell.problems.append(f"LEAK of {leaks}: {text[:300]}")
+        return
     if cell.caller.staff:
         if cell.target.name in ("other", "other@shared", "unscoped") and not any(
                 m in lowered for m in foreign_markers(sec)):
@@ -436,8 +505,26 @@ def failures(cells: list[Cell]) -> list[str]:
     return out
 
 
+KNOWN_SEEN: dict[str, list[str]] = defaultdict(list)  # defect -> the cells showing it
+
+
+def known_defect(cell: Cell) -> str | None:
+    return KNOWN_DEFECTS.get((cell.op.name, cell.target.name, cell.caller.label))
+
+
 def report(transport: str, cells: list[Cell]) -> None:
     RESULTS[transport] = cells
+    for c in cells:
+        defect = known_defect(c)
+        if defect is None or c.build_error:
+            continue
+        if c.problems:
+            KNOWN_SEEN[defect].append(f"{c.label}: {' '.join(c.problems[0].split())[:160]}")
+            c.problems = []
+            c.got += " (known defect)"
+        else:
+            c.problems.append(f"listed in KNOWN_DEFECTS ({defect.split(':')[0]}) but answered as documented: "
+                              f"take it off the list")
     bad = failures(cells)
     assert not bad, f"{len(bad)} failing cells of {len(cells)} ({transport}):\n" + "\n".join(bad)
 
@@ -732,7 +819,9 @@ async def grpc_channels(sec):
 
 @contextlib.asynccontextmanager
 async def live_changes(sec):
-    """While the streaming cells read: ingest samples of every leased site (dc_bus_v,
+    """While the streaming cells read: write an anomaly on every site (secstack.inject_aiops, every
+    other round: a staff anomaly feed replays them all), ingest
+    samples of every leased site (dc_bus_v,
     mains_present and each tenant's tenant_link_up) and rename SEC-A, SEC-AB and SEC-B as admin,
     every PUMP_EVERY_S, so that live-only feeds carry both own and foreign changes."""
     lease = leases(sec)
@@ -763,6 +852,8 @@ async def live_changes(sec):
                         req.samples.add(site_id=sid, metric="tenant_link_up", value=1.0,
                                         tenant_id=t).time.CopyFrom(at)
                 try:
+                    if n % 2:  # an anomaly on every site (and beta's link on SEC-AB), the round in its summary
+                        await inject_aiops(sec, f"(matrix {n})", time.time() - 1)
                     resp = await tel.Ingest(req, metadata=service, timeout=10)
                     if resp.rejected:
                         errors.append(f"ingest rejected {resp.rejections[:2]}")
@@ -798,7 +889,10 @@ def test_matrix_is_generated_from_the_descriptors(sec) -> None:
     ops = read_ops()
     names = {op.name for op in ops}
     for must in ("GetSite", "ListSites", "GetTenancy", "ListWindows", "WatchChanges", "QuerySamples",
-                 "TailSamples", "GetSiteKpis", "GetTenantAvailability", "GetAvailabilityPolicy"):
+                 "TailSamples", "GetSiteKpis", "GetTenantAvailability", "GetAvailabilityPolicy",
+                 "ListAnomalies", "GetAnomaly", "WatchAnomalies", "GetPrediction", "GetDetectorStatus",
+                 "GetPenaltyRuleSet", "GetSlaStatement", "GetEnergyReport", "ListRecommendations",
+                 "GetFile", "ListFiles", "DownloadFile"):
         assert must in names, f"{must} is not enumerated: {sorted(names)}"
     for op in ops:
         assert not op.name.startswith(("Create", "Update", "Delete", "Ingest")), op.name
@@ -853,6 +947,57 @@ async def test_websocket_gateway(sec) -> None:
     report("ws", cells)
 
 
+async def test_download_links_open_their_own_file_only(sec) -> None:
+    """The file_download role (a tenant role) is carried only by signed download links: a link
+    acme's viewer made opens that one file and nothing else, over REST and gRPC: another of
+    acme's files and beta's files are NOT_FOUND, other reads are refused (403 PERMISSION_DENIED:
+    the role may read nothing else), and acme's viewer
+    cannot make a link to beta's file (NOT_FOUND)."""
+    own, sibling = sec.files[("SEC-A", "acme")], sec.files[("SEC-AB", "acme")]
+    foreign = [fid for (_, tenant), fid in sec.files.items() if tenant != OWN_TENANT]
+    viewer = {"authorization": f"Bearer {sec.token('tenant_viewer', OWN_TENANT)}"}
+    problems: list[str] = []
+    async with httpx.AsyncClient(base_url=sec.base, timeout=UNARY_TIMEOUT_S) as client:
+        r = await client.post(f"/api/v1/files/{own}:link", json={"ttlSeconds": 600}, headers=viewer)
+        assert r.status_code == 200, r.text
+        link = r.json()
+        assert link["url"].startswith(f"/api/v1/files/{own}:download?access_token="), link
+        r = await client.get(link["url"])
+        if r.status_code != 200 or "acme,SEC-A" not in r.text:
+            problems.append(f"the link did not open its own file: {r.status_code} {r.text[:200]}")
+        token = {"access_token": link["token"]}
+        for fid in (sibling, *foreign):
+            r = await client.get(f"/api/v1/files/{fid}:download", params=token)
+            if r.status_code != 404:
+                problems.append(f"the link of {own} opened {fid}: {r.status_code} {r.text[:200]}")
+        for path in (f"/api/v1/files/{own}", "/api/v1/files", "/api/v1/sites", "/api/v1/anomalies",
+                     f"/api/v1/tenants/{OWN_TENANT}/penalty-rule-sets"):
+            # the gateway takes ?access_token= only on downloads (and WebSockets): the header here
+            r = await client.get(path, headers={"authorization": f"Bearer {link['token']}"})
+            if r.status_code != 403:
+                problems.append(f"a download link read {path}: want 403, got {r.status_code} {r.text[:200]}")
+        for fid in foreign:
+            r = await client.post(f"/api/v1/files/{fid}:link", json={}, headers=viewer)
+            if r.status_code != 404:
+                problems.append(f"acme's viewer made a link to {fid}: {r.status_code} {r.text[:200]}")
+    async with grpc.aio.insecure_channel(sec.targets["files"]) as ch:
+        from towerco.files.v1 import files_pb2, files_pb2_grpc
+
+        stub = files_pb2_grpc.FilesServiceStub(ch)
+        md = (("authorization", f"Bearer {link['token']}"),)
+        resp = await stub.DownloadFile(files_pb2.DownloadFileRequest(file_id=own), metadata=md)
+        if b"acme,SEC-A" not in resp.body.data:
+            problems.append(f"gRPC: the link did not open its own file: {resp.body.data[:100]!r}")
+        for fid in (sibling, *foreign):
+            try:
+                resp = await stub.DownloadFile(files_pb2.DownloadFileRequest(file_id=fid), metadata=md)
+                problems.append(f"gRPC: the link of {own} opened {fid}: {resp.file}")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    problems.append(f"gRPC: the link on {fid}: {exc.code().name} {exc.details()}")
+    assert not problems, "\n".join(problems)
+
+
 def test_matrix_summary(capsys) -> None:
     """Print the matrix size and a compact table (the last test: the others have filled RESULTS)."""
     assert RESULTS, "no transport ran"
@@ -880,5 +1025,8 @@ def test_matrix_summary(capsys) -> None:
         f"{caller} {code} x{n}" for (caller, code), n in sorted(outcomes.items())))
     bad = sum(1 for cs in RESULTS.values() for c in cs if c.problems or c.build_error)
     lines.append(f"failing cells: {bad}")
+    for defect, where in KNOWN_SEEN.items():
+        lines.append(f"KNOWN PRODUCT DEFECT {defect}\n  shown by {len(where)} cells, e.g.\n    "
+                     + "\n    ".join(where[:4]))
     with capsys.disabled():
         print("\n" + "\n".join(lines))

@@ -1,5 +1,6 @@
 """Schemathesis against the gateway's OpenAPI on a platform of its own (secstack): every
-operation, every check, bounded examples, a fixed seed. Zero failures is the bar.
+operation, every check, bounded examples, a fixed seed. Zero failures is the bar, but for the
+product defects listed in KNOWN_DEFECTS (reported; every one is printed as reproduced or not).
 
 GATEWAY_FUZZ_EXAMPLES (default 12) and GATEWAY_FUZZ_SEED tune the run."""
 
@@ -14,6 +15,40 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent / "schemathesis"
+
+# Product defects the fuzzer found (reported, not fixed here). A failure of schemathesis is
+# tolerated only when it is one of these: (method, path template, check code, a text the failure's
+# report must contain). Any other failure fails the test, and every other check keeps running on
+# these operations (unlike a configuration exclusion). An entry that no longer shows is printed.
+KNOWN_DEFECTS: list[tuple[str, str, str, str, str]] = [
+    # empty: FILES-ID-UUID and BI-MONTH-1970 (rules the protos did not state) and GW-VERB-MATCH (a
+    # verb-less template bound "<id>:verb") are fixed
+]
+
+
+def failure_sections(text: str) -> list[tuple[str, str, list[str], str]]:
+    """(method, path, check codes, section text) of each failure schemathesis reports."""
+    body = text.split("= FAILURES =", 1)[1] if "= FAILURES =" in text else ""
+    body = body.split("= SUMMARY =", 1)[0]
+    heads = list(re.finditer(r"^_{3,} (\S+) (\S+) _{3,}$", body, re.M))
+    out = []
+    for i, h in enumerate(heads):
+        chunk = body[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(body)]
+        out.append((h.group(1), h.group(2), re.findall(r"^- (ST\d+) ", chunk, re.M), chunk))
+    return out
+
+
+def unknown_failures(text: str) -> tuple[list[str], set[str]]:
+    """The failures that are not KNOWN_DEFECTS, and the known defects seen."""
+    unknown, seen = [], set()
+    for method, path, codes, chunk in failure_sections(text):
+        for code in codes or ["?"]:
+            hit = [k for k in KNOWN_DEFECTS if (k[0], k[1], k[2]) == (method, path, code) and k[3] in chunk]
+            if hit:
+                seen.add(hit[0][4])
+            else:
+                unknown.append(f"{method} {path} {code}")
+    return unknown, seen
 
 
 def _config(spec: dict, path: Path) -> list[str]:
@@ -67,5 +102,12 @@ async def test_schemathesis_every_operation_every_check(sec, tmp_path: Path) -> 
     print(f"\nschemathesis: {tested.group(1) if tested else '?'} of {operations} operations tested "
           f"(live feeds excluded), {cases.group(1) if cases else '?'} cases; positive-acceptance off for "
           f"{len(ordered)} operations with declared orderings or page tokens")
-    assert proc.returncode == 0, text[-12000:]
+    unknown, seen = unknown_failures(text)
+    failed = re.search(r"(\d+) found (\d+) unique failures", text)
+    for defect in sorted({k[4] for k in KNOWN_DEFECTS}):
+        print(f"KNOWN PRODUCT DEFECT {defect}: {'reproduced' if defect in seen else 'NOT reproduced this run'}")
+    if proc.returncode != 0:
+        # a failing run passes only when every failure reported is a known defect
+        assert failed and failure_sections(text) and "= ERRORS =" not in text, text[-12000:]
+        assert not unknown, f"unexpected failures {unknown}:\n" + text[-12000:]
     assert cases and int(cases.group(1)) > 100, text[-3000:]

@@ -58,3 +58,14 @@ def test_service_lists_the_engines_detectors():
     for name, layer, _ in engine.detectors():
         if layer:  # forecasts are predictions, not anomaly detectors
             assert listed.get(name) == layer, name
+
+
+def test_an_anomaly_about_one_tenant_is_visible_only_to_it() -> None:
+    """A tenant's link down on a shared site is that tenant's: the co-tenant never sees it."""
+    from services.aiops.domain import visible
+
+    assert visible(None, ["acme", "beta"], "beta")  # staff
+    assert visible("beta", ["acme", "beta"], "beta")
+    assert not visible("acme", ["acme", "beta"], "beta")
+    assert visible("acme", ["acme", "beta"], "")  # a site-wide anomaly: every tenant of the site
+    assert not visible("gamma", ["acme", "beta"], "")

@@ -75,3 +75,17 @@ def test_specificity_prefers_literals() -> None:
     var = pattern.parse("/v1/sites/{id}")
     dstar = pattern.parse("/v1/{rest=**}")
     assert sorted([dstar, var, lit], key=lambda t: t.specificity) == [lit, var, dstar]
+
+
+def test_a_path_ending_in_a_declared_verb_is_only_for_verb_templates() -> None:
+    """GET /v1/shelves/s1:archive must not reach GetBook's /v1/books/{name}-like templates with
+    name "s1:archive"; only ArchiveShelf (POST) matches, so GET is a 405 naming POST."""
+    from gateway.transcode import routes
+
+    router = routes.Router(routes.build_routes(routes.discover_services(("testing",))))
+    route, params, allowed = router.match("POST", "/v1/shelves/s1:archive")
+    assert route is not None and route.method.name == "ArchiveShelf" and params == {"name": "shelves/s1"}
+    route, _, allowed = router.match("GET", "/v1/books/b1:archive")
+    assert route is None and allowed == []  # no template with that verb fits this path
+    route, params, _ = router.match("GET", "/v1/books/b1")
+    assert route is not None and params == {"name": "b1"}
