@@ -89,8 +89,11 @@ class Params:
     cabinet_max_c: float = 50.0  # while the site is powered (cooling running)
     cabinet_critical_c: float = 65.0  # on battery (cooling shed)
     cabinet_hysteresis_c: float = 2.0
-    cooling_settle_s: float = 7200.0  # after power returns, the cabinet needs this long to cool down
-    cooling_loss_s: float = 300.0  # a power cut shorter than this does not heat the cabinet
+    cooling_settle_s: float = 7200.0  # at most this long to cool down after power returns
+    cooling_loss_s: float = 300.0  # the rule keeps its normal limit through a power cut this short
+    cabinet_tau_s: float = 1800.0  # the cabinet's thermal time constant
+    cabinet_heat_c: float = 17.0  # how much hotter it settles with the cooling off
+    cabinet_residual_c: float = 0.3  # cooled down once the excess heat is below this
     context_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # judged only while the cooling runs
     cabinet_for_s: float = 120.0
     low_fuel_share: float = 0.15
@@ -315,6 +318,15 @@ def expected_burn_lph(cfg: SiteCfg, load_a: float, bus_v: float) -> float:
     return FUEL_A * p_rated + FUEL_B * p_load
 
 
+def cooldown_s(cut_s: float, p: Params) -> float:
+    """How long a cabinet takes to cool down after a power cut of `cut_s` (first-order lag: it
+    gained heat_c (1 - e^(-cut/tau)) and loses it with the same time constant)."""
+    excess = p.cabinet_heat_c * (1.0 - math.exp(-cut_s / p.cabinet_tau_s))
+    if excess <= p.cabinet_residual_c:
+        return 0.0
+    return min(p.cooling_settle_s, p.cabinet_tau_s * math.log(excess / p.cabinet_residual_c))
+
+
 # --------------------------------------------------------------------------- site state
 
 
@@ -482,7 +494,7 @@ class Engine:
         if off is not None and t - off > self.p.cooling_loss_s:
             return False
         since = st.timers.get("cooling_from")
-        return since is None or t - since >= self.p.cooling_settle_s
+        return since is None or t - since >= st.timers.get("cooling_settle", self.p.cooling_settle_s)
 
     def _val(self, st: SiteState, metric: str, t: float) -> float | None:
         lv = st.latest.get(metric)
@@ -529,8 +541,9 @@ class Engine:
         fuel = self._val(st, "fuel_level_l", t)
         if (mains is not None and mains >= 0.5 and cfg.has_grid) or (dg is not None and dg >= 0.5):
             off = st.timers.pop("unpowered_since", None)
-            if off is not None and t - off > p.cooling_loss_s:
-                st.timers["cooling_from"] = t  # the cooling was off long enough to matter
+            if off is not None and t > off:  # the cooling was off: the cabinet needs time to cool down
+                st.timers["cooling_from"] = t
+                st.timers["cooling_settle"] = cooldown_s(t - off, p)
         elif mains is not None or dg is not None:
             st.timers.setdefault("unpowered_since", t)
         if mains is not None:
@@ -611,7 +624,8 @@ class Engine:
         means = {k: a[1] / a[0] for k, a in st.acc.items() if a[0]}
         maxes = {k: a[2] for k, a in st.acc.items() if a[0]}
         st.acc = {}
-        powered = self._cooled(st, t_end)
+        # the cabinet baseline is judged only while the cooling runs and has run long enough
+        powered = self._cooled(st, t_end) and "unpowered_since" not in st.timers
         for metric in p.baseline_metrics:
             x = means.get(metric)
             if x is None:
@@ -621,8 +635,10 @@ class Engine:
             b = st.baselines.get(metric)
             if b is None:
                 b = st.baselines[metric] = new_baseline()
-            if metric in p.context_metrics and not powered:
-                continue  # the cooling is shed: heat is expected, only the rule's critical limit holds
+            if metric in p.context_metrics and (not powered or not cfg.has_grid):
+                # the cooling is shed (or, off-grid, follows the DG's cycle): heat is expected,
+                # only the rule's limits hold
+                continue
             s = baseline_step(b, minute * 60.0, x, p, a.factor)
             if s.opened and not a.suppressed:
                 direction = "above" if x > s.expected else "below"
@@ -688,6 +704,7 @@ class Engine:
                 if st.timers["fuel_quiet"] >= 3:
                     st.timers.pop("fuel_quiet", None)
                     self._clear(st, out, key, (minute - 2) * 60.0)
+                    del ring[:-1]  # the drop is judged; a new one must show in a fresh window
             else:
                 st.timers.pop("fuel_quiet", None)
 
