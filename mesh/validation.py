@@ -5,6 +5,10 @@ whose type has no rules at all costs one dict lookup. Paths are dotted snake_cas
 with [i] indexes for repeated fields and [key] for map values, e.g. "site.location.latitude" or
 "samples[3].metric".
 
+Besides the per-field rules: `mask_paths` on a FieldMask field (only those paths, or "*"), and
+the message-level `(towerco.validate.v1.message).ordered` pairs (e.g. a TimeRange's end after its
+start), checked when both fields are set. The gateway's OpenAPI states the same rules.
+
 google.api.field_behavior REQUIRED is documentation only and is NOT enforced here: output-only
 fields and update masks make it unsafe. Use (towerco.validate.v1.field).required.
 """
