@@ -388,3 +388,37 @@ def combine(figs: Sequence[AvailabilityFigures]) -> AvailabilityFigures:
         availability=a, defined=defined, unknown_policy=policies.pop() if len(policies) == 1 else 0,
         min_outage_minutes=minimums.pop() if len(minimums) == 1 else 0, sla_target=target,
         sla_met=(not defined) or a >= target, **sums)
+
+
+# --------------------------------------------------------------------------- paging snapshots
+
+
+class Snapshots:
+    """The figures a paged answer was computed from, kept for its next pages.
+
+    GetTenantAvailability rolls up every tenancy of the tenant on each page, so paging through a
+    large tenant used to recompute the whole tenant once per page. The first page (no token)
+    computes and stores the figures under the query's key; a continuation page within `ttl_s`
+    reuses them, which also makes the pages one consistent snapshot. A miss (another replica,
+    expired, evicted) recomputes: correct, only slower. Bounded to `max_entries` queries.
+    """
+
+    def __init__(self, *, ttl_s: float = 60.0, max_entries: int = 16) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[object, tuple[float, object]] = {}
+
+    def get(self, key: object, now: float) -> object | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if now - hit[0] > self.ttl_s:
+            del self._entries[key]
+            return None
+        return hit[1]
+
+    def put(self, key: object, value: object, now: float) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = (now, value)
+        while len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]  # the oldest

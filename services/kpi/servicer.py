@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -191,6 +192,7 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
     def __init__(self, pool: asyncpg.Pool, sites: sites_pb2_grpc.SitesServiceStub | None = None) -> None:
         self.pool = pool
         self.sites = sites  # the tenant register is the Sites service's: asked, never read
+        self.snapshots = domain.Snapshots()  # GetTenantAvailability's figures for its next pages
 
     async def GetSiteKpis(self, request, context):
         identity = _reader()
@@ -304,10 +306,17 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         tenant = _scope(identity, request.tenant_id)
         size = request.page.size or DEFAULT_PAGE
         after = _decode_token(request.page.token)
+        key = (tenant, request.tenant_id, lo, hi, request.unknown_policy)
+        now = time.monotonic()
         async with self.pool.acquire() as conn:
-            tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
-            figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
-                                         override=request.unknown_policy)
+            snap = self.snapshots.get(key, now) if after else None  # a continuation: page 1's figures
+            if snap is None:
+                tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
+                figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
+                                             override=request.unknown_policy)
+                self.snapshots.put(key, (tenancies, figs), now)
+            else:
+                tenancies, figs = snap
             page = [t for t in tenancies if t["site_id"] > after][:size]
             outages: dict[str, list[tuple[int, str]]] = defaultdict(list)
             if page and not request.skip_outages:

@@ -184,3 +184,18 @@ def test_policy_resolution_default_stored_and_override() -> None:
     assert resolve_policy((3, 15), 0) == (3, 15)
     assert resolve_policy((3, 15), 2) == (2, 15)  # the request's unknown policy wins, the minimum stays
     assert resolve_policy(None, 2) == (2, 0)
+
+
+def test_paging_snapshots_serve_continuations_within_their_ttl() -> None:
+    from services.kpi.domain import Snapshots
+
+    snaps = Snapshots(ttl_s=60.0, max_entries=2)
+    assert snaps.get("q1", 0.0) is None
+    snaps.put("q1", "figures-1", 0.0)
+    assert snaps.get("q1", 59.0) == "figures-1"
+    assert snaps.get("q1", 61.0) is None and snaps.get("q1", 61.0) is None  # expired, then gone
+    snaps.put("a", 1, 100.0)
+    snaps.put("b", 2, 101.0)
+    snaps.put("a", 3, 102.0)  # refreshed: now the newest
+    snaps.put("c", 4, 103.0)  # evicts the oldest, "b"
+    assert snaps.get("b", 103.0) is None and snaps.get("a", 103.0) == 3 and snaps.get("c", 103.0) == 4
