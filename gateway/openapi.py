@@ -23,7 +23,7 @@ from gateway import edge
 from gateway.call import TOKEN_PARAM
 from gateway.transcode import codec
 from gateway.transcode.request import resolve_field
-from gateway.transcode.routes import Route
+from gateway.transcode.routes import Route, declared_required, validated_required
 
 F = FieldDescriptor
 STATUS_REF = {"$ref": "#/components/schemas/google.rpc.Status"}
@@ -93,17 +93,6 @@ def _message_rules(d: Descriptor) -> Any:
 
     opts = d.GetOptions()
     return opts.Extensions[validate_pb2.message] if opts.HasExtension(validate_pb2.message) else None
-
-
-def _declared_required(fd: FieldDescriptor) -> bool:
-    """REQUIRED by google.api.field_behavior (the handler enforces it on create)."""
-    return field_behavior_pb2.REQUIRED in _behaviors(fd)
-
-
-def _validated_required(fd: FieldDescriptor) -> bool:
-    """required by a towerco.validate rule (the interceptor enforces it on every request)."""
-    rules = _rules(fd)
-    return bool(rules is not None and rules.required)
 
 
 def _camel(path: str) -> str:
@@ -264,7 +253,7 @@ class Builder:
 
     def required(self, fd: FieldDescriptor) -> bool:
         """Must the field be present (and non-empty) in this mode?"""
-        return _validated_required(fd) or (not self.patch and _declared_required(fd))
+        return validated_required(fd) or (not self.patch and declared_required(fd))
 
     @staticmethod
     def non_empty(fd: FieldDescriptor, schema: dict[str, Any]) -> None:

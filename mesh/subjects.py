@@ -43,6 +43,29 @@ def partition_of(site_id: str, partitions: int) -> int:
     return zlib.crc32(site_id.encode("utf-8")) % partitions
 
 
+def parse_partitions(spec: str, count: int) -> list[int]:
+    """The partitions a replica owns, from its setting: "" -> all; "0-7" -> 0..7; "1,3,5" -> those."""
+    if not spec.strip():
+        return list(range(count))
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    bad = [p for p in out if not 0 <= p < count]
+    if bad:
+        raise ValueError(f"partitions {bad} outside 0..{count - 1}")
+    return sorted(out)
+
+
+def replica_name(partitions: list[int], count: int) -> str:
+    """A replica's default name from what it owns: "all", or "p0_1_2"."""
+    return "all" if len(partitions) == count else "p" + "_".join(map(str, partitions))
+
+
 def telemetry_subject(partition: int) -> str:
     """The subject of one partition's sample batches: `telemetry.samples.<partition>`."""
     return f"{TELEMETRY_PREFIX}.{partition}"

@@ -24,13 +24,16 @@ from gateway.transcode.request import resolve_field
 F = FieldDescriptor
 
 
-def _required(fd: FieldDescriptor) -> bool:
-    """REQUIRED by google.api.field_behavior or by a towerco.validate rule."""
+def declared_required(fd: FieldDescriptor) -> bool:
+    """REQUIRED by google.api.field_behavior (the handler enforces it on create)."""
+    return field_behavior_pb2.REQUIRED in fd.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+
+
+def validated_required(fd: FieldDescriptor) -> bool:
+    """required by a towerco.validate rule (the interceptor enforces it on every request)."""
     from towerco.validate.v1 import validate_pb2
 
     opts = fd.GetOptions()
-    if field_behavior_pb2.REQUIRED in opts.Extensions[field_behavior_pb2.field_behavior]:
-        return True
     return opts.HasExtension(validate_pb2.field) and opts.Extensions[validate_pb2.field].required
 
 
@@ -85,7 +88,7 @@ class Route:
             return False
         if self.body != "*":
             return True
-        return any(_required(fd) for fd in self.method.input_type.fields)
+        return any(declared_required(fd) or validated_required(fd) for fd in self.method.input_type.fields)
 
     @property
     def resume_field(self) -> str:

@@ -45,24 +45,6 @@ COUNTS = Counter("towerco_aiops_engine", "What the aiops_engine did: samples, ba
                  "anomalies_opened, anomalies_cleared, predictions, detector_errors.", ["what"])
 
 
-def parse_partitions(spec: str, count: int) -> list[int]:
-    """"" -> all; "0-7" -> 0..7; "1,3,5" -> those."""
-    if not spec.strip():
-        return list(range(count))
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.update(range(int(a), int(b) + 1))
-        elif part:
-            out.add(int(part))
-    bad = [p for p in out if not 0 <= p < count]
-    if bad:
-        raise ValueError(f"partitions {bad} outside 0..{count - 1}")
-    return sorted(out)
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """The engine's tuning, from the TOWERCO_AIOPS_* variables of mesh.config.AiopsEngineSettings
@@ -86,8 +68,8 @@ class EngineConfig:
     def from_env(cls, partition_count: int) -> EngineConfig:
         """From mesh.config.AiopsEngineSettings (TOWERCO_AIOPS_*)."""
         env = config.load(config.AiopsEngineSettings)
-        parts = parse_partitions(env.partitions, partition_count)
-        replica = env.replica or ("all" if len(parts) == partition_count else "p" + "_".join(map(str, parts)))
+        parts = subjects.parse_partitions(env.partitions, partition_count)
+        replica = env.replica or subjects.replica_name(parts, partition_count)
         return cls(partitions=tuple(parts), replica=replica, durable_prefix=env.durable_prefix or "aiops-engine",
                    batch=max(1, env.batch), ack_wait_s=env.ack_wait_s, tick_s=env.tick_s,
                    live_lag_s=env.live_lag_s, adjust_s=env.adjust_s, retrain_s=env.retrain_s)

@@ -45,24 +45,6 @@ FOLD_LAG = Gauge("towerco_kpi_calculator_fold_lag_seconds",
                  "Seconds from the ingest API accepting the newest folded batch to its folding (whole seconds).")
 
 
-def parse_partitions(spec: str, count: int) -> list[int]:
-    """"" -> all; "0-7" -> 0..7; "1,3,5" -> those."""
-    if not spec.strip():
-        return list(range(count))
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.update(range(int(a), int(b) + 1))
-        elif part:
-            out.add(int(part))
-    bad = [p for p in out if not 0 <= p < count]
-    if bad:
-        raise ValueError(f"partitions {bad} outside 0..{count - 1}")
-    return sorted(out)
-
-
 @dataclass(frozen=True)
 class CalculatorConfig:
     """The calculator's tuning, from mesh.config.KpiCalculatorSettings (TOWERCO_KPI_*, each
@@ -86,9 +68,8 @@ class CalculatorConfig:
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
         env = config.load(config.KpiCalculatorSettings)
-        parts = parse_partitions(env.partitions, partition_count)
-        replica = env.replica or (
-            "all" if len(parts) == partition_count else "p" + "_".join(map(str, parts)))
+        parts = subjects.parse_partitions(env.partitions, partition_count)
+        replica = env.replica or subjects.replica_name(parts, partition_count)
         return cls(
             partitions=tuple(parts),
             allowed_lateness_s=env.allowed_lateness_s,

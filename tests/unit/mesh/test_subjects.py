@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from mesh import subjects
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,3 +47,12 @@ def test_event_subjects_are_spelled_only_in_subjects():
     found = sorted(str(p.relative_to(ROOT)) for p in _sources() if event.search(p.read_text()))
     assert [f for f in found if f not in EVENT_SUBJECT_EXEMPT] == []
     assert subjects.KPI_POLICY_UPDATED == "towerco.kpi.policy.updated"
+
+
+def test_partition_specs_and_replica_names():
+    assert subjects.parse_partitions("", 4) == [0, 1, 2, 3]
+    assert subjects.parse_partitions("0-2, 5", 8) == [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="outside 0..3"):
+        subjects.parse_partitions("2-4", 4)
+    assert subjects.replica_name([0, 1, 2, 3], 4) == "all"
+    assert subjects.replica_name([1, 3], 4) == "p1_3"
