@@ -15,9 +15,10 @@ import asyncpg
 from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.common.v1 import common_pb2
 
-from mesh import db, outbox, subjects
+from mesh import outbox, subjects
 from mesh.auth import Identity, current_identity, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.listener import PgListener
 from services.aiops import domain, store
 
 SCHEMA = "aiops"
@@ -243,26 +244,7 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
         tick.set()
 
     async def listen(self, database_url: str) -> None:
-        """LISTEN on the aiops outbox channel and wake watchers; reconnects until cancelled."""
-        delay = 0.5
-        while True:
-            conn = None
-            try:
-                conn = await db.connect(database_url, application_name="towerco:aiops-watch")
-                await conn.add_listener(outbox.channel(SCHEMA), lambda *_: self.notify())
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda *_, ev=lost: ev.set())
-                delay = 0.5
-                while not lost.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=5)
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1")
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the database is away; watchers poll meanwhile
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
+        """LISTEN on the aiops outbox channel and wake watchers (mesh.listener: reconnects, and
+        wakes them on each reconnect to catch up on what was missed) until cancelled."""
+        await PgListener(outbox.channel(SCHEMA), on_notify=self.notify, database_url=database_url,
+                         application_name="towerco:aiops-watch").run()
