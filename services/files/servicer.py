@@ -14,7 +14,7 @@ from towerco.files.v1 import files_pb2, files_pb2_grpc
 
 from mesh.auth import Identity, current_identity, mint_token, require_role, tenant_scope
 from mesh.config import Settings
-from mesh.errors import FieldViolation, Internal, InvalidArgument, NotFound
+from mesh.errors import FieldViolation, Internal, InvalidArgument, NotFound, PermissionDenied
 from services.files import domain, store
 from services.files.blobs import BlobStore
 
@@ -94,7 +94,10 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
         return files_pb2.ListFilesResponse(files=[file_pb(r) for r in rows])
 
     async def DeleteFile(self, request, context):
-        identity = require_role(*DELETE_ROLES)
+        identity = require_role(*READ_ROLES, *DELETE_ROLES)
+        if not identity.has_role(*DELETE_ROLES):
+            await self._get(request.file_id, identity)  # a file it may not see: NOT_FOUND, not 403
+            raise PermissionDenied(f"deleting a file needs the {' or '.join(DELETE_ROLES)} role")
         async with self.pool.acquire() as conn:
             row = await store.delete_file(conn, file_id=_file_id(request.file_id), tenant=_scope(identity))
         if row is None:
