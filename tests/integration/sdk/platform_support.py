@@ -44,22 +44,28 @@ TENANTS = ("sdkco", "wheelco")
 @contextlib.asynccontextmanager
 async def platform(stack, *, sites: int = 5) -> AsyncIterator[Platform]:
     import sdk
+    from services.aiops.server import setup as aiops_setup
+    from services.bi.server import setup as bi_setup
+    from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
     from services.sites.server import setup as sites_setup
     from services.telemetry.server import setup as telemetry_setup
 
-    await migrate(stack.database_url, components=["sites", "telemetry", "kpi"])
+    await migrate(stack.database_url, components=["sites", "telemetry", "kpi", "aiops", "files", "bi"])
     reset_settings()
-    base = Settings.from_env()
+    home = stack.tmp / f"sdk-home-{uuid.uuid4().hex[:6]}"  # the Files service's blobs
+    home.mkdir(parents=True)
+    base = dataclasses.replace(Settings.from_env(), home=home)
     running = []
     try:
         running.append(await bootstrap.start("sites", sites_setup, port=0, metrics_port=-1, settings=base))
         targets = {"sites": f"127.0.0.1:{running[0].port}"}
         settings = dataclasses.replace(base, targets={**base.targets, **targets})
-        for name, setup in (("telemetry", telemetry_setup), ("kpi", kpi_setup)):
+        for name, setup in (("telemetry", telemetry_setup), ("kpi", kpi_setup), ("aiops", aiops_setup),
+                            ("files", files_setup), ("bi", bi_setup)):
             srv = await bootstrap.start(name, setup, port=0, metrics_port=-1, settings=settings)
             running.append(srv)
-            targets[name] = f"127.0.0.1:{srv.port}"
+            targets[name] = settings.targets[name] = f"127.0.0.1:{srv.port}"  # the next ones find it
         u = uuid.uuid4().hex[:6].upper()
         p = Platform(settings, targets, region=f"sdk-{u.lower()}", site_ids=[f"SDK{u}-{i:03d}" for i in range(sites)])
         async with sdk.Client(targets["sites"], token=p.token("admin"), breaker=False) as client:

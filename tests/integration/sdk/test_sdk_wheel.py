@@ -24,6 +24,9 @@ ALLOWED = ("grpcio", "protobuf", "googleapis-common-protos", "typing-extensions"
 CHILD = textwrap.dedent('''
     import asyncio, json, sys
     import sdk
+    from towerco.aiops.v1 import aiops_pb2
+    from towerco.bi.v1 import bi_pb2
+    from towerco.files.v1 import files_pb2
     from towerco.kpi.v1 import kpi_pb2
     from towerco.sites.v1 import sites_pb2
     from towerco.telemetry.v1 import telemetry_pb2
@@ -47,6 +50,12 @@ CHILD = textwrap.dedent('''
         async with sdk.Client(targets["telemetry"], token=token) as c:
             snap = await c.telemetry.LatestSnapshot(telemetry_pb2.LatestSnapshotRequest(site_id=out["sites"][0]))
             out["telemetry"] = type(snap).__name__
+        async with sdk.Client(targets["aiops"], token=token) as c:
+            out["aiops"] = type(await c.aiops.ListAnomalies(aiops_pb2.ListAnomaliesRequest(site_id=out["sites"][0]))).__name__
+        async with sdk.Client(targets["files"], token=token) as c:
+            out["files"] = type(await c.files.ListFiles(files_pb2.ListFilesRequest(site_id=out["sites"][0]))).__name__
+        async with sdk.Client(targets["bi"], token=token) as c:
+            out["bi"] = type(await c.bi.ListPenaltyRuleSets(bi_pb2.ListPenaltyRuleSetsRequest(tenant_id="wheelco"))).__name__
         return out
 
     out = asyncio.run(main())
@@ -128,3 +137,6 @@ async def test_the_installed_sdk_calls_every_service(installed: Path, plat: Plat
     assert out["not_found"] == "SDK-WHEEL-NOPE"
     assert out["telemetry"] == "LatestSnapshotResponse"
     assert out["kpi"] == "wheelco"
+    # and the three services added since: every service is one typed client away
+    assert (out["aiops"], out["files"], out["bi"]) == (
+        "ListAnomaliesResponse", "ListFilesResponse", "ListPenaltyRuleSetsResponse")
