@@ -11,6 +11,7 @@ from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
+from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
@@ -357,6 +358,163 @@ class KpiServiceBlocking(BlockingService):
         return self._iterate(self._service.list_all(request, page_size=page_size, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
 
+class NocService(AsyncService):
+    """towerco.noc.v1.NocService: The network operations centre: raw alarms (AIOps anomalies and rule hits, and alarms posted by third-party systems) correlated into incidents, one per real problem, with the power-chain root cause, the impacted tenancies, a lifecycle with an audit timeline, NOC statistics and a lossless live feed. Correlation rules and the feed's resume protocol: docs/noc.md.  noc_operator and admin act on incidents; viewer reads; a tenant viewer reads only incidents impacting its tenancies and sees only its own tenancies in their impact. Any other incident or alarm answers NOT_FOUND to it."""
+
+    SERVICE = "towerco.noc.v1.NocService"
+    STUB = noc_pb2_grpc.NocServiceStub
+    PAGES = {
+        "towerco.noc.v1.ListIncidentsRequest": Page("ListIncidents", "incidents"),
+        "towerco.noc.v1.ListAlarmsRequest": Page("ListAlarms", "alarms"),
+    }
+
+    async def ListIncidents(self, request: noc_pb2.ListIncidentsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ListIncidentsResponse:
+        """List incidents, newest first, filtered."""
+        return cast(noc_pb2.ListIncidentsResponse, await self._unary("ListIncidents", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetIncident(self, request: noc_pb2.GetIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.GetIncidentResponse:
+        """One incident with its timeline."""
+        return cast(noc_pb2.GetIncidentResponse, await self._unary("GetIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListAlarms(self, request: noc_pb2.ListAlarmsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ListAlarmsResponse:
+        """List alarms, newest first, filtered."""
+        return cast(noc_pb2.ListAlarmsResponse, await self._unary("ListAlarms", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetAlarm(self, request: noc_pb2.GetAlarmRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.GetAlarmResponse:
+        """One alarm."""
+        return cast(noc_pb2.GetAlarmResponse, await self._unary("GetAlarm", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def PostAlarm(self, request: noc_pb2.PostAlarmRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.PostAlarmResponse:
+        """Raise (or clear) an alarm from an external system. Idempotent on (source, source_alarm_id): the same alarm posted again returns the stored one with duplicate = true; the same id with different content is FAILED_PRECONDITION. A perceived severity of CLEARED clears the active alarm with the same clear key."""
+        return cast(noc_pb2.PostAlarmResponse, await self._unary("PostAlarm", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def AcknowledgeIncident(self, request: noc_pb2.AcknowledgeIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.AcknowledgeIncidentResponse:
+        """Acknowledge an open incident: someone is on it."""
+        return cast(noc_pb2.AcknowledgeIncidentResponse, await self._unary("AcknowledgeIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def AssignIncident(self, request: noc_pb2.AssignIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.AssignIncidentResponse:
+        """Assign an incident to a person (empty assignee unassigns)."""
+        return cast(noc_pb2.AssignIncidentResponse, await self._unary("AssignIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CommentIncident(self, request: noc_pb2.CommentIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.CommentIncidentResponse:
+        """Add a comment to an incident's timeline."""
+        return cast(noc_pb2.CommentIncidentResponse, await self._unary("CommentIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ResolveIncident(self, request: noc_pb2.ResolveIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ResolveIncidentResponse:
+        """Resolve an open or acknowledged incident."""
+        return cast(noc_pb2.ResolveIncidentResponse, await self._unary("ResolveIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CloseIncident(self, request: noc_pb2.CloseIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.CloseIncidentResponse:
+        """Close a resolved incident (final; a closed incident cannot be resolved again, only reopened)."""
+        return cast(noc_pb2.CloseIncidentResponse, await self._unary("CloseIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ReopenIncident(self, request: noc_pb2.ReopenIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ReopenIncidentResponse:
+        """Reopen a resolved or closed incident."""
+        return cast(noc_pb2.ReopenIncidentResponse, await self._unary("ReopenIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def MergeIncidents(self, request: noc_pb2.MergeIncidentsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.MergeIncidentsResponse:
+        """Merge other incidents into this one: their alarms move here, they are closed as merged."""
+        return cast(noc_pb2.MergeIncidentsResponse, await self._unary("MergeIncidents", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def SplitIncident(self, request: noc_pb2.SplitIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.SplitIncidentResponse:
+        """Split alarms out of this incident into a new incident."""
+        return cast(noc_pb2.SplitIncidentResponse, await self._unary("SplitIncident", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    def WatchIncidents(self, request: noc_pb2.WatchIncidentsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[noc_pb2.WatchIncidentsResponse]:
+        """Stream every incident change, oldest first, then live. Backed by JetStream: resume with the sequence of the last message received and nothing is missed or repeated, across restarts of the NOC service and the gateway."""
+        return self._server_stream("WatchIncidents", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    async def GetNocStats(self, request: noc_pb2.GetNocStatsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.GetNocStatsResponse:
+        """MTTA, MTTR, MTBF, alarms per incident and noise reduction over a time range, overall and grouped by site, region or tenant."""
+        return cast(noc_pb2.GetNocStatsResponse, await self._unary("GetNocStats", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    @overload
+    def list_all(self, request: noc_pb2.ListIncidentsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[noc_pb2.Incident]: ...
+
+    @overload
+    def list_all(self, request: noc_pb2.ListAlarmsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[noc_pb2.Alarm]: ...
+
+    def list_all(self, request: noc_pb2.ListIncidentsRequest | noc_pb2.ListAlarmsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[Any]:
+        """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
+        return self._list_all(request, page_size, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
+class NocServiceBlocking(BlockingService):
+    """towerco.noc.v1.NocService, blocking: each call waits for its result."""
+
+    _service: NocService
+
+    def ListIncidents(self, request: noc_pb2.ListIncidentsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ListIncidentsResponse:
+        """List incidents, newest first, filtered."""
+        return self._call(self._service.ListIncidents(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetIncident(self, request: noc_pb2.GetIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.GetIncidentResponse:
+        """One incident with its timeline."""
+        return self._call(self._service.GetIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListAlarms(self, request: noc_pb2.ListAlarmsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ListAlarmsResponse:
+        """List alarms, newest first, filtered."""
+        return self._call(self._service.ListAlarms(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetAlarm(self, request: noc_pb2.GetAlarmRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.GetAlarmResponse:
+        """One alarm."""
+        return self._call(self._service.GetAlarm(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def PostAlarm(self, request: noc_pb2.PostAlarmRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.PostAlarmResponse:
+        """Raise (or clear) an alarm from an external system. Idempotent on (source, source_alarm_id): the same alarm posted again returns the stored one with duplicate = true; the same id with different content is FAILED_PRECONDITION. A perceived severity of CLEARED clears the active alarm with the same clear key."""
+        return self._call(self._service.PostAlarm(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def AcknowledgeIncident(self, request: noc_pb2.AcknowledgeIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.AcknowledgeIncidentResponse:
+        """Acknowledge an open incident: someone is on it."""
+        return self._call(self._service.AcknowledgeIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def AssignIncident(self, request: noc_pb2.AssignIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.AssignIncidentResponse:
+        """Assign an incident to a person (empty assignee unassigns)."""
+        return self._call(self._service.AssignIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CommentIncident(self, request: noc_pb2.CommentIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.CommentIncidentResponse:
+        """Add a comment to an incident's timeline."""
+        return self._call(self._service.CommentIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ResolveIncident(self, request: noc_pb2.ResolveIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ResolveIncidentResponse:
+        """Resolve an open or acknowledged incident."""
+        return self._call(self._service.ResolveIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CloseIncident(self, request: noc_pb2.CloseIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.CloseIncidentResponse:
+        """Close a resolved incident (final; a closed incident cannot be resolved again, only reopened)."""
+        return self._call(self._service.CloseIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ReopenIncident(self, request: noc_pb2.ReopenIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.ReopenIncidentResponse:
+        """Reopen a resolved or closed incident."""
+        return self._call(self._service.ReopenIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def MergeIncidents(self, request: noc_pb2.MergeIncidentsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.MergeIncidentsResponse:
+        """Merge other incidents into this one: their alarms move here, they are closed as merged."""
+        return self._call(self._service.MergeIncidents(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def SplitIncident(self, request: noc_pb2.SplitIncidentRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.SplitIncidentResponse:
+        """Split alarms out of this incident into a new incident."""
+        return self._call(self._service.SplitIncident(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def WatchIncidents(self, request: noc_pb2.WatchIncidentsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[noc_pb2.WatchIncidentsResponse]:
+        """Stream every incident change, oldest first, then live. Backed by JetStream: resume with the sequence of the last message received and nothing is missed or repeated, across restarts of the NOC service and the gateway."""
+        return self._iterate(self._service.WatchIncidents(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetNocStats(self, request: noc_pb2.GetNocStatsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> noc_pb2.GetNocStatsResponse:
+        """MTTA, MTTR, MTBF, alarms per incident and noise reduction over a time range, overall and grouped by site, region or tenant."""
+        return self._call(self._service.GetNocStats(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    @overload
+    def list_all(self, request: noc_pb2.ListIncidentsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[noc_pb2.Incident]: ...
+
+    @overload
+    def list_all(self, request: noc_pb2.ListAlarmsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[noc_pb2.Alarm]: ...
+
+    def list_all(self, request: noc_pb2.ListIncidentsRequest | noc_pb2.ListAlarmsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[Any]:
+        """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
+        return self._iterate(self._service.list_all(request, page_size=page_size, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
 class SitesService(AsyncService):
     """towerco.sites.v1.SitesService: The register of sites, tenants (mobile operators), tenancies, power configurations and site calendars. Admins write sites, tenants and tenancies; NOC operators write calendar windows; viewers read everything; a tenant viewer sees only the sites its tenant is on."""
 
@@ -636,6 +794,7 @@ class AsyncServices:
     bi: BiService
     files: FilesService
     kpi: KpiService
+    noc: NocService
     sites: SitesService
     telemetry: TelemetryService
 
@@ -647,6 +806,7 @@ class BlockingServices:
     bi: BiServiceBlocking
     files: FilesServiceBlocking
     kpi: KpiServiceBlocking
+    noc: NocServiceBlocking
     sites: SitesServiceBlocking
     telemetry: TelemetryServiceBlocking
 
@@ -657,6 +817,7 @@ SERVICES: dict[str, tuple[type[AsyncService], type[BlockingService]]] = {
     "bi": (BiService, BiServiceBlocking),
     "files": (FilesService, FilesServiceBlocking),
     "kpi": (KpiService, KpiServiceBlocking),
+    "noc": (NocService, NocServiceBlocking),
     "sites": (SitesService, SitesServiceBlocking),
     "telemetry": (TelemetryService, TelemetryServiceBlocking),
 }
