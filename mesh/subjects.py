@@ -32,6 +32,10 @@ KPI_HOUR_COMPUTED = "towerco.kpi.hour.computed"    # a site-hour's KPIs are fina
 AIOPS_ANOMALY_DETECTED = "towerco.aiops.anomaly.detected"    # an anomaly opened
 AIOPS_ANOMALY_CLEARED = "towerco.aiops.anomaly.cleared"      # an open anomaly cleared
 AIOPS_ANOMALY_PREDICTED = "towerco.aiops.anomaly.predicted"  # a forecast (battery, fuel, site down)
+AIOPS_ANOMALY_EVENTS = "towerco.aiops.anomaly.>"              # the NOC's input from the engine
+NOC_INCIDENT_PREFIX = "towerco.noc.incident"                  # .<change>: opened, updated, ...
+NOC_INCIDENT_EVENTS = f"{NOC_INCIDENT_PREFIX}.>"              # every incident change (feed, notifier)
+NOC_INCIDENT_CHANGES = ("opened", "updated", "acknowledged", "resolved", "closed", "reopened")
 
 
 def partition_of(site_id: str, partitions: int) -> int:
@@ -74,6 +78,14 @@ def telemetry_subject(partition: int) -> str:
 def site_telemetry_subject(site_id: str, partitions: int) -> str:
     """The subject a site's samples travel on."""
     return telemetry_subject(partition_of(site_id, partitions))
+
+
+def noc_incident_subject(change: str) -> str:
+    """`towerco.noc.incident.<change>`, change one of NOC_INCIDENT_CHANGES (the IncidentChange
+    enum's names, lower case, without the prefix)."""
+    if change not in NOC_INCIDENT_CHANGES:
+        raise ValueError(f"unknown incident change {change!r}")
+    return f"{NOC_INCIDENT_PREFIX}.{change}"
 
 
 def sites_event(entity: str, kind: str) -> str:
