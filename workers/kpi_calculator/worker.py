@@ -44,7 +44,10 @@ async def serve() -> None:
         calc = Calculator(rt.pool, rt.js, config=config, partition_count=rt.settings.partitions,
                           fetch_register=register_fetcher(rt.settings.target("sites")),
                           database_url=rt.settings.database_url)
-        log.info("kpi_calculator consuming partitions %s", list(config.partitions))
+        if config.leased:
+            log.info("kpi_calculator %s sharing %d partitions by leases", config.replica, rt.settings.partitions)
+        else:
+            log.info("kpi_calculator consuming partitions %s", list(config.partitions))
         await lifecycle.run_until_signalled(calc)
 
 
