@@ -101,6 +101,20 @@ class Proc:
             return ""
 
 
+def pg_action(pg, action: str) -> None:
+    """`EmbeddedPostgres(...).<action>` for the session's PostgreSQL, run in a fresh
+    single-threaded Python process: pg_ctl forked straight from this busy multi-threaded test
+    process (gRPC, NATS threads) has been seen to die before it ran."""
+    code = ("from pathlib import Path; from mesh.embedded import EmbeddedPostgres; "
+            f"EmbeddedPostgres(Path({str(pg.data_dir)!r}), port={pg.port}, fast={pg.fast!r}).{action}")
+    for attempt in range(3):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0 and (action != "start()" or pg.running()):
+            return
+        if attempt == 2:
+            raise RuntimeError(f"pg {action} failed: {done.stdout}{done.stderr}")
+
+
 def sample_value(site_index: int, step: int, metric: str, dips: dict[tuple[int, int], bool]) -> float:
     """The value a site sends for a metric at a step (the ground truth). dc_bus_v dips to 40 V
     (below the 43 V band) on the (site, step) pairs of `dips`; otherwise it stays in the band."""
@@ -238,12 +252,16 @@ def report_table(rows: list[FaultRecord], sender: Sender, extra: list[tuple[str,
 async def until(pred, *, within: float, every: float = 0.2, what: str = "condition"):
     """Poll `pred` (sync or async) until it returns a truthy value; that value, or AssertionError."""
     deadline = time.monotonic() + within
+    last = ""
     while True:
-        got = pred()
-        if asyncio.iscoroutine(got):
-            got = await got
+        try:
+            got = pred()
+            if asyncio.iscoroutine(got):
+                got = await got
+        except Exception as exc:  # noqa: BLE001 - e.g. the database restarting: ask again
+            got, last = None, f"{type(exc).__name__}: {exc}"
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within:.0f}s")
+            raise AssertionError(f"{what} not reached within {within:.0f}s" + (f" (last error {last})" if last else ""))
         await asyncio.sleep(every)
