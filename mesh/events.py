@@ -151,16 +151,35 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
     """Create the three streams, or bring an existing one's settings up to date (its replica
     count included: a cluster scales a stream up or down in place). Idempotent and safe to run
     from every process at start-up (a concurrent creator wins, we then update)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60.0
+    delay = 0.2
     for cfg in stream_configs(replicas):
-        try:
-            await js.stream_info(cfg.name or "")
-        except nats.js.errors.NotFoundError:
+        while True:
             try:
-                await js.add_stream(cfg)
-                continue
-            except nats.js.errors.BadRequestError:
-                pass  # created concurrently by another process: update below
-        await js.update_stream(cfg)
+                await _ensure_stream(js, cfg)
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                    nats.js.errors.ServiceUnavailableError) as exc:
+                # a cluster electing its leaders, or busy creating replicated streams for many
+                # processes starting at once: ask again for up to a minute
+                if loop.time() > deadline:
+                    raise
+                log.info("stream %s not ready (%s); retrying in %.1fs", cfg.name, type(exc).__name__, delay)
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, 3.0)
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(cfg.name or "")
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(cfg)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # created concurrently by another process: update below
+    await js.update_stream(cfg)
 
 
 # --------------------------------------------------------------------------- envelope
