@@ -180,6 +180,8 @@ class LeaseKeeper:
     held: set[int] = field(default_factory=set)
     rounds: int = 0
     moves: list[tuple[str, int]] = field(default_factory=list)  # (acquired|released|lost, p)
+    closed: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.schema = _check_schema(self.schema)
@@ -200,7 +202,13 @@ class LeaseKeeper:
             raise Fenced(f"partition {partition} of {self.group} is no longer leased to {self.token}")
 
     async def round(self) -> Moves:
-        """One heartbeat: renew, read, decide, act."""
+        """One heartbeat: renew, read, decide, act (nothing once closed)."""
+        async with self._lock:
+            if self.closed:
+                return Moves()
+            return await self._round()
+
+    async def _round(self) -> Moves:
         s = self.schema
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -275,7 +283,7 @@ class LeaseKeeper:
     async def run(self) -> None:
         """Heartbeat until cancelled; a database outage is waited out (the fence keeps batches
         honest meanwhile)."""
-        while True:
+        while not self.closed:
             try:
                 await self.round()
             except asyncio.CancelledError:
@@ -286,7 +294,12 @@ class LeaseKeeper:
 
     async def close(self) -> None:
         """A clean stop: stop every consumer, give every lease back and leave the group, so the
-        other replicas take over at their next heartbeat."""
+        other replicas take over at their next heartbeat. No round runs after it."""
+        async with self._lock:
+            self.closed = True
+            await self._close()
+
+    async def _close(self) -> None:
         for p in sorted(self.held):
             with contextlib.suppress(Exception):
                 await self.on_release(p)

@@ -255,11 +255,11 @@ class AiopsEngine:
         (what the previous owner committed last), then consume it."""
         async with self.locks[p]:
             self._forget_partition(p)
-            async with self.pool.acquire() as conn:
-                states = await store.load_states(conn)
+            sites = [s for s in self.cfgs if subjects.partition_of(s, self.partition_count) == p]
+            async with self.pool.acquire() as conn:  # the register's sites of p (others load on arrival)
+                states = await store.load_states(conn, site_ids=sites)
             for sid, raw in states.items():
-                if subjects.partition_of(sid, self.partition_count) == p:
-                    self.states[sid] = domain.SiteState.from_json(raw)
+                self.states[sid] = domain.SiteState.from_json(raw)
             self.owned.add(p)
         c = self._partition_consumer(p)
         self.partition_consumers[p] = (c, asyncio.create_task(c.run(), name=c.durable))

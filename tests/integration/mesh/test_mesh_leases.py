@@ -137,3 +137,16 @@ async def test_a_heartbeat_must_be_shorter_than_the_ttl(pool, lease_schema):
     with pytest.raises(ValueError, match="schema"):
         leases.LeaseKeeper(pool, schema="bad;name", group="g", member="a", partitions=4, on_acquire=nothing,
                            on_release=nothing)
+
+
+async def test_a_closed_keeper_never_takes_a_lease_again(pool, lease_schema):
+    a = Replica(pool, lease_schema, "a", partitions=4)
+    await until(lambda: a.running == set(range(4)))
+    await a.keeper.close()  # its heartbeat loop still running: it must not take them back
+    await asyncio.sleep(1.0)
+    assert a.running == set() and await owners(pool, lease_schema) == {}
+    assert a.task.done()  # the loop ended by itself
+    b = Replica(pool, lease_schema, "b", partitions=4)
+    took = await until(lambda: b.running == set(range(4)))
+    assert took < 2.0  # released leases are taken at the next heartbeat, no ttl to wait
+    await b.close()
