@@ -119,6 +119,14 @@ def decide(*, member: str, token: str, members: Sequence[str], partitions: int,
     return Moves(frozenset(acquire), frozenset(release), frozenset(lost))
 
 
+def pool_settings(ttl_s: float) -> dict[str, str]:
+    """Server settings for a leased worker's pool: a transaction left idle longer than twice the
+    lease ttl (its process paused or hung between two statements) is ended by PostgreSQL, so its
+    lease row is no longer held FOR SHARE and another replica can take the partition over; the
+    paused process's commit then fails and its batch is redelivered."""
+    return {"idle_in_transaction_session_timeout": str(max(5000, int(2000 * ttl_s)))}
+
+
 def new_token(member: str) -> str:
     """The owner token of one process incarnation of `member`."""
     return f"{member}#{uuid.uuid4().hex[:12]}"

@@ -6,7 +6,7 @@ sender ingests at a steady rate with known ground truth, the faults come one aft
   kill -9 a NATS node (then restart it) · kill -9 the TELEMETRY stream leader (then restart it)
   · kill -9 an ingestor, a kpi_calculator, an aiops_engine replica and a telemetry service replica
   (each restarted, as a supervisor would) · restart PostgreSQL · SIGSTOP an ingestor past its ack
-  wait.
+  wait · SIGSTOP a kpi_calculator replica past its lease ttl.
 
 At the end, exact accounting: acknowledged samples = stored samples (count and sum); the KPI
 minute aggregates equal a clean recomputation from the stored samples; every expected anomaly
@@ -253,6 +253,25 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         procs["ingestor-2"].resume()
         record(f"SIGSTOP ingestor-2 {STOP_S:g}s (ack wait {ACK_WAIT_S:g}s)", t, None,
                "its batches redelivered to ingestor-1")
+
+        # 9. SIGSTOP a kpi_calculator replica past its lease ttl: the other takes its partitions
+        # (PostgreSQL ends a transaction it left open), and once resumed its next batch is fenced
+        t = time.monotonic()
+        procs["kpi_calculator-2"].pause()
+
+        async def all_r1():
+            owners = await lease_owners(pool, "kpi", kpi_group)
+            return len(owners) == PARTITIONS and set(owners.values()) == {"r1"}
+
+        try:
+            await until(all_r1, within=60, what="kpi partitions moved to r1 while r2 is stopped")
+            moved = time.monotonic() - t
+        finally:
+            procs["kpi_calculator-2"].resume()
+        await until(lambda: shared("kpi", kpi_group), within=90, what="kpi r2 back in the sharing")
+        record(f"SIGSTOP kpi_calculator r2 past its lease ttl ({LEASE_TTL_S:g}s)", t, moved,
+               f"partitions on r1 after {moved:.1f}s; r2 fenced, then rejoined after "
+               f"{time.monotonic() - t:.1f}s")
 
         await until(lambda: sender.steps > last_dip + 8, within=120, what="the sender past the last dip")
         await asyncio.sleep(2.0)
