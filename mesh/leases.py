@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -190,6 +191,7 @@ class LeaseKeeper:
     moves: list[tuple[str, int]] = field(default_factory=list)  # (acquired|released|lost, p)
     closed: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _last_ok: float | None = field(default=None, repr=False)  # monotonic time of the last good round
 
     def __post_init__(self) -> None:
         self.schema = _check_schema(self.schema)
@@ -234,6 +236,14 @@ class LeaseKeeper:
                 f"WHERE grp = $1", self.group)}
         moves = decide(member=self.member, token=self.token, members=members, partitions=self.partitions,
                        leases=leases, held=frozenset(self.held))
+        now = time.monotonic()
+        if self._last_ok is not None and now - self._last_ok > self.ttl_s and moves.acquire:
+            # we were cut off from the database ourselves (an outage, a pause): the others may be
+            # alive and just as late to renew; give them one heartbeat before taking their leases
+            log.info("lease round of %s after %.1fs without the database: not acquiring this round",
+                     self.group, now - self._last_ok)
+            moves = Moves(frozenset(), moves.release, moves.lost)
+        self._last_ok = now
         for p in sorted(moves.lost):
             log.warning("lease of partition %d of %s lost to another replica; stopping it", p, self.group)
             self.held.discard(p)

@@ -237,11 +237,11 @@ class FaultRecord:
 
 
 def report_table(rows: list[FaultRecord], sender: Sender, extra: list[tuple[str, str]]) -> str:
-    head = f"{'fault':<44}{'at s':>7}{'recovered in s':>16}  {'gateway during (status x n)':<28} note"
+    head = f"{'fault':<46}{'at s':>7}{'recovered in s':>16}  {'gateway during (status x n)':<28} note"
     lines = ["", "chaos fault report", head, "-" * len(head)]
     for r in rows:
         rec = f"{r.recovered_s:.1f}" if r.recovered_s is not None else "-"
-        lines.append(f"{r.fault:<44}{r.at_s:>7.1f}{rec:>16}  {r.gateway:<28} {r.note}")
+        lines.append(f"{r.fault:<46}{r.at_s:>7.1f}{rec:>16}  {r.gateway:<28} {r.note}")
     lines.append("-" * len(head))
     lines.append(f"sender: {sender.steps} batches, {sender.acked} samples acknowledged, {sender.retries} retries "
                  f"({', '.join(f'{k} {v}' for k, v in sorted(sender.errors.items())) or 'none'})")

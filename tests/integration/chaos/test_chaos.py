@@ -257,6 +257,7 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         # 9. SIGSTOP a kpi_calculator replica past its lease ttl: the other takes its partitions
         # (PostgreSQL ends a transaction it left open), and once resumed its next batch is fenced
         t = time.monotonic()
+        log_before = len(procs["kpi_calculator-2"].tail(10_000_000))
         procs["kpi_calculator-2"].pause()
 
         async def all_r1():
@@ -269,9 +270,12 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         finally:
             procs["kpi_calculator-2"].resume()
         await until(lambda: shared("kpi", kpi_group), within=90, what="kpi r2 back in the sharing")
-        record(f"SIGSTOP kpi_calculator r2 past its lease ttl ({LEASE_TTL_S:g}s)", t, moved,
-               f"partitions on r1 after {moved:.1f}s; r2 fenced, then rejoined after "
-               f"{time.monotonic() - t:.1f}s")
+        log = procs["kpi_calculator-2"].tail(10_000_000)[log_before:]
+        lost, fenced = log.count("lost to another replica"), log.count("relinquishes")
+        assert lost > 0, "the resumed replica never noticed that its leases had moved"
+        record(f"SIGSTOP kpi_calculator r2 > lease ttl {LEASE_TTL_S:g}s", t, moved,
+               f"partitions on r1 after {moved:.1f}s; resumed r2 dropped {lost} lost partition(s), "
+               f"{fenced} batch(es) fenced; shared again after {time.monotonic() - t:.1f}s")
 
         await until(lambda: sender.steps > last_dip + 8, within=120, what="the sender past the last dip")
         await asyncio.sleep(2.0)

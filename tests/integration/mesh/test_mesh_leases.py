@@ -150,3 +150,22 @@ async def test_a_closed_keeper_never_takes_a_lease_again(pool, lease_schema):
     took = await until(lambda: b.running == set(range(4)))
     assert took < 2.0  # released leases are taken at the next heartbeat, no ttl to wait
     await b.close()
+
+
+async def test_after_its_own_database_outage_a_keeper_lets_the_others_renew_first(pool, lease_schema):
+    a = Replica(pool, lease_schema, "a", partitions=4)
+    await until(lambda: a.running == set(range(4)))
+    b = Replica(pool, lease_schema, "b", partitions=4)
+    await until(lambda: len(b.running) == 2 and disjoint_cover([a, b], 4))
+    await a.kill()
+    await b.kill()
+    # both were cut off longer than the ttl (as during a database restart): every lease expired
+    await asyncio.sleep(2.0)
+    b.keeper._last_ok = time.monotonic() - 2.0
+    moves = await b.keeper.round()  # b comes back first: it renews its own, takes none of a's
+    assert not moves.acquire and b.running == set(leases.plan(["a", "b"], 4)["b"])
+    await a.keeper.round()  # a renews its own (its first round back)
+    await b.keeper.round()
+    assert disjoint_cover([a, b], 4) and a.running == set(leases.plan(["a", "b"], 4)["a"])
+    await a.keeper.close()
+    await b.keeper.close()
