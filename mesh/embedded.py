@@ -240,9 +240,13 @@ class EmbeddedNatsCluster:
                          cluster_port=p["cluster"], routes=tuple(r for j, r in enumerate(routes) if j != i),
                          server_name=f"n{i + 1}")
             for i, p in enumerate(self.ports)]
-        for node in self.nodes:
-            node.start()
-        self.wait_ready()
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop(kill=True)  # never leave half a cluster running
+            raise
         return self
 
     def stop(self, index: int | None = None, *, kill: bool = False) -> None:
