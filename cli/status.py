@@ -35,10 +35,16 @@ def rows(recorded: dict[str, Any]) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
     embedded = recorded.get("embedded") or {}
-    for name, key, url in (("postgres", "postgres", recorded.get("database_url")),
-                           ("nats", "nats", recorded.get("nats_url"))):
+    nats_urls = [u for u in (recorded.get("nats_url") or "").split(",") if u]
+    nodes = embedded.get("nats_cluster") or []
+    infra: list[tuple[str, str | None, dict[str, Any]]] = [
+        ("postgres", recorded.get("database_url"), embedded.get("postgres") or {})]
+    if len(nats_urls) > 1:  # a cluster: one row per node
+        infra += [(f"nats-{i + 1}", url, nodes[i] if i < len(nodes) else {}) for i, url in enumerate(nats_urls)]
+    else:
+        infra.append(("nats", nats_urls[0] if nats_urls else None, embedded.get("nats") or {}))
+    for name, url, info in infra:
         ok, status = _tcp(url) if url else (False, "no url")
-        info = embedded.get(key) or {}
         out.append({"process": name, "endpoint": url.split("@")[-1] if url else "-", "healthy": ok,
                     "status": status, "pid": info.get("pid"), "restarts": None})
     for name, info in (recorded.get("processes") or {}).items():
@@ -72,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"state": recorded.get("state"), "supervisor_pid": supervisor, "processes": table}))
     else:
         print(f"stack {recorded.get('state')} (supervisor pid {supervisor}, home {root})")
-        header = f"{'PROCESS':<16}{'ENDPOINT':<34}{'HEALTH':<10}{'PID':<9}{'RESTARTS':<9}STATUS"
+        header = f"{'PROCESS':<18}{'ENDPOINT':<34}{'HEALTH':<10}{'PID':<9}{'RESTARTS':<9}STATUS"
         print(header)
         for row in table:
-            print(f"{row['process']:<16}{row['endpoint']:<34}{'ok' if row['healthy'] else 'FAIL':<10}"
+            print(f"{row['process']:<18}{row['endpoint']:<34}{'ok' if row['healthy'] else 'FAIL':<10}"
                   f"{row['pid'] or '-'!s:<9}{'' if row['restarts'] is None else row['restarts']!s:<9}{row['status']}")
     healthy = recorded.get("state") == "ready" and all(r["healthy"] for r in table)
     return 0 if healthy else 1

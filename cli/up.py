@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-seed", action="store_true", help="do not create the demo fleet")
     parser.add_argument("--sites", type=int, default=300, help="demo fleet size (default 300)")
     parser.add_argument("--no-simulate", action="store_true", help="do not start the telemetry simulator")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a 3-node NATS JetStream cluster (streams at replicas 3) and two replicas of "
+                             "each worker (partitions shared by leases)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for health checks (default 120)")
     parser.add_argument("--only", type=_names, default=(), metavar="A,B",
@@ -50,6 +53,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
         out.append("--no-seed")
     if args.no_simulate:
         out.append("--no-simulate")
+    if args.cluster:
+        out.append("--cluster")
     if args.only:
         out += ["--only", ",".join(args.only)]
     if args.skip:
@@ -81,7 +86,8 @@ def _foreground(args: argparse.Namespace, settings: Any, *, banner: bool) -> int
     from cli.launcher import Options, Supervisor
 
     options = Options(seed=not args.no_seed, sites=args.sites, simulate=not args.no_simulate,
-                      startup_timeout=args.timeout, only=tuple(args.only), skip=tuple(args.skip))
+                      startup_timeout=args.timeout, only=tuple(args.only), skip=tuple(args.skip),
+                      cluster=args.cluster)
 
     def announce(recorded: dict[str, Any]) -> None:
         if banner:
@@ -142,14 +148,19 @@ def render_summary(recorded: dict[str, Any], *, foreground: bool) -> str:
     """Endpoints, dev tokens and example commands of a running stack (from stack.json)."""
     lines = [f"Towerco AIOps is up  (home {recorded.get('home')})", ""]
     lines.append(f"  {'PostgreSQL':<16}{recorded.get('database_url')}")
-    lines.append(f"  {'NATS':<16}{recorded.get('nats_url')}")
+    nats_urls = (recorded.get("nats_url") or "").split(",")
+    lines.append(f"  {'NATS':<16}{nats_urls[0]}")
+    for more in nats_urls[1:]:
+        lines.append(f"  {'':<16}{more}")
+    if len(nats_urls) > 1:
+        lines.append(f"  {'':<16}(a {len(nats_urls)}-node JetStream cluster; streams at replicas {len(nats_urls)})")
     grpc_target = None
     for name, info in (recorded.get("processes") or {}).items():
         endpoint = info.get("endpoint") or "-"
         extra = f"   metrics http://{endpoint.rsplit(':', 1)[0]}:{info['metrics_port']}/metrics" \
             if info.get("metrics_port") and info.get("health") == "grpc" else ""
         kind = info.get("health") or info.get("kind")
-        lines.append(f"  {name:<16}{kind:<8}{endpoint}{extra}")
+        lines.append(f"  {name:<18}{kind:<8}{endpoint}{extra}")
         if name == "sites":
             grpc_target = endpoint
     tokens = recorded.get("tokens") or {}

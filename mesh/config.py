@@ -149,7 +149,11 @@ def _ports(environ: Mapping[str, str], names: Mapping[str, int], suffix: str) ->
 class Settings:
     host: str = env("TOWERCO_HOST", "127.0.0.1", "bind/connect host of every process (0.0.0.0 in containers)")
     database_url: str = env("DATABASE_URL", "", "external PostgreSQL; unset: the embedded one", shown="unset")
-    nats_url: str = env("NATS_URL", "", "external NATS JetStream; unset: the embedded one", shown="unset")
+    nats_url: str = env("NATS_URL", "", "external NATS JetStream, one URL or a comma list of a cluster's "
+                        "servers; unset: the embedded one", shown="unset")
+    nats_replicas: int = env("TOWERCO_NATS_REPLICAS", 1, "replicas of every JetStream stream (1 embedded, "
+                             "3 on a cluster: `towerco up --cluster`, compose's cluster profile)",
+                             check=lambda v: v in (1, 3, 5), requirement="must be 1, 3 or 5")
     home: Path = env("TOWERCO_HOME", Path(".towerco"), "state folder of the embedded stack")
     jwt_secret: str = env("TOWERCO_JWT_SECRET", DEV_JWT_SECRET,
                           "HS256 secret shared by `towerco token` and every service", shown="dev secret")
@@ -250,8 +254,8 @@ class IngestorSettings:
 
 @dataclass(frozen=True)
 class KpiCalculatorSettings:
-    partitions: str = env("TOWERCO_KPI_PARTITIONS", "", "partitions this replica owns, e.g. `0-7` or `1,3,5`",
-                          shown="all")
+    partitions: str = env("TOWERCO_KPI_PARTITIONS", "", "partitions this replica owns, e.g. `0-7` or `1,3,5`; "
+                          "`auto`: shared with the other replicas by leases (mesh/leases.py)", shown="all")
     allowed_lateness_s: float = env("TOWERCO_KPI_ALLOWED_LATENESS_S", 7 * DAY_S,
                                     "samples older than this are not folded in (7 days)")
     recompute_days: float = env("TOWERCO_KPI_RECOMPUTE_DAYS", 35.0,
@@ -259,8 +263,8 @@ class KpiCalculatorSettings:
     publish_grace_s: float = env("TOWERCO_KPI_PUBLISH_GRACE_S", 60.0, "an hour is announced this long after it ends")
     publish_interval_s: float = env("TOWERCO_KPI_PUBLISH_INTERVAL_S", 5.0, "how often closed hours are looked for")
     minute_retention_days: float = env("TOWERCO_KPI_MINUTE_RETENTION_DAYS", 35.0, "minute aggregates kept")
-    replica: str = env("TOWERCO_KPI_REPLICA", "", "name of this replica's register-event consumer",
-                       shown="from the partitions")
+    replica: str = env("TOWERCO_KPI_REPLICA", "", "name of this replica (its register-event consumer, its "
+                       "lease member name)", shown="from the partitions; host name with auto")
     durable_prefix: str = env("TOWERCO_KPI_DURABLE_PREFIX", "kpi-calculator", "prefix of the consumer names")
     ack_wait_s: float = env("TOWERCO_KPI_ACK_WAIT_S", 60.0, "redelivery delay of a batch a dead replica held")
     batch: int = env("TOWERCO_KPI_BATCH", 100, "TELEMETRY messages folded in one transaction, at most")
@@ -318,10 +322,10 @@ class FilesSettings:
 
 @dataclass(frozen=True)
 class AiopsEngineSettings:
-    partitions: str = env("TOWERCO_AIOPS_PARTITIONS", "", "partitions this replica owns, e.g. `0-7` or `1,3,5`",
-                          shown="all")
-    replica: str = env("TOWERCO_AIOPS_REPLICA", "", "name of this replica's register-event consumer",
-                       shown="from the partitions")
+    partitions: str = env("TOWERCO_AIOPS_PARTITIONS", "", "partitions this replica owns, e.g. `0-7` or `1,3,5`; "
+                          "`auto`: shared with the other replicas by leases (mesh/leases.py)", shown="all")
+    replica: str = env("TOWERCO_AIOPS_REPLICA", "", "name of this replica (its register-event consumer, its "
+                       "lease member name)", shown="from the partitions; host name with auto")
     durable_prefix: str = env("TOWERCO_AIOPS_DURABLE_PREFIX", "aiops-engine", "prefix of the consumer names")
     batch: int = env("TOWERCO_AIOPS_BATCH", 100, "TELEMETRY messages handled in one transaction, at most")
     ack_wait_s: float = env("TOWERCO_AIOPS_ACK_WAIT_S", 30.0, "redelivery delay of a batch a dead replica held")
@@ -331,6 +335,16 @@ class AiopsEngineSettings:
     adjust_s: float = env("TOWERCO_AIOPS_ADJUST_S", 5.0, "how often feedback adjustments are re-read")
     retrain_s: float = env("TOWERCO_AIOPS_RETRAIN_S", 3600.0, "how often the multivariate models are retrained "
                            "(0: never)")
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """Partition leases of the stateful workers' replicas (TOWERCO_KPI_PARTITIONS or TOWERCO_AIOPS_PARTITIONS set to auto)."""
+
+    ttl_s: float = env("TOWERCO_LEASE_TTL_S", 10.0, "a replica that stopped heartbeating loses its partitions "
+                       "after this long", check=_positive, requirement="must be positive")
+    heartbeat_s: float = env("TOWERCO_LEASE_HEARTBEAT_S", 2.0, "how often a replica renews its leases and "
+                             "rebalances (shorter than the ttl)", check=_positive, requirement="must be positive")
 
 
 @dataclass(frozen=True)
@@ -367,6 +381,7 @@ SECTIONS: dict[type, str] = {
     IngestorSettings: "ingestor",
     KpiCalculatorSettings: "kpi_calculator",
     AiopsEngineSettings: "aiops_engine",
+    LeaseSettings: "kpi_calculator, aiops_engine",
     BiSettings: "bi, bi_engine",
     BiEngineSettings: "bi_engine",
     FilesSettings: "files",

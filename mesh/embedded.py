@@ -163,6 +163,11 @@ class EmbeddedNats:
     port: int = 0
     monitor_port: int = 0
     host: str = "127.0.0.1"
+    # cluster membership (EmbeddedNatsCluster fills these): route port, the peers' route URLs
+    cluster_port: int = 0
+    routes: tuple[str, ...] = ()
+    server_name: str = ""
+    cluster_name: str = "towerco"
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -177,12 +182,15 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(self.host)
         self.monitor_port = self.monitor_port or free_port(self.host)
+        args = [nats_server_exe(), "-a", self.host, "-p", str(self.port), "-m", str(self.monitor_port),
+                "-js", "-sd", str(self.data_dir)]
+        if self.cluster_port:
+            args += ["-n", self.server_name or f"n{self.port}", "--cluster_name", self.cluster_name,
+                     "--cluster", f"nats://{self.host}:{self.cluster_port}"]
+            if self.routes:
+                args += ["--routes", ",".join(self.routes)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen(
-            [nats_server_exe(), "-a", self.host, "-p", str(self.port), "-m", str(self.monitor_port),
-             "-js", "-sd", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_port(self.host, self.port)
         wait_port(self.host, self.monitor_port)
@@ -200,3 +208,93 @@ class EmbeddedNats:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class EmbeddedNatsCluster:
+    """Three (or `size`) nats-server processes from the wheel as one JetStream cluster: client,
+    monitor and route ports free on loopback, each node routed to all the others, data in
+    <data_dir>/n<i>. `url` is the comma list of every node's client URL (what NATS_URL takes).
+    A node can be killed (`stop(i, kill=True)`) and started again on the same ports and data;
+    `wait_ready()` waits until the JetStream meta group has a leader and every node is current."""
+
+    data_dir: Path
+    size: int = 3
+    host: str = "127.0.0.1"
+    ports: list[dict[str, int]] = field(default_factory=list)  # per node: client, monitor, cluster
+    nodes: list[EmbeddedNats] = field(default_factory=list, init=False)
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> EmbeddedNatsCluster:
+        while len(self.ports) < self.size:
+            self.ports.append({})
+        for p in self.ports:
+            for key in ("client", "monitor", "cluster"):
+                p[key] = p.get(key) or free_port(self.host)
+        routes = [f"nats://{self.host}:{p['cluster']}" for p in self.ports]
+        self.nodes = [
+            EmbeddedNats(self.data_dir / f"n{i + 1}", port=p["client"], monitor_port=p["monitor"], host=self.host,
+                         cluster_port=p["cluster"], routes=tuple(r for j, r in enumerate(routes) if j != i),
+                         server_name=f"n{i + 1}")
+            for i, p in enumerate(self.ports)]
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop(kill=True)  # never leave half a cluster running
+            raise
+        return self
+
+    def stop(self, index: int | None = None, *, kill: bool = False) -> None:
+        """Stop one node (by index) or all of them."""
+        for i, node in enumerate(self.nodes):
+            if index is None or i == index:
+                node.stop(kill=kill)
+
+    def restart(self, index: int) -> None:
+        self.nodes[index].start()
+
+    def node_named(self, name: str) -> int:
+        """The index of the node whose server name is `name` (n1, n2, ...)."""
+        for i, node in enumerate(self.nodes):
+            if node.server_name == name:
+                return i
+        raise KeyError(name)
+
+    def jsz(self, index: int) -> dict[str, Any]:
+        import json
+        import urllib.request
+
+        node = self.nodes[index]
+        url = f"http://{self.host}:{node.monitor_port}/jsz?streams=true"
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our loopback monitor
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every running node knows the JetStream meta leader and, seen from the leader,
+        every other running node is a current peer."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                running = [i for i, n in enumerate(self.nodes) if n.running()]
+                metas = {i: self.jsz(i).get("meta_cluster") or {} for i in running}
+                leaders = {m.get("leader") for m in metas.values()}
+                last = f"leaders seen {leaders}"
+                if len(leaders) == 1 and None not in leaders and "" not in leaders:
+                    name = leaders.pop()
+                    lead = next((m for i, m in metas.items() if self.nodes[i].server_name == name), None)
+                    if lead is not None:
+                        current = [r for r in lead.get("replicas") or [] if r.get("current")]
+                        last = f"leader {name} has {len(current)} current peer(s)"
+                        if len(current) >= len(running) - 1:
+                            return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise TimeoutError(f"the NATS cluster did not form in {timeout:.0f}s ({last})")

@@ -78,10 +78,19 @@ M = TypeVar("M", bound=Message)
 # --------------------------------------------------------------------------- connection
 
 
+def server_list(url: str) -> list[str]:
+    """The servers of a NATS_URL: one URL, or a comma list of a cluster's servers."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 async def connect(url: str, *, name: str, connect_timeout_s: float = 30.0) -> Client:
-    """Connect to NATS. Once connected the client reconnects forever (every ~0.5 s) and buffers
-    publishes meanwhile; the first connection is retried for up to `connect_timeout_s`."""
-    if not url:
+    """Connect to NATS: `url` is one server or a comma list of a cluster's servers (all of them
+    are given to the client, which also learns the cluster's other members from the servers
+    and fails over between them in random order). Once connected the client reconnects forever
+    (every ~0.5 s) and buffers publishes meanwhile; the first connection is retried for up to
+    `connect_timeout_s`."""
+    servers = server_list(url)
+    if not servers:
         raise ValueError("NATS url is empty (set NATS_URL or start the embedded stack)")
 
     async def disconnected() -> None:
@@ -101,7 +110,7 @@ async def connect(url: str, *, name: str, connect_timeout_s: float = 30.0) -> Cl
     # once connected, reconnection is unlimited (nats-py reads the option at each reconnect).
     attempts = max(1, int(connect_timeout_s / 0.5))
     nc = await nats.connect(
-        url, name=name, max_reconnect_attempts=attempts, reconnect_time_wait=0.5,
+        servers, name=name, max_reconnect_attempts=attempts, reconnect_time_wait=0.5,
         allow_reconnect=True, connect_timeout=2, ping_interval=10, max_outstanding_pings=3,
         disconnected_cb=disconnected, reconnected_cb=reconnected, closed_cb=closed, error_cb=error,
     )
@@ -117,9 +126,16 @@ def telemetry_max_age_s() -> float:
     return config.load(config.TelemetrySettings).stream_max_age_s
 
 
-def stream_configs() -> list[api.StreamConfig]:
+def stream_replicas() -> int:
+    """Replicas of every stream (TOWERCO_NATS_REPLICAS: 1 on one server, 3 on a cluster). The
+    consumers inherit their stream's replica count."""
+    return config.get_settings().nats_replicas
+
+
+def stream_configs(replicas: int | None = None) -> list[api.StreamConfig]:
     common: dict[str, Any] = dict(storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
-                  discard=api.DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW_S, num_replicas=1)
+                  discard=api.DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW_S,
+                  num_replicas=replicas or stream_replicas())
     return [
         api.StreamConfig(name=TELEMETRY_STREAM, subjects=[TELEMETRY_SUBJECTS],
                          max_age=telemetry_max_age_s(),
@@ -131,19 +147,39 @@ def stream_configs() -> list[api.StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the three streams, or bring an existing one's settings up to date. Idempotent and
-    safe to run from every process at start-up (a concurrent creator wins, we then update)."""
-    for cfg in stream_configs():
-        try:
-            await js.stream_info(cfg.name or "")
-        except nats.js.errors.NotFoundError:
+async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
+    """Create the three streams, or bring an existing one's settings up to date (its replica
+    count included: a cluster scales a stream up or down in place). Idempotent and safe to run
+    from every process at start-up (a concurrent creator wins, we then update)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60.0
+    delay = 0.2
+    for cfg in stream_configs(replicas):
+        while True:
             try:
-                await js.add_stream(cfg)
-                continue
-            except nats.js.errors.BadRequestError:
-                pass  # created concurrently by another process: update below
-        await js.update_stream(cfg)
+                await _ensure_stream(js, cfg)
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                    nats.js.errors.ServiceUnavailableError) as exc:
+                # a cluster electing its leaders, or busy creating replicated streams for many
+                # processes starting at once: ask again for up to a minute
+                if loop.time() > deadline:
+                    raise
+                log.info("stream %s not ready (%s); retrying in %.1fs", cfg.name, type(exc).__name__, delay)
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, 3.0)
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(cfg.name or "")
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(cfg)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # created concurrently by another process: update below
+    await js.update_stream(cfg)
 
 
 # --------------------------------------------------------------------------- envelope
@@ -286,6 +322,12 @@ class Poison(Exception):
         super().__init__(reason)
         self.reason = reason
         self.msgs = list(msgs)
+
+
+class Relinquished(Exception):  # noqa: N818 - a state, not an error
+    """Raise from a handler when this consumer must give its messages back and stop (e.g. its
+    partition's lease moved to another replica: mesh.leases.Fenced): the batch is nak'ed
+    without delay and `run()` returns; nothing is dead-lettered."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -448,6 +490,11 @@ class PullConsumer:
                 await self._call(msgs)
             except asyncio.CancelledError:
                 raise
+            except Relinquished as exc:
+                log.warning("consumer %s relinquishes %d message(s) and stops: %s", self.durable, len(msgs), exc)
+                self._stopping.set()
+                await self._nak_all(msgs, delay=0)
+                return
             except Poison as exc:
                 named = [m for m in exc.msgs if m in msgs]
                 if len(msgs) == 1 and not named:

@@ -47,9 +47,18 @@ def partition_of(site_id: str, partitions: int) -> int:
     return zlib.crc32(site_id.encode("utf-8")) % partitions
 
 
+LEASED = "auto"  # a partitions setting meaning: shared by leases with the other replicas (mesh/leases.py)
+
+
+def is_leased(spec: str) -> bool:
+    """Whether a replica's partitions setting is `auto` (leased) rather than a fixed list."""
+    return spec.strip().lower() == LEASED
+
+
 def parse_partitions(spec: str, count: int) -> list[int]:
-    """The partitions a replica owns, from its setting: "" -> all; "0-7" -> 0..7; "1,3,5" -> those."""
-    if not spec.strip():
+    """The partitions a replica owns, from its setting: "" -> all; "0-7" -> 0..7; "1,3,5" -> those;
+    "auto" -> all of them are candidates (which ones it holds at a time, the leases decide)."""
+    if not spec.strip() or is_leased(spec):
         return list(range(count))
     out: set[int] = set()
     for part in spec.split(","):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,7 +31,7 @@ from towerco.events.v1 import events_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import config, events, outbox, subjects
+from mesh import config, events, leases, outbox, subjects
 from workers.aiops_engine import domain, store
 
 log = logging.getLogger("towerco.aiops_engine")
@@ -63,14 +64,20 @@ class EngineConfig:
     max_deliver: int = 5
     backoff: tuple[float, ...] = (1.0, 5.0, 30.0)
     params: domain.Params = field(default_factory=domain.Params)
+    leased: bool = False  # TOWERCO_AIOPS_PARTITIONS=auto: the partitions are shared by leases
+    lease_ttl_s: float = 10.0
+    lease_heartbeat_s: float = 2.0
 
     @classmethod
     def from_env(cls, partition_count: int) -> EngineConfig:
-        """From mesh.config.AiopsEngineSettings (TOWERCO_AIOPS_*)."""
+        """From mesh.config.AiopsEngineSettings (TOWERCO_AIOPS_*) and LeaseSettings."""
         env = config.load(config.AiopsEngineSettings)
+        lease = config.load(config.LeaseSettings)
         parts = subjects.parse_partitions(env.partitions, partition_count)
-        replica = env.replica or subjects.replica_name(parts, partition_count)
-        return cls(partitions=tuple(parts), replica=replica, durable_prefix=env.durable_prefix or "aiops-engine",
+        leased = subjects.is_leased(env.partitions)
+        replica = env.replica or (socket.gethostname() if leased else subjects.replica_name(parts, partition_count))
+        return cls(partitions=tuple(parts), replica=replica, leased=leased, lease_ttl_s=lease.ttl_s,
+                   lease_heartbeat_s=lease.heartbeat_s, durable_prefix=env.durable_prefix or "aiops-engine",
                    batch=max(1, env.batch), ack_wait_s=env.ack_wait_s, tick_s=env.tick_s,
                    live_lag_s=env.live_lag_s, adjust_s=env.adjust_s, retrain_s=env.retrain_s)
 
@@ -186,7 +193,10 @@ class AiopsEngine:
         self.database_url = database_url
         self.clock = clock
         self.engine = domain.Engine(config.params)
-        self.owned = frozenset(config.partitions)
+        # the partitions whose consumers run here: fixed, or (leased) changed by the LeaseKeeper
+        self.owned: set[int] = set() if config.leased else set(config.partitions)
+        self.keeper: leases.LeaseKeeper | None = None
+        self.partition_consumers: dict[int, tuple[events.PullConsumer, asyncio.Task]] = {}
         self.cfgs: dict[str, domain.SiteCfg] = {}
         self.states: dict[str, domain.SiteState] = {}
         self.adjust: dict[str, dict[str, domain.Adjustment]] = {}
@@ -225,21 +235,64 @@ class AiopsEngine:
             adj[r["site_id"]][r["key"]] = domain.Adjustment(float(r["factor"]), bool(r["suppressed"]))
         self.adjust = dict(adj)
 
+    def _partition_consumer(self, p: int) -> events.PullConsumer:
+        return events.PullConsumer(
+            self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
+            filter_subject=subjects.telemetry_subject(p), handler=self._handler(p), batch=self.config.batch,
+            ack_wait=self.config.ack_wait_s, max_deliver=self.config.max_deliver, backoff=self.config.backoff,
+            # one fetch in flight: after a crash its messages are redelivered (after ack_wait)
+            # before anything newer, so each site's samples are judged in order
+            max_ack_pending=self.config.batch)
+
+    def _forget_partition(self, p: int) -> None:
+        for sid in [s for s in self.states if subjects.partition_of(s, self.partition_count) == p]:
+            self.states.pop(sid, None)
+            self.arrived.pop(sid, None)
+        self.clocks.pop(p, None)
+
+    async def _start_partition(self, p: int) -> None:
+        """A leased partition became ours: rebuild its sites' detector state from PostgreSQL
+        (what the previous owner committed last), then consume it."""
+        async with self.locks[p]:
+            self._forget_partition(p)
+            sites = [s for s in self.cfgs if subjects.partition_of(s, self.partition_count) == p]
+            async with self.pool.acquire() as conn:  # the register's sites of p (others load on arrival)
+                states = await store.load_states(conn, site_ids=sites)
+            for sid, raw in states.items():
+                self.states[sid] = domain.SiteState.from_json(raw)
+            self.owned.add(p)
+        c = self._partition_consumer(p)
+        self.partition_consumers[p] = (c, asyncio.create_task(c.run(), name=c.durable))
+
+    async def _stop_partition(self, p: int) -> None:
+        """A leased partition goes to another replica: finish the batch in hand, then forget it."""
+        entry = self.partition_consumers.pop(p, None)
+        if entry is not None:
+            c, task = entry
+            await c.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        async with self.locks[p]:
+            self.owned.discard(p)
+            self._forget_partition(p)
+
     async def run(self) -> None:
         await self.load()
-        for p in self.config.partitions:
-            self.consumers.append(events.PullConsumer(
-                self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
-                filter_subject=subjects.telemetry_subject(p), handler=self._handler(p), batch=self.config.batch,
-                ack_wait=self.config.ack_wait_s, max_deliver=self.config.max_deliver, backoff=self.config.backoff,
-                # one fetch in flight: after a crash its messages are redelivered (after ack_wait)
-                # before anything newer, so each site's samples are judged in order
-                max_ack_pending=self.config.batch))
+        if self.config.leased:
+            self.keeper = leases.LeaseKeeper(
+                self.pool, schema=SCHEMA, group=self.config.durable_prefix, member=self.config.replica,
+                partitions=self.partition_count, on_acquire=self._start_partition, on_release=self._stop_partition,
+                ttl_s=self.config.lease_ttl_s, heartbeat_s=self.config.lease_heartbeat_s)
+        else:
+            self.consumers += [self._partition_consumer(p) for p in self.config.partitions]
         self.consumers.append(events.PullConsumer(
             self.js, stream=events.EVENTS_STREAM,
             durable=f"{self.config.durable_prefix}-register-{self.config.replica}",
             filter_subject=SITES_FILTER, handler=self.handle_events, batch=50, ack_wait=60.0))
         tasks = [asyncio.create_task(c.run(), name=c.durable) for c in self.consumers]
+        if self.keeper is not None:
+            tasks.append(asyncio.create_task(self.keeper.run(), name="aiops-leases"))
         tasks.append(asyncio.create_task(self._tick_loop(), name="aiops-tick"))
         tasks.append(asyncio.create_task(self._adjust_loop(), name="aiops-adjust"))
         tasks.append(asyncio.create_task(self._purge_loop(), name="aiops-purge"))
@@ -257,6 +310,9 @@ class AiopsEngine:
                 t.cancel()
 
     async def stop(self) -> None:
+        if self.keeper is not None:
+            with contextlib.suppress(Exception):
+                await self.keeper.close()  # stops the partitions' consumers, hands their leases back
         for c in self.consumers:
             with contextlib.suppress(Exception):
                 await c.stop()
@@ -285,6 +341,8 @@ class AiopsEngine:
         touched: set[str] = set()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                if self.keeper is not None:
+                    await self.keeper.fence(conn, partition)  # leases.Fenced once another replica took it
                 new = await store.claim(conn, keys=[k for k, _ in batches])
                 self._count("duplicate_batches", len(batches) - len(new))
                 by_site: dict[str, list[tuple[float, str, str, float]]] = defaultdict(list)
@@ -396,7 +454,7 @@ class AiopsEngine:
         """Judge every owned site's silence against its partition's clock; returns transitions."""
         wall = self.clock()
         done = 0
-        for p in self.config.partitions:
+        for p in sorted(self.owned):
             now = self.clocks[p].now(wall)
             if now is None:
                 continue
@@ -414,6 +472,8 @@ class AiopsEngine:
                 touched = {sid for sid, _ in transitions}
                 try:
                     async with self.pool.acquire() as conn, conn.transaction():
+                        if self.keeper is not None:
+                            await self.keeper.fence(conn, p)
                         await self._write(conn, transitions, [], touched)
                 except BaseException:
                     for sid in touched:

@@ -17,8 +17,9 @@ import logging
 from towerco.common.v1 import common_pb2
 from towerco.sites.v1 import sites_pb2
 
-from mesh import lifecycle
+from mesh import leases, lifecycle, subjects
 from mesh.auth import service_token
+from mesh.config import AiopsEngineSettings, LeaseSettings, load
 from sdk import Client
 from workers.aiops_engine.consumer import AiopsEngine, EngineConfig
 
@@ -49,7 +50,10 @@ def register_fetcher(target: str):
 
 
 async def serve() -> None:
-    async with lifecycle.worker_runtime("aiops_engine", table="aiops.site_state", min_size=1, max_size=8) as rt:
+    extra = {}
+    if subjects.is_leased(load(AiopsEngineSettings).partitions):  # a paused replica must not pin a lease
+        extra["server_settings"] = leases.pool_settings(load(LeaseSettings).ttl_s)
+    async with lifecycle.worker_runtime("aiops_engine", table="aiops.site_state", min_size=1, max_size=8, **extra) as rt:
         config = EngineConfig.from_env(rt.settings.partitions)
         engine = AiopsEngine(rt.pool, rt.js, config=config, partition_count=rt.settings.partitions,
                              fetch_register=register_fetcher(rt.settings.target("sites")),
@@ -58,7 +62,10 @@ async def serve() -> None:
             from workers.aiops_engine.models import ModelLayer
 
             engine.models = ModelLayer(retrain_s=config.retrain_s, params=config.params)
-        log.info("aiops_engine consuming partitions %s", list(config.partitions))
+        if config.leased:
+            log.info("aiops_engine %s sharing %d partitions by leases", config.replica, rt.settings.partitions)
+        else:
+            log.info("aiops_engine consuming partitions %s", list(config.partitions))
         await lifecycle.run_until_signalled(engine)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -27,7 +28,7 @@ from towerco.kpi.v1 import kpi_pb2
 from towerco.sites.v1 import sites_pb2
 from towerco.telemetry.v1 import telemetry_pb2
 
-from mesh import config, events, outbox, subjects
+from mesh import config, events, leases, outbox, subjects
 from workers.kpi_calculator import domain, store
 
 log = logging.getLogger("towerco.kpi_calculator")
@@ -64,13 +65,19 @@ class CalculatorConfig:
     settle_s: float = 0.5
     recompute_max_delay_s: float = 10.0
     recompute_concurrency: int = 3
+    leased: bool = False  # TOWERCO_KPI_PARTITIONS=auto: the partitions are shared by leases
+    lease_ttl_s: float = 10.0
+    lease_heartbeat_s: float = 2.0
 
     @classmethod
     def from_env(cls, partition_count: int) -> CalculatorConfig:
         env = config.load(config.KpiCalculatorSettings)
+        lease = config.load(config.LeaseSettings)
         parts = subjects.parse_partitions(env.partitions, partition_count)
-        replica = env.replica or subjects.replica_name(parts, partition_count)
+        leased = subjects.is_leased(env.partitions)
+        replica = env.replica or (socket.gethostname() if leased else subjects.replica_name(parts, partition_count))
         return cls(
+            leased=leased, lease_ttl_s=lease.ttl_s, lease_heartbeat_s=lease.heartbeat_s,
             partitions=tuple(parts),
             allowed_lateness_s=env.allowed_lateness_s,
             recompute_days=env.recompute_days,
@@ -172,7 +179,10 @@ class Calculator:
         self.fetch_register = fetch_register
         self.clock = clock
         self.ref = Reference()
-        self.owned = frozenset(config.partitions)
+        # the partitions whose consumers run here: fixed, or (leased) changed by the LeaseKeeper
+        self.owned: set[int] = set() if config.leased else set(config.partitions)
+        self.keeper: leases.LeaseKeeper | None = None
+        self.partition_consumers: dict[int, tuple[events.PullConsumer, asyncio.Task]] = {}
         self.consumers: list[events.PullConsumer] = []
         self.stats = defaultdict(int)
         self.last_batch_accepted: float | None = None  # accepted_time of the newest folded batch
@@ -193,20 +203,50 @@ class Calculator:
         async with self.pool.acquire() as conn:
             self.ref = Reference.from_rows(await store.load_reference(conn))
 
+    def _partition_consumer(self, p: int) -> events.PullConsumer:
+        async def handle(msgs: list[Msg]) -> None:
+            await self.handle_telemetry(msgs, partition=p)
+
+        return events.PullConsumer(
+            self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
+            filter_subject=subjects.telemetry_subject(p), handler=handle,
+            batch=self.config.batch, ack_wait=self.config.ack_wait_s)
+
+    async def _start_partition(self, p: int) -> None:
+        """A leased partition became ours: consume it (its state is in PostgreSQL already)."""
+        c = self._partition_consumer(p)
+        self.owned.add(p)
+        self.partition_consumers[p] = (c, asyncio.create_task(c.run(), name=c.durable))
+
+    async def _stop_partition(self, p: int) -> None:
+        """A leased partition goes to another replica: finish the batch in hand, then let go."""
+        self.owned.discard(p)
+        entry = self.partition_consumers.pop(p, None)
+        if entry is None:
+            return
+        c, task = entry
+        await c.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
     async def run(self) -> None:
         await self.load()
         tasks = []
-        for p in self.config.partitions:
-            c = events.PullConsumer(
-                self.js, stream=events.TELEMETRY_STREAM, durable=f"{self.config.durable_prefix}-{p}",
-                filter_subject=subjects.telemetry_subject(p), handler=self.handle_telemetry,
-                batch=self.config.batch, ack_wait=self.config.ack_wait_s)
-            self.consumers.append(c)
+        if self.config.leased:
+            self.keeper = leases.LeaseKeeper(
+                self.pool, schema=SCHEMA, group=self.config.durable_prefix, member=self.config.replica,
+                partitions=self.partition_count, on_acquire=self._start_partition, on_release=self._stop_partition,
+                ttl_s=self.config.lease_ttl_s, heartbeat_s=self.config.lease_heartbeat_s)
+        else:
+            self.consumers += [self._partition_consumer(p) for p in self.config.partitions]
         reg = events.PullConsumer(
             self.js, stream=events.EVENTS_STREAM, durable=f"{self.config.durable_prefix}-register-{self.config.replica}",
             filter_subject=[SITES_FILTER, POLICY_SUBJECT], handler=self.handle_events, batch=50, ack_wait=120.0)
         self.consumers.append(reg)
         tasks = [asyncio.create_task(c.run(), name=c.durable) for c in self.consumers]
+        if self.keeper is not None:
+            tasks.append(asyncio.create_task(self.keeper.run(), name="kpi-leases"))
         tasks.append(asyncio.create_task(self._recompute_loop(), name="kpi-recompute"))
         tasks.append(asyncio.create_task(self._publish_loop(), name="kpi-publish"))
         tasks.append(asyncio.create_task(self._purge_loop(), name="kpi-purge"))
@@ -224,13 +264,15 @@ class Calculator:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.close()  # stops the partitions' consumers, hands their leases back
         for c in self.consumers:
             await c.stop()
         log.info("kpi_calculator stopped: %s", dict(sorted(self.stats.items())))
 
     # -- telemetry
 
-    async def handle_telemetry(self, msgs: list[Msg]) -> None:
+    async def handle_telemetry(self, msgs: list[Msg], partition: int | None = None) -> None:
         batches: list[tuple[str, telemetry_pb2.TelemetryBatch]] = []
         for msg in msgs:
             batch = telemetry_pb2.TelemetryBatch()
@@ -244,6 +286,8 @@ class Calculator:
         now = self.clock()
         oldest = now - self.config.allowed_lateness_s
         async with self.pool.acquire() as conn, conn.transaction():
+            if self.keeper is not None and partition is not None:
+                await self.keeper.fence(conn, partition)  # leases.Fenced once another replica took it
             fresh = await store.claim_batches(conn, keys=[k for k, _ in batches])
             todo = []
             for key, batch in batches:

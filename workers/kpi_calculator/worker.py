@@ -14,8 +14,9 @@ import logging
 
 from towerco.sites.v1 import sites_pb2
 
-from mesh import lifecycle
+from mesh import leases, lifecycle, subjects
 from mesh.auth import service_token
+from mesh.config import KpiCalculatorSettings, LeaseSettings, load
 from sdk import Client
 from workers.kpi_calculator.consumer import Calculator, CalculatorConfig
 
@@ -39,12 +40,18 @@ def register_fetcher(target: str):
 
 
 async def serve() -> None:
-    async with lifecycle.worker_runtime("kpi_calculator", table="kpi.tenancy_hour", min_size=1, max_size=8) as rt:
+    extra = {}
+    if subjects.is_leased(load(KpiCalculatorSettings).partitions):  # a paused replica must not pin a lease
+        extra["server_settings"] = leases.pool_settings(load(LeaseSettings).ttl_s)
+    async with lifecycle.worker_runtime("kpi_calculator", table="kpi.tenancy_hour", min_size=1, max_size=8, **extra) as rt:
         config = CalculatorConfig.from_env(rt.settings.partitions)
         calc = Calculator(rt.pool, rt.js, config=config, partition_count=rt.settings.partitions,
                           fetch_register=register_fetcher(rt.settings.target("sites")),
                           database_url=rt.settings.database_url)
-        log.info("kpi_calculator consuming partitions %s", list(config.partitions))
+        if config.leased:
+            log.info("kpi_calculator %s sharing %d partitions by leases", config.replica, rt.settings.partitions)
+        else:
+            log.info("kpi_calculator consuming partitions %s", list(config.partitions))
         await lifecycle.run_until_signalled(calc)
 
 

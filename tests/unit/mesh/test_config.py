@@ -39,7 +39,7 @@ def test_docs_table_is_generated_from_the_declarations():
 
 def test_every_name_the_code_or_deployment_spells_is_declared():
     known = set(config.declared_names()) | set(config.dynamic_names())
-    files = [*_code(), ROOT / "compose.yaml", ROOT / "deploy/Dockerfile"]
+    files = [*_code(), ROOT / "compose.yaml", ROOT / "compose.cluster.yaml", ROOT / "deploy/Dockerfile"]
     unknown = sorted({(str(p.relative_to(ROOT)), m) for p in files for m in NAME.findall(p.read_text())
                       if m not in known})
     assert not unknown, unknown
