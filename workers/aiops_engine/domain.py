@@ -873,7 +873,7 @@ class Engine:
                 inputs = [Feature("hours_on_battery", battery_h), Feature("battery_soc_pct", soc, LVD_SOC, LVD_SOC),
                           Feature("battery_bank_ah", cfg.battery_bank_ah), Feature("load_a", load)]
                 if via:
-                    inputs[:0] = [Feature("hours_of_fuel", fuel_h or 0.0), Feature("fuel_level_l", fuel),
+                    inputs[:0] = [Feature("hours_of_fuel", fuel_h or 0.0), Feature("fuel_level_l", fuel or 0.0),
                                   Feature("burn_l_per_h", burn)]
                 self._predict(st, cfg, skey, SITE_DOWN, "forecast.site_down", t, t + hours * 3600.0, conf,
                               tuple(inputs), preds, via_dg=via, level=fuel if fuel is not None else 0.0)
@@ -881,13 +881,13 @@ class Engine:
     @staticmethod
     def _tolerance(o: Mapping[str, Any]) -> float:
         """How far from its expected time a prediction may come true and still be right."""
-        return max(0.25 * (o["expected"] - o["t"]), 900.0)
+        return max(0.25 * (float(o["expected"]) - float(o["t"])), 900.0)
 
     def _on_time(self, o: Mapping[str, Any], t: float) -> int:
-        return RIGHT if abs(t - o["expected"]) <= self._tolerance(o) else WRONG
+        return RIGHT if abs(t - float(o["expected"])) <= self._tolerance(o) else WRONG
 
     def _overdue(self, o: Mapping[str, Any], t: float) -> bool:
-        return t > o["expected"] + self._tolerance(o)
+        return t > float(o["expected"]) + self._tolerance(o)
 
     def _predict(self, st: SiteState, cfg: SiteCfg, key: str, pkind: int, detector: str, t: float,
                  expected: float, confidence: float, inputs: tuple[Feature, ...],
