@@ -98,6 +98,7 @@ class Params:
     cabinet_residual_c: float = 0.3  # cooled down once the excess heat is below this
     context_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # judged net of the heat power cuts explain
     live_bus_metrics: tuple[str, ...] = ("load_a",)  # judged only while the DC bus is live
+    upward_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # only a rise is anomalous (a cooler cabinet is no fault)
     dark_v: float = 1.0  # a DC bus at or below this is dead (the site is dark)
     lvd_soc_tol_pct: float = 3.0  # the LVD has tripped: dark, unpowered, SoC within this of the LVD point
     cabinet_for_s: float = 120.0
@@ -232,11 +233,12 @@ def _score01(z: float, k: float) -> float:
 
 
 def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1.0, context: int = 0,
-                  learn: bool = True, restart_after_s: float = 0.0) -> Score:
+                  learn: bool = True, restart_after_s: float = 0.0, upward: bool = False) -> Score:
     """Score x (at time t) against the baseline, then learn from it unless it is anomalous.
     `context` (0 or 1) keeps separate bins and global levels for two regimes of the series.
     `learn` False: scored, not learned from. `restart_after_s` > 0: a global level that has not
     learned for that long (the caller did not let it) restarts from x where the hour has no bin.
+    `upward`: only values above the baseline open an anomaly (z below it counts as 0 for opening).
 
     Strictly causal: the score of a point uses only the points before it."""
     levels, devs, ns = b[0], b[1], b[2]
@@ -257,11 +259,12 @@ def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1
     ready = gn >= p.min_global_n
     scale = max(dev * 1.2533, p.rel_floor * abs(expected), 1e-9)
     z = (x - expected) / scale if ready else 0.0
-    zs = b[6] + p.smooth * (z - b[6]) if ready else 0.0
+    zj = max(z, 0.0) if upward else z  # what is judged
+    zs = b[6] + p.smooth * (zj - b[6]) if ready else 0.0
     k_open, k_close, k_spike = p.z_open * factor, p.z_close * factor, p.z_spike * factor
     opened = closed = False
     is_open = b[9] is not None
-    spike = ready and abs(z) > k_spike
+    spike = ready and abs(zj) > k_spike
     if ready:
         if not is_open:
             b[7] = b[7] + 1 if abs(zs) > k_open else 0
@@ -286,7 +289,8 @@ def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1
     b[10] = t
     # learn, robustly: residuals clipped at 3 scales, and points already far out (|z| > 2) count
     # less and less (nothing from |z| >= 5), so a slow drift is not absorbed as it grows
-    w = 1.0 if not ready or abs(z) <= 2.0 else max(0.0, 1.0 - (abs(z) - 2.0) / 3.0)
+    # (for an upward-only metric a value below the baseline is learned in full: no fault makes it)
+    w = 1.0 if not ready or abs(z) <= 2.0 or (upward and z < 0) else max(0.0, 1.0 - (abs(z) - 2.0) / 3.0)
     if learn and (not is_open or closed) and w > 0.0:
         clip = 3.0 * scale
         if gn == 0:
@@ -710,11 +714,13 @@ class Engine:
                     # battery and hours on the DG, and seldom settles): left to the rule
                     continue  # the power state is not known: the heat it explains is not either
                 x -= excess  # the cooling-corrected temperature
-                learn = abs(excess) <= p.cabinet_residual_c  # learns only while the cabinet has settled
+                # learns only while the cabinet has settled and is not known to be too hot
+                learn = abs(excess) <= p.cabinet_residual_c and "rule.high_cabinet_temp" not in st.open
             elif metric in p.live_bus_metrics and not bus_live:
                 continue  # a dark site draws nothing: that is the outage, not a drift
             s = baseline_step(b, minute * 60.0, x, p, a.factor, learn=learn,
-                              restart_after_s=p.stale_s if metric in p.context_metrics else 0.0)
+                              restart_after_s=p.stale_s if metric in p.context_metrics else 0.0,
+                              upward=metric in p.upward_metrics)
             if s.opened and not a.suppressed:
                 direction = "above" if x > s.expected else "below"
                 self._open(st, cfg, out, key, "stat.baseline", STATISTICS, (metric,), WARNING, s.score,

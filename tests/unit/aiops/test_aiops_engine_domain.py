@@ -400,3 +400,16 @@ def test_the_load_is_not_judged_while_the_site_is_dark():
     _, tr, _ = run(samples + dark)
     assert [x for x in opens(tr, "stat.baseline") if x.metrics == ("load_a",)] == []
     assert len(opens(tr, "rule.battery_lvd")) == 1
+
+
+def test_the_cabinet_baseline_judges_only_a_rise():
+    # a cabinet 4 C cooler than its baseline for an hour is no fault; 4 C hotter is
+    rng = random.Random(6)
+
+    def series(delta):
+        return snaps(2 * 1440 + 120, lambda i, t: {"cabinet_temp_c": 30.0 + rng.gauss(0, 0.1)
+                                                   + (delta if i >= 2 * 1440 + 30 else 0.0)}, every=60.0)
+    _, tr, _ = run(series(-4.0))
+    assert [x for x in opens(tr, "stat.baseline") if x.metrics == ("cabinet_temp_c",)] == []
+    _, tr, _ = run(series(+4.0))
+    assert len([x for x in opens(tr, "stat.baseline") if x.metrics == ("cabinet_temp_c",)]) == 1
