@@ -440,21 +440,36 @@ class _Power(NamedTuple):
     powered: bool
 
 
+BATTERY_ONLY_SHARE = 0.2  # grid sites without a DG
+AUTONOMY_H_DG = (2.0, 4.0)  # battery design autonomy (hours at the site's load) with a DG behind it
+AUTONOMY_H_BATTERY_ONLY = (3.0, 6.0)  # ... and without one
+BANK_SIZES_AH = (150.0, 200.0, 300.0, 400.0, 600.0, 800.0, 1000.0)
+
+
 def demo_specs(site_ids: list[str], *, seed: int, regions: dict[str, str] | None = None,
                tenants: dict[str, tuple[str, ...]] | None = None) -> list[SiteSpec]:
     """Plausible equipment for each site id, drawn from the seed (region and tenants as given)."""
     rng = random.Random(f"specs:{seed}")
     specs = []
     for sid in site_ids:
+        has_grid = rng.random() > 0.05
+        # a share of grid sites have no DG: the battery alone bridges an outage (urban sites)
+        has_dg = not has_grid or rng.random() > BATTERY_ONLY_SHARE
+        tank_l = rng.choice([500.0, 800.0, 1000.0, 1500.0])
+        load = rng.uniform(20.0, 70.0)
+        # the bank is sized for a design autonomy at the site's load (shorter where a DG backs it
+        # up), rounded up to a standard size
+        hours = rng.uniform(*(AUTONOMY_H_DG if has_dg else AUTONOMY_H_BATTERY_ONLY))
+        battery_ah = next((a for a in BANK_SIZES_AH if a >= load * hours), BANK_SIZES_AH[-1])
         specs.append(SiteSpec(
             site_id=sid,
             region=(regions or {}).get(sid) or f"region-{len(specs) % 4}",
             tenants=(tenants or {}).get(sid, ()),
-            has_grid=rng.random() > 0.05,
-            has_dg=True,
-            tank_l=rng.choice([500.0, 800.0, 1000.0, 1500.0]),
-            battery_ah=rng.choice([300.0, 400.0, 600.0, 800.0]),
-            base_load_a=rng.uniform(20.0, 70.0),
+            has_grid=has_grid,
+            has_dg=has_dg,
+            tank_l=tank_l if has_dg else 0.0,
+            battery_ah=battery_ah,
+            base_load_a=load,
             dg_start_delay_s=rng.choice([60.0, 120.0, 180.0]),
             ambient_offset_c=rng.uniform(-4.0, 4.0),
         ))

@@ -35,6 +35,7 @@ DETECTORS: tuple[tuple[str, int, str], ...] = (
     ("rule.dg_running_with_mains", 1, "DG running while mains is present"),
     ("rule.dc_bus_low", 1, "DC bus below the tenancy band"),
     ("rule.battery_near_lvd", 1, "on battery with the state of charge near the low-voltage disconnect"),
+    ("rule.battery_lvd", 1, "the low-voltage disconnect tripped: unpowered, DC bus dead, battery at its LVD point"),
     ("rule.high_cabinet_temp", 1, "cabinet temperature above its limit"),
     ("rule.door_open", 1, "door open outside a planned maintenance window"),
     ("rule.rectifier_fault", 1, "rectifier module alarm"),

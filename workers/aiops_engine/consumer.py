@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC
+from typing import Any
 
 import asyncpg
 from google.protobuf import timestamp_pb2
@@ -402,11 +403,16 @@ class AiopsEngine:
 
     async def _write(self, conn: asyncpg.Connection, transitions: list[tuple[str, domain.Transition]],
                      predictions: list[tuple[str, domain.PredictionChange]], touched: Iterable[str]) -> None:
-        opens, clears = [], []
+        # in the order the detectors decided: a key's anomaly cleared and a new one of the same key
+        # opened in one batch must clear first (one open anomaly per site and key), so the
+        # transitions are written as runs of opens and runs of clears, in order
+        runs: list[tuple[str, list[Any]]] = []
         for sid, x in transitions:
+            if not runs or runs[-1][0] != x.kind:
+                runs.append((x.kind, []))
             if x.kind == "open":
                 cfg = self.cfg(sid)
-                opens.append({
+                runs[-1][1].append({
                     "id": x.id, "site_id": sid, "region": cfg.region, "tenant_ids": list(cfg.tenant_ids),
                     "key": x.key, "detector": x.detector, "version": x.version, "layer": x.layer,
                     "metrics": list(x.metrics), "tenant_id": x.tenant_id, "score": x.score, "severity": x.severity,
@@ -414,19 +420,24 @@ class AiopsEngine:
                     "explanation": aiops_pb2.Explanation(summary=x.summary,
                                                          features=features_pb(x.features)).SerializeToString()})
             else:
-                clears.append((x.id, x.time))
+                runs[-1][1].append((x.id, x.time))
         items: list[outbox.Event] = []
-        for row in await store.insert_anomalies(conn, rows=opens):
-            a = anomaly_pb(row)
-            items.append(outbox.Event(DETECTED, DETECTED, SOURCE, aiops_pb2.AnomalyDetected(anomaly=a),
-                                      list(a.tenant_ids)))
-        # an anomaly opened and cleared in the same batch is inserted first, then cleared
-        for row in await store.clear_anomalies(conn, items=clears):
-            a = anomaly_pb(row)
-            items.append(outbox.Event(CLEARED, CLEARED, SOURCE, aiops_pb2.AnomalyCleared(anomaly=a),
-                                      list(a.tenant_ids)))
-        self._count("anomalies_opened", len(opens))
-        self._count("anomalies_cleared", len(clears))
+        n_open = n_clear = 0
+        for kind, run in runs:
+            if kind == "open":
+                n_open += len(run)
+                for row in await store.insert_anomalies(conn, rows=run):
+                    a = anomaly_pb(row)
+                    items.append(outbox.Event(DETECTED, DETECTED, SOURCE, aiops_pb2.AnomalyDetected(anomaly=a),
+                                              list(a.tenant_ids)))
+            else:
+                n_clear += len(run)
+                for row in await store.clear_anomalies(conn, items=run):
+                    a = anomaly_pb(row)
+                    items.append(outbox.Event(CLEARED, CLEARED, SOURCE, aiops_pb2.AnomalyCleared(anomaly=a),
+                                              list(a.tenant_ids)))
+        self._count("anomalies_opened", n_open)
+        self._count("anomalies_cleared", n_clear)
         popen, presolve = [], []
         for sid, pc in predictions:
             if pc.kind == "open":

@@ -39,7 +39,7 @@ ID_NAMESPACE = uuid.UUID("6d1f0a3c-6c1e-4f7e-9d7b-4f0f3a2b1c11")
 INFO, WARNING, MAJOR, CRITICAL = 1, 2, 3, 4
 RULE, STATISTICS, MODEL = 1, 2, 3
 # Prediction kinds and outcomes.
-BATTERY_DEPLETION, FUEL_RUNOUT = 1, 2
+BATTERY_DEPLETION, FUEL_RUNOUT, SITE_DOWN = 1, 2, 3
 PENDING, RIGHT, WRONG, AVERTED = 1, 2, 3, 4
 
 # --------------------------------------------------------------------------- configuration
@@ -93,8 +93,14 @@ class Params:
     cooling_loss_s: float = 300.0  # the rule keeps its normal limit through a power cut this short
     cabinet_tau_s: float = 1800.0  # the cabinet's thermal time constant
     cabinet_heat_c: float = 17.0  # how much hotter it settles with the cooling off
+    cabinet_dark_c: float = -3.0  # ... and with the site dark (cooling and equipment off: no heat from it)
+    stale_s: float = 1800.0  # a baseline level not learned for this long (and no hour bin) restarts
     cabinet_residual_c: float = 0.3  # cooled down once the excess heat is below this
-    context_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # judged only while the cooling runs
+    context_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # judged net of the heat power cuts explain
+    live_bus_metrics: tuple[str, ...] = ("load_a",)  # judged only while the DC bus is live
+    upward_metrics: tuple[str, ...] = ("cabinet_temp_c",)  # only a rise is anomalous (a cooler cabinet is no fault)
+    dark_v: float = 1.0  # a DC bus at or below this is dead (the site is dark)
+    lvd_soc_tol_pct: float = 3.0  # the LVD has tripped: dark, unpowered, SoC within this of the LVD point
     cabinet_for_s: float = 120.0
     low_fuel_share: float = 0.15
     low_fuel_for_s: float = 300.0
@@ -201,9 +207,9 @@ BINS = 48  # 24 hours of the day x 2 contexts (the engine: site powered by mains
 
 
 def new_baseline() -> list[Any]:
-    """[levels[48], devs[48], ns[48], glevels[2], gdevs[2], gns[2], zs, above, below, open_since, last_t]:
-    hour-of-day bins and a global level per context."""
-    return [[0.0] * BINS, [0.0] * BINS, [0] * BINS, [0.0, 0.0], [0.0, 0.0], [0, 0], 0.0, 0, 0, None, None]
+    """[levels[48], devs[48], ns[48], glevels[2], gdevs[2], gns[2], zs, above, below, open_since, last_t,
+    last_learn]: hour-of-day bins and a global level per context."""
+    return [[0.0] * BINS, [0.0] * BINS, [0] * BINS, [0.0, 0.0], [0.0, 0.0], [0, 0], 0.0, 0, 0, None, None, None]
 
 
 @dataclass(frozen=True)
@@ -226,9 +232,13 @@ def _score01(z: float, k: float) -> float:
     return 1.0 - math.exp(-math.log(2.0) * a * a)
 
 
-def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1.0, context: int = 0) -> Score:
+def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1.0, context: int = 0,
+                  learn: bool = True, restart_after_s: float = 0.0, upward: bool = False) -> Score:
     """Score x (at time t) against the baseline, then learn from it unless it is anomalous.
     `context` (0 or 1) keeps separate bins and global levels for two regimes of the series.
+    `learn` False: scored, not learned from. `restart_after_s` > 0: a global level that has not
+    learned for that long (the caller did not let it) restarts from x where the hour has no bin.
+    `upward`: only values above the baseline open an anomaly (z below it counts as 0 for opening).
 
     Strictly causal: the score of a point uses only the points before it."""
     levels, devs, ns = b[0], b[1], b[2]
@@ -237,16 +247,24 @@ def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1
     h = int((t % 86400.0) // 3600.0) + 24 * c
     glevel, gdev, gn = glevels[c], gdevs[c], gns[c]
     use_bin = ns[h] >= p.min_bin_n
+    last_learn = b[11] if len(b) > 11 else None
+    if restart_after_s > 0 and not use_bin and gn and b[9] is None and last_learn is not None \
+            and t - last_learn > restart_after_s:
+        # the global level has not learned for a while (the metric was not judged, e.g. the
+        # cabinet through a power cut) and this hour has no bin yet: it restarts from here
+        glevels[c] = glevel = x
+        gns[c] = gn = min(gn, p.min_global_n - 1)
     expected = levels[h] if use_bin else glevel
     dev = devs[h] if use_bin else gdev
     ready = gn >= p.min_global_n
     scale = max(dev * 1.2533, p.rel_floor * abs(expected), 1e-9)
     z = (x - expected) / scale if ready else 0.0
-    zs = b[6] + p.smooth * (z - b[6]) if ready else 0.0
+    zj = max(z, 0.0) if upward else z  # what is judged
+    zs = b[6] + p.smooth * (zj - b[6]) if ready else 0.0
     k_open, k_close, k_spike = p.z_open * factor, p.z_close * factor, p.z_spike * factor
     opened = closed = False
     is_open = b[9] is not None
-    spike = ready and abs(z) > k_spike
+    spike = ready and abs(zj) > k_spike
     if ready:
         if not is_open:
             b[7] = b[7] + 1 if abs(zs) > k_open else 0
@@ -271,8 +289,9 @@ def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1
     b[10] = t
     # learn, robustly: residuals clipped at 3 scales, and points already far out (|z| > 2) count
     # less and less (nothing from |z| >= 5), so a slow drift is not absorbed as it grows
-    w = 1.0 if not ready or abs(z) <= 2.0 else max(0.0, 1.0 - (abs(z) - 2.0) / 3.0)
-    if (not is_open or closed) and w > 0.0:
+    # (for an upward-only metric a value below the baseline is learned in full: no fault makes it)
+    w = 1.0 if not ready or abs(z) <= 2.0 or (upward and z < 0) else max(0.0, 1.0 - (abs(z) - 2.0) / 3.0)
+    if learn and (not is_open or closed) and w > 0.0:
         clip = 3.0 * scale
         if gn == 0:
             glevels[c] = x
@@ -291,6 +310,10 @@ def baseline_step(b: list[Any], t: float, x: float, p: Params, factor: float = 1
             levels[h] += ab * r
             devs[h] += ab * (min(abs(x - levels[h]), clip) - devs[h])
         ns[h] += 1
+        if len(b) > 11:
+            b[11] = t
+        else:
+            b.append(t)
     flag = is_open or spike
     return Score(z, zs, expected, scale, _score01(max(abs(zs), abs(z) if spike else 0.0), k_open) if ready else 0.0,
                  flag, opened, closed, spike, ready)
@@ -376,6 +399,8 @@ RULES: dict[str, tuple[tuple[str, ...], int, str]] = {
     "rule.dc_bus_low": (("dc_bus_v",), CRITICAL, "DC bus below the tenancy band"),
     "rule.battery_near_lvd": (("battery_soc_pct",), MAJOR,
                               "on battery with the state of charge near the low-voltage disconnect"),
+    "rule.battery_lvd": (("dc_bus_v", "battery_soc_pct"), CRITICAL,
+                         "the low-voltage disconnect tripped: unpowered, DC bus dead, battery at its LVD point"),
     "rule.high_cabinet_temp": (("cabinet_temp_c",), MAJOR, "cabinet temperature above its limit"),
     "rule.door_open": (("door_open",), WARNING, "door open outside a planned maintenance window"),
     "rule.rectifier_fault": (("rectifier_fault",), MAJOR, "rectifier module alarm"),
@@ -390,6 +415,8 @@ STAT_DETECTORS: dict[str, tuple[int, str]] = {
 FORECASTS: dict[str, str] = {
     "forecast.battery": "time to low-voltage disconnect on battery with no DG",
     "forecast.fuel": "time to an empty tank while the DG runs",
+    "forecast.site_down": "time until the site goes dark: on battery with no DG, the battery's depletion; "
+                          "with the DG carrying it, the fuel run-out plus what the battery then holds",
 }
 
 
@@ -408,27 +435,22 @@ class Engine:
         preds: list[PredictionChange] = []
         adj = adjust or {}
         group_t: float | None = None
+        pending: list[tuple[str, float]] = []  # the snapshot's values, for its minute's means
         for t, metric, tenant, v in samples:
             if st.last_t is not None and t < st.last_t - 1e-6:
                 continue  # older than what was already judged: the rules look forward only
             if group_t is not None and t != group_t:
-                self._snapshot(st, cfg, group_t, adj, out, preds)
+                self._snapshot(st, cfg, group_t, adj, out, preds, pending)
+                pending = []
             group_t = t
             if metric == "tenant_link_up":
                 st.links[tenant] = [t, v]
             else:
                 st.latest[metric] = [t, v]
-                a = st.acc.get(metric)
-                if a is None:
-                    st.acc[metric] = [1, v, v]
-                else:
-                    a[0] += 1
-                    a[1] += v
-                    if v > a[2]:
-                        a[2] = v
+                pending.append((metric, v))
             st.samples += 1
         if group_t is not None:
-            self._snapshot(st, cfg, group_t, adj, out, preds)
+            self._snapshot(st, cfg, group_t, adj, out, preds, pending)
         return out, preds
 
     def tick(self, st: SiteState, cfg: SiteCfg, now: float,
@@ -496,6 +518,32 @@ class Engine:
         since = st.timers.get("cooling_from")
         return since is None or t - since >= st.timers.get("cooling_settle", self.p.cooling_settle_s)
 
+    def _thermal(self, st: SiteState, cfg: SiteCfg, t: float, mains: float | None, dg: float | None) -> None:
+        """The cabinet's excess heat that the power state explains (first-order lag): it moves
+        towards cabinet_heat_c while the site is unpowered (the cooling is shed) and back towards 0
+        while it is powered, with the time constant cabinet_tau_s. Added up per minute for the
+        cabinet baseline. After a silence the power state during it is unknown: the baseline
+        stays blind for as long as the cabinet would need to cool down after a cut that long."""
+        p = self.p
+        if mains is None and dg is None:
+            return
+        unpowered = not ((mains is not None and mains >= 0.5 and cfg.has_grid) or (dg is not None and dg >= 0.5))
+        bus = self._val(st, "dc_bus_v", t)
+        dark = unpowered and bus is not None and bus <= p.dark_v
+        tm = st.timers
+        last = tm.get("thermal_t")
+        e = tm.get("thermal_e", 0.0)
+        if last is not None and t > last:
+            dt = t - last
+            if dt > self.gap_limit(st):
+                tm["thermal_blind_until"] = t + cooldown_s(dt, p)
+            target = p.cabinet_dark_c if dark else p.cabinet_heat_c if unpowered else 0.0
+            e = target + (e - target) * math.exp(-dt / p.cabinet_tau_s)
+        tm["thermal_t"] = t
+        tm["thermal_e"] = e
+        tm["thermal_sum"] = tm.get("thermal_sum", 0.0) + e
+        tm["thermal_n"] = tm.get("thermal_n", 0.0) + 1.0
+
     def _val(self, st: SiteState, metric: str, t: float) -> float | None:
         lv = st.latest.get(metric)
         if lv is None or t - lv[0] > self.p.fresh_s:
@@ -505,7 +553,8 @@ class Engine:
     # -- one snapshot (every sample of one time)
 
     def _snapshot(self, st: SiteState, cfg: SiteCfg, t: float, adj: Mapping[str, Adjustment],
-                  out: list[Transition], preds: list[PredictionChange]) -> None:
+                  out: list[Transition], preds: list[PredictionChange],
+                  values: Sequence[tuple[str, float]] = ()) -> None:
         key = "stat.telemetry_gap"
         if st.last_t is not None and key not in st.open and t - st.last_t > self.gap_limit(st) \
                 and not adj.get(key, NO_ADJUSTMENT).suppressed:
@@ -524,8 +573,18 @@ class Engine:
         if st.minute is None:
             st.minute = m
         elif m != st.minute:
-            self._close_minute(st, cfg, adj, out, preds)
+            self._close_minute(st, cfg, adj, out, preds)  # before this snapshot's values join a minute
             st.minute = m
+        acc = st.acc
+        for metric, v in values:
+            a = acc.get(metric)
+            if a is None:
+                acc[metric] = [1, v, v]
+            else:
+                a[0] += 1
+                a[1] += v
+                if v > a[2]:
+                    a[2] = v
         self._rules(st, cfg, t, adj, out)
 
     def _rules(self, st: SiteState, cfg: SiteCfg, t: float, adj: Mapping[str, Adjustment],
@@ -539,6 +598,7 @@ class Engine:
         door = self._val(st, "door_open", t)
         rect = self._val(st, "rectifier_fault", t)
         fuel = self._val(st, "fuel_level_l", t)
+        self._thermal(st, cfg, t, mains, dg)
         if (mains is not None and mains >= 0.5 and cfg.has_grid) or (dg is not None and dg >= 0.5):
             off = st.timers.pop("unpowered_since", None)
             if off is not None and t > off:  # the cooling was off: the cabinet needs time to cool down
@@ -575,6 +635,15 @@ class Engine:
                        score=min(1.0, 0.5 + 0.5 * (cfg.dc_min_v - bus) / max(cfg.dc_min_v, 1.0)),
                        summary=f"DC bus {bus:.1f} V below the band minimum {cfg.dc_min_v:.1f} V",
                        features=(Feature("dc_bus_v", bus, 53.5, cfg.dc_min_v),), adj=adj)
+        if bus is not None and soc is not None:
+            unpowered = (mains is not None and mains < 0.5 or not cfg.has_grid) and (dg is None or dg < 0.5)
+            tripped = unpowered and bus <= p.dark_v and soc <= LVD_SOC + p.lvd_soc_tol_pct
+            self._cond(st, cfg, out, "rule.battery_lvd", tripped, t,
+                       summary=f"low-voltage disconnect: DC bus {bus:.1f} V on battery at {soc:.0f} % "
+                               f"(LVD {LVD_SOC:.0f} %): the site is dark",
+                       features=(Feature("dc_bus_v", bus, 53.5, p.dark_v, 0.5),
+                                 Feature("battery_soc_pct", soc, LVD_SOC, LVD_SOC + p.lvd_soc_tol_pct, 0.5)),
+                       adj=adj)
         if soc is not None:
             discharging = (mains is not None and mains < 0.5 or not cfg.has_grid) and (dg is None or dg < 0.5)
             near = cfg.battery_bank_ah >= 0 and discharging and soc < LVD_SOC + p.lvd_margin_pct \
@@ -624,8 +693,11 @@ class Engine:
         means = {k: a[1] / a[0] for k, a in st.acc.items() if a[0]}
         maxes = {k: a[2] for k, a in st.acc.items() if a[0]}
         st.acc = {}
-        # the cabinet baseline is judged only while the cooling runs and has run long enough
-        powered = self._cooled(st, t_end) and "unpowered_since" not in st.timers
+        # the cabinet is judged net of the heat the power state explains (the thermal model)
+        tn = st.timers.pop("thermal_n", 0.0)
+        excess = st.timers.pop("thermal_sum", 0.0) / tn if tn else None
+        blind = st.timers.get("thermal_blind_until", 0.0) > t_end
+        bus_live = means.get("dc_bus_v", 53.5) > p.dark_v
         for metric in p.baseline_metrics:
             x = means.get(metric)
             if x is None:
@@ -635,17 +707,26 @@ class Engine:
             b = st.baselines.get(metric)
             if b is None:
                 b = st.baselines[metric] = new_baseline()
-            if metric in p.context_metrics and (not powered or not cfg.has_grid):
-                # the cooling is shed (or, off-grid, follows the DG's cycle): heat is expected,
-                # only the rule's limits hold
-                continue
-            s = baseline_step(b, minute * 60.0, x, p, a.factor)
+            learn = True
+            if metric in p.context_metrics:
+                if excess is None or blind or not cfg.has_grid:
+                    # not known, or off-grid (the cabinet follows the DG's charge cycle, hours on
+                    # battery and hours on the DG, and seldom settles): left to the rule
+                    continue  # the power state is not known: the heat it explains is not either
+                x -= excess  # the cooling-corrected temperature
+                # learns only while the cabinet has settled and is not known to be too hot
+                learn = abs(excess) <= p.cabinet_residual_c and "rule.high_cabinet_temp" not in st.open
+            elif metric in p.live_bus_metrics and not bus_live:
+                continue  # a dark site draws nothing: that is the outage, not a drift
+            s = baseline_step(b, minute * 60.0, x, p, a.factor, learn=learn,
+                              restart_after_s=p.stale_s if metric in p.context_metrics else 0.0,
+                              upward=metric in p.upward_metrics)
             if s.opened and not a.suppressed:
                 direction = "above" if x > s.expected else "below"
                 self._open(st, cfg, out, key, "stat.baseline", STATISTICS, (metric,), WARNING, s.score,
                            minute * 60.0 - (p.open_after - 1) * 60.0 if not s.spike else minute * 60.0, t_end,
                            f"{metric} {x:.2f} {direction} its hour-of-day baseline {s.expected:.2f} "
-                           f"(z {s.zs:+.1f})",
+                           f"(z {s.zs:+.1f}{self._excess_note(metric, excess)})",
                            (Feature(metric, x, s.expected, s.expected + math.copysign(p.z_open * a.factor * s.scale,
                                                                                       x - s.expected), 1.0),))
             elif s.closed:
@@ -655,6 +736,11 @@ class Engine:
         st.features.append([minute, minute_features(st, means, maxes, minute)])
         if len(st.features) > MAX_PENDING_FEATURES:
             del st.features[0]
+
+    def _excess_note(self, metric: str, excess: float | None) -> str:
+        if metric not in self.p.context_metrics or not excess or excess < self.p.cabinet_residual_c:
+            return ""
+        return f", net of {excess:.1f} °C a power cut explains"
 
     def _fuel(self, st: SiteState, cfg: SiteCfg, minute: int, means: Mapping[str, float],
               maxes: Mapping[str, float], adj: Mapping[str, Adjustment], out: list[Transition]) -> None:
@@ -717,55 +803,97 @@ class Engine:
         soc = self._val(st, "battery_soc_pct", t)
         load = means.get("load_a")
         fuel = self._val(st, "fuel_level_l", t)
-        # battery depletion: on battery and no DG coming (no DG, or past its start delay)
-        bkey = "battery"
-        open_b = st.preds.get(bkey)
-        on_battery = mains is not None and (mains < 0.5 or not cfg.has_grid) and (dg is None or dg < 0.5)
+        outage = mains is not None and (mains < 0.5 or not cfg.has_grid)
+        on_battery = outage and (dg is None or dg < 0.5)
+        running = dg is not None and dg >= 0.5
         since = st.timers.get("mains_lost_since")
+        # no DG coming: none on the site, or a grid site past its start delay (a fail-to-start)
         no_dg = not cfg.has_dg or (cfg.has_grid and since is not None
                                    and t - since >= cfg.dg_start_delay_s + p.fts_grace_s)
-        dark = bus is not None and bus <= 1.0 or (soc is not None and soc <= LVD_SOC)
-        if open_b is not None:
-            if dark:
-                tol = max(0.25 * (open_b["expected"] - open_b["t"]), 900.0)
-                outcome = RIGHT if abs(t - open_b["expected"]) <= tol else WRONG
-                self._resolve(st, bkey, outcome, t, t, preds)
-            elif not on_battery:
-                self._resolve(st, bkey, AVERTED, t, None, preds)
-            elif t > open_b["expected"] + max(0.25 * (open_b["expected"] - open_b["t"]), 900.0):
-                self._resolve(st, bkey, WRONG, t, None, preds)
-        elif on_battery and no_dg and not dark and soc is not None and load and load > 0.5 \
-                and cfg.battery_bank_ah > 0:
-            hours = max(soc - LVD_SOC, 0.0) / 100.0 * cfg.battery_bank_ah / load
-            if hours <= p.forecast_horizon_h:
-                self._predict(st, cfg, bkey, BATTERY_DEPLETION, "forecast.battery", t, t + hours * 3600.0, 0.8,
-                              (Feature("battery_soc_pct", soc, LVD_SOC, LVD_SOC),
-                               Feature("battery_bank_ah", cfg.battery_bank_ah),
-                               Feature("load_a", load)), preds)
-        # fuel run-out while the DG runs
-        fkey = "fuel"
-        open_f = st.preds.get(fkey)
-        running = dg is not None and dg >= 0.5
-        if open_f is not None:
-            if fuel is not None and fuel <= 2.0 and not running:
-                tol = max(0.25 * (open_f["expected"] - open_f["t"]), 900.0)
-                self._resolve(st, fkey, RIGHT if abs(t - open_f["expected"]) <= tol else WRONG, t, t, preds)
-            elif not running or (fuel is not None and fuel > open_f.get("level", 0.0) + p.refuel_rise_l):
-                self._resolve(st, fkey, AVERTED, t, None, preds)
-            elif t > open_f["expected"] + max(0.25 * (open_f["expected"] - open_f["t"]), 900.0):
-                self._resolve(st, fkey, WRONG, t, None, preds)
-        elif running and fuel is not None and cfg.dg_capacity_kva > 0:
+        dark = bus is not None and bus <= p.dark_v or (soc is not None and soc <= LVD_SOC)
+        # hours the battery carries the load from its present charge (None: not known)
+        battery_h = max(soc - LVD_SOC, 0.0) / 100.0 * cfg.battery_bank_ah / load \
+            if soc is not None and load and load > 0.5 and cfg.battery_bank_ah > 0 else None
+        burn = 0.0
+        if running and cfg.dg_capacity_kva > 0:
             burn = expected_burn_lph(cfg, load or 0.0, means.get("dc_bus_v", bus or 0.0))
             ring = st.fuel
             if len(ring) >= p.fuel_min_points and all(r[2] == 1 for r in ring):
                 slope, _ = _slope([(r[0], r[1]) for r in ring])
                 burn = max(burn, -slope * 60.0)
-            if burn > 0:
-                hours = fuel / burn
-                if hours <= p.forecast_horizon_h:
-                    self._predict(st, cfg, fkey, FUEL_RUNOUT, "forecast.fuel", t, t + hours * 3600.0, 0.6,
-                                  (Feature("fuel_level_l", fuel), Feature("burn_l_per_h", burn)), preds,
-                                  level=fuel)
+        fuel_h = fuel / burn if running and fuel is not None and burn > 0 else None
+        # battery depletion: on battery and no DG coming
+        bkey = "battery"
+        open_b = st.preds.get(bkey)
+        if open_b is not None:
+            if dark:
+                self._resolve(st, bkey, self._on_time(open_b, t), t, t, preds)
+            elif not on_battery:
+                self._resolve(st, bkey, AVERTED, t, None, preds)
+            elif self._overdue(open_b, t):
+                self._resolve(st, bkey, WRONG, t, None, preds)
+        elif on_battery and no_dg and not dark and battery_h is not None and battery_h <= p.forecast_horizon_h:
+            assert soc is not None and load is not None
+            self._predict(st, cfg, bkey, BATTERY_DEPLETION, "forecast.battery", t, t + battery_h * 3600.0, 0.8,
+                          (Feature("battery_soc_pct", soc, LVD_SOC, LVD_SOC),
+                           Feature("battery_bank_ah", cfg.battery_bank_ah),
+                           Feature("load_a", load)), preds)
+        # fuel run-out while the DG runs
+        fkey = "fuel"
+        open_f = st.preds.get(fkey)
+        refuelled = open_f is not None and fuel is not None and fuel > open_f.get("level", 0.0) + p.refuel_rise_l
+        if open_f is not None:
+            if fuel is not None and fuel <= 2.0 and not running:
+                self._resolve(st, fkey, self._on_time(open_f, t), t, t, preds)
+            elif not running or refuelled:
+                self._resolve(st, fkey, AVERTED, t, None, preds)
+            elif self._overdue(open_f, t):
+                self._resolve(st, fkey, WRONG, t, None, preds)
+        elif fuel_h is not None and fuel is not None and fuel_h <= p.forecast_horizon_h:
+            self._predict(st, cfg, fkey, FUEL_RUNOUT, "forecast.fuel", t, t + fuel_h * 3600.0, 0.6,
+                          (Feature("fuel_level_l", fuel), Feature("burn_l_per_h", burn)), preds, level=fuel)
+        # site down: when the site goes dark with the sources it has now. On battery with no DG
+        # coming: the battery's depletion. With the DG carrying an outage: the fuel run-out, then
+        # the battery from (at least) its present charge.
+        skey = "site_down"
+        open_s = st.preds.get(skey)
+        if open_s is not None:
+            via_dg = open_s.get("via_dg", 0.0) >= 0.5
+            if dark:
+                self._resolve(st, skey, self._on_time(open_s, t), t, t, preds)
+            elif not outage or (via_dg and not running and fuel is not None and fuel > 2.0) \
+                    or (via_dg and fuel is not None and fuel > open_s.get("level", 0.0) + p.refuel_rise_l) \
+                    or (not via_dg and running):
+                self._resolve(st, skey, AVERTED, t, None, preds)  # power back, or the basis changed
+            elif self._overdue(open_s, t):
+                self._resolve(st, skey, WRONG, t, None, preds)
+        elif outage and not dark and battery_h is not None:
+            assert soc is not None and load is not None
+            if on_battery and no_dg:
+                hours, via, conf = battery_h, 0.0, 0.8
+            elif running and fuel_h is not None and fuel is not None:
+                hours, via, conf = fuel_h + battery_h, 1.0, 0.5
+            else:
+                return
+            if hours <= p.forecast_horizon_h:
+                inputs = [Feature("hours_on_battery", battery_h), Feature("battery_soc_pct", soc, LVD_SOC, LVD_SOC),
+                          Feature("battery_bank_ah", cfg.battery_bank_ah), Feature("load_a", load)]
+                if via:
+                    inputs[:0] = [Feature("hours_of_fuel", fuel_h or 0.0), Feature("fuel_level_l", fuel or 0.0),
+                                  Feature("burn_l_per_h", burn)]
+                self._predict(st, cfg, skey, SITE_DOWN, "forecast.site_down", t, t + hours * 3600.0, conf,
+                              tuple(inputs), preds, via_dg=via, level=fuel if fuel is not None else 0.0)
+
+    @staticmethod
+    def _tolerance(o: Mapping[str, Any]) -> float:
+        """How far from its expected time a prediction may come true and still be right."""
+        return max(0.25 * (float(o["expected"]) - float(o["t"])), 900.0)
+
+    def _on_time(self, o: Mapping[str, Any], t: float) -> int:
+        return RIGHT if abs(t - float(o["expected"])) <= self._tolerance(o) else WRONG
+
+    def _overdue(self, o: Mapping[str, Any], t: float) -> bool:
+        return t > float(o["expected"]) + self._tolerance(o)
 
     def _predict(self, st: SiteState, cfg: SiteCfg, key: str, pkind: int, detector: str, t: float,
                  expected: float, confidence: float, inputs: tuple[Feature, ...],

@@ -108,11 +108,19 @@ async def test_anomalies_of_injected_faults_with_explanations(world):
     assert fts.severity == aiops_pb2.SEVERITY_MAJOR
     preds = (await stub.ListPredictions(aiops_pb2.ListPredictionsRequest(site_id=SITE_A),
                                         metadata=md(s, "viewer"))).predictions
-    assert [p.kind for p in preds] == [aiops_pb2.PREDICTION_KIND_BATTERY_DEPLETION]
-    # mains came back before the battery ran out: the prediction was averted, not right or wrong
-    assert preds[0].outcome == aiops_pb2.PREDICTION_OUTCOME_AVERTED
-    assert preds[0].expected_time.seconds > preds[0].predict_time.seconds + 1800
-    assert {f.name for f in preds[0].inputs} == {"battery_soc_pct", "battery_bank_ah", "load_a"}
+    # on battery with no DG coming: the battery's depletion, and the site going dark at that time
+    assert sorted(p.kind for p in preds) == [aiops_pb2.PREDICTION_KIND_BATTERY_DEPLETION,
+                                             aiops_pb2.PREDICTION_KIND_SITE_DOWN]
+    battery, down = sorted(preds, key=lambda p: p.kind)
+    # mains came back before the battery ran out: both were averted, not right or wrong
+    assert battery.outcome == down.outcome == aiops_pb2.PREDICTION_OUTCOME_AVERTED
+    assert battery.expected_time.seconds > battery.predict_time.seconds + 1800
+    assert down.expected_time == battery.expected_time and down.predict_time == battery.predict_time
+    assert {f.name for f in battery.inputs} == {"battery_soc_pct", "battery_bank_ah", "load_a"}
+    assert {f.name for f in down.inputs} >= {"hours_on_battery", "battery_soc_pct", "battery_bank_ah", "load_a"}
+    only_down = (await stub.ListPredictions(aiops_pb2.ListPredictionsRequest(
+        site_id=SITE_A, kind=aiops_pb2.PREDICTION_KIND_SITE_DOWN), metadata=md(s, "viewer"))).predictions
+    assert [p.id for p in only_down] == [down.id] and only_down[0].detector == "forecast.site_down"
 
 
 async def test_tenant_scoping_on_every_read(world):

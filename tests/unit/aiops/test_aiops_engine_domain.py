@@ -202,19 +202,67 @@ def test_battery_depletion_forecast_is_right_when_lvd_comes_on_time():
         return {"mains_present": 0.0, "battery_soc_pct": max(soc, 11.0),
                 "dc_bus_v": 45.0 + 7.5 * soc / 100 if soc > 12 else 0.0}
     _, _, pr = run(snaps(20 + int(4 * 3600 / 15), change))
-    made = [p for p in pr if p.kind == "open"]
-    done = [p for p in pr if p.kind == "resolve"]
-    assert len(made) == 1 and made[0].pkind == d.BATTERY_DEPLETION
+    made = [p for p in pr if p.kind == "open" and p.pkind == d.BATTERY_DEPLETION]
+    done = [p for p in pr if p.kind == "resolve" and p.pkind == d.BATTERY_DEPLETION]
+    assert len(made) == 1
     lead = made[0].expected_time - made[0].predict_time
     assert 3.3 * 3600 < lead < 3.8 * 3600
     assert made[0].predict_time <= T0 + 20 * 15 + 180  # once the DG is known to have failed
     assert done and done[0].outcome == d.RIGHT and done[0].actual_time is not None
+    # with no DG coming the site goes dark when the battery is empty: SITE_DOWN says the same
+    [down] = [p for p in pr if p.kind == "open" and p.pkind == d.SITE_DOWN]
+    assert down.detector == "forecast.site_down" and down.expected_time == made[0].expected_time
+    assert [p.outcome for p in pr if p.kind == "resolve" and p.pkind == d.SITE_DOWN] == [d.RIGHT]
 
 
 def test_battery_forecast_averted_when_mains_returns():
     _, _, pr = run(snaps(200, lambda i, t: {"mains_present": 0.0, "dc_bus_v": 50.0, "battery_soc_pct": 80.0}
                          if 10 <= i < 100 else {}))
-    assert [p.outcome for p in pr if p.kind == "resolve"] == [d.AVERTED]
+    assert sorted((p.pkind, p.outcome) for p in pr if p.kind == "resolve") == [
+        (d.BATTERY_DEPLETION, d.AVERTED), (d.SITE_DOWN, d.AVERTED)]
+
+
+def test_site_down_while_the_dg_carries_an_outage_is_fuel_then_battery():
+    # DG running on an outage with 10 l: run-out first, then the battery (400 Ah, 40 A, 100 %)
+    _, _, pr = run(snaps(100, lambda i, t: {"mains_present": 0.0, "dg_running": 1.0, "fuel_level_l": 10.0}))
+    [fuel] = [p for p in pr if p.kind == "open" and p.pkind == d.FUEL_RUNOUT]
+    [down] = [p for p in pr if p.kind == "open" and p.pkind == d.SITE_DOWN]
+    battery_h = (100.0 - d.LVD_SOC) / 100.0 * 400.0 / 40.0
+    assert down.predict_time == fuel.predict_time
+    assert abs(down.expected_time - fuel.expected_time - battery_h * 3600.0) < 1.0
+    names = [f.name for f in down.inputs]
+    assert names[:2] == ["hours_of_fuel", "fuel_level_l"] and "hours_on_battery" in names
+    assert down.confidence < 0.8  # two things must go as forecast
+
+
+def test_site_down_goes_right_when_the_tank_runs_dry_and_the_battery_empties():
+    # 1.5 l left and a 20 kVA DG burning ~2.3 l/h: dry in ~40 min, then 150 Ah at 40 A from 30 %:
+    # (30 - 12) / 100 * 150 / 40 = 0.675 h; the bus dies on time
+    cfg = d.SiteCfg("S-1", dg_capacity_kva=20.0, dg_start_delay_s=60.0, battery_bank_ah=150.0, fuel_tank_l=1000.0)
+    burn_lph = d.expected_burn_lph(cfg, 40.0, 53.5)
+    dry = 1.5 / burn_lph * 3600.0
+
+    def change(i, t):
+        s = i * 15.0
+        if s < 60:
+            return {"battery_soc_pct": 30.0}
+        if s < dry:
+            return {"mains_present": 0.0, "dg_running": 1.0, "battery_soc_pct": 30.0,
+                    "fuel_level_l": max(1.5 - burn_lph * s / 3600.0, 0.0)}
+        soc = 30.0 - 100.0 * 40.0 * (s - dry) / 3600.0 / 150.0
+        return {"mains_present": 0.0, "dg_running": 0.0, "fuel_level_l": 0.0, "battery_soc_pct": max(soc, 11.5),
+                "dc_bus_v": 45.0 + 7.5 * soc / 100 if soc > d.LVD_SOC else 0.0}
+    _, _, pr = run(snaps(int((dry + 2 * 3600) / 15), change), cfg)
+    downs = [p for p in pr if p.pkind == d.SITE_DOWN]
+    assert [p.kind for p in downs] == ["open", "resolve"]
+    assert downs[1].outcome == d.RIGHT and downs[1].actual_time is not None
+    assert abs(downs[1].actual_time - downs[0].expected_time) < 900
+
+
+def test_site_down_averted_when_mains_returns_while_the_dg_runs():
+    _, _, pr = run(snaps(200, lambda i, t: {"mains_present": 0.0, "dg_running": 1.0, "fuel_level_l": 10.0}
+                         if i < 100 else {}))
+    assert [p.outcome for p in pr if p.kind == "resolve" and p.pkind == d.SITE_DOWN] == [d.AVERTED]
 
 
 def test_fuel_runout_forecast_while_the_dg_runs():
@@ -279,3 +327,89 @@ def test_a_gap_nobody_ticked_through_is_seen_when_samples_resume():
     assert o.start == last + 15 and o.time == c.time == last + 1800
     _, tr, _ = run(snaps(10, start=last + 1800 + 9 * 15 + 60), st=st, eng=eng)  # 75 s: within 90 s
     assert opens(tr, "stat.telemetry_gap") == []
+
+
+def test_battery_lvd_is_the_disconnect_itself_not_a_low_battery():
+    # on battery, SoC falling to the LVD point, then the bus goes dead: one rule.battery_lvd,
+    # and nothing of the kind while the battery is merely low
+    def change(i, t):
+        if i < 10:
+            return {}
+        soc = max(30.0 - (i - 10) * 0.2, 11.9)
+        return {"mains_present": 0.0, "battery_soc_pct": soc,
+                "dc_bus_v": 45.0 + 7.5 * soc / 100 if soc > d.LVD_SOC else 0.0, "load_a": 40.0 if soc > 12 else 0.0}
+    _, tr, _ = run(snaps(200, change))
+    [o] = opens(tr, "rule.battery_lvd")
+    assert o.severity == d.CRITICAL and [f.name for f in o.features] == ["dc_bus_v", "battery_soc_pct"]
+    first_dark = T0 + 15 * next(i for i in range(200) if i >= 10 and 30.0 - (i - 10) * 0.2 <= d.LVD_SOC)
+    assert o.start == first_dark
+    _, tr, _ = run(snaps(100, lambda i, t: {"mains_present": 0.0, "battery_soc_pct": 14.0, "dc_bus_v": 46.0}))
+    assert opens(tr, "rule.battery_lvd") == []
+    # a dead bus with the grid present is not an LVD (the rectifier or a breaker): dc_bus_low says it
+    _, tr, _ = run(snaps(100, lambda i, t: {"dc_bus_v": 0.0}))
+    assert opens(tr, "rule.battery_lvd") == [] and len(opens(tr, "rule.dc_bus_low")) == 1
+
+
+def _cabinet_site(cut: tuple[int, int] | None, failed: tuple[int, int] | None, minutes: int = 3 * 1440):
+    """A grid site at a sample a minute whose cabinet follows a first-order lag (tau 30 min)
+    towards ambient + 5 C (cooling on) or + 22 C (cooling shed by a power cut, or failed)."""
+    import math
+
+    rng = random.Random(4)
+    temp = 35.0
+    out = []
+    for i in range(minutes):
+        t = T0 + i * 60.0
+        ambient = 27.0 + 7.0 * math.sin(2 * math.pi * ((t % 86400) / 3600.0 - 9.0) / 24.0)
+        off = cut is not None and cut[0] <= i < cut[1]
+        broken = failed is not None and failed[0] <= i < failed[1]
+        target = ambient + (22.0 if off or broken else 5.0)
+        temp += (target - temp) * (1.0 - math.exp(-60.0 / 1800.0))
+        v = dict(NORMAL, cabinet_temp_c=round(temp + rng.gauss(0, 0.1), 2), load_a=40.0 + rng.gauss(0, 0.8))
+        if off:
+            v.update(mains_present=0.0, dc_bus_v=50.0, battery_soc_pct=60.0)
+        out.extend((t, m, "", x) for m, x in v.items())
+    return out
+
+
+def _cabinet_anomalies(tr):
+    return [x for x in opens(tr, "stat.baseline") if x.metrics == ("cabinet_temp_c",)]
+
+
+def test_a_power_cut_heats_the_cabinet_as_the_thermal_model_expects_no_anomaly():
+    cfg = d.SiteCfg("S-1", has_dg=False, battery_bank_ah=2000.0)
+    _, tr, _ = run(_cabinet_site(cut=(2 * 1440 + 600, 2 * 1440 + 780), failed=None), cfg)
+    assert _cabinet_anomalies(tr) == [] and opens(tr, "rule.high_cabinet_temp") == []
+
+
+def test_a_cooling_failure_during_a_power_cut_shows_once_power_returns():
+    cfg = d.SiteCfg("S-1", has_dg=False, battery_bank_ah=2000.0)
+    cut = (2 * 1440 + 600, 2 * 1440 + 780)  # 3 hours from 10:00 on day 3
+    _, tr, _ = run(_cabinet_site(cut=cut, failed=(cut[0] + 60, cut[1] + 600)), cfg)
+    [o] = _cabinet_anomalies(tr)
+    back = T0 + cut[1] * 60.0
+    assert back < o.time <= back + 1800  # the cabinet does not cool down as the cut explains
+    assert "net of" in o.summary
+
+
+def test_the_load_is_not_judged_while_the_site_is_dark():
+    rng = random.Random(5)
+    samples = snaps(2 * 1440, lambda i, t: {"load_a": 40.0 + rng.gauss(0, 0.5)}, every=60.0)
+    dark = snaps(120, lambda i, t: {"mains_present": 0.0, "dc_bus_v": 0.0, "load_a": 0.0, "battery_soc_pct": 11.0},
+                 start=T0 + 2 * 86400, every=60.0)
+    _, tr, _ = run(samples + dark)
+    assert [x for x in opens(tr, "stat.baseline") if x.metrics == ("load_a",)] == []
+    assert len(opens(tr, "rule.battery_lvd")) == 1
+
+
+def test_the_cabinet_baseline_judges_only_a_rise():
+    # a cabinet 4 C cooler than its baseline for an hour is no fault; 4 C hotter is
+    rng = random.Random(6)
+
+    def series(delta):
+        return snaps(2 * 1440 + 120, lambda i, t: {"cabinet_temp_c": 30.0 + rng.gauss(0, 0.1)
+                                                   + (delta if i >= 2 * 1440 + 30 else 0.0)}, every=60.0)
+    _, tr, _ = run(series(-4.0))
+    assert [x for x in opens(tr, "stat.baseline") if x.metrics == ("cabinet_temp_c",)] == []
+    _, tr, _ = run(series(+4.0))
+    assert len([x for x in opens(tr, "stat.baseline") if x.metrics == ("cabinet_temp_c",)]) == 1

@@ -146,7 +146,9 @@ class _PredictionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Predic
     PREDICTION_KIND_FUEL_RUNOUT: _PredictionKind.ValueType  # 2
     """The DG's tank runs dry while it runs."""
     PREDICTION_KIND_SITE_DOWN: _PredictionKind.ValueType  # 3
-    """The site goes dark (no DC power): the earliest of the above."""
+    """The site goes dark (no DC power): on battery with no DG coming, the battery's depletion;
+    with the DG carrying an outage, its fuel run-out plus what the battery then holds.
+    """
 
 class PredictionKind(_PredictionKind, metaclass=_PredictionKindEnumTypeWrapper):
     """What a prediction is about."""
@@ -158,7 +160,9 @@ PREDICTION_KIND_BATTERY_DEPLETION: PredictionKind.ValueType  # 1
 PREDICTION_KIND_FUEL_RUNOUT: PredictionKind.ValueType  # 2
 """The DG's tank runs dry while it runs."""
 PREDICTION_KIND_SITE_DOWN: PredictionKind.ValueType  # 3
-"""The site goes dark (no DC power): the earliest of the above."""
+"""The site goes dark (no DC power): on battery with no DG coming, the battery's depletion;
+with the DG carrying an outage, its fuel run-out plus what the battery then holds.
+"""
 Global___PredictionKind: _TypeAlias = PredictionKind  # noqa: Y015
 
 class _PredictionOutcome:
