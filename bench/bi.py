@@ -121,6 +121,8 @@ def site_hour_rows(sites: list[str], start: datetime, hours: int):
 
 
 async def load(pool, sites: list[str], tenants: list[str], start: datetime, days: int, outage_p: float) -> dict:
+    from workers.kpi_calculator import store as kpi_store
+
     t0 = time.perf_counter()
     day_rows, hour_rows = tenancy_rows(sites, tenants, start, days, outage_p)
     async with pool.acquire() as conn:
@@ -148,6 +150,8 @@ async def load(pool, sites: list[str], tenants: list[str], start: datetime, days
                                          columns=["tenant_id", "site_id", "hour", "minutes", *CODES], records=hour_rows)
         await conn.copy_records_to_table("site_hour", schema_name="kpi", columns=SITE_HOUR_COLUMNS,
                                          records=site_hour_rows(sites, start, days * 24))
+        # the daily site rollup, as the kpi_calculator keeps it (store.refresh_days)
+        await kpi_store.rebuild_site_days(conn)
         await conn.execute("VACUUM ANALYZE")
         await conn.execute("CHECKPOINT")
     return {"load_s": round(time.perf_counter() - t0, 1), "tenancy_days": len(day_rows),

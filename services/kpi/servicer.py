@@ -157,10 +157,16 @@ async def tenancy_figures(conn: asyncpg.Connection, tenancies: Sequence[asyncpg.
 
 async def site_totals(conn: asyncpg.Connection, *, lo: int, hi: int, site_ids: Sequence[str] | None
                       ) -> dict[str, domain.SiteTotals]:
-    """Per site: minute-exact map counts; additive figures of the hours starting in [lo, hi)."""
+    """Per site: minute-exact map counts; additive figures of the hours starting in [lo, hi).
+    Whole UTC days come from the daily rollup (kpi.site_day), the whole hours around them from
+    kpi.site_hour's sums, the partial hours at the edges minute by minute."""
     first, last = domain.split_edges(lo, hi)
+    d1, d2 = domain.split_days(first, last)
     out: dict[str, domain.SiteTotals] = defaultdict(domain.SiteTotals)
-    for r in await store.site_sums(conn, first_hour=first, last_hour=last, site_ids=site_ids):
+    rows = await store.site_day_sums(conn, first_day=d1, last_day=d2, site_ids=site_ids)
+    for a, b in ((first, d1), (d2, last)) if d2 > d1 else ((first, last),):
+        rows += await store.site_sums(conn, first_hour=a, last_hour=b, site_ids=site_ids)
+    for r in rows:
         add_site_counts(out[r["site_id"]], r)
     for r in await store.site_edge_rows(conn, hours=domain.edge_hours(lo, hi, first, last), site_ids=site_ids):
         add_site_row(out[r["site_id"]], r, lo, hi)

@@ -174,6 +174,19 @@ async def site_sums(conn: asyncpg.Connection, *, first_hour: int, last_hour: int
         ts(first_hour), ts(last_hour), None if site_ids is None else list(site_ids))
 
 
+async def site_day_sums(conn: asyncpg.Connection, *, first_day: int, last_day: int,
+                        site_ids: Sequence[str] | None) -> list[asyncpg.Record]:
+    """`site_sums` over the whole days [first_day, last_day), from the daily rollup kpi.site_day
+    (the kpi_calculator keeps it in step with kpi.site_hour)."""
+    if last_day <= first_day:
+        return []
+    cols = ", ".join(f"sum({c}) AS {c}" for c in (*SITE_MAP_SUMS, *SITE_NUMBERS))
+    return await conn.fetch(
+        f"SELECT site_id, {cols} FROM kpi.site_day WHERE day >= $1 AND day < $2 "
+        "AND ($3::text[] IS NULL OR site_id = ANY($3::text[])) GROUP BY site_id",
+        ts(first_day), ts(last_day), None if site_ids is None else list(site_ids))
+
+
 async def site_edge_rows(conn: asyncpg.Connection, *, hours: Sequence[int], site_ids: Sequence[str] | None
                          ) -> list[asyncpg.Record]:
     if not hours:
