@@ -200,8 +200,10 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     # -- statements
 
-    async def compute_statement(self, tenant_id: str, month: str, *, skip_outages: bool) -> bi_pb2.SlaStatement:
-        """The month's statement computed from today's figures."""
+    async def compute_statement(self, tenant_id: str, month: str, *, skip_outages: bool,
+                                out: bi_pb2.SlaStatement | None = None) -> bi_pb2.SlaStatement:
+        """The month's statement computed from today's figures (built in `out` when given: a
+        5,000-line statement is not copied into its response)."""
         lo, hi = _month(month)
         async with self.pool.acquire() as conn:
             rows = await store.list_rule_sets(conn, tenant_id=tenant_id, tenant=None)
@@ -216,66 +218,79 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         except BaseException:
             whole.cancel()
             raise
-        spans: dict[tuple[int, int], list[Tenancy]] = defaultdict(list)
+        measured: list[tuple[Tenancy, tuple[int, int]]] = []
         for t in tenancies:
             span = domain.measured_span(lo, hi, t.start_s)
             if span is not None:
-                spans[span].append(t)
-        others = [sp for sp in spans if sp != (lo, hi)]
+                measured.append((t, span))
+        others = sorted({sp for _, sp in measured if sp != (lo, hi)})
         figures = dict(zip(others, await asyncio.gather(*(
             tenant_availability(self.kpi, tenant_id, a, b, skip_outages) for a, b in others)), strict=True))
         figures[(lo, hi)] = await whole
-        st = bi_pb2.SlaStatement(tenant_id=tenant_id, month=month, range=_range(lo, hi),
-                                 status=bi_pb2.STATEMENT_STATUS_OPEN, rule_set_version=rules.version)
+        st = out if out is not None else bi_pb2.SlaStatement()
+        st.tenant_id, st.month = tenant_id, month
+        st.range.CopyFrom(_range(lo, hi))
+        st.status = bi_pb2.STATEMENT_STATUS_OPEN
+        st.rule_set_version = rules.version
         st.compute_time.FromSeconds(int(self.clock()))
-        lines = []
-        for span, group in spans.items():
-            for t in group:
-                lines.append(self._line(t, span, hi - lo, figures[span].get(t.site_id), rules))
-        lines.sort(key=lambda x: (x.site_id, x.tenancy_id))
-        st.tenancies.extend(lines)
-        st.tenancies_below_sla = sum(1 for x in lines if not x.sla_met)
-        for cur, tot in domain.totals_by_currency((x.currency_code, x.prorated_fee_minor, x.penalty_minor)
-                                                  for x in lines).items():
+        ranges = {sp: _range(*sp) for sp in figures}  # one TimeRange per span, copied into its lines
+        measured.sort(key=lambda x: (x[0].site_id, x[0].id))
+        below = 0
+        money: list[tuple[str, int, int]] = []
+        for t, span in measured:
+            x = st.tenancies.add()
+            self._line(x, t, span, ranges[span], hi - lo, figures[span].get(t.site_id), rules)
+            below += not x.sla_met
+            money.append((x.currency_code, x.prorated_fee_minor, x.penalty_minor))
+        st.tenancies_below_sla = below
+        for cur, tot in domain.totals_by_currency(money).items():
             st.totals.add(currency_code=cur, fee_minor=tot.fee_minor, penalty_minor=tot.penalty_minor)
         return st
 
     @staticmethod
-    def _line(t: Tenancy, span: tuple[int, int], month_minutes: int, fig: kpi_pb2.TenancyAvailability | None,
-              rules: domain.RuleSet) -> bi_pb2.TenancyStatement:
+    def _line(x: bi_pb2.TenancyStatement, t: Tenancy, span: tuple[int, int], rng: common_pb2.TimeRange,
+              month_minutes: int, fig: kpi_pb2.TenancyAvailability | None, rules: domain.RuleSet) -> None:
+        """Fill one tenancy's line `x`."""
         lo, hi = span
         if fig is None:  # the KPI side has no figures at all for the tenancy: every minute unknown
-            breakdown = kpi_pb2.Availability(
+            x.breakdown.CopyFrom(kpi_pb2.Availability(
                 availability=1.0, defined=False, period_minutes=hi - lo, unknown_minutes=hi - lo,
                 excluded=kpi_pb2.ExcludedMinutes(total=hi - lo, unknown=hi - lo), sla_target=t.sla_target,
-                sla_met=True)
-            outages: list[kpi_pb2.OutageInterval] = []
-            region = ""
+                sla_met=True))
+            interval_minutes: tuple[int, ...] = ()
         else:
-            breakdown, outages, region = fig.availability, list(fig.outages), fig.region
+            x.breakdown.CopyFrom(fig.availability)
+            x.outages.extend(fig.outages)
+            x.region = fig.region
+            interval_minutes = tuple(o.minutes for o in fig.outages)
+        b = x.breakdown
         p = domain.penalty(domain.TenancyInput(
-            site_id=t.site_id, sla_target=t.sla_target, period_minutes=breakdown.period_minutes,
-            outage_minutes=breakdown.outage.total, excluded_minutes=breakdown.excluded.total,
-            outage_interval_minutes=tuple(o.minutes for o in outages), monthly_fee_minor=t.fee_minor,
+            site_id=t.site_id, sla_target=t.sla_target, period_minutes=b.period_minutes,
+            outage_minutes=b.outage.total, excluded_minutes=b.excluded.total,
+            outage_interval_minutes=interval_minutes, monthly_fee_minor=t.fee_minor,
             span_minutes=hi - lo, month_minutes=month_minutes), rules)
-        return bi_pb2.TenancyStatement(
-            site_id=t.site_id, region=region, tenancy_id=t.id, measured_range=_range(lo, hi),
-            sla_target=t.sla_target, availability=p.availability, defined=p.defined, sla_met=p.sla_met,
-            shortfall_points=p.shortfall_points, breakdown=breakdown, outages=outages,
-            monthly_fee_minor=t.fee_minor, prorated_fee_minor=p.prorated_fee_minor, currency_code=t.currency,
-            band=p.band, band_percent=p.band_percent, band_penalty_minor=p.band_penalty_minor,
-            incidents=p.incidents, incident_penalty_minor=p.incident_penalty_minor, capped=p.capped,
-            penalty_minor=p.penalty_minor)
+        x.site_id, x.tenancy_id = t.site_id, t.id
+        x.measured_range.CopyFrom(rng)
+        x.sla_target = t.sla_target
+        x.availability, x.defined, x.sla_met, x.shortfall_points = p.availability, p.defined, p.sla_met, \
+            p.shortfall_points
+        x.monthly_fee_minor, x.prorated_fee_minor, x.currency_code = t.fee_minor, p.prorated_fee_minor, t.currency
+        x.band, x.band_percent, x.band_penalty_minor = p.band, p.band_percent, p.band_penalty_minor
+        x.incidents, x.incident_penalty_minor = p.incidents, p.incident_penalty_minor
+        x.capped, x.penalty_minor = p.capped, p.penalty_minor
 
-    async def statement(self, tenant_id: str, month: str, *, skip_outages: bool = False) -> bi_pb2.SlaStatement:
-        """The statement as callers see it: live while open; frozen plus adjustments once closed."""
+    async def statement(self, tenant_id: str, month: str, *, skip_outages: bool = False,
+                        out: bi_pb2.SlaStatement | None = None) -> bi_pb2.SlaStatement:
+        """The statement as callers see it: live while open; frozen plus adjustments once closed
+        (built in `out` when given)."""
         _month(month)
         async with self.pool.acquire() as conn:
             closed = await store.closed_month(conn, tenant_id=tenant_id, month=month)
-        live = await self.compute_statement(tenant_id, month, skip_outages=skip_outages)
         if closed is None:
-            return live
-        frozen = bi_pb2.SlaStatement.FromString(closed["statement"])
+            return await self.compute_statement(tenant_id, month, skip_outages=skip_outages, out=out)
+        live = await self.compute_statement(tenant_id, month, skip_outages=skip_outages)
+        frozen = out if out is not None else bi_pb2.SlaStatement()
+        frozen.MergeFromString(closed["statement"])
         if skip_outages:
             for line in frozen.tenancies:
                 del line.outages[:]
@@ -288,8 +303,9 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
     async def GetSlaStatement(self, request, context):
         identity = require_role(*READ_ROLES)
         _scope(identity, request.tenant_id)
-        st = await self.statement(request.tenant_id, request.month, skip_outages=request.skip_outages)
-        return bi_pb2.GetSlaStatementResponse(statement=st)
+        resp = bi_pb2.GetSlaStatementResponse()
+        await self.statement(request.tenant_id, request.month, skip_outages=request.skip_outages, out=resp.statement)
+        return resp
 
     async def CloseMonth(self, request, context):
         identity = require_role(*WRITE_ROLES)

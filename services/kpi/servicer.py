@@ -119,12 +119,24 @@ async def tenancy_counts(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_i
     """Minute-code counts of every tenancy in [lo, hi): whole hours summed in SQL, edges sliced."""
     first, last = domain.split_edges(lo, hi)
     d1, d2 = domain.split_days(first, last)
-    out: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     rows = await store.tenancy_day_sums(conn, first_day=d1, last_day=d2, tenant_id=tenant_id, site_ids=site_ids)
     for a, b in ((first, d1), (d2, last)) if d2 > d1 else ((first, last),):
         rows += await store.tenancy_sums(conn, first_hour=a, last_hour=b, tenant_id=tenant_id, site_ids=site_ids)
+    # summed as plain lists, one Counter per tenancy at the end (a month of a large tenant is
+    # thousands of rows: a Counter per row and Counter.update were most of the call)
+    sums: dict[tuple[str, str], list[int]] = {}
     for r in rows:
-        out[(r["tenant_id"], r["site_id"])].update(store.counts_of(r))
+        key, values = store.counts_row(r)
+        cur = sums.get(key)
+        if cur is None:
+            sums[key] = values
+        else:
+            for i, v in enumerate(values):
+                cur[i] += v
+    codes = store.CODES
+    out: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for key, values in sums.items():
+        out[key] = Counter({c: v for c, v in zip(codes, values, strict=True) if v})
     edges = domain.edge_hours(lo, hi, first, last)
     for r in await store.tenancy_maps(conn, hours=edges, tenant_id=tenant_id, site_ids=site_ids):
         out[(r["tenant_id"], r["site_id"])].update(
@@ -320,20 +332,20 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
                 tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
                 figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
                                              override=request.unknown_policy)
-                self.snapshots.put(key, (tenancies, figs), now)
-            else:
-                tenancies, figs = snap
+                all_figs = list(figs.values())
+                rolled = domain.combine(all_figs) if all_figs else domain.availability(Counter(), 0)
+                below = sum(1 for f in all_figs if not f.sla_met)
+                self.snapshots.put(key, (tenancies, figs, rolled, below), now)
+            else:  # the rollup too is page 1's: computed once per snapshot, not once per page
+                tenancies, figs, rolled, below = snap
             page = [t for t in tenancies if t["site_id"] > after][:size]
             outages: dict[str, list[tuple[int, str]]] = defaultdict(list)
             if page and not request.skip_outages:
                 for m in await store.outage_maps(conn, lo=lo, hi=hi, tenant_id=tenant,
                                                  site_ids=[t["site_id"] for t in page]):
                     outages[m["site_id"]].append((store.minute_index(m["hour"]), m["minutes"]))
-        all_figs = list(figs.values())
         resp = kpi_pb2.GetTenantAvailabilityResponse(
-            tenant_id=request.tenant_id, range=_time_range(lo, hi), sites=len(tenancies),
-            sites_below_sla=sum(1 for f in all_figs if not f.sla_met))
-        rolled = domain.combine(all_figs) if all_figs else domain.availability(Counter(), 0)
+            tenant_id=request.tenant_id, range=_time_range(lo, hi), sites=len(tenancies), sites_below_sla=below)
         resp.availability.CopyFrom(availability_pb(rolled))
         for t in page:
             resp.tenancies.add(
@@ -350,8 +362,8 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         tenant = _scope(identity)
         async with self.pool.acquire() as conn:
             tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
-            figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
-                                         override=request.unknown_policy)
+            figs = {} if request.skip_availability else await tenancy_figures(
+                conn, tenancies, lo=lo, hi=hi, tenant_id=tenant, override=request.unknown_policy)
             regions = await store.regions(conn)
             site_ids = None if tenant is None else sorted({t["site_id"] for t in tenancies})
             totals = await site_totals(conn, lo=lo, hi=hi, site_ids=site_ids)

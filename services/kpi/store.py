@@ -6,7 +6,6 @@ tenancy query takes `tenant_id` (None only for towerco staff asking about every 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -32,8 +31,13 @@ def minute_index(t: datetime) -> int:
     return int(t.timestamp()) // 60
 
 
-def counts_of(row: asyncpg.Record) -> Counter[str]:
-    return Counter({code: int(row[col] or 0) for col, code in COLUMN_CODES.items()})
+CODES = tuple(COLUMN_CODES.values())
+
+
+def counts_row(row: asyncpg.Record) -> tuple[tuple[str, str], list[int]]:
+    """((tenant, site), the counts in CODES order) of a `tenancy_sums` / `tenancy_day_sums` row."""
+    values = tuple(row)
+    return (values[0], values[1]), [int(v or 0) for v in values[2:]]
 
 
 # --------------------------------------------------------------------------- reference
