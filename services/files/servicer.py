@@ -70,6 +70,13 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
             problems.append(("kind", "is required"))
         if problems:
             raise InvalidArgument("file refused", [FieldViolation(f, d) for f, d in problems])
+        key = request.idempotency_key
+        first: dict[str, Any] | None = None
+        if key:  # a replay: the first upload under the key is the answer (checked again after the insert)
+            async with self.pool.acquire() as conn:
+                first = await store.file_by_key(conn, tenant_id=request.tenant_id, idempotency_key=key)
+            if first is not None:
+                return files_pb2.UploadFileResponse(file=file_pb(first), replayed=True)
         file_id = str(uuid.uuid4())
         path = domain.blob_path(request.tenant_id, file_id)
         await self.blobs.put(path, request.content)  # bytes first: a row never points at nothing
@@ -78,7 +85,14 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
                 conn, file_id=file_id, tenant_id=request.tenant_id, site_id=request.site_id, kind=request.kind,
                 name=request.name, content_type=domain.normalise_type(request.content_type),
                 size_bytes=len(request.content), sha256=domain.sha256_hex(request.content), blob_path=path,
-                created_by=identity.subject)
+                created_by=identity.subject, idempotency_key=key)
+            if row is None:  # a concurrent upload with the same key won the race: answer its file
+                first = await store.file_by_key(conn, tenant_id=request.tenant_id, idempotency_key=key)
+        if row is None:
+            await self.blobs.delete(path)
+            if first is None:  # deleted between the two statements
+                raise Internal("the upload with this idempotency key vanished; retry")
+            return files_pb2.UploadFileResponse(file=file_pb(first), replayed=True)
         return files_pb2.UploadFileResponse(file=file_pb(row))
 
     async def GetFile(self, request, context):
