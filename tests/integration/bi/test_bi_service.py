@@ -637,3 +637,75 @@ async def test_bi_engine_recommendations(world):
     tenant_view = await world.bi.ListRecommendations(bi_pb2.ListRecommendationsRequest(),
                                                      metadata=world.md("tenant_viewer", tenant=TENANT))
     assert list(tenant_view.recommendations) == []
+
+
+async def test_bi_engine_files_the_monthly_exports_once(world):
+    """The engine's schedule files last month's exports (each tenant's statement and the fleet
+    energy report, as CSV, XLSX and PDF) in the Files service; a second run, a restarted engine,
+    and a crash between the upload and the engine's note of it file nothing twice."""
+    import csv
+    import io
+
+    from pypdf import PdfReader
+    from towerco.files.v1 import files_pb2, files_pb2_grpc
+
+    from mesh.auth import service_token
+    from sdk import Client
+    from workers.bi_engine.consumer import Engine, EngineConfig, Stubs
+
+    files = world.stub("files", files_pb2_grpc.FilesServiceStub)
+
+    async def exports(tenant):
+        r = await files.ListFiles(files_pb2.ListFilesRequest(tenant_id=tenant, kind=files_pb2.FILE_KIND_EXPORT,
+                                                             limit=1000), metadata=world.md("viewer"))
+        return sorted(f.id for f in r.files)
+
+    async def noted():
+        async with world.pool.acquire() as conn:
+            return {(r["report"], r["tenant_id"], r["format"]): str(r["file_id"]) for r in await conn.fetch(
+                "SELECT * FROM bi.monthly_export WHERE month = $1", MONTH)}
+
+    before = {t: await exports(t) for t in (TENANT, OTHER, "towerco")}
+    clients = {n: Client(f"127.0.0.1:{world.ports[n]}", token=lambda: service_token("bi")) for n in ("sites", "kpi", "bi")}
+
+    def engine():
+        stubs = Stubs(sites=clients["sites"].stub(sites_pb2_grpc.SitesServiceStub),
+                      kpi=clients["kpi"].stub(kpi_pb2_grpc.KpiServiceStub), telemetry=None,
+                      bi=clients["bi"].stub(bi_pb2_grpc.BiServiceStub))
+        return Engine(world.pool, stubs, EngineConfig(currency="KES"))
+    try:
+        filed = await engine().run_exports()
+        assert {(r, t, f) for r, t, f in filed if t in (TENANT, OTHER, "towerco")} == {
+            *((("statement", t, f) for t in (TENANT, OTHER) for f in ("csv", "xlsx", "pdf"))),
+            *((("energy", "towerco", f) for f in ("csv", "xlsx", "pdf")))}
+        after = {t: await exports(t) for t in before}
+        assert {t: len(after[t]) - len(before[t]) for t in before} == {TENANT: 3, OTHER: 3, "towerco": 3}
+        notes = await noted()
+        assert {notes[("statement", TENANT, f)] for f in ("csv", "xlsx", "pdf")} == set(after[TENANT]) - set(before[TENANT])
+
+        assert await engine().run_exports() == []  # a second run, by a new (restarted) engine: nothing
+        # a crash after the upload, before the note: the next run asks again with the same key and
+        # the Files service answers the file it already has
+        async with world.pool.acquire() as conn:
+            await conn.execute("DELETE FROM bi.monthly_export WHERE month = $1 AND tenant_id = $2 AND format = 'pdf'",
+                               MONTH, TENANT)
+        assert await engine().run_exports() == [("statement", TENANT, "pdf")]
+        assert {t: await exports(t) for t in before} == after
+        assert await noted() == notes
+    finally:
+        for c in clients.values():
+            await c.close()
+
+    st = await world.statement()
+    csv_file = await files.DownloadFile(files_pb2.DownloadFileRequest(file_id=notes[("statement", TENANT, "csv")]),
+                                        metadata=world.md("tenant_viewer", tenant=TENANT))
+    assert csv_file.file.name == f"statement-{TENANT}-{MONTH}.csv"
+    rows = {r["site_id"]: r for r in csv.DictReader(io.StringIO(csv_file.body.data.decode()))}
+    assert {s: int(r["penalty_minor"]) for s, r in rows.items()} == {x.site_id: x.penalty_minor for x in st.tenancies}
+    pdf = await files.DownloadFile(files_pb2.DownloadFileRequest(file_id=notes[("statement", TENANT, "pdf")]),
+                                   metadata=world.md("viewer"))
+    text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.body.data)).pages)
+    assert TENANT in text and MONTH in text and "Total penalty" in text
+    energy = await files.DownloadFile(files_pb2.DownloadFileRequest(file_id=notes[("energy", "towerco", "csv")]),
+                                      metadata=world.md("viewer"))
+    assert energy.file.name == f"energy-{MONTH}.csv" and REGION in energy.body.data.decode()
