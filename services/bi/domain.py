@@ -226,8 +226,8 @@ def penalty(t: TenancyInput, rules: RuleSet) -> TenancyPenalty:
     if rules.incident_min_minutes > 0 and rules.incident_percent > 0:
         incidents = sum(1 for m in t.outage_interval_minutes if m >= rules.incident_min_minutes)
     inc_pen = money_percent(fee, rules.incident_percent * incidents) if incidents else 0
-    cap = money_percent(fee, rules.cap)
     total = band_pen + inc_pen
+    cap = money_percent(fee, rules.cap) if total else 0  # nothing owed: nothing to cap (most lines)
     capped = total > cap
     return TenancyPenalty(
         availability=a, defined=defined, sla_met=met, shortfall_points=s, prorated_fee_minor=fee,

@@ -438,8 +438,11 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
             async with self.pool.acquire() as conn:
                 rows = await store.list_tariffs(conn, regions=[request.region] if request.region else None,
                                                 sites=[] if request.region else None)
-        if identity.is_staff:  # the towerco's price book; a tenant gets the default and its site's prices
-            resp.tariffs.extend(_override_pb(r) for r in rows)
+            if not identity.is_staff:  # a tenant: the prices of the sites it leases, not the whole book
+                mine = await self._sites("", "")  # the Sites service scopes the forwarded token
+                sites, regions = {s.id for s in mine}, {s.region for s in mine}
+                rows = [r for r in rows if r["name"] in (sites if r["scope"] == "site" else regions)]
+        resp.tariffs.extend(_override_pb(r) for r in rows)
         return resp
 
     async def DeleteEnergyTariff(self, request, context):

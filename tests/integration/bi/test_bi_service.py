@@ -465,7 +465,10 @@ async def test_energy_report_tariffs_per_region_and_site_and_suspected_theft(wor
             == (site_grid, region_fuel, 0.1, default.diesel_kg_co2e_per_l)
         mine = await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(site_id=SITE_B),
                                                 metadata=world.md("tenant_viewer", tenant=TENANT))
-        assert list(mine.tariffs) == [] and mine.resolved == r  # a tenant: its site's prices, not the price book
+        assert mine.tariffs == listed.tariffs and mine.resolved == r  # a tenant: the prices of a site it leases
+        book = await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(),
+                                                metadata=world.md("tenant_viewer", tenant=OTHER))
+        assert [(t.region, t.site_id) for t in book.tariffs] == [(REGION, "")]  # not B's: OTHER leases A only
         with pytest.raises(grpc.aio.AioRpcError) as e:  # OTHER does not lease B
             await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(site_id=SITE_B),
                                              metadata=world.md("tenant_viewer", tenant=OTHER))
