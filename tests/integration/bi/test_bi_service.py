@@ -679,8 +679,8 @@ async def test_bi_engine_files_the_monthly_exports_once(world):
     try:
         filed = await engine().run_exports()
         assert {(r, t, f) for r, t, f in filed if t in (TENANT, OTHER, "towerco")} == {
-            *((("statement", t, f) for t in (TENANT, OTHER) for f in ("csv", "xlsx", "pdf"))),
-            *((("energy", "towerco", f) for f in ("csv", "xlsx", "pdf")))}
+            *(("statement", t, f) for t in (TENANT, OTHER) for f in ("csv", "xlsx", "pdf")),
+            *(("energy", "towerco", f) for f in ("csv", "xlsx", "pdf"))}
         after = {t: await exports(t) for t in before}
         assert {t: len(after[t]) - len(before[t]) for t in before} == {TENANT: 3, OTHER: 3, "towerco": 3}
         notes = await noted()
