@@ -129,6 +129,26 @@ async def list_tenancies(sites: sites_pb2_grpc.SitesServiceStub, tenant_id: str)
             return out
 
 
+async def tenant_availability_pages(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, lo: int, hi: int,
+                                    skip_outages: bool, pages: asyncio.Queue) -> None:
+    """Put each page of the tenant's tenancy availability over [lo, hi) on `pages` as it arrives
+    (site -> figures, in site order), then None; an error is put as the exception. The next page
+    is asked for before this one is used, so the KPI service computes it meanwhile."""
+    token = ""
+    try:
+        while True:
+            resp = await _upstream("tenant", tenant_id, kpi.GetTenantAvailability(kpi_pb2.GetTenantAvailabilityRequest(
+                tenant_id=tenant_id, range=_range(lo, hi), skip_outages=skip_outages,
+                page=common_pb2.PageRequest(size=PAGE, token=token))))
+            await pages.put({t.site_id: t for t in resp.tenancies if t.tenant_id == tenant_id})
+            token = resp.page.next_token
+            if not token:
+                await pages.put(None)
+                return
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+        await pages.put(exc)
+
+
 async def tenant_availability(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, lo: int, hi: int,
                               skip_outages: bool) -> dict[str, kpi_pb2.TenancyAvailability]:
     """site -> the tenant's tenancy availability over [lo, hi), every page."""
@@ -216,15 +236,22 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
             rows = await store.list_rule_sets(conn, tenant_id=tenant_id, tenant=None)
         rules = domain.pick_rule_set(((r["effective_month"], rules_of(r)) for r in rows), month)
         # the whole month is asked of the KPI service while the register is read (most tenancies
-        # span it); then one query per other distinct measured span (a fleet seeded together
-        # shares one)
-        whole = asyncio.ensure_future(tenant_availability(self.kpi, tenant_id, lo, hi, skip_outages))
-        try:  # a tenant the register does not know has no statement (NOT_FOUND), not an empty one
-            await _upstream("tenant", tenant_id, self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id)))
-            tenancies = await list_tenancies(self.sites, tenant_id)
-        except BaseException:
+        # span it), page by page: the lines of a page are built while the KPI service computes
+        # the next; then one query per other distinct measured span (a fleet seeded together
+        # shares one), asked in full before the lines
+        pages: asyncio.Queue = asyncio.Queue()
+        whole = asyncio.ensure_future(tenant_availability_pages(self.kpi, tenant_id, lo, hi, skip_outages, pages))
+        try:
+            return await self._build_statement(tenant_id, month, lo, hi, rules, pages, skip_outages, out)
+        finally:
             whole.cancel()
-            raise
+
+    async def _build_statement(self, tenant_id: str, month: str, lo: int, hi: int, rules: domain.RuleSet,
+                               pages: asyncio.Queue, skip_outages: bool, out: bi_pb2.SlaStatement | None
+                               ) -> bi_pb2.SlaStatement:
+        # a tenant the register does not know has no statement (NOT_FOUND), not an empty one
+        await _upstream("tenant", tenant_id, self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id)))
+        tenancies = await list_tenancies(self.sites, tenant_id)
         measured: list[tuple[Tenancy, tuple[int, int]]] = []
         for t in tenancies:
             span = domain.measured_span(lo, hi, t.start_s)
@@ -233,7 +260,8 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         others = sorted({sp for _, sp in measured if sp != (lo, hi)})
         figures = dict(zip(others, await asyncio.gather(*(
             tenant_availability(self.kpi, tenant_id, a, b, skip_outages) for a, b in others)), strict=True))
-        figures[(lo, hi)] = await whole
+        whole: dict[str, kpi_pb2.TenancyAvailability] = {}
+        figures[(lo, hi)] = whole
         st = out if out is not None else bi_pb2.SlaStatement()
         st.tenant_id, st.month = tenant_id, month
         st.range.CopyFrom(_range(lo, hi))
@@ -244,11 +272,27 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         measured.sort(key=lambda x: (x[0].site_id, x[0].id))
         below = 0
         money: list[tuple[str, int, int]] = []
-        for t, span in measured:
-            x = st.tenancies.add()
-            self._line(x, t, span, ranges[span], hi - lo, figures[span].get(t.site_id), rules)
-            below += not x.sla_met
-            money.append((x.currency_code, x.prorated_fee_minor, x.penalty_minor))
+        done = 0
+        more = True
+        while more:
+            page = await pages.get()
+            if isinstance(page, BaseException):
+                raise page
+            if page is None:
+                more, bound = False, None
+            else:
+                whole.update(page)
+                bound = max(page) if page else ""
+            # the lines the pages so far decide: every site up to the last one received (pages come
+            # in site order), all of them once the last page is in
+            while done < len(measured) and (bound is None or measured[done][0].site_id <= bound):
+                t, span = measured[done]
+                x = st.tenancies.add()
+                self._line(x, t, span, ranges[span], hi - lo, figures[span].get(t.site_id), rules)
+                below += not x.sla_met
+                money.append((x.currency_code, x.prorated_fee_minor, x.penalty_minor))
+                done += 1
+            await asyncio.sleep(0)  # let the next page's request go out before the next batch
         st.tenancies_below_sla = below
         for cur, tot in domain.totals_by_currency(money).items():
             st.totals.add(currency_code=cur, fee_minor=tot.fee_minor, penalty_minor=tot.penalty_minor)

@@ -56,9 +56,7 @@ _scope = tenant_scope  # the tenant a query is limited to (None: staff asking ab
 
 
 def _ts(minute: int) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromSeconds(minute * 60)
-    return t
+    return timestamp_pb2.Timestamp(seconds=minute * 60)
 
 
 def _time_range(lo: int, hi: int) -> common_pb2.TimeRange:
@@ -348,10 +346,11 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
             tenant_id=request.tenant_id, range=_time_range(lo, hi), sites=len(tenancies), sites_below_sla=below)
         resp.availability.CopyFrom(availability_pb(rolled))
         for t in page:
+            maps = outages.get(t["site_id"])
             resp.tenancies.add(
                 site_id=t["site_id"], tenant_id=t["tenant_id"], region=t["region"],
                 availability=availability_pb(figs[(t["tenant_id"], t["site_id"])]),
-                outages=intervals_pb(domain.outage_intervals(outages[t["site_id"]], lo, hi)))
+                outages=intervals_pb(domain.outage_intervals(maps, lo, hi)) if maps else ())
         if len(page) == size and page[-1]["site_id"] != tenancies[-1]["site_id"]:
             resp.page.next_token = _encode_token(page[-1]["site_id"])
         return resp

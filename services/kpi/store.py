@@ -37,7 +37,7 @@ CODES = tuple(COLUMN_CODES.values())
 def counts_row(row: asyncpg.Record) -> tuple[tuple[str, str], list[int]]:
     """((tenant, site), the counts in CODES order) of a `tenancy_sums` / `tenancy_day_sums` row."""
     values = tuple(row)
-    return (values[0], values[1]), [int(v or 0) for v in values[2:]]
+    return (values[0], values[1]), list(values[2:])  # sum()::int8 of a group: never NULL
 
 
 # --------------------------------------------------------------------------- reference
