@@ -230,7 +230,7 @@ class ListEnergyTariffsRequest(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     SITE_ID_FIELD_NUMBER: _builtins.int
     region: _builtins.str
-    """Only this region's override (and its sites')."""
+    """Only this region's override."""
     site_id: _builtins.str
     """Only this site's override and its region's; `resolved` is then the site's prices."""
     def __init__(

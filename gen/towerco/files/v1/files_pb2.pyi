@@ -133,7 +133,8 @@ class UploadFileRequest(_message.Message):
     idempotency_key: _builtins.str
     """When set, the upload is stored once per tenant and key: a repeated upload with the same key
     answers the file stored the first time (the first upload wins; its bytes are kept), so a
-    retried or replayed upload never makes a duplicate.
+    retried or replayed upload never makes a duplicate. The same key for another file (kind,
+    site, name or content type differ) is FAILED_PRECONDITION IDEMPOTENCY_KEY_REUSED.
     """
     def __init__(
         self,
