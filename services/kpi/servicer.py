@@ -7,7 +7,8 @@ import base64
 import binascii
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import grpc
@@ -155,6 +156,31 @@ async def tenancy_figures(conn: asyncpg.Connection, tenancies: Sequence[asyncpg.
                           tenant_id: str | None, override: int, site_ids: Sequence[str] | None = None
                           ) -> dict[tuple[str, str], domain.AvailabilityFigures]:
     counts = await tenancy_counts(conn, lo=lo, hi=hi, tenant_id=tenant_id, site_ids=site_ids)
+    return await figures_of(conn, tenancies, counts, lo=lo, hi=hi, override=override)
+
+
+async def tenancies_and_figures(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: str | None, override: int
+                                ) -> tuple[list[Mapping[str, Any]], dict[tuple[str, str], domain.AvailabilityFigures]]:
+    """`store.tenancies` and `tenancy_figures` of [lo, hi) in one pass over the figures: the
+    register's tenancies, plus those that have figures in the range but have left the register
+    (found among the counts' keys instead of by a second scan of the month's daily rows; SLA
+    target 0, as store.tenancies gives them), ordered by site then tenant."""
+    register = list(await store.register_tenancies(conn, tenant_id=tenant_id))
+    counts = await tenancy_counts(conn, lo=lo, hi=hi, tenant_id=tenant_id)
+    known = {(r["tenant_id"], r["site_id"]) for r in register}
+    gone = [k for k in counts if k not in known]
+    tenancies: list[Mapping[str, Any]] = register
+    if gone:
+        regions = await store.site_regions(conn, site_ids=sorted({s for _, s in gone}))
+        tenancies = sorted([*register, *({"site_id": s, "tenant_id": t, "sla_target": 0.0,
+                                          "region": regions.get(s, "")} for t, s in gone)],
+                           key=lambda r: (r["site_id"], r["tenant_id"]))
+    return tenancies, await figures_of(conn, tenancies, counts, lo=lo, hi=hi, override=override)
+
+
+async def figures_of(conn: asyncpg.Connection, tenancies: Sequence[Mapping[str, Any]],
+                     counts: Mapping[tuple[str, str], Counter[str]], *, lo: int, hi: int, override: int
+                     ) -> dict[tuple[str, str], domain.AvailabilityFigures]:
     pols = await resolved_policies(conn, (t["tenant_id"] for t in tenancies), override)
     out = {}
     for t in tenancies:
@@ -327,9 +353,8 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         async with self.pool.acquire() as conn:
             snap = self.snapshots.get(key, now) if after else None  # a continuation: page 1's figures
             if snap is None:
-                tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
-                figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
-                                             override=request.unknown_policy)
+                tenancies, figs = await tenancies_and_figures(conn, lo=lo, hi=hi, tenant_id=tenant,
+                                                              override=request.unknown_policy)
                 all_figs = list(figs.values())
                 rolled = domain.combine(all_figs) if all_figs else domain.availability(Counter(), 0)
                 below = sum(1 for f in all_figs if not f.sla_met)

@@ -60,6 +60,20 @@ async def tenancies(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: st
         tenant_id, site_id, region, ts(lo - lo % 1440), ts(hi))
 
 
+async def register_tenancies(conn: asyncpg.Connection, *, tenant_id: str | None) -> list[asyncpg.Record]:
+    """The register's current tenancies (site_id, tenant_id, sla_target, region), ordered by site
+    then tenant: `tenancies` without the ones known only from their figures."""
+    return await conn.fetch(
+        "SELECT t.site_id, t.tenant_id, max(t.sla_target) AS sla_target, COALESCE(max(s.region), '') AS region "
+        "FROM kpi.tenancy t LEFT JOIN kpi.site s USING (site_id) WHERE ($1::text IS NULL OR t.tenant_id = $1) "
+        "GROUP BY t.site_id, t.tenant_id ORDER BY t.site_id, t.tenant_id", tenant_id)
+
+
+async def site_regions(conn: asyncpg.Connection, *, site_ids: Sequence[str]) -> dict[str, str]:
+    rows = await conn.fetch("SELECT site_id, region FROM kpi.site WHERE site_id = ANY($1::text[])", list(site_ids))
+    return {r["site_id"]: r["region"] for r in rows}
+
+
 async def site(conn: asyncpg.Connection, *, site_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM kpi.site WHERE site_id = $1", site_id)
 
