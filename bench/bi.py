@@ -23,7 +23,10 @@ Timed through gRPC (median of --repeat calls after one warm-up):
                    AIOps)                                                    target <= 2,000 ms
   pdf_ms           ExportSlaStatement of one tenant as PDF: statement, typesetting, upload to the
                    Files service, signed link                                 target <= 5,000 ms
+  statements_cpu_ms CPU the BI and KPI processes spent per round of the statements
   peak RSS of the BI, KPI and Files processes during the timed calls (psutil, sampled every 20 ms)
+  load_avg_1m_*    the machine's 1-minute load average around the timed calls (2 shared cores:
+                   above ~2 other work competes with the services)
 Checks: each statement's penalties equal the penalty engine applied to the KPI service's own
 figures (GetTenantAvailability), so the timed answers are the right ones.
 
@@ -46,7 +49,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.procs import wait_grpc
+from bench.procs import cpu_seconds, wait_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 CODES = ("up", "ignored", "dc_low", "dc_high", "link_down", "unknown", "ex_pm", "ex_fm", "ex_tc", "ex_ad",
@@ -322,7 +325,12 @@ async def measure(args, env: dict[str, str], pids: dict[str, int]) -> dict:
         with PeakRss(pids) as rss:
             out["kpi_pages_ms"], out["kpi_pages"] = await timed(kpi_pages, args.repeat)
             out["statement_ms"], st = await timed(lambda: one(tenants[0]), args.repeat)
+            cpu0 = cpu_seconds({n: [pids[n]] for n in ("bi", "kpi")})
             out["statements_ms"], sts = await timed(every, args.repeat)
+            cpu1 = cpu_seconds({n: [pids[n]] for n in ("bi", "kpi")})
+            # CPU the services spent per round of all statements (warm-up included): a figure the
+            # machine's other load does not inflate as much as wall time
+            out["statements_cpu_ms"] = {n: round((cpu1[n] - cpu0[n]) * 1000 / (args.repeat + 1)) for n in cpu0}
             out["energy_ms"], rep = await timed(energy, args.repeat)
             out["pdf_ms"], exp = await timed(pdf, max(1, args.repeat // 2))
         out["peak_rss_mib"] = rss.mib()
@@ -374,7 +382,9 @@ async def main_async(args) -> dict:
             procs[name] = spawn(f"services.{name}.server", env, tmp / f"{name}.log")
         for name in procs:
             await wait_grpc(env[f"TOWERCO_{name.upper()}_TARGET"], timeout_s=120)
+        figures["load_avg_1m_before"] = round(os.getloadavg()[0], 1)
         figures.update(await measure(args, env, {n: procs[n].pid for n in ("bi", "kpi", "files")}))
+        figures["load_avg_1m_after"] = round(os.getloadavg()[0], 1)
         figures["logs"] = str(tmp)
         return figures
     finally:
@@ -408,6 +418,8 @@ def main() -> None:
         ("  of which KPI GetTenantAvailability, every page", f"{f['kpi_pages_ms']:.0f} ms",
          f"{f['kpi_pages']} pages of 1,000; each page recomputes the whole tenant"),
         ("statements, every tenant together (gRPC)", f"{f['statements_ms']:.0f} ms", "target <= 2000 ms"),
+        ("  CPU per round, bi / kpi", f"{f['statements_cpu_ms']['bi']} / {f['statements_cpu_ms']['kpi']} ms",
+         f"machine load avg {f['load_avg_1m_before']} -> {f['load_avg_1m_after']} (2 cores)"),
         ("energy report, the fleet (gRPC)", f"{f['energy_ms']:.0f} ms", "target <= 2000 ms"),
         ("PDF statement, one tenant (export + Files)", f"{f['pdf_ms']:.0f} ms",
          f"target <= 5000 ms; {f['pdf_bytes']} bytes"),
