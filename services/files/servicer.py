@@ -14,7 +14,14 @@ from towerco.files.v1 import files_pb2, files_pb2_grpc
 
 from mesh.auth import Identity, current_identity, mint_token, require_role, tenant_scope
 from mesh.config import Settings
-from mesh.errors import FailedPrecondition, FieldViolation, Internal, InvalidArgument, NotFound, PermissionDenied
+from mesh.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.files import domain, store
 from services.files.blobs import BlobStore
 
