@@ -309,6 +309,8 @@ class BiEngineSettings:
                            check=lambda v: 1 <= v <= 90, requirement="must be between 1 and 90")
     concurrency: int = env("TOWERCO_BI_ENGINE_CONCURRENCY", 8, "sites asked about at once",
                            check=lambda v: 1 <= v <= 64, requirement="must be between 1 and 64")
+    exports: bool = env("TOWERCO_BI_ENGINE_EXPORTS", True, "file each tenant's statement and the fleet energy "
+                        "report of the last complete month as CSV, XLSX and PDF in the Files service, once")
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,18 @@ class BiService(AsyncService):
         """The energy report as a file, stored in the Files service (under the caller's tenant, or the "towerco" tenant for staff), with a time-limited download link."""
         return cast(bi_pb2.ExportEnergyReportResponse, await self._unary("ExportEnergyReport", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
 
+    async def SetEnergyTariff(self, request: bi_pb2.SetEnergyTariffRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.SetEnergyTariffResponse:
+        """Set the energy prices of a region or of one site (admin), overriding the deployment's defaults field by field: a site's override wins over its region's, which wins over the default (TOWERCO_BI_* settings). Setting an existing override replaces it."""
+        return cast(bi_pb2.SetEnergyTariffResponse, await self._unary("SetEnergyTariff", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListEnergyTariffs(self, request: bi_pb2.ListEnergyTariffsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ListEnergyTariffsResponse:
+        """The deployment's default tariff and the overrides (optionally of one region or site), and for a site the prices that apply to it."""
+        return cast(bi_pb2.ListEnergyTariffsResponse, await self._unary("ListEnergyTariffs", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DeleteEnergyTariff(self, request: bi_pb2.DeleteEnergyTariffRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.DeleteEnergyTariffResponse:
+        """Remove a region's or a site's override (admin): it falls back to the next level."""
+        return cast(bi_pb2.DeleteEnergyTariffResponse, await self._unary("DeleteEnergyTariff", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
 
 class BiServiceBlocking(BlockingService):
     """towerco.bi.v1.BiService, blocking: each call waits for its result."""
@@ -207,6 +219,18 @@ class BiServiceBlocking(BlockingService):
     def ExportEnergyReport(self, request: bi_pb2.ExportEnergyReportRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ExportEnergyReportResponse:
         """The energy report as a file, stored in the Files service (under the caller's tenant, or the "towerco" tenant for staff), with a time-limited download link."""
         return self._call(self._service.ExportEnergyReport(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def SetEnergyTariff(self, request: bi_pb2.SetEnergyTariffRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.SetEnergyTariffResponse:
+        """Set the energy prices of a region or of one site (admin), overriding the deployment's defaults field by field: a site's override wins over its region's, which wins over the default (TOWERCO_BI_* settings). Setting an existing override replaces it."""
+        return self._call(self._service.SetEnergyTariff(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListEnergyTariffs(self, request: bi_pb2.ListEnergyTariffsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.ListEnergyTariffsResponse:
+        """The deployment's default tariff and the overrides (optionally of one region or site), and for a site the prices that apply to it."""
+        return self._call(self._service.ListEnergyTariffs(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DeleteEnergyTariff(self, request: bi_pb2.DeleteEnergyTariffRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> bi_pb2.DeleteEnergyTariffResponse:
+        """Remove a region's or a site's override (admin): it falls back to the next level."""
+        return self._call(self._service.DeleteEnergyTariff(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
 
 class FilesService(AsyncService):

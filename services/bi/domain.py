@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -226,8 +226,8 @@ def penalty(t: TenancyInput, rules: RuleSet) -> TenancyPenalty:
     if rules.incident_min_minutes > 0 and rules.incident_percent > 0:
         incidents = sum(1 for m in t.outage_interval_minutes if m >= rules.incident_min_minutes)
     inc_pen = money_percent(fee, rules.incident_percent * incidents) if incidents else 0
-    cap = money_percent(fee, rules.cap)
     total = band_pen + inc_pen
+    cap = money_percent(fee, rules.cap) if total else 0  # nothing owed: nothing to cap (most lines)
     capped = total > cap
     return TenancyPenalty(
         availability=a, defined=defined, sla_met=met, shortfall_points=s, prorated_fee_minor=fee,
@@ -319,29 +319,32 @@ class EnergyFigures:
     refuel_l: float = 0.0
     refuels: int = 0
     solar_kwp: float = 0.0
+    suspected_theft_l: float = 0.0
+    theft_anomalies: int = 0
 
-    def add(self, other: EnergyFigures) -> None:
-        self.sites += other.sites
-        self.energy_grid_kwh += other.energy_grid_kwh
-        self.energy_dg_kwh += other.energy_dg_kwh
-        self.energy_battery_kwh += other.energy_battery_kwh
-        self.dg_run_hours += other.dg_run_hours
-        self.dg_starts += other.dg_starts
-        self.fuel_consumed_l += other.fuel_consumed_l
-        self.fuel_expected_l += other.fuel_expected_l
-        self.fuel_drop_dg_off_l += other.fuel_drop_dg_off_l
-        self.refuel_l += other.refuel_l
-        self.refuels += other.refuels
-        self.solar_kwp += other.solar_kwp
+    def add(self, other: EnergyFigures, sign: int = 1) -> None:
+        """Add `other` (sign −1: take it away, e.g. a region less its sites with their own tariff)."""
+        for f in _ENERGY_FIELDS:
+            setattr(self, f, getattr(self, f) + sign * getattr(other, f))
+
+
+
+_ENERGY_FIELDS = tuple(f for f in EnergyFigures.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
 class EnergyCost:
-    fuel_excess_l: float
-    grid_cost_minor: int
-    fuel_cost_minor: int
-    cost_minor: int
-    carbon_kg_co2e: float
+    fuel_excess_l: float = 0.0
+    grid_cost_minor: int = 0
+    fuel_cost_minor: int = 0
+    cost_minor: int = 0
+    carbon_kg_co2e: float = 0.0
+    theft_cost_minor: int = 0
+
+    def __add__(self, o: EnergyCost) -> EnergyCost:
+        return EnergyCost(self.fuel_excess_l + o.fuel_excess_l, self.grid_cost_minor + o.grid_cost_minor,
+                          self.fuel_cost_minor + o.fuel_cost_minor, self.cost_minor + o.cost_minor,
+                          self.carbon_kg_co2e + o.carbon_kg_co2e, self.theft_cost_minor + o.theft_cost_minor)
 
 
 def _half_up(v: float) -> int:
@@ -352,5 +355,94 @@ def energy_cost(f: EnergyFigures, tariff: Tariff) -> EnergyCost:
     grid = _half_up(f.energy_grid_kwh * tariff.grid_price_minor_per_kwh)
     fuel = _half_up(f.fuel_consumed_l * tariff.fuel_price_minor_per_l)
     carbon = f.energy_grid_kwh * tariff.grid_kg_co2e_per_kwh + f.fuel_consumed_l * tariff.diesel_kg_co2e_per_l
+    theft = _half_up(f.suspected_theft_l * tariff.fuel_price_minor_per_l)
     return EnergyCost(fuel_excess_l=f.fuel_consumed_l - f.fuel_expected_l, grid_cost_minor=grid,
-                      fuel_cost_minor=fuel, cost_minor=grid + fuel, carbon_kg_co2e=carbon)
+                      fuel_cost_minor=fuel, cost_minor=grid + fuel, carbon_kg_co2e=carbon, theft_cost_minor=theft)
+
+
+def priced(groups: Iterable[tuple[EnergyFigures, Tariff]]) -> EnergyCost:
+    """The cost of a line made of groups of sites, each group with one tariff: each group is priced
+    and rounded on its own, the line's cost is their sum (docs/bi.md, "Tariffs")."""
+    total = EnergyCost()
+    for f, t in groups:
+        total = total + energy_cost(f, t)
+    return total
+
+
+def group_by_tariff(parts: Iterable[tuple[EnergyFigures, Tariff]]) -> list[tuple[EnergyFigures, Tariff]]:
+    """Sum the figures of the parts that share a tariff (so a region priced site by site and the
+    same region priced from its total less its overridden sites round alike)."""
+    out: dict[Tariff, EnergyFigures] = {}
+    for f, t in parts:
+        out.setdefault(t, EnergyFigures()).add(f)
+    return [(f, t) for t, f in out.items()]
+
+
+# --------------------------------------------------------------------------- tariffs per region and site
+
+
+@dataclass(frozen=True)
+class TariffOverride:
+    """A region's or a site's prices; None: the next level's (site → region → default)."""
+
+    grid_price_minor_per_kwh: float | None = None
+    fuel_price_minor_per_l: float | None = None
+    grid_kg_co2e_per_kwh: float | None = None
+
+
+MAX_PRICE = 1_000_000.0
+MAX_GRID_FACTOR = 10.0
+
+
+def apply_override(base: Tariff, o: TariffOverride | None) -> Tariff:
+    if o is None:
+        return base
+    return replace(
+        base,
+        grid_price_minor_per_kwh=base.grid_price_minor_per_kwh if o.grid_price_minor_per_kwh is None
+        else o.grid_price_minor_per_kwh,
+        fuel_price_minor_per_l=base.fuel_price_minor_per_l if o.fuel_price_minor_per_l is None
+        else o.fuel_price_minor_per_l,
+        grid_kg_co2e_per_kwh=base.grid_kg_co2e_per_kwh if o.grid_kg_co2e_per_kwh is None
+        else o.grid_kg_co2e_per_kwh)
+
+
+def resolve_tariff(default: Tariff, region: TariffOverride | None, site: TariffOverride | None) -> Tariff:
+    """The prices of a site: its own override, else its region's, else the default, field by field."""
+    return apply_override(apply_override(default, region), site)
+
+
+def validate_override(region: str, site_id: str, o: TariffOverride) -> list[tuple[str, str]]:
+    """Field violations (path under tariff) of an override; empty when valid."""
+    out: list[tuple[str, str]] = []
+    if bool(region) == bool(site_id):
+        out.append(("region" if not region else "site_id", "exactly one of region and site_id must be set"))
+    values = (("grid_price_minor_per_kwh", o.grid_price_minor_per_kwh, MAX_PRICE),
+              ("fuel_price_minor_per_l", o.fuel_price_minor_per_l, MAX_PRICE),
+              ("grid_kg_co2e_per_kwh", o.grid_kg_co2e_per_kwh, MAX_GRID_FACTOR))
+    if all(v is None for _, v, _ in values):
+        out.append(("grid_price_minor_per_kwh", "set at least one price or factor"))
+    for name, v, top in values:
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= top):
+            out.append((name, f"must be a finite number between 0 and {top:g}"))
+    return out
+
+
+# --------------------------------------------------------------------------- suspected fuel theft (AIOps)
+
+
+THEFT_DETECTOR = "stat.fuel_theft"
+THEFT_FEATURE = "fuel_drop_l"  # observed: litres the level fell in the window; expected: the burn
+DISMISSED_FEEDBACK = (2, 3)  # towerco.aiops.v1.FeedbackKind FALSE_POSITIVE, EXPECTED_BEHAVIOUR
+
+
+def theft_litres(features: Iterable[tuple[str, float, float]], feedback: int) -> float | None:
+    """Litres an AIOps fuel-theft anomaly attributes to theft: the drop it measured beyond the
+    burn the load explains, max(0, observed − expected) of its `fuel_drop_l` feature. None when
+    the anomaly does not count: dismissed by an operator, or without that feature."""
+    if feedback in DISMISSED_FEEDBACK:
+        return None
+    for name, observed, expected in features:
+        if name == THEFT_FEATURE and math.isfinite(observed) and math.isfinite(expected):
+            return max(0.0, observed - expected)
+    return None

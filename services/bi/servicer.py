@@ -5,15 +5,17 @@ keep rule sets and closed months in the bi schema (store), map to protobuf."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
+from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.common.v1 import common_pb2
 from towerco.files.v1 import files_pb2, files_pb2_grpc
@@ -34,6 +36,9 @@ FORMATS = {bi_pb2.EXPORT_FORMAT_CSV: "csv", bi_pb2.EXPORT_FORMAT_XLSX: "xlsx", b
 CHART_BARS = 60
 PDF_EVIDENCE_ROWS = 2000
 T = TypeVar("T")
+log = logging.getLogger("towerco.bi")
+THEFT_PAGE = 1000
+THEFT_TIMEOUT_S = 20.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -124,6 +129,26 @@ async def list_tenancies(sites: sites_pb2_grpc.SitesServiceStub, tenant_id: str)
             return out
 
 
+async def tenant_availability_pages(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, lo: int, hi: int,
+                                    skip_outages: bool, pages: asyncio.Queue) -> None:
+    """Put each page of the tenant's tenancy availability over [lo, hi) on `pages` as it arrives
+    (site -> figures, in site order), then None; an error is put as the exception. The next page
+    is asked for before this one is used, so the KPI service computes it meanwhile."""
+    token = ""
+    try:
+        while True:
+            resp = await _upstream("tenant", tenant_id, kpi.GetTenantAvailability(kpi_pb2.GetTenantAvailabilityRequest(
+                tenant_id=tenant_id, range=_range(lo, hi), skip_outages=skip_outages,
+                page=common_pb2.PageRequest(size=PAGE, token=token))))
+            await pages.put({t.site_id: t for t in resp.tenancies if t.tenant_id == tenant_id})
+            token = resp.page.next_token
+            if not token:
+                await pages.put(None)
+                return
+    except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+        await pages.put(exc)
+
+
 async def tenant_availability(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, lo: int, hi: int,
                               skip_outages: bool) -> dict[str, kpi_pb2.TenancyAvailability]:
     """site -> the tenant's tenancy availability over [lo, hi), every page."""
@@ -147,8 +172,10 @@ async def tenant_availability(kpi: kpi_pb2_grpc.KpiServiceStub, tenant_id: str, 
 class BiServicer(bi_pb2_grpc.BiServiceServicer):
     def __init__(self, pool: asyncpg.Pool, *, kpi: kpi_pb2_grpc.KpiServiceStub,
                  sites: sites_pb2_grpc.SitesServiceStub, files: files_pb2_grpc.FilesServiceStub | None = None,
+                 aiops: aiops_pb2_grpc.AiopsServiceStub | None = None,
                  tariff: domain.Tariff, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
+        self.aiops = aiops  # suspected fuel theft, asked with the caller's token
         self.files = files  # called as the BI service itself: a tenant's viewer may not upload
         self.kpi = kpi
         self.sites = sites
@@ -200,82 +227,121 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     # -- statements
 
-    async def compute_statement(self, tenant_id: str, month: str, *, skip_outages: bool) -> bi_pb2.SlaStatement:
-        """The month's statement computed from today's figures."""
+    async def compute_statement(self, tenant_id: str, month: str, *, skip_outages: bool,
+                                out: bi_pb2.SlaStatement | None = None) -> bi_pb2.SlaStatement:
+        """The month's statement computed from today's figures (built in `out` when given: a
+        5,000-line statement is not copied into its response)."""
         lo, hi = _month(month)
         async with self.pool.acquire() as conn:
             rows = await store.list_rule_sets(conn, tenant_id=tenant_id, tenant=None)
         rules = domain.pick_rule_set(((r["effective_month"], rules_of(r)) for r in rows), month)
         # the whole month is asked of the KPI service while the register is read (most tenancies
-        # span it); then one query per other distinct measured span (a fleet seeded together
-        # shares one)
-        whole = asyncio.ensure_future(tenant_availability(self.kpi, tenant_id, lo, hi, skip_outages))
-        try:  # a tenant the register does not know has no statement (NOT_FOUND), not an empty one
-            await _upstream("tenant", tenant_id, self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id)))
-            tenancies = await list_tenancies(self.sites, tenant_id)
-        except BaseException:
+        # span it), page by page: the lines of a page are built while the KPI service computes
+        # the next; then one query per other distinct measured span (a fleet seeded together
+        # shares one), asked in full before the lines
+        pages: asyncio.Queue = asyncio.Queue()
+        whole = asyncio.ensure_future(tenant_availability_pages(self.kpi, tenant_id, lo, hi, skip_outages, pages))
+        try:
+            return await self._build_statement(tenant_id, month, lo, hi, rules, pages, skip_outages, out)
+        finally:
             whole.cancel()
-            raise
-        spans: dict[tuple[int, int], list[Tenancy]] = defaultdict(list)
+
+    async def _build_statement(self, tenant_id: str, month: str, lo: int, hi: int, rules: domain.RuleSet,
+                               pages: asyncio.Queue, skip_outages: bool, out: bi_pb2.SlaStatement | None
+                               ) -> bi_pb2.SlaStatement:
+        # a tenant the register does not know has no statement (NOT_FOUND), not an empty one
+        await _upstream("tenant", tenant_id, self.sites.GetTenant(sites_pb2.GetTenantRequest(tenant_id=tenant_id)))
+        tenancies = await list_tenancies(self.sites, tenant_id)
+        measured: list[tuple[Tenancy, tuple[int, int]]] = []
         for t in tenancies:
             span = domain.measured_span(lo, hi, t.start_s)
             if span is not None:
-                spans[span].append(t)
-        others = [sp for sp in spans if sp != (lo, hi)]
+                measured.append((t, span))
+        others = sorted({sp for _, sp in measured if sp != (lo, hi)})
         figures = dict(zip(others, await asyncio.gather(*(
             tenant_availability(self.kpi, tenant_id, a, b, skip_outages) for a, b in others)), strict=True))
-        figures[(lo, hi)] = await whole
-        st = bi_pb2.SlaStatement(tenant_id=tenant_id, month=month, range=_range(lo, hi),
-                                 status=bi_pb2.STATEMENT_STATUS_OPEN, rule_set_version=rules.version)
+        whole: dict[str, kpi_pb2.TenancyAvailability] = {}
+        figures[(lo, hi)] = whole
+        st = out if out is not None else bi_pb2.SlaStatement()
+        st.tenant_id, st.month = tenant_id, month
+        st.range.CopyFrom(_range(lo, hi))
+        st.status = bi_pb2.STATEMENT_STATUS_OPEN
+        st.rule_set_version = rules.version
         st.compute_time.FromSeconds(int(self.clock()))
-        lines = []
-        for span, group in spans.items():
-            for t in group:
-                lines.append(self._line(t, span, hi - lo, figures[span].get(t.site_id), rules))
-        lines.sort(key=lambda x: (x.site_id, x.tenancy_id))
-        st.tenancies.extend(lines)
-        st.tenancies_below_sla = sum(1 for x in lines if not x.sla_met)
-        for cur, tot in domain.totals_by_currency((x.currency_code, x.prorated_fee_minor, x.penalty_minor)
-                                                  for x in lines).items():
+        ranges = {sp: _range(*sp) for sp in figures}  # one TimeRange per span, copied into its lines
+        measured.sort(key=lambda x: (x[0].site_id, x[0].id))
+        below = 0
+        money: list[tuple[str, int, int]] = []
+        done = 0
+        more = True
+        while more:
+            page = await pages.get()
+            if isinstance(page, BaseException):
+                raise page
+            if page is None:
+                more, bound = False, None
+            else:
+                whole.update(page)
+                bound = max(page) if page else ""
+            # the lines the pages so far decide: every site up to the last one received (pages come
+            # in site order), all of them once the last page is in
+            while done < len(measured) and (bound is None or measured[done][0].site_id <= bound):
+                t, span = measured[done]
+                x = st.tenancies.add()
+                self._line(x, t, span, ranges[span], hi - lo, figures[span].get(t.site_id), rules)
+                below += not x.sla_met
+                money.append((x.currency_code, x.prorated_fee_minor, x.penalty_minor))
+                done += 1
+            await asyncio.sleep(0)  # let the next page's request go out before the next batch
+        st.tenancies_below_sla = below
+        for cur, tot in domain.totals_by_currency(money).items():
             st.totals.add(currency_code=cur, fee_minor=tot.fee_minor, penalty_minor=tot.penalty_minor)
         return st
 
     @staticmethod
-    def _line(t: Tenancy, span: tuple[int, int], month_minutes: int, fig: kpi_pb2.TenancyAvailability | None,
-              rules: domain.RuleSet) -> bi_pb2.TenancyStatement:
+    def _line(x: bi_pb2.TenancyStatement, t: Tenancy, span: tuple[int, int], rng: common_pb2.TimeRange,
+              month_minutes: int, fig: kpi_pb2.TenancyAvailability | None, rules: domain.RuleSet) -> None:
+        """Fill one tenancy's line `x`."""
         lo, hi = span
         if fig is None:  # the KPI side has no figures at all for the tenancy: every minute unknown
-            breakdown = kpi_pb2.Availability(
+            x.breakdown.CopyFrom(kpi_pb2.Availability(
                 availability=1.0, defined=False, period_minutes=hi - lo, unknown_minutes=hi - lo,
                 excluded=kpi_pb2.ExcludedMinutes(total=hi - lo, unknown=hi - lo), sla_target=t.sla_target,
-                sla_met=True)
-            outages: list[kpi_pb2.OutageInterval] = []
-            region = ""
+                sla_met=True))
+            interval_minutes: tuple[int, ...] = ()
         else:
-            breakdown, outages, region = fig.availability, list(fig.outages), fig.region
+            x.breakdown.CopyFrom(fig.availability)
+            x.outages.extend(fig.outages)
+            x.region = fig.region
+            interval_minutes = tuple(o.minutes for o in fig.outages)
+        b = x.breakdown
         p = domain.penalty(domain.TenancyInput(
-            site_id=t.site_id, sla_target=t.sla_target, period_minutes=breakdown.period_minutes,
-            outage_minutes=breakdown.outage.total, excluded_minutes=breakdown.excluded.total,
-            outage_interval_minutes=tuple(o.minutes for o in outages), monthly_fee_minor=t.fee_minor,
+            site_id=t.site_id, sla_target=t.sla_target, period_minutes=b.period_minutes,
+            outage_minutes=b.outage.total, excluded_minutes=b.excluded.total,
+            outage_interval_minutes=interval_minutes, monthly_fee_minor=t.fee_minor,
             span_minutes=hi - lo, month_minutes=month_minutes), rules)
-        return bi_pb2.TenancyStatement(
-            site_id=t.site_id, region=region, tenancy_id=t.id, measured_range=_range(lo, hi),
-            sla_target=t.sla_target, availability=p.availability, defined=p.defined, sla_met=p.sla_met,
-            shortfall_points=p.shortfall_points, breakdown=breakdown, outages=outages,
-            monthly_fee_minor=t.fee_minor, prorated_fee_minor=p.prorated_fee_minor, currency_code=t.currency,
-            band=p.band, band_percent=p.band_percent, band_penalty_minor=p.band_penalty_minor,
-            incidents=p.incidents, incident_penalty_minor=p.incident_penalty_minor, capped=p.capped,
-            penalty_minor=p.penalty_minor)
+        x.site_id, x.tenancy_id = t.site_id, t.id
+        x.measured_range.CopyFrom(rng)
+        x.sla_target = t.sla_target
+        x.availability, x.defined, x.sla_met, x.shortfall_points = p.availability, p.defined, p.sla_met, \
+            p.shortfall_points
+        x.monthly_fee_minor, x.prorated_fee_minor, x.currency_code = t.fee_minor, p.prorated_fee_minor, t.currency
+        x.band, x.band_percent, x.band_penalty_minor = p.band, p.band_percent, p.band_penalty_minor
+        x.incidents, x.incident_penalty_minor = p.incidents, p.incident_penalty_minor
+        x.capped, x.penalty_minor = p.capped, p.penalty_minor
 
-    async def statement(self, tenant_id: str, month: str, *, skip_outages: bool = False) -> bi_pb2.SlaStatement:
-        """The statement as callers see it: live while open; frozen plus adjustments once closed."""
+    async def statement(self, tenant_id: str, month: str, *, skip_outages: bool = False,
+                        out: bi_pb2.SlaStatement | None = None) -> bi_pb2.SlaStatement:
+        """The statement as callers see it: live while open; frozen plus adjustments once closed
+        (built in `out` when given)."""
         _month(month)
         async with self.pool.acquire() as conn:
             closed = await store.closed_month(conn, tenant_id=tenant_id, month=month)
-        live = await self.compute_statement(tenant_id, month, skip_outages=skip_outages)
         if closed is None:
-            return live
-        frozen = bi_pb2.SlaStatement.FromString(closed["statement"])
+            return await self.compute_statement(tenant_id, month, skip_outages=skip_outages, out=out)
+        live = await self.compute_statement(tenant_id, month, skip_outages=skip_outages)
+        frozen = out if out is not None else bi_pb2.SlaStatement()
+        frozen.MergeFromString(closed["statement"])
         if skip_outages:
             for line in frozen.tenancies:
                 del line.outages[:]
@@ -288,8 +354,9 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
     async def GetSlaStatement(self, request, context):
         identity = require_role(*READ_ROLES)
         _scope(identity, request.tenant_id)
-        st = await self.statement(request.tenant_id, request.month, skip_outages=request.skip_outages)
-        return bi_pb2.GetSlaStatementResponse(statement=st)
+        resp = bi_pb2.GetSlaStatementResponse()
+        await self.statement(request.tenant_id, request.month, skip_outages=request.skip_outages, out=resp.statement)
+        return resp
 
     async def CloseMonth(self, request, context):
         identity = require_role(*WRITE_ROLES)
@@ -330,13 +397,13 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
 
     # -- exports
 
-    async def _file(self, tenant_id: str, name: str, fmt: str, content: bytes, ttl: int
+    async def _file(self, tenant_id: str, name: str, fmt: str, content: bytes, ttl: int, key: str = ""
                     ) -> tuple[files_pb2.File, files_pb2.CreateDownloadLinkResponse]:
         if self.files is None:
             raise FailedPrecondition("exports need the Files service, which is not configured", "NO_FILES")
         up = await self.files.UploadFile(files_pb2.UploadFileRequest(
             tenant_id=tenant_id, kind=files_pb2.FILE_KIND_EXPORT, name=name,
-            content_type=exports.CONTENT_TYPES[fmt], content=content))
+            content_type=exports.CONTENT_TYPES[fmt], content=content, idempotency_key=key))
         link = await self.files.CreateDownloadLink(files_pb2.CreateDownloadLinkRequest(
             file_id=up.file.id, ttl_seconds=ttl))
         return up.file, link
@@ -348,7 +415,7 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         st = await self.statement(request.tenant_id, request.month)
         content = await asyncio.to_thread(exports.render, statement_report(st), fmt)
         f, link = await self._file(request.tenant_id, f"statement-{request.tenant_id}-{request.month}.{fmt}", fmt,
-                                   content, request.link_ttl_seconds)
+                                   content, request.link_ttl_seconds, request.idempotency_key)
         return bi_pb2.ExportSlaStatementResponse(file=f, download_url=link.url, expire_time=link.expire_time)
 
     async def ExportEnergyReport(self, request, context):
@@ -360,8 +427,112 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         owner = STAFF_FILES_TENANT if identity.is_staff else identity.tenant
         suffix = f"-{request.region}" if request.region else ""
         f, link = await self._file(owner, f"energy-{request.month}{suffix}.{fmt}", fmt, content,
-                                   request.link_ttl_seconds)
+                                   request.link_ttl_seconds, request.idempotency_key)
         return bi_pb2.ExportEnergyReportResponse(file=f, download_url=link.url, expire_time=link.expire_time)
+
+    # -- energy tariffs
+
+    async def _tariff_book(self) -> tuple[dict[str, domain.TariffOverride], dict[str, domain.TariffOverride],
+                                          list[asyncpg.Record]]:
+        """(region -> override, site -> override, the rows)."""
+        async with self.pool.acquire() as conn:
+            rows = await store.list_tariffs(conn)
+        regions = {r["name"]: _override(r) for r in rows if r["scope"] == "region"}
+        sites = {r["name"]: _override(r) for r in rows if r["scope"] == "site"}
+        return regions, sites, rows
+
+    def _default_pb(self) -> bi_pb2.EnergyTariff:
+        return _tariff_pb(self.tariff)
+
+    async def SetEnergyTariff(self, request, context):
+        identity = require_role(*WRITE_ROLES)
+        t = request.tariff
+        o = _override_of(t)
+        problems = domain.validate_override(t.region, t.site_id, o)
+        if problems:
+            raise InvalidArgument("invalid tariff", [FieldViolation(f"tariff.{f}", d) for f, d in problems])
+        if t.site_id:  # a site's prices need the site: one the register does not know is refused
+            try:
+                await self.sites.GetSite(sites_pb2.GetSiteRequest(site_id=t.site_id))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                    raise InvalidArgument("invalid tariff", [FieldViolation(
+                        "tariff.site_id", f"no site {t.site_id} in the register")]) from None
+                raise
+        scope, name = ("site", t.site_id) if t.site_id else ("region", t.region)
+        async with self.pool.acquire() as conn:
+            row = await store.upsert_tariff(
+                conn, scope=scope, name=name, grid_price=o.grid_price_minor_per_kwh,
+                fuel_price=o.fuel_price_minor_per_l, grid_factor=o.grid_kg_co2e_per_kwh, description=t.description,
+                updated_by=identity.subject)
+        return bi_pb2.SetEnergyTariffResponse(tariff=_override_pb(row))
+
+    async def ListEnergyTariffs(self, request, context):
+        identity = require_role(*READ_ROLES)
+        resp = bi_pb2.ListEnergyTariffsResponse(default_tariff=self._default_pb())
+        if request.site_id:
+            site = (await _upstream("site", request.site_id, self.sites.GetSite(
+                sites_pb2.GetSiteRequest(site_id=request.site_id)))).site  # another tenant's site: NOT_FOUND
+            async with self.pool.acquire() as conn:
+                rows = await store.list_tariffs(conn, regions=[site.region], sites=[site.id])
+            by = {(r["scope"], r["name"]): _override(r) for r in rows}
+            resp.resolved.CopyFrom(_tariff_pb(domain.resolve_tariff(
+                self.tariff, by.get(("region", site.region)), by.get(("site", site.id)))))
+        else:
+            async with self.pool.acquire() as conn:
+                rows = await store.list_tariffs(conn, regions=[request.region] if request.region else None,
+                                                sites=[] if request.region else None)
+            if not identity.is_staff:  # a tenant: the prices of the sites it leases, not the whole book
+                mine = await self._sites("", "")  # the Sites service scopes the forwarded token
+                sites, regions = {s.id for s in mine}, {s.region for s in mine}
+                rows = [r for r in rows if r["name"] in (sites if r["scope"] == "site" else regions)]
+        resp.tariffs.extend(_override_pb(r) for r in rows)
+        return resp
+
+    async def DeleteEnergyTariff(self, request, context):
+        require_role(*WRITE_ROLES)
+        if bool(request.region) == bool(request.site_id):
+            raise InvalidArgument("invalid tariff", [FieldViolation(
+                "region" if not request.region else "site_id", "exactly one of region and site_id must be set")])
+        scope, name = ("site", request.site_id) if request.site_id else ("region", request.region)
+        async with self.pool.acquire() as conn:
+            gone = await store.delete_tariff(conn, scope=scope, name=name)
+        if not gone:
+            raise NotFound(f"energy tariff of {scope} {name} not found", "energy tariff", f"{scope}/{name}")
+        return bi_pb2.DeleteEnergyTariffResponse()
+
+    # -- suspected fuel theft (AIOps)
+
+    async def _theft(self, rng: common_pb2.TimeRange, *, site_id: str = "", region: str = ""
+                     ) -> dict[str, tuple[str, float, int]] | None:
+        """site -> (region, suspected theft litres, anomalies) of the AIOps fuel-theft anomalies
+        that started in the range, asked with the caller's token (so it scopes them too). None when
+        AIOps cannot be asked: the report then says the figures are unknown instead of zero."""
+        if self.aiops is None:
+            return None
+        out: dict[str, tuple[str, float, int]] = {}
+        token = ""
+        try:
+            while True:
+                resp = await self.aiops.ListAnomalies(aiops_pb2.ListAnomaliesRequest(
+                    site_id=site_id, region=region, detector=domain.THEFT_DETECTOR, range=rng,
+                    page=common_pb2.PageRequest(size=THEFT_PAGE, token=token)), timeout=THEFT_TIMEOUT_S)
+                for a in resp.anomalies:
+                    litres = domain.theft_litres(((f.name, f.observed, f.expected) for f in a.explanation.features),
+                                                 a.feedback)
+                    if litres is None:
+                        continue
+                    _, sum_l, n = out.get(a.site_id, (a.region, 0.0, 0))
+                    out[a.site_id] = (a.region, sum_l + litres, n + 1)
+                token = resp.page.next_token
+                if not token:
+                    return out
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.UNIMPLEMENTED):
+                log.warning("aiops not answering for the energy report: %s", exc.code().name)
+                return None
+            raise
 
     # -- energy
 
@@ -369,45 +540,129 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         require_role(*READ_ROLES)
         lo, hi = _month(request.month)
         rng = _range(lo, hi)
-        report = bi_pb2.EnergyReport(month=request.month, range=rng, tariff=bi_pb2.EnergyTariff(
-            grid_price_minor_per_kwh=self.tariff.grid_price_minor_per_kwh,
-            fuel_price_minor_per_l=self.tariff.fuel_price_minor_per_l, currency_code=self.tariff.currency_code,
-            grid_kg_co2e_per_kwh=self.tariff.grid_kg_co2e_per_kwh,
-            diesel_kg_co2e_per_l=self.tariff.diesel_kg_co2e_per_l))
-        total = domain.EnergyFigures()
+        theft_call = asyncio.ensure_future(self._theft(rng, site_id=request.site_id, region=request.region))
+        try:
+            report = await self._energy_report(request, rng)
+            theft = await theft_call
+        finally:
+            theft_call.cancel()
+        return bi_pb2.GetEnergyReportResponse(report=self._finish_energy(report, theft))
+
+    async def _energy_report(self, request: bi_pb2.GetEnergyReportRequest, rng: common_pb2.TimeRange
+                             ) -> _EnergyParts:
+        region_ov, site_ov, rows = await self._tariff_book()
+        parts = _EnergyParts(month=request.month, rng=rng, region_ov=region_ov, site_ov=site_ov, rows=rows)
         if request.site_id or request.region:
             sites = await self._sites(request.site_id, request.region)
             sem = asyncio.Semaphore(SITE_CONCURRENCY)
 
             async def one(site: sites_pb2.Site) -> tuple[sites_pb2.Site, kpi_pb2.SiteKpis | None]:
                 async with sem:
-                    try:
-                        r = await self.kpi.GetSiteKpis(kpi_pb2.GetSiteKpisRequest(site_id=site.id, range=rng))
-                    except grpc.aio.AioRpcError as exc:
-                        if exc.code() == grpc.StatusCode.NOT_FOUND:  # no figures yet
-                            return site, None
-                        raise
-                    return site, r.kpis
+                    return site, await self._site_kpis(site.id, rng)
 
-            by_region: dict[str, domain.EnergyFigures] = defaultdict(domain.EnergyFigures)
             for site, k in await asyncio.gather(*(one(s) for s in sites)):
-                f = _site_figures(site, k)
-                report.sites.append(self._energy_line(site.id, site.region, f))
-                by_region[site.region].add(f)
-                total.add(f)
-            for region in sorted(by_region):
-                report.regions.append(self._energy_line(region, region, by_region[region]))
+                parts.sites.append((site.id, site.region, _site_figures(site, k)))
         else:
-            fleet = await _upstream("fleet", "", self.kpi.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(range=rng)))
+            fleet = await _upstream("fleet", "", self.kpi.GetFleetSummary(kpi_pb2.GetFleetSummaryRequest(
+                range=rng, skip_availability=True)))
             for g in fleet.regions:
-                f = domain.EnergyFigures(
+                parts.regions[g.key] = domain.EnergyFigures(
                     sites=g.sites, energy_grid_kwh=g.energy_grid_kwh, energy_dg_kwh=g.energy_dg_kwh,
                     energy_battery_kwh=g.energy_battery_kwh, dg_run_hours=g.dg_run_hours,
                     fuel_consumed_l=g.fuel_consumed_l, fuel_expected_l=g.fuel_expected_l)
-                report.regions.append(self._energy_line(g.key, g.key, f))
-                total.add(f)
-        report.total.CopyFrom(self._energy_line("total", "", total))
-        return bi_pb2.GetEnergyReportResponse(report=report)
+            # the sites with prices of their own: their figures are priced apart from their region's
+            overridden = await asyncio.gather(*(self._overridden_site(sid, rng) for sid in sorted(site_ov)))
+            parts.overridden = [x for x in overridden if x is not None and x[1] in parts.regions]
+        return parts
+
+    async def _site_kpis(self, site_id: str, rng: common_pb2.TimeRange) -> kpi_pb2.SiteKpis | None:
+        try:
+            return (await self.kpi.GetSiteKpis(kpi_pb2.GetSiteKpisRequest(site_id=site_id, range=rng))).kpis
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:  # no figures yet
+                return None
+            raise
+
+    async def _overridden_site(self, site_id: str, rng: common_pb2.TimeRange
+                               ) -> tuple[str, str, domain.EnergyFigures] | None:
+        """(site, region, figures) of a site with its own tariff; None when the caller may not see
+        it or it has left the register."""
+        try:
+            site = (await self.sites.GetSite(sites_pb2.GetSiteRequest(site_id=site_id))).site
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                return None
+            raise
+        k = await self._site_kpis(site_id, rng)
+        if k is None:
+            return None
+        return site.id, site.region, _site_figures(site, k)
+
+    def _finish_energy(self, parts: _EnergyParts, theft: dict[str, tuple[str, float, int]] | None
+                       ) -> bi_pb2.EnergyReport:
+        """Lines, costs and totals: each site priced with its own tariff, each region line the sum
+        of its tariff groups, the total the sum of the regions (docs/bi.md, "Tariffs")."""
+        report = bi_pb2.EnergyReport(month=parts.month, range=parts.rng, tariff=self._default_pb(),
+                                     theft_known=theft is not None)
+        theft = theft or {}
+
+        def tariff_of(site_id: str, region: str) -> domain.Tariff:
+            return domain.resolve_tariff(self.tariff, parts.region_ov.get(region), parts.site_ov.get(site_id))
+
+        def with_theft(f: domain.EnergyFigures, site_id: str) -> domain.EnergyFigures:
+            if site_id in theft:
+                f.suspected_theft_l += theft[site_id][1]
+                f.theft_anomalies += theft[site_id][2]
+            return f
+
+        used_regions: set[str] = set()
+        used_sites: set[str] = set()
+        groups: dict[str, list[tuple[domain.EnergyFigures, domain.Tariff]]] = defaultdict(list)
+        figures: dict[str, domain.EnergyFigures] = defaultdict(domain.EnergyFigures)
+        if parts.sites:  # per-site lines: each with its tariff; its region's line sums them
+            for sid, region, f in parts.sites:
+                with_theft(f, sid)
+                t = tariff_of(sid, region)
+                report.sites.append(self._energy_line(sid, region, f, domain.energy_cost(f, t)))
+                groups[region].append((f, t))
+                figures[region].add(f)
+                used_regions.add(region)
+                if sid in parts.site_ov:
+                    used_sites.add(sid)
+        else:  # the fleet from region totals, less the sites with their own prices, priced apart
+            apart: dict[str, list[tuple[str, domain.EnergyFigures]]] = defaultdict(list)
+            for sid, region, f in parts.overridden:
+                apart[region].append((sid, f))
+            region_theft: dict[str, domain.EnergyFigures] = defaultdict(domain.EnergyFigures)
+            for sid, (region, litres, n) in theft.items():
+                if sid not in parts.site_ov:
+                    region_theft[region].suspected_theft_l += litres
+                    region_theft[region].theft_anomalies += n
+            for region, total in parts.regions.items():
+                rest = domain.EnergyFigures()
+                rest.add(total)
+                rest.add(region_theft.get(region, domain.EnergyFigures()))
+                for sid, f in apart.get(region, ()):
+                    rest.add(f, -1)
+                    with_theft(f, sid)
+                    groups[region].append((f, tariff_of(sid, region)))
+                    used_sites.add(sid)
+                groups[region].append((rest, tariff_of("", region)))
+                used_regions.add(region)
+                for f, _ in groups[region]:
+                    figures[region].add(f)
+        total = domain.EnergyFigures()
+        total_cost = domain.EnergyCost()
+        for region in sorted(groups):
+            cost = domain.priced(domain.group_by_tariff(groups[region]))
+            report.regions.append(self._energy_line(region, region, figures[region], cost))
+            total.add(figures[region])
+            total_cost = total_cost + cost
+        report.total.CopyFrom(self._energy_line("total", "", total, total_cost))
+        for r in parts.rows:
+            if (r["scope"] == "region" and r["name"] in used_regions) or (r["scope"] == "site" and r["name"] in used_sites):
+                report.tariff_overrides.append(_override_pb(r))
+        return report
 
     async def _sites(self, site_id: str, region: str) -> list[sites_pb2.Site]:
         if site_id:
@@ -425,15 +680,59 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
             if not token:
                 return sorted(out, key=lambda s: s.id)
 
-    def _energy_line(self, key: str, region: str, f: domain.EnergyFigures) -> bi_pb2.EnergyLine:
-        c = domain.energy_cost(f, self.tariff)
+    @staticmethod
+    def _energy_line(key: str, region: str, f: domain.EnergyFigures, c: domain.EnergyCost) -> bi_pb2.EnergyLine:
         return bi_pb2.EnergyLine(
             key=key, region=region, sites=f.sites, energy_grid_kwh=f.energy_grid_kwh, energy_dg_kwh=f.energy_dg_kwh,
             energy_battery_kwh=f.energy_battery_kwh, dg_run_hours=f.dg_run_hours, dg_starts=f.dg_starts,
             fuel_consumed_l=f.fuel_consumed_l, fuel_expected_l=f.fuel_expected_l, fuel_excess_l=c.fuel_excess_l,
             fuel_drop_dg_off_l=f.fuel_drop_dg_off_l, refuel_l=f.refuel_l, refuels=f.refuels,
             grid_cost_minor=c.grid_cost_minor, fuel_cost_minor=c.fuel_cost_minor, cost_minor=c.cost_minor,
-            carbon_kg_co2e=c.carbon_kg_co2e, solar_kwp=f.solar_kwp)
+            carbon_kg_co2e=c.carbon_kg_co2e, solar_kwp=f.solar_kwp, suspected_theft_l=f.suspected_theft_l,
+            theft_anomalies=f.theft_anomalies, theft_cost_minor=c.theft_cost_minor)
+
+
+@dataclass
+class _EnergyParts:
+    """What an energy report is made of before pricing."""
+
+    month: str
+    rng: common_pb2.TimeRange
+    region_ov: dict[str, domain.TariffOverride]
+    site_ov: dict[str, domain.TariffOverride]
+    rows: list[asyncpg.Record]
+    sites: list[tuple[str, str, domain.EnergyFigures]] = field(default_factory=list)  # per-site request
+    regions: dict[str, domain.EnergyFigures] = field(default_factory=dict)  # fleet request: region totals
+    overridden: list[tuple[str, str, domain.EnergyFigures]] = field(default_factory=list)  # fleet: own prices
+
+
+def _override(r: asyncpg.Record) -> domain.TariffOverride:
+    return domain.TariffOverride(r["grid_price_minor_per_kwh"], r["fuel_price_minor_per_l"], r["grid_kg_co2e_per_kwh"])
+
+
+def _override_of(t: bi_pb2.EnergyTariffOverride) -> domain.TariffOverride:
+    def opt(name: str) -> float | None:
+        return getattr(t, name) if t.HasField(name) else None
+    return domain.TariffOverride(opt("grid_price_minor_per_kwh"), opt("fuel_price_minor_per_l"),
+                                 opt("grid_kg_co2e_per_kwh"))
+
+
+def _override_pb(r: asyncpg.Record) -> bi_pb2.EnergyTariffOverride:
+    o = bi_pb2.EnergyTariffOverride(region=r["name"] if r["scope"] == "region" else "",
+                                    site_id=r["name"] if r["scope"] == "site" else "",
+                                    description=r["description"], updated_by=r["updated_by"])
+    for name in ("grid_price_minor_per_kwh", "fuel_price_minor_per_l", "grid_kg_co2e_per_kwh"):
+        if r[name] is not None:
+            setattr(o, name, r[name])
+    o.update_time.FromDatetime(r["update_time"])
+    return o
+
+
+def _tariff_pb(t: domain.Tariff) -> bi_pb2.EnergyTariff:
+    return bi_pb2.EnergyTariff(
+        grid_price_minor_per_kwh=t.grid_price_minor_per_kwh, fuel_price_minor_per_l=t.fuel_price_minor_per_l,
+        currency_code=t.currency_code, grid_kg_co2e_per_kwh=t.grid_kg_co2e_per_kwh,
+        diesel_kg_co2e_per_l=t.diesel_kg_co2e_per_l)
 
 
 def _site_figures(site: sites_pb2.Site, k: kpi_pb2.SiteKpis | None) -> domain.EnergyFigures:

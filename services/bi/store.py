@@ -79,3 +79,36 @@ async def list_recommendations(conn: asyncpg.Connection, *, kind: int, region: s
         d["evidence"] = json.loads(d["evidence"]) if isinstance(d["evidence"], str) else d["evidence"]
         out.append(d)
     return out
+
+
+# --------------------------------------------------------------------------- energy tariffs
+
+TARIFF_COLUMNS = ("scope, name, grid_price_minor_per_kwh, fuel_price_minor_per_l, grid_kg_co2e_per_kwh, "
+                  "description, updated_by, update_time")
+
+
+async def upsert_tariff(conn: asyncpg.Connection, *, scope: str, name: str, grid_price: float | None,
+                        fuel_price: float | None, grid_factor: float | None, description: str,
+                        updated_by: str) -> asyncpg.Record:
+    """Set a region's or a site's override (replacing any earlier one)."""
+    return await conn.fetchrow(
+        f"INSERT INTO bi.energy_tariff ({TARIFF_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) "
+        "ON CONFLICT (scope, name) DO UPDATE SET grid_price_minor_per_kwh = EXCLUDED.grid_price_minor_per_kwh, "
+        "fuel_price_minor_per_l = EXCLUDED.fuel_price_minor_per_l, grid_kg_co2e_per_kwh = EXCLUDED.grid_kg_co2e_per_kwh, "
+        "description = EXCLUDED.description, updated_by = EXCLUDED.updated_by, update_time = now() "
+        f"RETURNING {TARIFF_COLUMNS}", scope, name, grid_price, fuel_price, grid_factor, description, updated_by)
+
+
+async def list_tariffs(conn: asyncpg.Connection, *, regions: Sequence[str] | None = None,
+                       sites: Sequence[str] | None = None) -> list[asyncpg.Record]:
+    """Overrides, regions first then sites, by name; `regions` / `sites` limit each kind (None: all)."""
+    return await conn.fetch(
+        f"SELECT {TARIFF_COLUMNS} FROM bi.energy_tariff WHERE "
+        "(scope = 'region' AND ($1::text[] IS NULL OR name = ANY($1::text[]))) OR "
+        "(scope = 'site' AND ($2::text[] IS NULL OR name = ANY($2::text[]))) ORDER BY scope, name",
+        None if regions is None else list(regions), None if sites is None else list(sites))
+
+
+async def delete_tariff(conn: asyncpg.Connection, *, scope: str, name: str) -> bool:
+    return await conn.fetchval("DELETE FROM bi.energy_tariff WHERE scope = $1 AND name = $2 RETURNING true",
+                               scope, name) is True

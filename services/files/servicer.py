@@ -14,7 +14,14 @@ from towerco.files.v1 import files_pb2, files_pb2_grpc
 
 from mesh.auth import Identity, current_identity, mint_token, require_role, tenant_scope
 from mesh.config import Settings
-from mesh.errors import FieldViolation, Internal, InvalidArgument, NotFound, PermissionDenied
+from mesh.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.files import domain, store
 from services.files.blobs import BlobStore
 
@@ -70,6 +77,13 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
             problems.append(("kind", "is required"))
         if problems:
             raise InvalidArgument("file refused", [FieldViolation(f, d) for f, d in problems])
+        key = request.idempotency_key
+        first: dict[str, Any] | None = None
+        if key:  # a replay: the first upload under the key is the answer (checked again after the insert)
+            async with self.pool.acquire() as conn:
+                first = await store.file_by_key(conn, tenant_id=request.tenant_id, idempotency_key=key)
+            if first is not None:
+                return self._replay(first, request)
         file_id = str(uuid.uuid4())
         path = domain.blob_path(request.tenant_id, file_id)
         await self.blobs.put(path, request.content)  # bytes first: a row never points at nothing
@@ -78,8 +92,27 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
                 conn, file_id=file_id, tenant_id=request.tenant_id, site_id=request.site_id, kind=request.kind,
                 name=request.name, content_type=domain.normalise_type(request.content_type),
                 size_bytes=len(request.content), sha256=domain.sha256_hex(request.content), blob_path=path,
-                created_by=identity.subject)
+                created_by=identity.subject, idempotency_key=key)
+            if row is None:  # a concurrent upload with the same key won the race: answer its file
+                first = await store.file_by_key(conn, tenant_id=request.tenant_id, idempotency_key=key)
+        if row is None:
+            await self.blobs.delete(path)
+            if first is None:  # deleted between the two statements
+                raise Internal("the upload with this idempotency key vanished; retry")
+            return self._replay(first, request)
         return files_pb2.UploadFileResponse(file=file_pb(row))
+
+    @staticmethod
+    def _replay(first: dict[str, Any], request: files_pb2.UploadFileRequest) -> files_pb2.UploadFileResponse:
+        """The answer to an upload whose key the tenant already used: the first file, when the
+        request names the same file (kind, site, name, type); another file under a used key is
+        refused, so a key cannot be taken over by a different upload."""
+        same = (first["kind"], first["site_id"], first["name"], first["content_type"]) == (
+            request.kind, request.site_id, request.name, domain.normalise_type(request.content_type))
+        if not same:
+            raise FailedPrecondition(f"idempotency key {request.idempotency_key!r} was used for another file "
+                                     f"({first['name']})", "IDEMPOTENCY_KEY_REUSED")
+        return files_pb2.UploadFileResponse(file=file_pb(first), replayed=True)
 
     async def GetFile(self, request, context):
         identity = require_role(*READ_ROLES)

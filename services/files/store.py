@@ -12,12 +12,21 @@ COLUMNS = "id, tenant_id, site_id, kind, name, content_type, size_bytes, sha256,
 
 async def insert_file(conn: asyncpg.Connection, *, file_id: str, tenant_id: str, site_id: str, kind: int, name: str,
                       content_type: str, size_bytes: int, sha256: str, blob_path: str,
-                      created_by: str) -> dict[str, Any]:
+                      created_by: str, idempotency_key: str = "") -> dict[str, Any] | None:
+    """Store a file's row; None when `idempotency_key` is already the tenant's (nothing stored)."""
     row = await conn.fetchrow(
-        f"INSERT INTO files.file ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) "
-        f"RETURNING {COLUMNS}",
-        uuid.UUID(file_id), tenant_id, site_id, kind, name, content_type, size_bytes, sha256, blob_path, created_by)
-    return dict(row)
+        f"INSERT INTO files.file ({COLUMNS}, idempotency_key) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), NULLIF($11, '')) "
+        f"ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING {COLUMNS}",
+        uuid.UUID(file_id), tenant_id, site_id, kind, name, content_type, size_bytes, sha256, blob_path, created_by,
+        idempotency_key)
+    return dict(row) if row else None
+
+
+async def file_by_key(conn: asyncpg.Connection, *, tenant_id: str, idempotency_key: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM files.file WHERE tenant_id = $1 AND idempotency_key = $2", tenant_id, idempotency_key)
+    return dict(row) if row else None
 
 
 async def get_file(conn: asyncpg.Connection, *, file_id: str, tenant: str | None) -> dict[str, Any] | None:

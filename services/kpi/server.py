@@ -7,6 +7,8 @@ advisory-locked) and by `towerco migrate`.
 
 from __future__ import annotations
 
+import gc
+
 from towerco.kpi.v1 import kpi_pb2_grpc
 from towerco.sites.v1 import sites_pb2_grpc
 
@@ -32,5 +34,13 @@ async def setup(rt: Runtime) -> list[ServiceSpec]:
     return [ServiceSpec(FULL_NAME, servicer, kpi_pb2_grpc.add_KpiServiceServicer_to_server)]
 
 
+# Month-long answers allocate hundreds of thousands of short-lived objects (protobuf lines, records):
+# the young generation is collected every 50,000 allocations instead of 700, and the objects of
+# start-up (modules, descriptors) are left out of every collection (gc.freeze). Measured on
+# bench-bi's month of 5,000 sites x 3 tenants: ~12 % less CPU. Only the service's own process.
+GC_THRESHOLDS = (50_000, 20, 20)
+
 if __name__ == "__main__":
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
     main(SERVICE, setup)

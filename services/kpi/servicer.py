@@ -7,7 +7,8 @@ import base64
 import binascii
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 import grpc
@@ -56,9 +57,7 @@ _scope = tenant_scope  # the tenant a query is limited to (None: staff asking ab
 
 
 def _ts(minute: int) -> timestamp_pb2.Timestamp:
-    t = timestamp_pb2.Timestamp()
-    t.FromSeconds(minute * 60)
-    return t
+    return timestamp_pb2.Timestamp(seconds=minute * 60)
 
 
 def _time_range(lo: int, hi: int) -> common_pb2.TimeRange:
@@ -79,6 +78,22 @@ def _decode_token(token: str) -> str:
     if not raw.startswith(b"s:"):
         raise InvalidArgument("invalid page token", [FieldViolation("page.token", "is not a token of this list")])
     return raw[2:].decode(errors="replace")
+
+
+def fill_availability(a: kpi_pb2.Availability, f: domain.AvailabilityFigures) -> None:
+    """`availability_pb` written into an existing message (a page's 1,000 tenancies are not built
+    apart and copied in)."""
+    a.availability, a.defined, a.unknown_policy = f.availability, f.defined, f.unknown_policy
+    a.min_outage_minutes, a.period_minutes, a.up_minutes = f.min_outage_minutes, f.period_minutes, f.up_minutes
+    a.unknown_minutes, a.sla_target, a.sla_met = f.unknown_minutes, f.sla_target, f.sla_met
+    o = a.outage
+    o.total, o.dc_low, o.dc_high, o.link_down = f.outage_total, f.outage_dc_low, f.outage_dc_high, f.outage_link_down
+    o.ignored_short, o.unknown_as_down = f.outage_ignored_short, f.outage_unknown_as_down
+    e = a.excluded
+    e.total, e.planned_maintenance, e.force_majeure = (f.excluded_total, f.excluded_planned_maintenance,
+                                                       f.excluded_force_majeure)
+    e.tenant_caused, e.access_denied, e.unknown = (f.excluded_tenant_caused, f.excluded_access_denied,
+                                                   f.excluded_unknown)
 
 
 def availability_pb(f: domain.AvailabilityFigures) -> kpi_pb2.Availability:
@@ -119,12 +134,24 @@ async def tenancy_counts(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_i
     """Minute-code counts of every tenancy in [lo, hi): whole hours summed in SQL, edges sliced."""
     first, last = domain.split_edges(lo, hi)
     d1, d2 = domain.split_days(first, last)
-    out: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     rows = await store.tenancy_day_sums(conn, first_day=d1, last_day=d2, tenant_id=tenant_id, site_ids=site_ids)
     for a, b in ((first, d1), (d2, last)) if d2 > d1 else ((first, last),):
         rows += await store.tenancy_sums(conn, first_hour=a, last_hour=b, tenant_id=tenant_id, site_ids=site_ids)
+    # summed as plain lists, one Counter per tenancy at the end (a month of a large tenant is
+    # thousands of rows: a Counter per row and Counter.update were most of the call)
+    sums: dict[tuple[str, str], list[int]] = {}
     for r in rows:
-        out[(r["tenant_id"], r["site_id"])].update(store.counts_of(r))
+        key, values = store.counts_row(r)
+        cur = sums.get(key)
+        if cur is None:
+            sums[key] = values
+        else:
+            for i, v in enumerate(values):
+                cur[i] += v
+    codes = store.CODES
+    out: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for key, values in sums.items():
+        out[key] = Counter({c: v for c, v in zip(codes, values, strict=True) if v})
     edges = domain.edge_hours(lo, hi, first, last)
     for r in await store.tenancy_maps(conn, hours=edges, tenant_id=tenant_id, site_ids=site_ids):
         out[(r["tenant_id"], r["site_id"])].update(
@@ -145,6 +172,31 @@ async def tenancy_figures(conn: asyncpg.Connection, tenancies: Sequence[asyncpg.
                           tenant_id: str | None, override: int, site_ids: Sequence[str] | None = None
                           ) -> dict[tuple[str, str], domain.AvailabilityFigures]:
     counts = await tenancy_counts(conn, lo=lo, hi=hi, tenant_id=tenant_id, site_ids=site_ids)
+    return await figures_of(conn, tenancies, counts, lo=lo, hi=hi, override=override)
+
+
+async def tenancies_and_figures(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: str | None, override: int
+                                ) -> tuple[list[Mapping[str, Any]], dict[tuple[str, str], domain.AvailabilityFigures]]:
+    """`store.tenancies` and `tenancy_figures` of [lo, hi) in one pass over the figures: the
+    register's tenancies, plus those that have figures in the range but have left the register
+    (found among the counts' keys instead of by a second scan of the month's daily rows; SLA
+    target 0, as store.tenancies gives them), ordered by site then tenant."""
+    register = list(await store.register_tenancies(conn, tenant_id=tenant_id))
+    counts = await tenancy_counts(conn, lo=lo, hi=hi, tenant_id=tenant_id)
+    known = {(r["tenant_id"], r["site_id"]) for r in register}
+    gone = [k for k in counts if k not in known]
+    tenancies: list[Mapping[str, Any]] = register
+    if gone:
+        regions = await store.site_regions(conn, site_ids=sorted({s for _, s in gone}))
+        tenancies = sorted([*register, *({"site_id": s, "tenant_id": t, "sla_target": 0.0,
+                                          "region": regions.get(s, "")} for t, s in gone)],
+                           key=lambda r: (r["site_id"], r["tenant_id"]))
+    return tenancies, await figures_of(conn, tenancies, counts, lo=lo, hi=hi, override=override)
+
+
+async def figures_of(conn: asyncpg.Connection, tenancies: Sequence[Mapping[str, Any]],
+                     counts: Mapping[tuple[str, str], Counter[str]], *, lo: int, hi: int, override: int
+                     ) -> dict[tuple[str, str], domain.AvailabilityFigures]:
     pols = await resolved_policies(conn, (t["tenant_id"] for t in tenancies), override)
     out = {}
     for t in tenancies:
@@ -157,10 +209,16 @@ async def tenancy_figures(conn: asyncpg.Connection, tenancies: Sequence[asyncpg.
 
 async def site_totals(conn: asyncpg.Connection, *, lo: int, hi: int, site_ids: Sequence[str] | None
                       ) -> dict[str, domain.SiteTotals]:
-    """Per site: minute-exact map counts; additive figures of the hours starting in [lo, hi)."""
+    """Per site: minute-exact map counts; additive figures of the hours starting in [lo, hi).
+    Whole UTC days come from the daily rollup (kpi.site_day), the whole hours around them from
+    kpi.site_hour's sums, the partial hours at the edges minute by minute."""
     first, last = domain.split_edges(lo, hi)
+    d1, d2 = domain.split_days(first, last)
     out: dict[str, domain.SiteTotals] = defaultdict(domain.SiteTotals)
-    for r in await store.site_sums(conn, first_hour=first, last_hour=last, site_ids=site_ids):
+    rows = await store.site_day_sums(conn, first_day=d1, last_day=d2, site_ids=site_ids)
+    for a, b in ((first, d1), (d2, last)) if d2 > d1 else ((first, last),):
+        rows += await store.site_sums(conn, first_hour=a, last_hour=b, site_ids=site_ids)
+    for r in rows:
         add_site_counts(out[r["site_id"]], r)
     for r in await store.site_edge_rows(conn, hours=domain.edge_hours(lo, hi, first, last), site_ids=site_ids):
         add_site_row(out[r["site_id"]], r, lo, hi)
@@ -311,29 +369,29 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         async with self.pool.acquire() as conn:
             snap = self.snapshots.get(key, now) if after else None  # a continuation: page 1's figures
             if snap is None:
-                tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
-                figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
-                                             override=request.unknown_policy)
-                self.snapshots.put(key, (tenancies, figs), now)
-            else:
-                tenancies, figs = snap
+                tenancies, figs = await tenancies_and_figures(conn, lo=lo, hi=hi, tenant_id=tenant,
+                                                              override=request.unknown_policy)
+                all_figs = list(figs.values())
+                rolled = domain.combine(all_figs) if all_figs else domain.availability(Counter(), 0)
+                below = sum(1 for f in all_figs if not f.sla_met)
+                self.snapshots.put(key, (tenancies, figs, rolled, below), now)
+            else:  # the rollup too is page 1's: computed once per snapshot, not once per page
+                tenancies, figs, rolled, below = snap
             page = [t for t in tenancies if t["site_id"] > after][:size]
             outages: dict[str, list[tuple[int, str]]] = defaultdict(list)
             if page and not request.skip_outages:
                 for m in await store.outage_maps(conn, lo=lo, hi=hi, tenant_id=tenant,
                                                  site_ids=[t["site_id"] for t in page]):
                     outages[m["site_id"]].append((store.minute_index(m["hour"]), m["minutes"]))
-        all_figs = list(figs.values())
         resp = kpi_pb2.GetTenantAvailabilityResponse(
-            tenant_id=request.tenant_id, range=_time_range(lo, hi), sites=len(tenancies),
-            sites_below_sla=sum(1 for f in all_figs if not f.sla_met))
-        rolled = domain.combine(all_figs) if all_figs else domain.availability(Counter(), 0)
+            tenant_id=request.tenant_id, range=_time_range(lo, hi), sites=len(tenancies), sites_below_sla=below)
         resp.availability.CopyFrom(availability_pb(rolled))
         for t in page:
-            resp.tenancies.add(
-                site_id=t["site_id"], tenant_id=t["tenant_id"], region=t["region"],
-                availability=availability_pb(figs[(t["tenant_id"], t["site_id"])]),
-                outages=intervals_pb(domain.outage_intervals(outages[t["site_id"]], lo, hi)))
+            maps = outages.get(t["site_id"])
+            x = resp.tenancies.add(site_id=t["site_id"], tenant_id=t["tenant_id"], region=t["region"])
+            fill_availability(x.availability, figs[(t["tenant_id"], t["site_id"])])
+            if maps:
+                x.outages.extend(intervals_pb(domain.outage_intervals(maps, lo, hi)))
         if len(page) == size and page[-1]["site_id"] != tenancies[-1]["site_id"]:
             resp.page.next_token = _encode_token(page[-1]["site_id"])
         return resp
@@ -344,8 +402,8 @@ class KpiServicer(kpi_pb2_grpc.KpiServiceServicer):
         tenant = _scope(identity)
         async with self.pool.acquire() as conn:
             tenancies = await store.tenancies(conn, lo=lo, hi=hi, tenant_id=tenant)
-            figs = await tenancy_figures(conn, tenancies, lo=lo, hi=hi, tenant_id=tenant,
-                                         override=request.unknown_policy)
+            figs = {} if request.skip_availability else await tenancy_figures(
+                conn, tenancies, lo=lo, hi=hi, tenant_id=tenant, override=request.unknown_policy)
             regions = await store.regions(conn)
             site_ids = None if tenant is None else sorted({t["site_id"] for t in tenancies})
             totals = await site_totals(conn, lo=lo, hi=hi, site_ids=site_ids)

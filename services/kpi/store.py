@@ -6,7 +6,6 @@ tenancy query takes `tenant_id` (None only for towerco staff asking about every 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -32,8 +31,13 @@ def minute_index(t: datetime) -> int:
     return int(t.timestamp()) // 60
 
 
-def counts_of(row: asyncpg.Record) -> Counter[str]:
-    return Counter({code: int(row[col] or 0) for col, code in COLUMN_CODES.items()})
+CODES = tuple(COLUMN_CODES.values())
+
+
+def counts_row(row: asyncpg.Record) -> tuple[tuple[str, str], list[int]]:
+    """((tenant, site), the counts in CODES order) of a `tenancy_sums` / `tenancy_day_sums` row."""
+    values = tuple(row)
+    return (values[0], values[1]), list(values[2:])  # sum()::int8 of a group: never NULL
 
 
 # --------------------------------------------------------------------------- reference
@@ -54,6 +58,20 @@ async def tenancies(conn: asyncpg.Connection, *, lo: int, hi: int, tenant_id: st
         "LEFT JOIN kpi.site s USING (site_id) WHERE ($3::text IS NULL OR s.region = $3) "
         "GROUP BY u.site_id, u.tenant_id ORDER BY u.site_id, u.tenant_id",
         tenant_id, site_id, region, ts(lo - lo % 1440), ts(hi))
+
+
+async def register_tenancies(conn: asyncpg.Connection, *, tenant_id: str | None) -> list[asyncpg.Record]:
+    """The register's current tenancies (site_id, tenant_id, sla_target, region), ordered by site
+    then tenant: `tenancies` without the ones known only from their figures."""
+    return await conn.fetch(
+        "SELECT t.site_id, t.tenant_id, max(t.sla_target) AS sla_target, COALESCE(max(s.region), '') AS region "
+        "FROM kpi.tenancy t LEFT JOIN kpi.site s USING (site_id) WHERE ($1::text IS NULL OR t.tenant_id = $1) "
+        "GROUP BY t.site_id, t.tenant_id ORDER BY t.site_id, t.tenant_id", tenant_id)
+
+
+async def site_regions(conn: asyncpg.Connection, *, site_ids: Sequence[str]) -> dict[str, str]:
+    rows = await conn.fetch("SELECT site_id, region FROM kpi.site WHERE site_id = ANY($1::text[])", list(site_ids))
+    return {r["site_id"]: r["region"] for r in rows}
 
 
 async def site(conn: asyncpg.Connection, *, site_id: str) -> asyncpg.Record | None:
@@ -172,6 +190,19 @@ async def site_sums(conn: asyncpg.Connection, *, first_hour: int, last_hour: int
         f"SELECT site_id, {cols} FROM kpi.site_hour WHERE hour >= $1 AND hour < $2 "
         "AND ($3::text[] IS NULL OR site_id = ANY($3::text[])) GROUP BY site_id",
         ts(first_hour), ts(last_hour), None if site_ids is None else list(site_ids))
+
+
+async def site_day_sums(conn: asyncpg.Connection, *, first_day: int, last_day: int,
+                        site_ids: Sequence[str] | None) -> list[asyncpg.Record]:
+    """`site_sums` over the whole days [first_day, last_day), from the daily rollup kpi.site_day
+    (the kpi_calculator keeps it in step with kpi.site_hour)."""
+    if last_day <= first_day:
+        return []
+    cols = ", ".join(f"sum({c}) AS {c}" for c in (*SITE_MAP_SUMS, *SITE_NUMBERS))
+    return await conn.fetch(
+        f"SELECT site_id, {cols} FROM kpi.site_day WHERE day >= $1 AND day < $2 "
+        "AND ($3::text[] IS NULL OR site_id = ANY($3::text[])) GROUP BY site_id",
+        ts(first_day), ts(last_day), None if site_ids is None else list(site_ids))
 
 
 async def site_edge_rows(conn: asyncpg.Connection, *, hours: Sequence[int], site_ids: Sequence[str] | None

@@ -1,7 +1,9 @@
 """The bi_engine: on a schedule, gather the fleet's figures over gRPC (Sites register, KPI site
 figures and hourly series, Telemetry's latest fuel levels, BI statements), let the domain decide
-the recommendations, and store them (the BI service lists them). Every run rebuilds everything
-from the services, so a killed engine loses nothing."""
+the recommendations, and store them (the BI service lists them); then file the last complete
+month's exports (each tenant's statement and the fleet energy report as CSV, XLSX and PDF) in the
+Files service through the BI service, once each (bi.monthly_export plus idempotency keys). Every
+run rebuilds everything from the services, so a killed engine loses nothing."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from workers.bi_engine import domain, store
 
 log = logging.getLogger("towerco.bi_engine")
 PAGE = 1000
+EXPORT_FORMATS = {"csv": bi_pb2.EXPORT_FORMAT_CSV, "xlsx": bi_pb2.EXPORT_FORMAT_XLSX, "pdf": bi_pb2.EXPORT_FORMAT_PDF}
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,15 @@ class EngineConfig:
     fuel_price_minor_per_l: float = 180.0
     grid_price_minor_per_kwh: float = 20.0
     currency: str = "USD"
+    exports: bool = True
 
     @classmethod
     def from_env(cls) -> EngineConfig:
         e, prices = load(BiEngineSettings), load(BiSettings)
         return cls(interval_s=e.interval_s, window_days=e.window_days, concurrency=e.concurrency,
                    fuel_price_minor_per_l=prices.fuel_price_minor_per_l,
-                   grid_price_minor_per_kwh=prices.grid_price_minor_per_kwh, currency=prices.currency)
+                   grid_price_minor_per_kwh=prices.grid_price_minor_per_kwh, currency=prices.currency,
+                   exports=e.exports)
 
 
 @dataclass
@@ -80,6 +85,13 @@ class Engine:
                 log.info("bi_engine run done: %s", counts)
             except grpc.aio.AioRpcError as exc:  # a service is down: try again next round
                 log.warning("bi_engine run failed: %s %s", exc.code().name, exc.details())
+            if self.config.exports:
+                try:
+                    filed = await self.run_exports()
+                    if filed:
+                        log.info("bi_engine filed %d monthly exports", len(filed))
+                except grpc.aio.AioRpcError as exc:  # what was filed is noted; the rest next round
+                    log.warning("bi_engine exports failed: %s %s", exc.code().name, exc.details())
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.config.interval_s)
             except TimeoutError:
@@ -117,6 +129,41 @@ class Engine:
         self.runs += 1
         return counts
 
+    async def run_exports(self) -> list[tuple[str, str, str]]:
+        """File the last complete month's exports not filed yet: every tenant's SLA statement and
+        the fleet energy report, as CSV, XLSX and PDF, through the BI service (which renders them
+        and stores them in the Files service). Each is noted in bi.monthly_export once filed, and
+        asked with an idempotency key, so a restart between the upload and the note, or a second
+        engine, still files it once. Returns (report, tenant, format) of those filed now."""
+        month = domain.last_complete_month(datetime.fromtimestamp(self.clock(), UTC).date())
+        tenants = await self._tenants()
+        async with self.pool.acquire() as conn:
+            done = await store.exported(conn, month=month)
+        filed = []
+        for report, tenant, fmt, key in domain.export_plan(tenants, month, done):
+            if report == "statement":
+                r = await self.stubs.bi.ExportSlaStatement(bi_pb2.ExportSlaStatementRequest(
+                    tenant_id=tenant, month=month, format=EXPORT_FORMATS[fmt], idempotency_key=key), timeout=300)
+            else:
+                r = await self.stubs.bi.ExportEnergyReport(bi_pb2.ExportEnergyReportRequest(
+                    month=month, format=EXPORT_FORMATS[fmt], idempotency_key=key), timeout=300)
+            async with self.pool.acquire() as conn:
+                await store.record_export(conn, report=report, tenant_id=tenant, month=month, fmt=fmt,
+                                          file_id=r.file.id, sha256=r.file.sha256, size_bytes=r.file.size_bytes)
+            filed.append((report, tenant, fmt))
+        return filed
+
+    async def _tenants(self) -> list[str]:
+        tenants: list[str] = []
+        token = ""
+        while True:
+            r = await self.stubs.sites.ListTenants(sites_pb2.ListTenantsRequest(
+                page=common_pb2.PageRequest(size=PAGE, token=token)), timeout=30)
+            tenants.extend(t.id for t in r.tenants)
+            token = r.page.next_token
+            if not token:
+                return tenants
+
     async def _sites(self) -> list[sites_pb2.Site]:
         out: list[sites_pb2.Site] = []
         token = ""
@@ -129,15 +176,7 @@ class Engine:
                 return out
 
     async def _penalty_lines(self, month: str) -> list[domain.PenaltyLine]:
-        tenants: list[str] = []
-        token = ""
-        while True:
-            r = await self.stubs.sites.ListTenants(sites_pb2.ListTenantsRequest(
-                page=common_pb2.PageRequest(size=PAGE, token=token)), timeout=30)
-            tenants.extend(t.id for t in r.tenants)
-            token = r.page.next_token
-            if not token:
-                break
+        tenants = await self._tenants()
         out = []
         for tenant in tenants:
             st = (await self.stubs.bi.GetSlaStatement(bi_pb2.GetSlaStatementRequest(

@@ -216,3 +216,25 @@ def dc_low_penalty(lines: Iterable[PenaltyLine]) -> dict[str, int]:
         if x.penalty_minor > 0 and x.outage_minutes > 0:
             out[x.site_id] += round(x.penalty_minor * x.dc_low_minutes / x.outage_minutes)
     return dict(out)
+
+
+# --------------------------------------------------------------------------- scheduled exports
+
+EXPORT_FORMATS = ("csv", "xlsx", "pdf")
+FLEET_TENANT = "towerco"  # where the BI service files staff's fleet-wide exports
+
+
+def last_complete_month(now: date) -> str:
+    """The calendar month before the one `now` is in, "YYYY-MM"."""
+    first = now.replace(day=1)
+    prev = first - timedelta(days=1)
+    return f"{prev.year:04d}-{prev.month:02d}"
+
+
+def export_plan(tenants: Iterable[str], month: str, done: set[tuple[str, str, str]]
+                ) -> list[tuple[str, str, str, str]]:
+    """(report, tenant, format, idempotency key) of the month's exports still to file: each
+    tenant's statement and the fleet energy report, in every format, minus those filed already."""
+    wanted = [("statement", t, f) for t in sorted(set(tenants)) for f in EXPORT_FORMATS]
+    wanted += [("energy", FLEET_TENANT, f) for f in EXPORT_FORMATS]
+    return [(r, t, f, f"bi-engine/{r}/{t}/{month}/{f}") for r, t, f in wanted if (r, t, f) not in done]

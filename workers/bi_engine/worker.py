@@ -1,6 +1,7 @@
 """Process wiring of the bi_engine: `python -m workers.bi_engine.worker` (or `towerco serve
 bi_engine`). Waits for the bi schema, then runs every TOWERCO_BI_ENGINE_INTERVAL_S (3600 s),
-calling Sites, KPI, Telemetry and BI over gRPC with the bi service token (settings:
+calling Sites, KPI, Telemetry and BI over gRPC with the bi service token (recommendations, then
+the last complete month's exports, filed once: TOWERCO_BI_ENGINE_EXPORTS) (settings:
 mesh.config.BiEngineSettings). Prometheus metrics on its metrics port (off when unset)."""
 
 from __future__ import annotations

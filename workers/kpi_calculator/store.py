@@ -260,11 +260,44 @@ async def replace_hours(conn: asyncpg.Connection, *, site_rows: Sequence[domain.
     await insert_tenancy_hours(conn, rows=tenancy_rows)
 
 
+SITE_DAY_SUMS = ("power_known", "power_ok", "grid_known", "grid_present", "dg_run_minutes", "dg_starts",
+                 "dg_fail_to_start", "fuel_consumed_l", "fuel_expected_l", "fuel_drop_dg_off_l", "refuel_l",
+                 "refuels", "energy_grid_kwh", "energy_dg_kwh", "energy_battery_kwh")
+_SITE_DAY_INSERT = f"INSERT INTO kpi.site_day (site_id, day, hours, {', '.join(SITE_DAY_SUMS)}) "
+
+
+async def refresh_site_days(conn: asyncpg.Connection, *, pairs: Sequence[tuple[str, int]]) -> None:
+    """Rewrite the kpi.site_day rows of these (site, day start minute) pairs from kpi.site_hour."""
+    if not pairs:
+        return
+    sites, days = [p[0] for p in pairs], [p[1] * 60 for p in pairs]
+    await conn.execute(
+        "DELETE FROM kpi.site_day d USING unnest($1::text[], $2::int8[]) AS k(s, e) "
+        "WHERE d.site_id = k.s AND d.day = to_timestamp(k.e)", sites, days)
+    await conn.execute(
+        _SITE_DAY_INSERT + "SELECT h.site_id, to_timestamp(k.e), count(*), "
+        + ", ".join(f"sum(h.{c})" for c in SITE_DAY_SUMS)
+        + " FROM unnest($1::text[], $2::int8[]) AS k(s, e) JOIN kpi.site_hour h ON h.site_id = k.s "
+        "AND h.hour >= to_timestamp(k.e) AND h.hour < to_timestamp(k.e + 86400) GROUP BY h.site_id, k.e",
+        sites, days)
+
+
+async def rebuild_site_days(conn: asyncpg.Connection) -> int:
+    """Rebuild every kpi.site_day row from kpi.site_hour (what migration 0005 did once; for a
+    repair, and for loaders that write site hours in bulk). Returns the rows written."""
+    await conn.execute("DELETE FROM kpi.site_day")
+    status = await conn.execute(
+        _SITE_DAY_INSERT + "SELECT site_id, date_trunc('day', hour, 'UTC'), count(*), "
+        + ", ".join(f"sum({c})" for c in SITE_DAY_SUMS) + " FROM kpi.site_hour GROUP BY 1, 2")
+    return int(status.split()[-1])
+
+
 async def refresh_days(conn: asyncpg.Connection, *, site_id: str, hours: Sequence[int]) -> None:
-    """Rewrite the kpi.tenancy_day rows of the site's days that contain these hours."""
+    """Rewrite the kpi.tenancy_day and kpi.site_day rows of the site's days that contain these hours."""
     days = sorted({h - h % 1440 for h in hours})
     if not days:
         return
+    await refresh_site_days(conn, pairs=[(site_id, d) for d in days])
     names = list(CODE_COLUMNS.values())
     await conn.execute("DELETE FROM kpi.tenancy_day WHERE site_id = $1 AND day = ANY($2::timestamptz[])",
                        site_id, [ts(d) for d in days])
@@ -282,6 +315,7 @@ async def refresh_days_many(conn: asyncpg.Connection, *, hours: Mapping[str, Ite
     pairs = sorted({(site_id, h - h % 1440) for site_id, hs in hours.items() for h in hs})
     if not pairs:
         return
+    await refresh_site_days(conn, pairs=pairs)
     names = list(CODE_COLUMNS.values())
     sites, days = [p[0] for p in pairs], [p[1] * 60 for p in pairs]
     await conn.execute(

@@ -77,6 +77,7 @@ def a_samples(minutes, bad):
 
 @pytest.fixture(scope="module")
 async def world(stack, tmp_path_factory):
+    from services.aiops.server import setup as aiops_setup
     from services.bi.server import setup as bi_setup
     from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
@@ -100,15 +101,18 @@ async def world(stack, tmp_path_factory):
     files_srv = await bootstrap.start("files", files_setup, port=0, metrics_port=-1, nats=False,
                                       settings=dataclasses.replace(base, home=tmp_path_factory.mktemp("bi-files")))
     running.append(files_srv)
+    aiops_srv = await bootstrap.start("aiops", aiops_setup, port=0, metrics_port=-1, settings=base)
+    running.append(aiops_srv)
     settings = dataclasses.replace(base, targets=dict(base.targets, sites=f"127.0.0.1:{sites_srv.port}",
                                                       kpi=f"127.0.0.1:{kpi_srv.port}",
-                                                      files=f"127.0.0.1:{files_srv.port}"))
+                                                      files=f"127.0.0.1:{files_srv.port}",
+                                                      aiops=f"127.0.0.1:{aiops_srv.port}"))
     bi_srv = await bootstrap.start("bi", bi_setup, port=0, metrics_port=-1, settings=settings)
     running.append(bi_srv)
     tel_srv = await bootstrap.start("telemetry", telemetry_setup, port=0, metrics_port=-1, settings=settings)
     running.append(tel_srv)
     w = World(settings, {"sites": sites_srv.port, "kpi": kpi_srv.port, "bi": bi_srv.port, "files": files_srv.port,
-                         "telemetry": tel_srv.port}, pool, js)
+                         "telemetry": tel_srv.port, "aiops": aiops_srv.port}, pool, js)
     ingestor = Ingestor(pool, js, config=IngestorConfig(batch=100))
     ingest_task = asyncio.create_task(ingestor.run())
     admin = w.md("admin")
@@ -389,6 +393,120 @@ async def test_energy_report_per_site_and_per_region(world):
     assert fleet.regions[0].energy_grid_kwh == pytest.approx(rep.sites[0].energy_grid_kwh)
 
 
+async def _theft_anomaly(world, site, start_s, observed_l, expected_l, *, region=REGION, detector="stat.fuel_theft"):
+    """An anomaly as the aiops_engine stores it (its own store function, the row the AIOps service serves)."""
+    from towerco.aiops.v1 import aiops_pb2
+
+    from workers.aiops_engine import store as aiops_store
+
+    expl = aiops_pb2.Explanation(summary="fuel falling with the DG off", features=[
+        aiops_pb2.Feature(name="fuel_drop_l_per_min", observed=1.0, expected=0.0, threshold=0.25, contribution=0.7),
+        aiops_pb2.Feature(name="fuel_drop_l", observed=observed_l, expected=expected_l, threshold=4.0,
+                          contribution=0.3)])
+    aid = uuid.uuid4()
+    async with world.pool.acquire() as conn:
+        await aiops_store.insert_anomalies(conn, rows=[{
+            "id": aid, "site_id": site, "region": region, "tenant_ids": [TENANT] + ([OTHER] if site == SITE_A else []),
+            "key": f"{detector}|{aid}", "detector": detector, "version": "1", "layer": 2,
+            "metrics": ["fuel_level_l", "dg_running"], "tenant_id": "", "score": 0.9, "severity": 4,
+            "start": start_s, "time": start_s + 600, "explanation": expl.SerializeToString()}])
+    return str(aid)
+
+
+async def test_energy_report_tariffs_per_region_and_site_and_suspected_theft(world):
+    """Prices: a region override and a site override (field by field over the default), through
+    SetEnergyTariff with its validation; suspected theft litres from the AIOps service's
+    stat.fuel_theft anomalies (operator-dismissed ones not counted); the fleet report prices the
+    region the same way as the region report."""
+    from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
+
+    admin, viewer = world.md("admin"), world.md("viewer")
+    mid = (LO + 5 * 1440) * 60
+    await _theft_anomaly(world, SITE_A, mid, 40.0, 0.0)  # DG off: all 40 l
+    await _theft_anomaly(world, SITE_A, mid + 86400, 25.0, 5.0)  # DG on: 20 l beyond the burn
+    dismissed = await _theft_anomaly(world, SITE_B, mid, 99.0, 0.0)
+    await _theft_anomaly(world, SITE_B, (HI + 60) * 60, 77.0, 0.0)  # next month: not this report's
+    await _theft_anomaly(world, SITE_B, mid, 55.0, 0.0, detector="stat.baseline")  # not a theft detector
+    aiops = world.stub("aiops", aiops_pb2_grpc.AiopsServiceStub)
+    await aiops.RecordFeedback(aiops_pb2.RecordFeedbackRequest(
+        anomaly_id=dismissed, kind=aiops_pb2.FEEDBACK_KIND_FALSE_POSITIVE, note="tank calibration"),
+        metadata=world.md("noc_operator"))
+
+    bad = [
+        (bi_pb2.EnergyTariffOverride(fuel_price_minor_per_l=1.0), "tariff.region"),
+        (bi_pb2.EnergyTariffOverride(region=REGION, site_id=SITE_A, fuel_price_minor_per_l=1.0), "tariff.site_id"),
+        (bi_pb2.EnergyTariffOverride(region=REGION), "tariff.grid_price_minor_per_kwh"),
+        (bi_pb2.EnergyTariffOverride(region=REGION, fuel_price_minor_per_l=-1.0), "tariff.fuel_price_minor_per_l"),
+        (bi_pb2.EnergyTariffOverride(region=REGION, grid_kg_co2e_per_kwh=float("nan")), "tariff.grid_kg_co2e_per_kwh"),
+        (bi_pb2.EnergyTariffOverride(site_id="NO-SUCH-SITE", fuel_price_minor_per_l=1.0), "tariff.site_id"),
+    ]
+    for tariff, field in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await world.bi.SetEnergyTariff(bi_pb2.SetEnergyTariffRequest(tariff=tariff), metadata=admin)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (tariff, e.value)
+        assert field in [v.field for v in violations_of(status_of(e.value))], (tariff, e.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await world.bi.SetEnergyTariff(bi_pb2.SetEnergyTariffRequest(tariff=bi_pb2.EnergyTariffOverride(
+            region=REGION, fuel_price_minor_per_l=1.0)), metadata=world.md("tenant_viewer", tenant=TENANT))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    default = (await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(), metadata=viewer)).default_tariff
+    region_fuel, site_grid = 250.0, 7.5
+    set_region = await world.bi.SetEnergyTariff(bi_pb2.SetEnergyTariffRequest(tariff=bi_pb2.EnergyTariffOverride(
+        region=REGION, fuel_price_minor_per_l=region_fuel, description="fuel contract 2026")), metadata=admin)
+    assert set_region.tariff.HasField("fuel_price_minor_per_l") and not set_region.tariff.HasField("grid_price_minor_per_kwh")
+    await world.bi.SetEnergyTariff(bi_pb2.SetEnergyTariffRequest(tariff=bi_pb2.EnergyTariffOverride(
+        site_id=SITE_B, grid_price_minor_per_kwh=site_grid, grid_kg_co2e_per_kwh=0.1)), metadata=admin)
+    try:
+        listed = await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(site_id=SITE_B), metadata=viewer)
+        assert [(t.region, t.site_id) for t in listed.tariffs] == [(REGION, ""), ("", SITE_B)]
+        r = listed.resolved  # field by field: grid from the site, fuel from the region, diesel factor default
+        assert (r.grid_price_minor_per_kwh, r.fuel_price_minor_per_l, r.grid_kg_co2e_per_kwh, r.diesel_kg_co2e_per_l) \
+            == (site_grid, region_fuel, 0.1, default.diesel_kg_co2e_per_l)
+        mine = await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(site_id=SITE_B),
+                                                metadata=world.md("tenant_viewer", tenant=TENANT))
+        assert mine.tariffs == listed.tariffs and mine.resolved == r  # a tenant: the prices of a site it leases
+        book = await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(),
+                                                metadata=world.md("tenant_viewer", tenant=OTHER))
+        assert [(t.region, t.site_id) for t in book.tariffs] == [(REGION, "")]  # not B's: OTHER leases A only
+        with pytest.raises(grpc.aio.AioRpcError) as e:  # OTHER does not lease B
+            await world.bi.ListEnergyTariffs(bi_pb2.ListEnergyTariffsRequest(site_id=SITE_B),
+                                             metadata=world.md("tenant_viewer", tenant=OTHER))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+        rep = (await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH, region=REGION),
+                                              metadata=viewer)).report
+        assert rep.theft_known
+        a, b = (next(x for x in rep.sites if x.key == sid) for sid in (SITE_A, SITE_B))
+        assert a.suspected_theft_l == pytest.approx(60.0) and a.theft_anomalies == 2
+        assert a.theft_cost_minor == round(60.0 * region_fuel)
+        assert b.suspected_theft_l == 0 and b.theft_anomalies == 0  # dismissed, next month, another detector
+        assert a.grid_cost_minor == round(a.energy_grid_kwh * default.grid_price_minor_per_kwh)
+        assert a.fuel_cost_minor == round(a.fuel_consumed_l * region_fuel)
+        assert b.grid_cost_minor == round(b.energy_grid_kwh * site_grid)
+        assert b.carbon_kg_co2e == pytest.approx(b.energy_grid_kwh * 0.1 + b.fuel_consumed_l * default.diesel_kg_co2e_per_l)
+        reg = rep.regions[0]
+        assert reg.cost_minor == a.cost_minor + b.cost_minor and reg.suspected_theft_l == pytest.approx(60.0)
+        assert {(t.region, t.site_id) for t in rep.tariff_overrides} == {(REGION, ""), ("", SITE_B)}
+        fleet = (await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH), metadata=viewer)).report
+        freg = next(x for x in fleet.regions if x.key == REGION)
+        assert (freg.cost_minor, freg.grid_cost_minor, freg.fuel_cost_minor, freg.theft_cost_minor) == \
+            (reg.cost_minor, reg.grid_cost_minor, reg.fuel_cost_minor, reg.theft_cost_minor)
+        assert freg.carbon_kg_co2e == pytest.approx(reg.carbon_kg_co2e) and freg.theft_anomalies == 2
+        theirs = (await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH, region=REGION),
+                                                 metadata=world.md("tenant_viewer", tenant=OTHER))).report
+        assert [x.key for x in theirs.sites] == [SITE_A] and theirs.sites[0].suspected_theft_l == pytest.approx(60.0)
+    finally:
+        await world.bi.DeleteEnergyTariff(bi_pb2.DeleteEnergyTariffRequest(site_id=SITE_B), metadata=admin)
+        await world.bi.DeleteEnergyTariff(bi_pb2.DeleteEnergyTariffRequest(region=REGION), metadata=admin)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await world.bi.DeleteEnergyTariff(bi_pb2.DeleteEnergyTariffRequest(region=REGION), metadata=admin)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    back = (await world.bi.GetEnergyReport(bi_pb2.GetEnergyReportRequest(month=MONTH, site_id=SITE_B),
+                                           metadata=viewer)).report.sites[0]
+    assert back.grid_cost_minor == round(back.energy_grid_kwh * default.grid_price_minor_per_kwh)
+
+
 async def test_exports_opened_back_match_the_api(world):
     import csv
     import io
@@ -522,3 +640,75 @@ async def test_bi_engine_recommendations(world):
     tenant_view = await world.bi.ListRecommendations(bi_pb2.ListRecommendationsRequest(),
                                                      metadata=world.md("tenant_viewer", tenant=TENANT))
     assert list(tenant_view.recommendations) == []
+
+
+async def test_bi_engine_files_the_monthly_exports_once(world):
+    """The engine's schedule files last month's exports (each tenant's statement and the fleet
+    energy report, as CSV, XLSX and PDF) in the Files service; a second run, a restarted engine,
+    and a crash between the upload and the engine's note of it file nothing twice."""
+    import csv
+    import io
+
+    from pypdf import PdfReader
+    from towerco.files.v1 import files_pb2, files_pb2_grpc
+
+    from mesh.auth import service_token
+    from sdk import Client
+    from workers.bi_engine.consumer import Engine, EngineConfig, Stubs
+
+    files = world.stub("files", files_pb2_grpc.FilesServiceStub)
+
+    async def exports(tenant):
+        r = await files.ListFiles(files_pb2.ListFilesRequest(tenant_id=tenant, kind=files_pb2.FILE_KIND_EXPORT,
+                                                             limit=1000), metadata=world.md("viewer"))
+        return sorted(f.id for f in r.files)
+
+    async def noted():
+        async with world.pool.acquire() as conn:
+            return {(r["report"], r["tenant_id"], r["format"]): str(r["file_id"]) for r in await conn.fetch(
+                "SELECT * FROM bi.monthly_export WHERE month = $1", MONTH)}
+
+    before = {t: await exports(t) for t in (TENANT, OTHER, "towerco")}
+    clients = {n: Client(f"127.0.0.1:{world.ports[n]}", token=lambda: service_token("bi")) for n in ("sites", "kpi", "bi")}
+
+    def engine():
+        stubs = Stubs(sites=clients["sites"].stub(sites_pb2_grpc.SitesServiceStub),
+                      kpi=clients["kpi"].stub(kpi_pb2_grpc.KpiServiceStub), telemetry=None,
+                      bi=clients["bi"].stub(bi_pb2_grpc.BiServiceStub))
+        return Engine(world.pool, stubs, EngineConfig(currency="KES"))
+    try:
+        filed = await engine().run_exports()
+        assert {(r, t, f) for r, t, f in filed if t in (TENANT, OTHER, "towerco")} == {
+            *(("statement", t, f) for t in (TENANT, OTHER) for f in ("csv", "xlsx", "pdf")),
+            *(("energy", "towerco", f) for f in ("csv", "xlsx", "pdf"))}
+        after = {t: await exports(t) for t in before}
+        assert {t: len(after[t]) - len(before[t]) for t in before} == {TENANT: 3, OTHER: 3, "towerco": 3}
+        notes = await noted()
+        assert {notes[("statement", TENANT, f)] for f in ("csv", "xlsx", "pdf")} == set(after[TENANT]) - set(before[TENANT])
+
+        assert await engine().run_exports() == []  # a second run, by a new (restarted) engine: nothing
+        # a crash after the upload, before the note: the next run asks again with the same key and
+        # the Files service answers the file it already has
+        async with world.pool.acquire() as conn:
+            await conn.execute("DELETE FROM bi.monthly_export WHERE month = $1 AND tenant_id = $2 AND format = 'pdf'",
+                               MONTH, TENANT)
+        assert await engine().run_exports() == [("statement", TENANT, "pdf")]
+        assert {t: await exports(t) for t in before} == after
+        assert await noted() == notes
+    finally:
+        for c in clients.values():
+            await c.close()
+
+    st = await world.statement()
+    csv_file = await files.DownloadFile(files_pb2.DownloadFileRequest(file_id=notes[("statement", TENANT, "csv")]),
+                                        metadata=world.md("tenant_viewer", tenant=TENANT))
+    assert csv_file.file.name == f"statement-{TENANT}-{MONTH}.csv"
+    rows = {r["site_id"]: r for r in csv.DictReader(io.StringIO(csv_file.body.data.decode()))}
+    assert {s: int(r["penalty_minor"]) for s, r in rows.items()} == {x.site_id: x.penalty_minor for x in st.tenancies}
+    pdf = await files.DownloadFile(files_pb2.DownloadFileRequest(file_id=notes[("statement", TENANT, "pdf")]),
+                                   metadata=world.md("viewer"))
+    text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.body.data)).pages)
+    assert TENANT in text and MONTH in text and "Total penalty" in text
+    energy = await files.DownloadFile(files_pb2.DownloadFileRequest(file_id=notes[("energy", "towerco", "csv")]),
+                                      metadata=world.md("viewer"))
+    assert energy.file.name == f"energy-{MONTH}.csv" and REGION in energy.body.data.decode()

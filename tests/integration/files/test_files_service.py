@@ -178,3 +178,42 @@ async def test_signed_links_through_the_gateway_open_one_file_and_expire(world):
         r = await http.get(link.url)
         assert r.status_code == 401, r.text
         assert "expired" in r.text
+
+
+async def test_an_idempotency_key_stores_one_file(world):
+    """The same key twice (a retry, a restarted job): the first file answers, nothing new is
+    stored; the key is per tenant; concurrent uploads with one key still store one file."""
+    key = f"job/{U}/statement.pdf"
+    first = (await world.stub.UploadFile(files_pb2.UploadFileRequest(
+        tenant_id=ACME, kind=files_pb2.FILE_KIND_EXPORT, name="statement.pdf", content_type="application/pdf",
+        content=PDF, idempotency_key=key), metadata=world.md("service"))).file
+    again = await world.stub.UploadFile(files_pb2.UploadFileRequest(
+        tenant_id=ACME, kind=files_pb2.FILE_KIND_EXPORT, name="statement.pdf", content_type="application/pdf",
+        content=PDF + b"later", idempotency_key=key), metadata=world.md("service"))
+    assert again.replayed and again.file == first
+    other = await world.stub.UploadFile(files_pb2.UploadFileRequest(
+        tenant_id=BETA, kind=files_pb2.FILE_KIND_EXPORT, name="statement.pdf", content_type="application/pdf",
+        content=PDF, idempotency_key=key), metadata=world.md("service"))
+    assert not other.replayed and other.file.id != first.id
+    with pytest.raises(grpc.aio.AioRpcError) as e:  # the key of another file: refused, not taken over
+        await world.stub.UploadFile(files_pb2.UploadFileRequest(
+            tenant_id=ACME, kind=files_pb2.FILE_KIND_EXPORT, name="statement.csv", content_type="text/csv",
+            content=b"a,b\n", idempotency_key=key), metadata=world.md("service"))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "statement.pdf" in e.value.details()
+    race = f"race/{U}"
+    answers = await asyncio.gather(*(world.stub.UploadFile(files_pb2.UploadFileRequest(
+        tenant_id=ACME, kind=files_pb2.FILE_KIND_EXPORT, name="r.pdf", content_type="application/pdf",
+        content=PDF, idempotency_key=race), metadata=world.md("service")) for i in range(5)))
+    assert len({a.file.id for a in answers}) == 1 and sum(not a.replayed for a in answers) == 1
+    listed = (await world.stub.ListFiles(files_pb2.ListFilesRequest(tenant_id=ACME, limit=1000),
+                                         metadata=world.md("viewer"))).files
+    names = [f.name for f in listed]
+    assert names.count("statement.pdf") == 1 and names.count("r.pdf") == 1 and "statement.csv" not in names
+    blobs = {p.name for p in (world.home / "files" / ACME).iterdir()}
+    assert answers[0].file.id in blobs and first.id in blobs
+    assert len([b for b in blobs if b not in {f.id for f in listed}]) == 0  # the losers' bytes are gone
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await world.stub.UploadFile(files_pb2.UploadFileRequest(
+            tenant_id=ACME, kind=files_pb2.FILE_KIND_EXPORT, name="x.pdf", content_type="application/pdf",
+            content=PDF, idempotency_key="../bad key"), metadata=world.md("service"))
+    assert refused(e) == ["idempotency_key"]

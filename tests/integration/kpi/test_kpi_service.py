@@ -393,3 +393,24 @@ async def test_tenant_availability_pages_are_one_snapshot(world):
         if not token:
             break
     assert pages == 2 and seen == [t.site_id for t in whole.tenancies] == sorted(seen)
+
+
+async def test_a_tenancy_gone_from_the_register_keeps_its_history(world):
+    """A tenancy that has left the register still answers for the hours it has figures in (its
+    target then unknown, 0), and the same figures as while it was registered."""
+    req = kpi_pb2.GetTenantAvailabilityRequest(tenant_id=BETA, range=rng(0, 120))
+    [before] = (await world.stub.GetTenantAvailability(req, metadata=world.md("viewer"))).tenancies
+    async with world.pool.acquire() as conn:
+        row = await conn.fetchrow("DELETE FROM kpi.tenancy WHERE tenant_id = $1 RETURNING *", BETA)
+    try:
+        resp = await world.stub.GetTenantAvailability(req, metadata=world.md("viewer"))
+    finally:
+        async with world.pool.acquire() as conn:
+            cols = list(row.keys())
+            await conn.execute(f"INSERT INTO kpi.tenancy ({', '.join(cols)}) VALUES "
+                               f"({', '.join(f'${i + 1}' for i in range(len(cols)))})", *row.values())
+    [gone] = resp.tenancies
+    assert (gone.site_id, gone.region) == (before.site_id, before.region) and resp.sites == 1
+    assert gone.availability.sla_target == 0 and before.availability.sla_target == pytest.approx(0.99)
+    assert gone.availability.outage == before.availability.outage and gone.outages == before.outages
+    assert gone.availability.excluded == before.availability.excluded

@@ -203,6 +203,14 @@ async def _seed(stack: SecStack) -> None:
             await bi.CreatePenaltyRuleSet(bi_pb2.CreatePenaltyRuleSetRequest(rule_set=bi_pb2.PenaltyRuleSet(
                 tenant_id=t, effective_month=stack.month, cap_percent=20.0, description=f"{t} penalties",
                 bands=[bi_pb2.PenaltyBand(from_points=0.0, to_points=1.0, penalty_percent=5.0)])), metadata=admin)
+        # energy prices: an override for every site and both regions (ListEnergyTariffs names them)
+        for i, site_id in enumerate(LEASES):
+            await bi.SetEnergyTariff(bi_pb2.SetEnergyTariffRequest(tariff=bi_pb2.EnergyTariffOverride(
+                site_id=site_id, grid_price_minor_per_kwh=10.0 + i, description=f"prices of {site_id}")),
+                metadata=admin)
+        for region in ("sec-region-0", "sec-region-1"):
+            await bi.SetEnergyTariff(bi_pb2.SetEnergyTariffRequest(tariff=bi_pb2.EnergyTariffOverride(
+                region=region, fuel_price_minor_per_l=200.0, description=f"prices of {region}")), metadata=admin)
         for t in ("acme", "beta"):
             resp = await bi.ExportSlaStatement(bi_pb2.ExportSlaStatementRequest(
                 tenant_id=t, month=stack.month, format=bi_pb2.EXPORT_FORMAT_CSV), metadata=admin, timeout=30)

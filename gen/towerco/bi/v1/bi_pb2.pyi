@@ -108,6 +108,225 @@ RECOMMENDATION_KIND_PENALTY_HOTSPOT: RecommendationKind.ValueType  # 4
 Global___RecommendationKind: _TypeAlias = RecommendationKind  # noqa: Y015
 
 @_typing.final
+class EnergyTariffOverride(_message.Message):
+    """Prices of a region or of one site that differ from the deployment's default. Exactly one of
+    region and site_id is set. A price left unset is taken from the next level (site → region →
+    default). Prices are in the deployment's currency (EnergyTariff.currency_code).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    GRID_PRICE_MINOR_PER_KWH_FIELD_NUMBER: _builtins.int
+    FUEL_PRICE_MINOR_PER_L_FIELD_NUMBER: _builtins.int
+    GRID_KG_CO2E_PER_KWH_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region the prices apply to."""
+    site_id: _builtins.str
+    """The site the prices apply to (it must exist in the register)."""
+    grid_price_minor_per_kwh: _builtins.float
+    """Grid price per kWh, minor units."""
+    fuel_price_minor_per_l: _builtins.float
+    """Diesel price per litre, minor units."""
+    grid_kg_co2e_per_kwh: _builtins.float
+    """Grid emission factor, kg CO2e per kWh (a region's grid mix)."""
+    description: _builtins.str
+    """Free text: where the prices come from (the utility's tariff sheet, the fuel contract)."""
+    updated_by: _builtins.str
+    """Who set it."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last set."""
+
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+        grid_price_minor_per_kwh: _builtins.float | None = ...,
+        fuel_price_minor_per_l: _builtins.float | None = ...,
+        grid_kg_co2e_per_kwh: _builtins.float | None = ...,
+        description: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fuel_price_minor_per_l", b"_fuel_price_minor_per_l", "_grid_kg_co2e_per_kwh", b"_grid_kg_co2e_per_kwh", "_grid_price_minor_per_kwh", b"_grid_price_minor_per_kwh", "fuel_price_minor_per_l", b"fuel_price_minor_per_l", "grid_kg_co2e_per_kwh", b"grid_kg_co2e_per_kwh", "grid_price_minor_per_kwh", b"grid_price_minor_per_kwh", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fuel_price_minor_per_l", b"_fuel_price_minor_per_l", "_grid_kg_co2e_per_kwh", b"_grid_kg_co2e_per_kwh", "_grid_price_minor_per_kwh", b"_grid_price_minor_per_kwh", "description", b"description", "fuel_price_minor_per_l", b"fuel_price_minor_per_l", "grid_kg_co2e_per_kwh", b"grid_kg_co2e_per_kwh", "grid_price_minor_per_kwh", b"grid_price_minor_per_kwh", "region", b"region", "site_id", b"site_id", "update_time", b"update_time", "updated_by", b"updated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__fuel_price_minor_per_l: _TypeAlias = _typing.Literal["fuel_price_minor_per_l"]  # noqa: Y015
+    _WhichOneofArgType__fuel_price_minor_per_l: _TypeAlias = _typing.Literal["_fuel_price_minor_per_l", b"_fuel_price_minor_per_l"]  # noqa: Y015
+    _WhichOneofReturnType__grid_kg_co2e_per_kwh: _TypeAlias = _typing.Literal["grid_kg_co2e_per_kwh"]  # noqa: Y015
+    _WhichOneofArgType__grid_kg_co2e_per_kwh: _TypeAlias = _typing.Literal["_grid_kg_co2e_per_kwh", b"_grid_kg_co2e_per_kwh"]  # noqa: Y015
+    _WhichOneofReturnType__grid_price_minor_per_kwh: _TypeAlias = _typing.Literal["grid_price_minor_per_kwh"]  # noqa: Y015
+    _WhichOneofArgType__grid_price_minor_per_kwh: _TypeAlias = _typing.Literal["_grid_price_minor_per_kwh", b"_grid_price_minor_per_kwh"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fuel_price_minor_per_l) -> _WhichOneofReturnType__fuel_price_minor_per_l | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grid_kg_co2e_per_kwh) -> _WhichOneofReturnType__grid_kg_co2e_per_kwh | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grid_price_minor_per_kwh) -> _WhichOneofReturnType__grid_price_minor_per_kwh | None: ...
+
+Global___EnergyTariffOverride: _TypeAlias = EnergyTariffOverride  # noqa: Y015
+
+@_typing.final
+class SetEnergyTariffRequest(_message.Message):
+    """Request for SetEnergyTariff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARIFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tariff(self) -> Global___EnergyTariffOverride:
+        """The override; region or site_id, and at least one price or factor."""
+
+    def __init__(
+        self,
+        *,
+        tariff: Global___EnergyTariffOverride | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tariff", b"tariff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tariff", b"tariff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEnergyTariffRequest: _TypeAlias = SetEnergyTariffRequest  # noqa: Y015
+
+@_typing.final
+class SetEnergyTariffResponse(_message.Message):
+    """Response of SetEnergyTariff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARIFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tariff(self) -> Global___EnergyTariffOverride:
+        """The stored override."""
+
+    def __init__(
+        self,
+        *,
+        tariff: Global___EnergyTariffOverride | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tariff", b"tariff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tariff", b"tariff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEnergyTariffResponse: _TypeAlias = SetEnergyTariffResponse  # noqa: Y015
+
+@_typing.final
+class ListEnergyTariffsRequest(_message.Message):
+    """Request for ListEnergyTariffs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """Only this region's override."""
+    site_id: _builtins.str
+    """Only this site's override and its region's; `resolved` is then the site's prices."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnergyTariffsRequest: _TypeAlias = ListEnergyTariffsRequest  # noqa: Y015
+
+@_typing.final
+class ListEnergyTariffsResponse(_message.Message):
+    """Response of ListEnergyTariffs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFAULT_TARIFF_FIELD_NUMBER: _builtins.int
+    TARIFFS_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def default_tariff(self) -> Global___EnergyTariff:
+        """The deployment's default (TOWERCO_BI_* settings)."""
+
+    @_builtins.property
+    def tariffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnergyTariffOverride]:
+        """The overrides: regions first, then sites, each ordered by name."""
+
+    @_builtins.property
+    def resolved(self) -> Global___EnergyTariff:
+        """With site_id: the prices that apply to that site."""
+
+    def __init__(
+        self,
+        *,
+        default_tariff: Global___EnergyTariff | None = ...,
+        tariffs: _abc.Iterable[Global___EnergyTariffOverride] | None = ...,
+        resolved: Global___EnergyTariff | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_tariff", b"default_tariff", "resolved", b"resolved"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_tariff", b"default_tariff", "resolved", b"resolved", "tariffs", b"tariffs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnergyTariffsResponse: _TypeAlias = ListEnergyTariffsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteEnergyTariffRequest(_message.Message):
+    """Request for DeleteEnergyTariff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    SITE_ID_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region whose override goes (or site_id)."""
+    site_id: _builtins.str
+    """The site whose override goes."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        site_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "site_id", b"site_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEnergyTariffRequest: _TypeAlias = DeleteEnergyTariffRequest  # noqa: Y015
+
+@_typing.final
+class DeleteEnergyTariffResponse(_message.Message):
+    """Response of DeleteEnergyTariff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEnergyTariffResponse: _TypeAlias = DeleteEnergyTariffResponse  # noqa: Y015
+
+@_typing.final
 class ExportSlaStatementRequest(_message.Message):
     """Request for ExportSlaStatement."""
 
@@ -117,6 +336,7 @@ class ExportSlaStatementRequest(_message.Message):
     MONTH_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     LINK_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant."""
     month: _builtins.str
@@ -125,6 +345,11 @@ class ExportSlaStatementRequest(_message.Message):
     """The format."""
     link_ttl_seconds: _builtins.int
     """How long the download link works, seconds (default 900, at most 7 days)."""
+    idempotency_key: _builtins.str
+    """When set, the export is filed once per key: a repeated request with the same key answers
+    the file stored the first time (a fresh download link) instead of storing another
+    (the bi_engine's scheduled exports use this).
+    """
     def __init__(
         self,
         *,
@@ -132,10 +357,11 @@ class ExportSlaStatementRequest(_message.Message):
         month: _builtins.str = ...,
         format: Global___ExportFormat.ValueType = ...,
         link_ttl_seconds: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "link_ttl_seconds", b"link_ttl_seconds", "month", b"month", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "idempotency_key", b"idempotency_key", "link_ttl_seconds", b"link_ttl_seconds", "month", b"month", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,6 +411,7 @@ class ExportEnergyReportRequest(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     LINK_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     month: _builtins.str
     """The month, "YYYY-MM"."""
     region: _builtins.str
@@ -193,6 +420,11 @@ class ExportEnergyReportRequest(_message.Message):
     """The format."""
     link_ttl_seconds: _builtins.int
     """How long the download link works, seconds (default 900, at most 7 days)."""
+    idempotency_key: _builtins.str
+    """When set, the export is filed once per key: a repeated request with the same key answers
+    the file stored the first time (a fresh download link) instead of storing another
+    (the bi_engine's scheduled exports use this).
+    """
     def __init__(
         self,
         *,
@@ -200,10 +432,11 @@ class ExportEnergyReportRequest(_message.Message):
         region: _builtins.str = ...,
         format: Global___ExportFormat.ValueType = ...,
         link_ttl_seconds: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "link_ttl_seconds", b"link_ttl_seconds", "month", b"month", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "idempotency_key", b"idempotency_key", "link_ttl_seconds", b"link_ttl_seconds", "month", b"month", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -862,6 +1095,9 @@ class EnergyLine(_message.Message):
     COST_MINOR_FIELD_NUMBER: _builtins.int
     CARBON_KG_CO2E_FIELD_NUMBER: _builtins.int
     SOLAR_KWP_FIELD_NUMBER: _builtins.int
+    SUSPECTED_THEFT_L_FIELD_NUMBER: _builtins.int
+    THEFT_ANOMALIES_FIELD_NUMBER: _builtins.int
+    THEFT_COST_MINOR_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The site id (per-site lines) or the region (region lines)."""
     region: _builtins.str
@@ -900,6 +1136,15 @@ class EnergyLine(_message.Message):
     """Carbon: grid kWh × grid factor + fuel litres × diesel factor, kg CO2e."""
     solar_kwp: _builtins.float
     """Solar array size configured on the site, kWp (per-site lines; solar energy is not measured)."""
+    suspected_theft_l: _builtins.float
+    """Fuel the AIOps service's fuel-theft detector ("stat.fuel_theft") attributed to theft in the
+    month, litres: per anomaly, the drop it measured beyond the expected burn (operator feedback
+    "false positive" or "expected behaviour" removes an anomaly).
+    """
+    theft_anomalies: _builtins.int
+    """Fuel-theft anomalies counted."""
+    theft_cost_minor: _builtins.int
+    """suspected_theft_l × the fuel price, minor units."""
     def __init__(
         self,
         *,
@@ -922,10 +1167,13 @@ class EnergyLine(_message.Message):
         cost_minor: _builtins.int = ...,
         carbon_kg_co2e: _builtins.float = ...,
         solar_kwp: _builtins.float = ...,
+        suspected_theft_l: _builtins.float = ...,
+        theft_anomalies: _builtins.int = ...,
+        theft_cost_minor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carbon_kg_co2e", b"carbon_kg_co2e", "cost_minor", b"cost_minor", "dg_run_hours", b"dg_run_hours", "dg_starts", b"dg_starts", "energy_battery_kwh", b"energy_battery_kwh", "energy_dg_kwh", b"energy_dg_kwh", "energy_grid_kwh", b"energy_grid_kwh", "fuel_consumed_l", b"fuel_consumed_l", "fuel_cost_minor", b"fuel_cost_minor", "fuel_drop_dg_off_l", b"fuel_drop_dg_off_l", "fuel_excess_l", b"fuel_excess_l", "fuel_expected_l", b"fuel_expected_l", "grid_cost_minor", b"grid_cost_minor", "key", b"key", "refuel_l", b"refuel_l", "refuels", b"refuels", "region", b"region", "sites", b"sites", "solar_kwp", b"solar_kwp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carbon_kg_co2e", b"carbon_kg_co2e", "cost_minor", b"cost_minor", "dg_run_hours", b"dg_run_hours", "dg_starts", b"dg_starts", "energy_battery_kwh", b"energy_battery_kwh", "energy_dg_kwh", b"energy_dg_kwh", "energy_grid_kwh", b"energy_grid_kwh", "fuel_consumed_l", b"fuel_consumed_l", "fuel_cost_minor", b"fuel_cost_minor", "fuel_drop_dg_off_l", b"fuel_drop_dg_off_l", "fuel_excess_l", b"fuel_excess_l", "fuel_expected_l", b"fuel_expected_l", "grid_cost_minor", b"grid_cost_minor", "key", b"key", "refuel_l", b"refuel_l", "refuels", b"refuels", "region", b"region", "sites", b"sites", "solar_kwp", b"solar_kwp", "suspected_theft_l", b"suspected_theft_l", "theft_anomalies", b"theft_anomalies", "theft_cost_minor", b"theft_cost_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -981,8 +1229,14 @@ class EnergyReport(_message.Message):
     REGIONS_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    THEFT_KNOWN_FIELD_NUMBER: _builtins.int
+    TARIFF_OVERRIDES_FIELD_NUMBER: _builtins.int
     month: _builtins.str
     """The month."""
+    theft_known: _builtins.bool
+    """False when the AIOps service could not be asked (down, or not answering in time): the
+    suspected-theft figures are then missing, not zero.
+    """
     @_builtins.property
     def range(self) -> _common_pb2.TimeRange:
         """Its span."""
@@ -1003,6 +1257,10 @@ class EnergyReport(_message.Message):
     def total(self) -> Global___EnergyLine:
         """The whole report's total."""
 
+    @_builtins.property
+    def tariff_overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnergyTariffOverride]:
+        """The overrides of regions and sites in the report whose prices differ from `tariff`."""
+
     def __init__(
         self,
         *,
@@ -1012,10 +1270,12 @@ class EnergyReport(_message.Message):
         regions: _abc.Iterable[Global___EnergyLine] | None = ...,
         sites: _abc.Iterable[Global___EnergyLine] | None = ...,
         total: Global___EnergyLine | None = ...,
+        theft_known: _builtins.bool = ...,
+        tariff_overrides: _abc.Iterable[Global___EnergyTariffOverride] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range", "tariff", b"tariff", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "range", b"range", "regions", b"regions", "sites", b"sites", "tariff", b"tariff", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "range", b"range", "regions", b"regions", "sites", b"sites", "tariff", b"tariff", "tariff_overrides", b"tariff_overrides", "theft_known", b"theft_known", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

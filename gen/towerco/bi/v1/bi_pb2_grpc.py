@@ -87,6 +87,21 @@ class BiServiceStub:
                 request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportRequest.SerializeToString,
                 response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportResponse.FromString,
                 _registered_method=True)
+        self.SetEnergyTariff = channel.unary_unary(
+                '/towerco.bi.v1.BiService/SetEnergyTariff',
+                request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.SetEnergyTariffRequest.SerializeToString,
+                response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.SetEnergyTariffResponse.FromString,
+                _registered_method=True)
+        self.ListEnergyTariffs = channel.unary_unary(
+                '/towerco.bi.v1.BiService/ListEnergyTariffs',
+                request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListEnergyTariffsRequest.SerializeToString,
+                response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListEnergyTariffsResponse.FromString,
+                _registered_method=True)
+        self.DeleteEnergyTariff = channel.unary_unary(
+                '/towerco.bi.v1.BiService/DeleteEnergyTariff',
+                request_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.DeleteEnergyTariffRequest.SerializeToString,
+                response_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.DeleteEnergyTariffResponse.FromString,
+                _registered_method=True)
 
 
 class BiServiceServicer:
@@ -170,6 +185,30 @@ class BiServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetEnergyTariff(self, request, context):
+        """Set the energy prices of a region or of one site (admin), overriding the deployment's
+        defaults field by field: a site's override wins over its region's, which wins over the
+        default (TOWERCO_BI_* settings). Setting an existing override replaces it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnergyTariffs(self, request, context):
+        """The deployment's default tariff and the overrides (optionally of one region or site), and
+        for a site the prices that apply to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEnergyTariff(self, request, context):
+        """Remove a region's or a site's override (admin): it falls back to the next level.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BiServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +256,21 @@ def add_BiServiceServicer_to_server(servicer, server):
                     servicer.ExportEnergyReport,
                     request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportRequest.FromString,
                     response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportResponse.SerializeToString,
+            ),
+            'SetEnergyTariff': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEnergyTariff,
+                    request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.SetEnergyTariffRequest.FromString,
+                    response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.SetEnergyTariffResponse.SerializeToString,
+            ),
+            'ListEnergyTariffs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnergyTariffs,
+                    request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListEnergyTariffsRequest.FromString,
+                    response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.ListEnergyTariffsResponse.SerializeToString,
+            ),
+            'DeleteEnergyTariff': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEnergyTariff,
+                    request_deserializer=towerco_dot_bi_dot_v1_dot_bi__pb2.DeleteEnergyTariffRequest.FromString,
+                    response_serializer=towerco_dot_bi_dot_v1_dot_bi__pb2.DeleteEnergyTariffResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -470,6 +524,87 @@ class BiService:
             '/towerco.bi.v1.BiService/ExportEnergyReport',
             towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportRequest.SerializeToString,
             towerco_dot_bi_dot_v1_dot_bi__pb2.ExportEnergyReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEnergyTariff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.bi.v1.BiService/SetEnergyTariff',
+            towerco_dot_bi_dot_v1_dot_bi__pb2.SetEnergyTariffRequest.SerializeToString,
+            towerco_dot_bi_dot_v1_dot_bi__pb2.SetEnergyTariffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnergyTariffs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.bi.v1.BiService/ListEnergyTariffs',
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ListEnergyTariffsRequest.SerializeToString,
+            towerco_dot_bi_dot_v1_dot_bi__pb2.ListEnergyTariffsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEnergyTariff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.bi.v1.BiService/DeleteEnergyTariff',
+            towerco_dot_bi_dot_v1_dot_bi__pb2.DeleteEnergyTariffRequest.SerializeToString,
+            towerco_dot_bi_dot_v1_dot_bi__pb2.DeleteEnergyTariffResponse.FromString,
             options,
             channel_credentials,
             insecure,

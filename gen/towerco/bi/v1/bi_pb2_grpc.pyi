@@ -72,6 +72,17 @@ class BiServiceStub:
     """The energy report as a file, stored in the Files service (under the caller's tenant, or
     the "towerco" tenant for staff), with a time-limited download link.
     """
+    SetEnergyTariff: _grpc.UnaryUnaryMultiCallable[_bi_pb2.SetEnergyTariffRequest, _bi_pb2.SetEnergyTariffResponse]
+    """Set the energy prices of a region or of one site (admin), overriding the deployment's
+    defaults field by field: a site's override wins over its region's, which wins over the
+    default (TOWERCO_BI_* settings). Setting an existing override replaces it.
+    """
+    ListEnergyTariffs: _grpc.UnaryUnaryMultiCallable[_bi_pb2.ListEnergyTariffsRequest, _bi_pb2.ListEnergyTariffsResponse]
+    """The deployment's default tariff and the overrides (optionally of one region or site), and
+    for a site the prices that apply to it.
+    """
+    DeleteEnergyTariff: _grpc.UnaryUnaryMultiCallable[_bi_pb2.DeleteEnergyTariffRequest, _bi_pb2.DeleteEnergyTariffResponse]
+    """Remove a region's or a site's override (admin): it falls back to the next level."""
 
 @_typing.type_check_only
 class BiServiceAsyncStub(BiServiceStub):
@@ -117,6 +128,17 @@ class BiServiceAsyncStub(BiServiceStub):
     """The energy report as a file, stored in the Files service (under the caller's tenant, or
     the "towerco" tenant for staff), with a time-limited download link.
     """
+    SetEnergyTariff: _aio.UnaryUnaryMultiCallable[_bi_pb2.SetEnergyTariffRequest, _bi_pb2.SetEnergyTariffResponse]  # type: ignore[assignment]
+    """Set the energy prices of a region or of one site (admin), overriding the deployment's
+    defaults field by field: a site's override wins over its region's, which wins over the
+    default (TOWERCO_BI_* settings). Setting an existing override replaces it.
+    """
+    ListEnergyTariffs: _aio.UnaryUnaryMultiCallable[_bi_pb2.ListEnergyTariffsRequest, _bi_pb2.ListEnergyTariffsResponse]  # type: ignore[assignment]
+    """The deployment's default tariff and the overrides (optionally of one region or site), and
+    for a site the prices that apply to it.
+    """
+    DeleteEnergyTariff: _aio.UnaryUnaryMultiCallable[_bi_pb2.DeleteEnergyTariffRequest, _bi_pb2.DeleteEnergyTariffResponse]  # type: ignore[assignment]
+    """Remove a region's or a site's override (admin): it falls back to the next level."""
 
 class BiServiceServicer(metaclass=_abc_1.ABCMeta):
     """Business intelligence: monthly SLA statements with the penalties each tenant's contract
@@ -213,5 +235,34 @@ class BiServiceServicer(metaclass=_abc_1.ABCMeta):
         """The energy report as a file, stored in the Files service (under the caller's tenant, or
         the "towerco" tenant for staff), with a time-limited download link.
         """
+
+    @_abc_1.abstractmethod
+    def SetEnergyTariff(
+        self,
+        request: _bi_pb2.SetEnergyTariffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bi_pb2.SetEnergyTariffResponse, _abc.Awaitable[_bi_pb2.SetEnergyTariffResponse]]:
+        """Set the energy prices of a region or of one site (admin), overriding the deployment's
+        defaults field by field: a site's override wins over its region's, which wins over the
+        default (TOWERCO_BI_* settings). Setting an existing override replaces it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEnergyTariffs(
+        self,
+        request: _bi_pb2.ListEnergyTariffsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bi_pb2.ListEnergyTariffsResponse, _abc.Awaitable[_bi_pb2.ListEnergyTariffsResponse]]:
+        """The deployment's default tariff and the overrides (optionally of one region or site), and
+        for a site the prices that apply to it.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteEnergyTariff(
+        self,
+        request: _bi_pb2.DeleteEnergyTariffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bi_pb2.DeleteEnergyTariffResponse, _abc.Awaitable[_bi_pb2.DeleteEnergyTariffResponse]]:
+        """Remove a region's or a site's override (admin): it falls back to the next level."""
 
 def add_BiServiceServicer_to_server(servicer: BiServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

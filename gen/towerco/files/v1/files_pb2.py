@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from towerco.validate.v1 import validate_pb2 as towerco_dot_validate_dot_v1_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctowerco/files/v1/files.proto\x12\x10towerco.files.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"towerco/validate/v1/validate.proto\"\xf3\x01\n\x04\x46ile\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.towerco.files.v1.FileKind\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\"\x86\x02\n\x11UploadFileRequest\x12\x31\n\ttenant_id\x18\x01 \x01(\tB\x1e\xca\xf3\x18\x1a\x08\x01\"\x16^[a-z][a-z0-9-]{1,31}$\x12\x17\n\x07site_id\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x18 \x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.towerco.files.v1.FileKindB\n\xe2\x41\x01\x02\xca\xf3\x18\x02X\x01\x12\x36\n\x04name\x18\x04 \x01(\tB(\xca\xf3\x18$\x08\x01\x18\xc8\x01\"\x1d^[A-Za-z0-9][A-Za-z0-9._ -]*$\x12\x1e\n\x0c\x63ontent_type\x18\x05 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18\x64\x12\x17\n\x07\x63ontent\x18\x06 \x01(\x0c\x42\x06\xca\xf3\x18\x02\x08\x01\":\n\x12UploadFileResponse\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.towerco.files.v1.File\"k\n\x0eGetFileRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"7\n\x0fGetFileResponse\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.towerco.files.v1.File\"\x9f\x01\n\x10ListFilesRequest\x12\x19\n\ttenant_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x18 \x12\x17\n\x07site_id\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x18 \x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.towerco.files.v1.FileKindB\x06\xca\xf3\x18\x02X\x01\x12%\n\x05limit\x18\x04 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00@\x8f@\":\n\x11ListFilesResponse\x12%\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x16.towerco.files.v1.File\"n\n\x11\x44\x65leteFileRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x14\n\x12\x44\x65leteFileResponse\"\xa3\x01\n\x19\x43reateDownloadLinkRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\x12+\n\x0bttl_seconds\x18\x02 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00u\"A\"i\n\x1a\x43reateDownloadLinkResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x13\x44ownloadFileRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"`\n\x14\x44ownloadFileResponse\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12$\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x16.towerco.files.v1.File*X\n\x08\x46ileKind\x12\x19\n\x15\x46ILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46ILE_KIND_EXPORT\x10\x01\x12\x1b\n\x17\x46ILE_KIND_SITE_DOCUMENT\x10\x02\x32\x90\x06\n\x0c\x46ilesService\x12w\n\nUploadFile\x12#.towerco.files.v1.UploadFileRequest\x1a$.towerco.files.v1.UploadFileResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\r/api/v1/files:\x01*b\x04\x66ile\x12u\n\x07GetFile\x12 .towerco.files.v1.GetFileRequest\x1a!.towerco.files.v1.GetFileResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x17/api/v1/files/{file_id}b\x04\x66ile\x12k\n\tListFiles\x12\".towerco.files.v1.ListFilesRequest\x1a#.towerco.files.v1.ListFilesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/files\x12x\n\nDeleteFile\x12#.towerco.files.v1.DeleteFileRequest\x1a$.towerco.files.v1.DeleteFileResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/files/{file_id}\x12\x98\x01\n\x12\x43reateDownloadLink\x12+.towerco.files.v1.CreateDownloadLinkRequest\x1a,.towerco.files.v1.CreateDownloadLinkResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/files/{file_id}:link:\x01*\x12\x8d\x01\n\x0c\x44ownloadFile\x12%.towerco.files.v1.DownloadFileRequest\x1a&.towerco.files.v1.DownloadFileResponse\".\x82\xd3\xe4\x93\x02(\x12 /api/v1/files/{file_id}:downloadb\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctowerco/files/v1/files.proto\x12\x10towerco.files.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"towerco/validate/v1/validate.proto\"\xf3\x01\n\x04\x46ile\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07site_id\x18\x03 \x01(\t\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.towerco.files.v1.FileKind\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\"\xca\x02\n\x11UploadFileRequest\x12\x31\n\ttenant_id\x18\x01 \x01(\tB\x1e\xca\xf3\x18\x1a\x08\x01\"\x16^[a-z][a-z0-9-]{1,31}$\x12\x17\n\x07site_id\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x18 \x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.towerco.files.v1.FileKindB\n\xe2\x41\x01\x02\xca\xf3\x18\x02X\x01\x12\x36\n\x04name\x18\x04 \x01(\tB(\xca\xf3\x18$\x08\x01\x18\xc8\x01\"\x1d^[A-Za-z0-9][A-Za-z0-9._ -]*$\x12\x1e\n\x0c\x63ontent_type\x18\x05 \x01(\tB\x08\xca\xf3\x18\x04\x08\x01\x18\x64\x12\x17\n\x07\x63ontent\x18\x06 \x01(\x0c\x42\x06\xca\xf3\x18\x02\x08\x01\x12\x42\n\x0fidempotency_key\x18\x07 \x01(\tB)\xca\xf3\x18%\x18x\"!^$|^[A-Za-z0-9][A-Za-z0-9._:/-]*$\"L\n\x12UploadFileResponse\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.towerco.files.v1.File\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"k\n\x0eGetFileRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"7\n\x0fGetFileResponse\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x16.towerco.files.v1.File\"\x9f\x01\n\x10ListFilesRequest\x12\x19\n\ttenant_id\x18\x01 \x01(\tB\x06\xca\xf3\x18\x02\x18 \x12\x17\n\x07site_id\x18\x02 \x01(\tB\x06\xca\xf3\x18\x02\x18 \x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.towerco.files.v1.FileKindB\x06\xca\xf3\x18\x02X\x01\x12%\n\x05limit\x18\x04 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00@\x8f@\":\n\x11ListFilesResponse\x12%\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x16.towerco.files.v1.File\"n\n\x11\x44\x65leteFileRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"\x14\n\x12\x44\x65leteFileResponse\"\xa3\x01\n\x19\x43reateDownloadLinkRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\x12+\n\x0bttl_seconds\x18\x02 \x01(\x05\x42\x16\xca\xf3\x18\x12)\x00\x00\x00\x00\x00\x00\x00\x00\x31\x00\x00\x00\x00\x00u\"A\"i\n\x1a\x43reateDownloadLinkResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x13\x44ownloadFileRequest\x12Y\n\x07\x66ile_id\x18\x01 \x01(\tBH\xca\xf3\x18\x44\x08\x01\x18$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$\"`\n\x14\x44ownloadFileResponse\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\x12$\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x16.towerco.files.v1.File*X\n\x08\x46ileKind\x12\x19\n\x15\x46ILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46ILE_KIND_EXPORT\x10\x01\x12\x1b\n\x17\x46ILE_KIND_SITE_DOCUMENT\x10\x02\x32\x90\x06\n\x0c\x46ilesService\x12w\n\nUploadFile\x12#.towerco.files.v1.UploadFileRequest\x1a$.towerco.files.v1.UploadFileResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\r/api/v1/files:\x01*b\x04\x66ile\x12u\n\x07GetFile\x12 .towerco.files.v1.GetFileRequest\x1a!.towerco.files.v1.GetFileResponse\"%\x82\xd3\xe4\x93\x02\x1f\x12\x17/api/v1/files/{file_id}b\x04\x66ile\x12k\n\tListFiles\x12\".towerco.files.v1.ListFilesRequest\x1a#.towerco.files.v1.ListFilesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/files\x12x\n\nDeleteFile\x12#.towerco.files.v1.DeleteFileRequest\x1a$.towerco.files.v1.DeleteFileResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/api/v1/files/{file_id}\x12\x98\x01\n\x12\x43reateDownloadLink\x12+.towerco.files.v1.CreateDownloadLinkRequest\x1a,.towerco.files.v1.CreateDownloadLinkResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/api/v1/files/{file_id}:link:\x01*\x12\x8d\x01\n\x0c\x44ownloadFile\x12%.towerco.files.v1.DownloadFileRequest\x1a&.towerco.files.v1.DownloadFileResponse\".\x82\xd3\xe4\x93\x02(\x12 /api/v1/files/{file_id}:downloadb\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADFILEREQUEST'].fields_by_name['content_type']._serialized_options = b'\312\363\030\004\010\001\030d'
   _globals['_UPLOADFILEREQUEST'].fields_by_name['content']._loaded_options = None
   _globals['_UPLOADFILEREQUEST'].fields_by_name['content']._serialized_options = b'\312\363\030\002\010\001'
+  _globals['_UPLOADFILEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_UPLOADFILEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\312\363\030%\030x\"!^$|^[A-Za-z0-9][A-Za-z0-9._:/-]*$'
   _globals['_GETFILEREQUEST'].fields_by_name['file_id']._loaded_options = None
   _globals['_GETFILEREQUEST'].fields_by_name['file_id']._serialized_options = b'\312\363\030D\010\001\030$\">^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
   _globals['_LISTFILESREQUEST'].fields_by_name['tenant_id']._loaded_options = None
@@ -80,34 +82,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILESSERVICE'].methods_by_name['CreateDownloadLink']._serialized_options = b'\202\323\344\223\002!\"\034/api/v1/files/{file_id}:link:\001*'
   _globals['_FILESSERVICE'].methods_by_name['DownloadFile']._loaded_options = None
   _globals['_FILESSERVICE'].methods_by_name['DownloadFile']._serialized_options = b'\202\323\344\223\002(\022 /api/v1/files/{file_id}:downloadb\004body'
-  _globals['_FILEKIND']._serialized_start=1787
-  _globals['_FILEKIND']._serialized_end=1875
+  _globals['_FILEKIND']._serialized_start=1873
+  _globals['_FILEKIND']._serialized_end=1961
   _globals['_FILE']._serialized_start=210
   _globals['_FILE']._serialized_end=453
   _globals['_UPLOADFILEREQUEST']._serialized_start=456
-  _globals['_UPLOADFILEREQUEST']._serialized_end=718
-  _globals['_UPLOADFILERESPONSE']._serialized_start=720
-  _globals['_UPLOADFILERESPONSE']._serialized_end=778
-  _globals['_GETFILEREQUEST']._serialized_start=780
-  _globals['_GETFILEREQUEST']._serialized_end=887
-  _globals['_GETFILERESPONSE']._serialized_start=889
-  _globals['_GETFILERESPONSE']._serialized_end=944
-  _globals['_LISTFILESREQUEST']._serialized_start=947
-  _globals['_LISTFILESREQUEST']._serialized_end=1106
-  _globals['_LISTFILESRESPONSE']._serialized_start=1108
-  _globals['_LISTFILESRESPONSE']._serialized_end=1166
-  _globals['_DELETEFILEREQUEST']._serialized_start=1168
-  _globals['_DELETEFILEREQUEST']._serialized_end=1278
-  _globals['_DELETEFILERESPONSE']._serialized_start=1280
-  _globals['_DELETEFILERESPONSE']._serialized_end=1300
-  _globals['_CREATEDOWNLOADLINKREQUEST']._serialized_start=1303
-  _globals['_CREATEDOWNLOADLINKREQUEST']._serialized_end=1466
-  _globals['_CREATEDOWNLOADLINKRESPONSE']._serialized_start=1468
-  _globals['_CREATEDOWNLOADLINKRESPONSE']._serialized_end=1573
-  _globals['_DOWNLOADFILEREQUEST']._serialized_start=1575
-  _globals['_DOWNLOADFILEREQUEST']._serialized_end=1687
-  _globals['_DOWNLOADFILERESPONSE']._serialized_start=1689
-  _globals['_DOWNLOADFILERESPONSE']._serialized_end=1785
-  _globals['_FILESSERVICE']._serialized_start=1878
-  _globals['_FILESSERVICE']._serialized_end=2662
+  _globals['_UPLOADFILEREQUEST']._serialized_end=786
+  _globals['_UPLOADFILERESPONSE']._serialized_start=788
+  _globals['_UPLOADFILERESPONSE']._serialized_end=864
+  _globals['_GETFILEREQUEST']._serialized_start=866
+  _globals['_GETFILEREQUEST']._serialized_end=973
+  _globals['_GETFILERESPONSE']._serialized_start=975
+  _globals['_GETFILERESPONSE']._serialized_end=1030
+  _globals['_LISTFILESREQUEST']._serialized_start=1033
+  _globals['_LISTFILESREQUEST']._serialized_end=1192
+  _globals['_LISTFILESRESPONSE']._serialized_start=1194
+  _globals['_LISTFILESRESPONSE']._serialized_end=1252
+  _globals['_DELETEFILEREQUEST']._serialized_start=1254
+  _globals['_DELETEFILEREQUEST']._serialized_end=1364
+  _globals['_DELETEFILERESPONSE']._serialized_start=1366
+  _globals['_DELETEFILERESPONSE']._serialized_end=1386
+  _globals['_CREATEDOWNLOADLINKREQUEST']._serialized_start=1389
+  _globals['_CREATEDOWNLOADLINKREQUEST']._serialized_end=1552
+  _globals['_CREATEDOWNLOADLINKRESPONSE']._serialized_start=1554
+  _globals['_CREATEDOWNLOADLINKRESPONSE']._serialized_end=1659
+  _globals['_DOWNLOADFILEREQUEST']._serialized_start=1661
+  _globals['_DOWNLOADFILEREQUEST']._serialized_end=1773
+  _globals['_DOWNLOADFILERESPONSE']._serialized_start=1775
+  _globals['_DOWNLOADFILERESPONSE']._serialized_end=1871
+  _globals['_FILESSERVICE']._serialized_start=1964
+  _globals['_FILESSERVICE']._serialized_end=2748
 # @@protoc_insertion_point(module_scope)

@@ -117,6 +117,7 @@ class UploadFileRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The owning tenant."""
     site_id: _builtins.str
@@ -129,6 +130,12 @@ class UploadFileRequest(_message.Message):
     """MIME type; one of the accepted types (docs/files.md)."""
     content: _builtins.bytes
     """The content."""
+    idempotency_key: _builtins.str
+    """When set, the upload is stored once per tenant and key: a repeated upload with the same key
+    answers the file stored the first time (the first upload wins; its bytes are kept), so a
+    retried or replayed upload never makes a duplicate. The same key for another file (kind,
+    site, name or content type differ) is FAILED_PRECONDITION IDEMPOTENCY_KEY_REUSED.
+    """
     def __init__(
         self,
         *,
@@ -138,10 +145,11 @@ class UploadFileRequest(_message.Message):
         name: _builtins.str = ...,
         content_type: _builtins.str = ...,
         content: _builtins.bytes = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "kind", b"kind", "name", b"name", "site_id", b"site_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "idempotency_key", b"idempotency_key", "kind", b"kind", "name", b"name", "site_id", b"site_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,6 +162,9 @@ class UploadFileResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FILE_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when idempotency_key matched an earlier upload: that file is answered, nothing stored."""
     @_builtins.property
     def file(self) -> Global___File:
         """The stored file."""
@@ -162,10 +173,11 @@ class UploadFileResponse(_message.Message):
         self,
         *,
         file: Global___File | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -900,8 +900,13 @@ class GetFleetSummaryRequest(_message.Message):
 
     RANGE_FIELD_NUMBER: _builtins.int
     UNKNOWN_POLICY_FIELD_NUMBER: _builtins.int
+    SKIP_AVAILABILITY_FIELD_NUMBER: _builtins.int
     unknown_policy: Global___UnknownPolicy.ValueType
     """Overrides each tenant's unknown-minute policy."""
+    skip_availability: _builtins.bool
+    """Leave out the tenancy availability (each group's `availability` and `tenancies_below_sla`):
+    only the site figures (power, grid, DG, fuel, energy), much cheaper for a whole fleet.
+    """
     @_builtins.property
     def range(self) -> _common_pb2.TimeRange:
         """The period, on whole minutes, at most 400 days."""
@@ -911,10 +916,11 @@ class GetFleetSummaryRequest(_message.Message):
         *,
         range: _common_pb2.TimeRange | None = ...,
         unknown_policy: Global___UnknownPolicy.ValueType = ...,
+        skip_availability: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["range", b"range", "unknown_policy", b"unknown_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["range", b"range", "skip_availability", b"skip_availability", "unknown_policy", b"unknown_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
