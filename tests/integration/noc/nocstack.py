@@ -120,6 +120,19 @@ class NocStack:
                                    tenant_ids=list(tenant_ids))
         await events.publish_envelope(self.js, env)
 
+    async def events_of(self, incident_id: str) -> list[tuple[str, noc_pb2.IncidentEvent]]:
+        """(subject, IncidentEvent) of every change of this incident in the noc outbox, in order."""
+        from mesh import outbox
+
+        async with self.pool.acquire() as conn:
+            rows = await outbox.read_since(conn, schema="noc", after_id=0, limit=100_000)
+        out = []
+        for _, env in rows:
+            ev = noc_pb2.IncidentEvent()
+            if env.payload.Unpack(ev) and ev.incident.id == incident_id:
+                out.append((env.subject, ev))
+        return out
+
     async def incidents(self, **filters) -> list[noc_pb2.Incident]:  # noqa: ANN003
         resp = await self.noc.ListIncidents(noc_pb2.ListIncidentsRequest(**filters), metadata=self.md("viewer"))
         return list(resp.incidents)
