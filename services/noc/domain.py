@@ -231,6 +231,7 @@ class Signal:
     text: str = ""
     kind: int = 0  # incident kind; 0: from the cause table
     step: str = ""
+    explicit_time: bool = True  # the source gave the time (else "now": not part of the content)
 
     @property
     def clears(self) -> bool:
@@ -239,13 +240,15 @@ class Signal:
     def content_hash(self) -> str:
         """What makes a (source, source_alarm_id) the same alarm when posted again."""
         raw = json.dumps([self.site_id, self.probable_cause, self.alarm_type, self.severity, self.dedup_key,
-                          self.clear_key, self.specific_problem, self.tenant_id, self.text, round(self.time, 3)])
+                          self.clear_key, self.specific_problem, self.tenant_id, self.text,
+                          round(self.time, 3) if self.explicit_time else None])
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def signal_from_external(*, source: str, source_alarm_id: str, site_id: str, time: float, probable_cause: str,
                          alarm_type: int, severity: int, dedup_key: str = "", clear_key: str = "",
-                         specific_problem: str = "", tenant_id: str = "", text: str = "") -> Signal:
+                         specific_problem: str = "", tenant_id: str = "", text: str = "",
+                         explicit_time: bool = True) -> Signal:
     """A PostAlarm signal with its defaults: dedup key source/site/probable cause(/tenant), clear
     key = the dedup key."""
     cause = cause_of(probable_cause, alarm_type)
@@ -253,7 +256,8 @@ def signal_from_external(*, source: str, source_alarm_id: str, site_id: str, tim
     return Signal(source=source, source_alarm_id=source_alarm_id, site_id=site_id, time=time,
                   probable_cause=probable_cause, alarm_type=alarm_type or cause.alarm_type, severity=severity,
                   dedup_key=dedup, clear_key=clear_key or dedup, specific_problem=specific_problem,
-                  tenant_id=tenant_id, text=text or cause.text, kind=cause.kind, step=cause.step)
+                  tenant_id=tenant_id, text=text or cause.text, kind=cause.kind, step=cause.step,
+                  explicit_time=explicit_time)
 
 
 def signal_from_anomaly(*, anomaly_id: str, site_id: str, detector: str, metrics: Sequence[str], tenant_id: str,

@@ -216,7 +216,8 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             source=request.source, source_alarm_id=request.source_alarm_id, site_id=request.site_id, time=t,
             probable_cause=request.probable_cause, alarm_type=request.alarm_type, severity=request.perceived_severity,
             dedup_key=request.dedup_key, clear_key=request.clear_key, specific_problem=request.specific_problem,
-            tenant_id=request.tenant_id, text=request.text)
+            tenant_id=request.tenant_id, text=request.text,
+            explicit_time=request.HasField("event_time"))
         try:
             [res] = await self.correlator.process([sig], require_alarm=True)
         except domain.IllegalTransition as exc:
