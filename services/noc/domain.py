@@ -530,13 +530,12 @@ def refresh_incident(inc: IncidentRec, alarms: Sequence[AlarmRec], facts: SiteFa
         inc.severity = sev
     down_all = inc.kind == POWER and any(a.step in DOWN_STEPS for a in active)
     down_tenants = [a.tenant_id for a in active if a.step == "tenant_link_down" and a.tenant_id]
-    only = None
-    if inc.kind == TENANT_LINK:
-        only = {a.tenant_id for a in mine if a.tenant_id} or None
+    # an incident made only of per-tenant signals (a tenant's link, a tenant's own equipment) is
+    # that tenant's alone: only its tenancies are impacted and only it may see the incident
+    only = {a.tenant_id for a in mine} if mine and all(a.tenant_id for a in mine) else None
     impacts = impacts_of(facts, down_all=down_all, down_tenants=down_tenants, sla=sla, t=now, only_tenants=only)
     inc.impacts = impacts
-    inc.tenant_ids = sorted({i.tenant_id for i in impacts} | ({a.tenant_id for a in mine if a.tenant_id}
-                                                              if inc.kind == TENANT_LINK else set(facts.tenant_ids)))
+    inc.tenant_ids = sorted(only if only is not None else {i.tenant_id for i in impacts} | set(facts.tenant_ids))
     inc.title = title_of(inc, mine[0].text if mine else "")
     out.touch(inc, now)
 
