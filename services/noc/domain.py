@@ -671,12 +671,22 @@ def _join_rule(group: int, step: str) -> str:
     return "same site and class as an open incident"
 
 
+def _same_problem(inc: IncidentRec, alarm: AlarmRec) -> bool:
+    """Whether an alarm recurs an earlier incident's problem: its power-chain step was in that
+    incident's chain, or (off the chain) its probable cause was that incident's root cause."""
+    step = alarm.step
+    if step:
+        return step in inc.chain
+    return alarm.probable_cause == inc.root_code
+
+
 def _recurrence(view: SiteView, group: int, t: float, params: Params, out: Decisions,
                 alarm: AlarmRec) -> IncidentRec | None:
     """A resolved incident of the same site and class resolved within the reopen window is
     reopened (and returned)."""
     cands = [i for i in view.incidents if i.kind == group and i.state == RESOLVED and not i.merged_into
-             and i.resolve_time is not None and t - i.resolve_time <= params.reopen_window_s]
+             and i.resolve_time is not None and t - i.resolve_time <= params.reopen_window_s
+             and _same_problem(i, alarm)]
     if not cands:
         return None
     inc = max(cands, key=lambda i: i.resolve_time or 0.0)
@@ -693,7 +703,8 @@ def _recurrence(view: SiteView, group: int, t: float, params: Params, out: Decis
 def _open(view: SiteView, sig: Signal, group: int, t: float, params: Params, out: Decisions, new_id: IdFactory,
           alarm: AlarmRec, window_end: float | None) -> IncidentRec:
     earlier = [i for i in view.incidents if i.kind == group and not i.merged_into and not i.active
-               and t - (i.resolve_time or i.close_time or i.last_seen) <= params.link_window_s]
+               and t - (i.resolve_time or i.close_time or i.last_seen) <= params.link_window_s
+               and _same_problem(i, alarm)]
     inc = IncidentRec(id=new_id(), title="", kind=group, severity=SEV_WARNING, state=OPEN, site_id=view.facts.site_id,
                       site_ids=[view.facts.site_id], region=view.facts.region, first_seen=t, last_seen=t,
                       alarm_count=1, suppressed=window_end is not None, suppressed_until=window_end, update_time=t)
