@@ -171,7 +171,7 @@ class Correlator:
 
     async def _refresh_parents(self, conn: asyncpg.Connection, out: domain.Decisions,
                                byid: dict[str, domain.IncidentRec]) -> None:
-        pids = sorted({i.parent_id for i in out.incidents.values() if i.parent_id})
+        pids = sorted({i.parent_id for i in [*out.incidents.values(), *out.bumped_incidents.values()] if i.parent_id})
         if not pids:
             return
         now = max((i.update_time for i in out.incidents.values()), default=self.clock())
