@@ -108,3 +108,6 @@ async def test_a_window_added_later_suppresses_the_next_alarm(noc):
         metadata=noc.md("service"))
     got = await noc.noc.GetIncident(noc_pb2.GetIncidentRequest(incident_id=r.incident_id), metadata=noc.md("viewer"))
     assert got.incident.suppressed and got.incident.kind == noc_pb2.INCIDENT_KIND_ENVIRONMENT
+    listed = {i.id for i in await noc.incidents(site_id="WIN-0001")}
+    shown = {i.id for i in await noc.incidents(site_id="WIN-0001", exclude_suppressed=True)}
+    assert r.incident_id in listed and r.incident_id not in shown
