@@ -56,6 +56,7 @@ from services.noc import domain
 from services.noc.correlator import Correlator
 from services.noc.facts import SiteFactsCache, SlaCache
 
+LANES = 2  # TOWERCO_NOC_LANES, as the consumer runs it
 TARGET_NOISE = 0.95
 TARGET_RATE = 5000.0
 FAULTS = ("door_flap", "fuel_theft", "rectifier", "unreachable", "power")
@@ -160,7 +161,7 @@ async def burst(pool: asyncpg.Pool, corr: Correlator, sigs: list[domain.Signal],
     for k in range(0, len(sigs), batch):
         chunk = sigs[k:k + batch]
         b0 = time.perf_counter()
-        await corr.process(chunk)
+        await corr.process(chunk, lanes=LANES)
         lat += [time.perf_counter() - b0] * len(chunk)
     return time.perf_counter() - started, lat
 
@@ -181,7 +182,7 @@ async def paced(corr: Correlator, sigs: list[domain.Signal], batch: int,
         while j < len(sigs) and j - i < batch and sigs[j].time - t0 <= now:
             j += 1
         chunk = sigs[i:j]
-        await corr.process(chunk)
+        await corr.process(chunk, lanes=LANES)
         done = time.perf_counter() - start
         lat += [done - (s.time - t0) for s in chunk]
         i = j

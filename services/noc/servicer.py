@@ -263,8 +263,7 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             for o in others:
                 if o not in found:
                     raise NotFound(f"incident {o} not found", "incident", o)
-            await store.lock(conn, regions=[r.region for r in recs if r.kind == domain.REGIONAL],
-                             sites=[r.site_id for r in recs if r.site_id])
+            await store.lock(conn, regions=[r.region for r in recs], sites=[r.site_id for r in recs if r.site_id])
             fresh = await store.get_incident(conn, tenant=None, incident_id=iid, for_update=True)
             assert fresh is not None
             out = domain.Decisions()
