@@ -35,6 +35,7 @@ READ_ROLES = ("viewer", "tenant_viewer")
 ACT_ROLES = ("noc_operator",)
 POST_ROLES = ("noc_operator", "service")
 MAX_FUTURE_S = 300.0
+MAX_PAST_S = 30 * 86400.0  # an older alarm is history, not something to correlate
 TIMELINE_ALARMS = 200
 
 Action = Callable[[asyncpg.Connection, domain.IncidentRec, domain.Decisions, Identity, float], Awaitable[Any]]
@@ -209,6 +210,9 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
         if t > now + MAX_FUTURE_S:
             raise InvalidArgument("event_time is in the future", [FieldViolation(
                 "event_time", f"must be at most {MAX_FUTURE_S:.0f}s in the future")])
+        if t < now - MAX_PAST_S:
+            raise InvalidArgument("event_time is too old", [FieldViolation(
+                "event_time", f"must be at most {MAX_PAST_S / 86400:.0f} days in the past")])
         if self.correlator.facts is None:
             raise Unavailable("the site register is not available")
         try:
