@@ -1,0 +1,226 @@
+"""SQL of the notifier over the notifications schema (the schema is the Notifications domain's,
+created by services/notifications/migrations). Keyword-only functions; every timer is a row with
+a due time, claimed with FOR UPDATE SKIP LOCKED so replicas never run one twice."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+WAKE_CHANNEL = "notifications_due"
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+async def routes(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, body, create_time FROM notifications.route ORDER BY position, create_time, id")
+
+
+async def route(conn: asyncpg.Connection, *, route_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, body, create_time FROM notifications.route WHERE id = $1", route_id)
+
+
+async def policy(conn: asyncpg.Connection, *, policy_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, body FROM notifications.escalation_policy WHERE id = $1", policy_id)
+
+
+async def schedule(conn: asyncpg.Connection, *, schedule_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, body FROM notifications.schedule WHERE id = $1", schedule_id)
+
+
+async def channels(conn: asyncpg.Connection, *, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM notifications.channel WHERE id = ANY($1::uuid[]) ORDER BY id", ids)
+
+
+async def channel(conn: asyncpg.Connection, *, channel_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM notifications.channel WHERE id = $1", channel_id)
+
+
+async def active_silences(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, body, start_time, end_time FROM notifications.silence "
+                            "WHERE end_time > now() AND start_time <= now()")
+
+
+# ---------------------------------------------------------------------------------- incidents
+
+
+async def mark_processed(conn: asyncpg.Connection, *, event_id: str) -> bool:
+    """False when the event was processed before (a redelivery)."""
+    done = await conn.execute("INSERT INTO notifications.processed_event (event_id) VALUES ($1) "
+                              "ON CONFLICT DO NOTHING", event_id)
+    return done != "INSERT 0 0"
+
+
+async def upsert_incident(conn: asyncpg.Connection, *, incident_id: str, body: bytes, update_time: datetime) -> bool:
+    """Keep the newest copy; False when the stored one is newer (an out-of-order event)."""
+    row = await conn.fetchrow(
+        "INSERT INTO notifications.incident (id, body, update_time) VALUES ($1, $2, $3)"
+        " ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body, update_time = EXCLUDED.update_time"
+        " WHERE notifications.incident.update_time <= EXCLUDED.update_time RETURNING id",
+        incident_id, body, update_time)
+    return row is not None
+
+
+async def incidents(conn: asyncpg.Connection, *, ids: list[str]) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, body FROM notifications.incident WHERE id = ANY($1::text[])", ids)
+
+
+async def incident(conn: asyncpg.Connection, *, incident_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, body FROM notifications.incident WHERE id = $1", incident_id)
+
+
+# ------------------------------------------------------------------------------------- groups
+
+
+async def lock_group(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM notifications.alert_group WHERE route_id = $1 AND group_key = $2"
+                               " FOR UPDATE", route_id, group_key)
+
+
+async def member(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str, incident_id: str
+                 ) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM notifications.group_member WHERE route_id = $1 AND group_key = $2"
+                               " AND incident_id = $3", route_id, group_key, incident_id)
+
+
+async def set_member(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str, incident_id: str,
+                     firing: bool) -> None:
+    await conn.execute(
+        "INSERT INTO notifications.group_member (route_id, group_key, incident_id, firing) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (route_id, group_key, incident_id) DO UPDATE SET firing = EXCLUDED.firing",
+        route_id, group_key, incident_id, firing)
+
+
+async def members(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT incident_id, firing FROM notifications.group_member WHERE route_id = $1"
+                            " AND group_key = $2 ORDER BY incident_id", route_id, group_key)
+
+
+async def drop_resolved_members(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str) -> None:
+    await conn.execute("DELETE FROM notifications.group_member WHERE route_id = $1 AND group_key = $2 AND NOT firing",
+                       route_id, group_key)
+
+
+async def save_group(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str, created: datetime,
+                     flushed: datetime | None, sent: datetime | None, changed: bool, firing: bool,
+                     next_flush: datetime | None) -> None:
+    await conn.execute(
+        "INSERT INTO notifications.alert_group (route_id, group_key, created, flushed, sent, changed, firing, next_flush)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (route_id, group_key) DO UPDATE SET"
+        " flushed = EXCLUDED.flushed, sent = EXCLUDED.sent, changed = EXCLUDED.changed, firing = EXCLUDED.firing,"
+        " next_flush = EXCLUDED.next_flush",
+        route_id, group_key, created, flushed, sent, changed, firing, next_flush)
+
+
+async def delete_group(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str) -> None:
+    await conn.execute("DELETE FROM notifications.group_member WHERE route_id = $1 AND group_key = $2",
+                       route_id, group_key)
+    await conn.execute("DELETE FROM notifications.alert_group WHERE route_id = $1 AND group_key = $2",
+                       route_id, group_key)
+
+
+async def claim_due_groups(conn: asyncpg.Connection, *, limit: int) -> list[asyncpg.Record]:
+    """Due groups, locked for this transaction (other replicas skip them)."""
+    return await conn.fetch(
+        "SELECT * FROM notifications.alert_group WHERE next_flush IS NOT NULL AND next_flush <= now()"
+        " ORDER BY next_flush LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+
+
+# -------------------------------------------------------------------------------- escalations
+
+
+async def lock_escalation(conn: asyncpg.Connection, *, incident_id: str, route_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM notifications.escalation WHERE incident_id = $1 AND route_id = $2"
+                               " FOR UPDATE", incident_id, route_id)
+
+
+async def escalations_of(conn: asyncpg.Connection, *, incident_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM notifications.escalation WHERE incident_id = $1 FOR UPDATE", incident_id)
+
+
+async def start_escalation(conn: asyncpg.Connection, *, incident_id: str, route_id: uuid.UUID,
+                           policy_id: uuid.UUID, due: datetime) -> None:
+    """A new (or restarted, after a reopen) escalation at its first step."""
+    await conn.execute(
+        "INSERT INTO notifications.escalation (incident_id, route_id, policy_id, step, round, due, state, paged)"
+        " VALUES ($1, $2, $3, 0, 0, $4, 1, '{}') ON CONFLICT (incident_id, route_id) DO UPDATE SET"
+        " policy_id = EXCLUDED.policy_id, step = 0, round = 0, due = EXCLUDED.due, state = 1, paged = '{}',"
+        " update_time = now()", incident_id, route_id, policy_id, due)
+
+
+async def save_escalation(conn: asyncpg.Connection, *, incident_id: str, route_id: uuid.UUID, step: int, rnd: int,
+                          due: datetime | None, state: int, paged: list[uuid.UUID]) -> None:
+    await conn.execute(
+        "UPDATE notifications.escalation SET step = $3, round = $4, due = $5, state = $6, paged = $7,"
+        " update_time = now() WHERE incident_id = $1 AND route_id = $2",
+        incident_id, route_id, step, rnd, due, state, paged)
+
+
+async def claim_due_escalations(conn: asyncpg.Connection, *, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM notifications.escalation WHERE due IS NOT NULL AND due <= now() AND state = 1"
+        " ORDER BY due LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+
+
+async def next_due(conn: asyncpg.Connection) -> datetime | None:
+    """The earliest timer of any kind (the scheduler sleeps until then, or until woken)."""
+    return await conn.fetchval(
+        "SELECT min(t) FROM (SELECT min(next_flush) AS t FROM notifications.alert_group"
+        " UNION ALL SELECT min(due) FROM notifications.escalation WHERE state = 1"
+        " UNION ALL SELECT min(due) FROM notifications.notification WHERE state = 1"
+        " UNION ALL SELECT min(lease_until) FROM notifications.notification WHERE state = 2) AS x")
+
+
+# ------------------------------------------------------------------------------ notifications
+
+
+async def insert_notification(conn: asyncpg.Connection, **row: Any) -> None:
+    await conn.execute(
+        "INSERT INTO notifications.notification (id, channel_id, tenant_id, kind, route_id, group_key, incident_ids,"
+        " escalation_step, escalation_round, summary, payload, state, finish_time)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::smallint,"
+        " CASE WHEN $12::smallint = 5 THEN now() END)",
+        row["id"], row["channel_id"], row["tenant_id"], row["kind"], row["route_id"], row["group_key"],
+        row["incident_ids"], row.get("step", 0), row.get("round", 0), row["summary"], row["payload"],
+        row.get("state", 1))
+
+
+async def claim_deliveries(conn: asyncpg.Connection, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
+    """Claim due notifications: pending ones whose time has come, and ones whose attempt was
+    claimed by a process that died (lease over). Each claim counts an attempt and records it
+    (notification, attempt) before anything is sent; one transaction."""
+    rows = await conn.fetch(
+        "UPDATE notifications.notification n SET state = 2, attempts = n.attempts + 1,"
+        " lease_until = now() + make_interval(secs => $2)"
+        " WHERE n.id IN (SELECT id FROM notifications.notification WHERE (state = 1 AND due <= now())"
+        " OR (state = 2 AND lease_until < now()) ORDER BY due LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING n.*", limit, lease_s)
+    if rows:
+        await conn.executemany(
+            "INSERT INTO notifications.delivery_attempt (notification_id, attempt, start_time) VALUES ($1, $2, now())",
+            [(r["id"], r["attempts"]) for r in rows])
+    return rows
+
+
+async def finish_attempt(conn: asyncpg.Connection, *, notification_id: uuid.UUID, attempt: int, ok: bool,
+                         code: int, latency_ms: float, error: str, state: int, retry_in_s: float) -> bool:
+    """Record an attempt's outcome and the notification's next state (delivered, pending again
+    after `retry_in_s`, or dead). False when the claim was lost (another process took it over)."""
+    done = await conn.execute(
+        "UPDATE notifications.notification SET state = $3::smallint, last_error = $4,"
+        " due = CASE WHEN $3::smallint = 1 THEN now() + make_interval(secs => $5) ELSE due END,"
+        " finish_time = CASE WHEN $3::smallint IN (3, 4) THEN now() END, lease_until = NULL"
+        " WHERE id = $1 AND attempts = $2 AND state = 2",
+        notification_id, attempt, state, error, retry_in_s)
+    await conn.execute(
+        "UPDATE notifications.delivery_attempt SET ok = $3, response_code = $4, latency_ms = $5, error = $6"
+        " WHERE notification_id = $1 AND attempt = $2", notification_id, attempt, ok, code, latency_ms, error)
+    return done != "UPDATE 0"
+
+
+async def wake(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
