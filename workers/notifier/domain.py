@@ -456,4 +456,4 @@ def retry_delay(attempt: int, *, base_s: float, cap_s: float,
     """Exponential backoff with jitter after failed attempt `attempt` (1-based): half of
     min(cap, base × 2^(attempt-1)) plus a random part up to the other half."""
     d = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
-    return d / 2 + rand(0.0, d / 2)
+    return float(d / 2 + rand(0.0, d / 2))
