@@ -67,7 +67,7 @@ from gateway.transcode import routes as gw_routes
 from gateway.transcode.pattern import LITERAL, Template
 from mesh import auth
 
-SERVICES = ("sites", "telemetry", "kpi", "aiops", "bi", "files")
+SERVICES = ("sites", "telemetry", "kpi", "aiops", "bi", "files", "notifications")
 F = FieldDescriptor
 
 UNARY_TIMEOUT_S = 15.0
@@ -136,28 +136,47 @@ class Target:
     prediction: str = ""
     file: str = ""
     region: str = ""
+    channel: str = ""
+    notification: str = ""
+    route: str = ""
+    policy: str = ""
+    schedule: str = ""
+    silence: str = ""
 
     def value(self, kind: str) -> str:
         return getattr(self, kind)
 
 
 ID_FIELDS = {"site_id": "site", "tenant_id": "tenant", "tenancy_id": "tenancy", "window_id": "window",
-             "anomaly_id": "anomaly", "prediction_id": "prediction", "file_id": "file", "region": "region"}
+             "anomaly_id": "anomaly", "prediction_id": "prediction", "file_id": "file", "region": "region",
+             "channel_id": "channel", "notification_id": "notification", "route_id": "route",
+             "policy_id": "policy", "schedule_id": "schedule", "silence_id": "silence"}
+NOTIFY_KINDS = ("channel", "notification", "route", "policy", "schedule", "silence")
+# the towerco's own notification configuration: invisible to every tenant
+STAFF_KINDS = frozenset({"route", "policy", "schedule", "silence"})
 
 
 def targets_of(sec) -> list[Target]:
     t, w, a, p, f = sec.tenancies, sec.windows, sec.anomalies, sec.predictions, sec.files
+
+    def notify(tenant: str) -> dict[str, str]:
+        return {k: sec.notify[(k, tenant)] for k in NOTIFY_KINDS}
+
+    acme, beta = notify("acme"), notify("beta")
+    # the towerco's own channel and notification next to beta's configuration
+    towerco = {**beta, "channel": sec.notify[("channel", "")], "notification": sec.notify[("notification", "")]}
     return [
         Target("own", "SEC-A", "acme", t[("SEC-A", "acme")], w["SEC-A"], a["SEC-A"], p["SEC-A"],
-               f[("SEC-A", "acme")], sec.region_of("SEC-A")),
+               f[("SEC-A", "acme")], sec.region_of("SEC-A"), **acme),
         Target("shared", "SEC-AB", "acme", t[("SEC-AB", "acme")], w["SEC-AB"], a["SEC-AB"], p["SEC-AB"],
-               f[("SEC-AB", "acme")]),
+               f[("SEC-AB", "acme")], **acme),
         Target("other", "SEC-B", "beta", t[("SEC-B", "beta")], w["SEC-B"], a["SEC-B"], p["SEC-B"],
-               f[("SEC-B", "beta")], sec.region_of("SEC-B")),
+               f[("SEC-B", "beta")], sec.region_of("SEC-B"), **beta),
         # beta next to acme: beta's own anomaly on the shared site (its link), the SEC-N prediction
-        # and window (a site nobody leases), beta's document of the shared site
+        # and window (a site nobody leases), beta's document of the shared site; the towerco's own
+        # notification channel
         Target("other@shared", "SEC-AB", "beta", t[("SEC-AB", "beta")], w["SEC-N"], a["SEC-AB/beta"], p["SEC-N"],
-               f[("SEC-AB", "beta")]),
+               f[("SEC-AB", "beta")], **towerco),
         Target("unscoped"),
     ]
 
@@ -195,6 +214,10 @@ def foreign_to_acme(sec, kind: str, value: str) -> bool:
         return not any(fid == value and tenant == OWN_TENANT for (_, tenant), fid in sec.files.items())
     if kind == "region":
         return all(OWN_TENANT not in ts for s, ts in lease.items() if sec.region_of(s) == value)
+    if kind in STAFF_KINDS:
+        return True
+    if kind in ("channel", "notification"):
+        return (kind, OWN_TENANT) not in sec.notify or sec.notify[(kind, OWN_TENANT)] != value
     raise AssertionError(kind)
 
 
@@ -209,6 +232,8 @@ def foreign_markers(sec) -> list[str]:
     markers |= {v for v in sec.anomalies.values() if foreign_to_acme(sec, "anomaly", v)}
     markers |= {v for v in sec.predictions.values() if foreign_to_acme(sec, "prediction", v)}
     markers |= {fid for (_, tenant), fid in sec.files.items() if tenant != OWN_TENANT}
+    markers |= {v for (kind, tenant), v in sec.notify.items() if tenant != OWN_TENANT or kind in STAFF_KINDS}
+    markers.add("towerco noc mailbox")  # the internal channel's name
     # a region holding only foreign sites (secstack: region sec-region-<i % 2>)
     regions: dict[str, set[str]] = defaultdict(set)
     for i, site in enumerate(lease):
@@ -225,7 +250,8 @@ OWN_MARKERS = ("acme", "sec-a")  # "sec-a" also matches SEC-AB, acme's shared si
 AGGREGATES = frozenset({"GetDetectorStatus", "GetEnergyReport"})
 # Reads a tenant is answered nothing by, by rule (services/bi/servicer.py: the recommendations are
 # the towerco's own work): a tenant's answer must have no row at all.
-STAFF_ONLY = frozenset({"ListRecommendations"})
+STAFF_ONLY = frozenset({"ListRecommendations", "ListRoutes", "ListEscalationPolicies", "ListSchedules",
+                        "ListSilences"})
 
 # Product defects this matrix found, kept visible rather than failing every run until they are
 # fixed: each (RPC, target, caller) cell MUST still show a problem (a cell of the list that
