@@ -317,9 +317,11 @@ class Notifier:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                while await self.schedule_once():
-                    pass
-                await self._dispatch()
+                while True:  # deliveries go out between batches of timers, so a storm never starves them
+                    flushed = await self.schedule_once()
+                    await self._dispatch()
+                    if not flushed:
+                        break
                 async with self.pool.acquire() as conn:
                     nxt = await store.next_due(conn)
                     now = await conn.fetchval("SELECT now()")

@@ -127,6 +127,8 @@ class WebhookReceiver:
                     return
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             return
+        except asyncio.CancelledError:  # the server is closing: drop the idle keep-alive connection
+            return
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
