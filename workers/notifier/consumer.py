@@ -346,16 +346,17 @@ class Notifier:
             if not groups and not escs:
                 return 0
             silences = [silence_of(r) for r in await store.active_silences(conn)]
+            routes = {r["id"]: r for r in await store.routes(conn)} if groups else {}
             for g in groups:
-                await self._flush(conn, g, silences, now)
+                await self._flush(conn, g, silences, now, routes)
             for e in escs:
                 await self._escalate(conn, e, silences, now)
         return len(groups) + len(escs)
 
     async def _flush(self, conn: asyncpg.Connection, g: asyncpg.Record, silences: list[domain.SilenceSpec],
-                     now: float) -> None:
+                     now: float, routes: dict[uuid.UUID, asyncpg.Record]) -> None:
         rid, key = g["route_id"], g["group_key"]
-        r = await store.route(conn, route_id=rid)
+        r = routes.get(rid)
         if r is None:
             await store.delete_group(conn, route_id=rid, group_key=key)
             return
@@ -381,12 +382,13 @@ class Notifier:
                 await self._notify(conn, kind=domain.KIND_FIRING, channel_ids=list(rule.channel_ids),
                                    incidents=firing, route_id=rid, group_key=key, now=now, silenced=True)
             sent = True
-        await store.drop_resolved_members(conn, route_id=rid, group_key=key)
         new = domain.after_flush(times, sent=sent, now=now, firing=bool(firing))
         nf = domain.next_flush(new, rule)
         if nf is None or not firing:
             await store.delete_group(conn, route_id=rid, group_key=key)
         else:
+            if resolved:
+                await store.drop_resolved_members(conn, route_id=rid, group_key=key)
             await store.save_group(conn, route_id=rid, group_key=key, created=g["created"], flushed=_at(new.flushed),
                                    sent=_at(new.sent), changed=False, firing=True, next_flush=_at(nf))
 
@@ -470,8 +472,9 @@ class Notifier:
 
     async def _deliver(self, row: asyncpg.Record) -> None:
         attempt = row["attempts"]
-        async with self.pool.acquire() as conn:
-            ch = await store.channel(conn, channel_id=row["channel_id"])
+        ch = None if row["ch_kind"] is None else {"kind": row["ch_kind"], "webhook_url": row["webhook_url"],
+                                                  "signing_secret": row["signing_secret"],
+                                                  "email_address": row["email_address"]}
         started = time.perf_counter()
         if ch is None:
             ok, code, error, permanent = False, 0, "channel deleted", True
@@ -498,7 +501,7 @@ class Notifier:
         else:
             state = domain.PENDING
             retry_in = domain.retry_delay(attempt, base_s=self.cfg.retry_base_s, cap_s=self.cfg.retry_max_s)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
             kept = await store.finish_attempt(conn, notification_id=row["id"], attempt=attempt, ok=ok, code=code,
                                               latency_ms=latency_ms, error=error, state=state, retry_in_s=retry_in)
         if not kept:
@@ -528,7 +531,7 @@ class Notifier:
                                        message=str(body.get("message", "")))
         return body
 
-    async def _post(self, ch: asyncpg.Record, row: asyncpg.Record, body: dict[str, Any], attempt: int
+    async def _post(self, ch: dict[str, Any], row: asyncpg.Record, body: dict[str, Any], attempt: int
                     ) -> tuple[bool, int, str]:
         data = domain.encode_body(body)
         headers = {"Content-Type": "application/json", "User-Agent": "towerco-notifier/1",
@@ -558,7 +561,7 @@ class Notifier:
         msg.add_alternative(self._jinja.get_template("email.html.j2").render(**ctx), subtype="html")
         return msg
 
-    async def _mail(self, ch: asyncpg.Record, row: asyncpg.Record, body: dict[str, Any]) -> tuple[bool, int, str]:
+    async def _mail(self, ch: dict[str, Any], row: asyncpg.Record, body: dict[str, Any]) -> tuple[bool, int, str]:
         msg = self.render_email(ch, row, body)
         try:
             await aiosmtplib.send(msg, hostname=self.cfg.smtp_host, port=self.cfg.smtp_port,

@@ -192,13 +192,18 @@ async def insert_notification(conn: asyncpg.Connection, **row: Any) -> None:
 async def claim_deliveries(conn: asyncpg.Connection, *, limit: int, lease_s: float) -> list[asyncpg.Record]:
     """Claim due notifications: pending ones whose time has come, and ones whose attempt was
     claimed by a process that died (lease over). Each claim counts an attempt and records it
-    (notification, attempt) before anything is sent; one transaction."""
+    (notification, attempt) before anything is sent; one transaction. Each row comes with its
+    channel (ch_kind NULL: the channel was deleted)."""
     rows = await conn.fetch(
-        "UPDATE notifications.notification n SET state = 2, attempts = n.attempts + 1,"
+        "WITH pending AS (SELECT id FROM notifications.notification WHERE state = 1 AND due <= now() ORDER BY due"
+        " LIMIT $1 FOR UPDATE SKIP LOCKED),"
+        " orphaned AS (SELECT id FROM notifications.notification WHERE state = 2 AND lease_until < now()"
+        " LIMIT $1 FOR UPDATE SKIP LOCKED),"
+        " claimed AS (UPDATE notifications.notification n SET state = 2, attempts = n.attempts + 1,"
         " lease_until = now() + make_interval(secs => $2)"
-        " WHERE n.id IN (SELECT id FROM notifications.notification WHERE (state = 1 AND due <= now())"
-        " OR (state = 2 AND lease_until < now()) ORDER BY due LIMIT $1 FOR UPDATE SKIP LOCKED)"
-        " RETURNING n.*", limit, lease_s)
+        " WHERE n.id IN (SELECT id FROM pending UNION SELECT id FROM orphaned) RETURNING n.*)"
+        " SELECT claimed.*, c.kind AS ch_kind, c.webhook_url, c.signing_secret, c.email_address"
+        " FROM claimed LEFT JOIN notifications.channel c ON c.id = claimed.channel_id", limit, lease_s)
     if rows:
         await conn.executemany(
             "INSERT INTO notifications.delivery_attempt (notification_id, attempt, start_time) VALUES ($1, $2, now())",
@@ -209,17 +214,17 @@ async def claim_deliveries(conn: asyncpg.Connection, *, limit: int, lease_s: flo
 async def finish_attempt(conn: asyncpg.Connection, *, notification_id: uuid.UUID, attempt: int, ok: bool,
                          code: int, latency_ms: float, error: str, state: int, retry_in_s: float) -> bool:
     """Record an attempt's outcome and the notification's next state (delivered, pending again
-    after `retry_in_s`, or dead). False when the claim was lost (another process took it over)."""
-    done = await conn.execute(
-        "UPDATE notifications.notification SET state = $3::smallint, last_error = $4,"
+    after `retry_in_s`, or dead), in one statement. False when the claim was lost (another
+    process took it over after the lease ended)."""
+    kept = await conn.fetchval(
+        "WITH n AS (UPDATE notifications.notification SET state = $3::smallint, last_error = $4,"
         " due = CASE WHEN $3::smallint = 1 THEN now() + make_interval(secs => $5) ELSE due END,"
         " finish_time = CASE WHEN $3::smallint IN (3, 4) THEN now() END, lease_until = NULL"
-        " WHERE id = $1 AND attempts = $2 AND state = 2",
-        notification_id, attempt, state, error, retry_in_s)
-    await conn.execute(
-        "UPDATE notifications.delivery_attempt SET ok = $3, response_code = $4, latency_ms = $5, error = $6"
-        " WHERE notification_id = $1 AND attempt = $2", notification_id, attempt, ok, code, latency_ms, error)
-    return done != "UPDATE 0"
+        " WHERE id = $1 AND attempts = $2 AND state = 2 RETURNING id),"
+        " a AS (UPDATE notifications.delivery_attempt SET ok = $6, response_code = $7, latency_ms = $8, error = $4"
+        " WHERE notification_id = $1 AND attempt = $2 RETURNING 1)"
+        " SELECT count(*) FROM n, a", notification_id, attempt, state, error, retry_in_s, ok, code, latency_ms)
+    return bool(kept)
 
 
 async def wake(conn: asyncpg.Connection) -> None:

@@ -15,8 +15,8 @@ log = logging.getLogger("towerco.notifier")
 
 
 async def serve() -> None:
-    async with lifecycle.worker_runtime("notifier", table="notifications.notification", min_size=1,
-                                        max_size=8) as rt:
+    async with lifecycle.worker_runtime("notifier", table="notifications.notification", min_size=2,
+                                        max_size=16) as rt:
         cfg = NotifierConfig.from_env()
         log.info("notifier consuming incident events as %s; SMTP %s:%d", cfg.durable, cfg.smtp_host, cfg.smtp_port)
         await lifecycle.run_until_signalled(Notifier(rt.pool, rt.js, config=cfg,

@@ -118,7 +118,8 @@ CREATE TABLE notifications.notification (
     lease_until      timestamptz,                      -- a claimed attempt not finished by then is retried
     finish_time      timestamptz
 );
-CREATE INDEX notification_due_idx ON notifications.notification (due) WHERE state IN (1, 2);
+CREATE INDEX notification_due_idx ON notifications.notification (due) WHERE state = 1;
+CREATE INDEX notification_lease_idx ON notifications.notification (lease_until) WHERE state = 2;
 CREATE INDEX notification_list_idx ON notifications.notification (create_time DESC, id DESC);
 CREATE INDEX notification_channel_idx ON notifications.notification (channel_id, create_time DESC);
 CREATE INDEX notification_incidents_idx ON notifications.notification USING gin (incident_ids);

@@ -79,6 +79,10 @@ async def test_kill_9_mid_escalation_continues_on_time_and_sends_nothing_twice(s
         inc = incident(region=reg)
         await publish(js, inc)
         step1 = (await eventually(lambda: web.accepted("/a"), lambda r: len(r) == 1, within=60))[0]
+        async with pool.acquire() as conn:  # its delivery recorded (a kill between the receiver's answer and
+            # that record is the one window where a repeat can arrive: with the same Idempotency-Key)
+            await eventually(lambda: conn.fetchval("SELECT state FROM notifications.notification WHERE id = $1",
+                                                   uuid.UUID(step1.idempotency_key)), lambda st: st == 3)
         os.kill(proc.pid, signal.SIGKILL)  # mid-escalation (step 2 due in 6 s) and mid group wait
         proc.wait(10)
         await asyncio.sleep(2.0)
