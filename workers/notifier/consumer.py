@@ -215,19 +215,21 @@ class Notifier:
             now = (await conn.fetchval("SELECT now()")).timestamp()
             rules = [rule_of(r) for r in await store.routes(conn)]
             for event_id, ev in parsed:
-                if not await store.mark_processed(conn, event_id=event_id):
-                    COUNTS.labels("duplicate_events").inc()
-                    continue
-                await self._apply(conn, ev, rules, now)
+                await self._apply(conn, event_id, ev, rules, now)
                 self.stats["events"] += 1
                 COUNTS.labels("events").inc()
         self.wake()
 
-    async def _apply(self, conn: asyncpg.Connection, ev: noc_pb2.IncidentEvent, rules: list[domain.Rule],
-                     now: float) -> None:
+    async def _apply(self, conn: asyncpg.Connection, event_id: str, ev: noc_pb2.IncidentEvent,
+                     rules: list[domain.Rule], now: float) -> None:
         inc = ev.incident
         upd = inc.update_time.ToDatetime(tzinfo=UTC) if inc.HasField("update_time") else datetime.now(UTC)
-        if not await store.upsert_incident(conn, incident_id=inc.id, body=inc.SerializeToString(), update_time=upd):
+        outcome = await store.record_event(conn, event_id=event_id, incident_id=inc.id, body=inc.SerializeToString(),
+                                           update_time=upd)
+        if outcome == "duplicate":
+            COUNTS.labels("duplicate_events").inc()
+            return
+        if outcome == "stale":
             return  # an older state than the one already seen
         facts = domain.facts_of(inc)
         matched = domain.route(rules, facts)
@@ -269,23 +271,23 @@ class Notifier:
 
     async def _join(self, conn: asyncpg.Connection, rule: domain.Rule, key: str, incident_id: str, now: float) -> None:
         rid = uuid.UUID(rule.id)
-        g = await store.lock_group(conn, route_id=rid, group_key=key)
-        m = await store.member(conn, route_id=rid, group_key=key, incident_id=incident_id)
-        if m is not None and m["firing"]:
+        g = await store.lock_group_and_member(conn, route_id=rid, group_key=key, incident_id=incident_id)
+        if g is not None and g["member_firing"]:
             return  # already in the group, firing: its changes ride on the group's next notification
-        await store.set_member(conn, route_id=rid, group_key=key, incident_id=incident_id, firing=True)
-        if g is None:
-            times = domain.GroupTimes(created=now)
-        else:
-            times = domain.after_change(self._times(g), firing=True)
-        await self._save_times(conn, rid, key, times, rule, g)
+        times = domain.GroupTimes(created=now) if g is None else domain.after_change(self._times(g), firing=True)
+        nf = domain.next_flush(times, rule)
+        if g is not None and g["next_flush"] is not None and nf is not None:
+            nf = min(nf, g["next_flush"].timestamp())  # a timer already set earlier stays
+        await store.join_group(conn, route_id=rid, group_key=key, incident_id=incident_id,
+                               created=_at(times.created) or datetime.now(UTC), flushed=_at(times.flushed),
+                               sent=_at(times.sent), changed=times.changed, firing=times.firing, next_flush=_at(nf))
 
     async def _leave(self, conn: asyncpg.Connection, rule: domain.Rule, key: str, incident_id: str) -> None:
         rid = uuid.UUID(rule.id)
         g = await store.lock_group(conn, route_id=rid, group_key=key)
-        await store.set_member(conn, route_id=rid, group_key=key, incident_id=incident_id, firing=False)
         if g is None:
             return
+        await store.set_member(conn, route_id=rid, group_key=key, incident_id=incident_id, firing=False)
         firing = any(m["firing"] for m in await store.members(conn, route_id=rid, group_key=key))
         times = self._times(g)
         if rule.send_resolved and times.sent is not None:
@@ -346,51 +348,65 @@ class Notifier:
             if not groups and not escs:
                 return 0
             silences = [silence_of(r) for r in await store.active_silences(conn)]
-            routes = {r["id"]: r for r in await store.routes(conn)} if groups else {}
-            for g in groups:
-                await self._flush(conn, g, silences, now, routes)
+            if groups:
+                await self._flush_many(conn, groups, silences, now)
             for e in escs:
                 await self._escalate(conn, e, silences, now)
         return len(groups) + len(escs)
 
-    async def _flush(self, conn: asyncpg.Connection, g: asyncpg.Record, silences: list[domain.SilenceSpec],
-                     now: float, routes: dict[uuid.UUID, asyncpg.Record]) -> None:
-        rid, key = g["route_id"], g["group_key"]
-        r = routes.get(rid)
-        if r is None:
-            await store.delete_group(conn, route_id=rid, group_key=key)
-            return
-        rule = rule_of(r)
-        times = self._times(g)
-        mem = await store.members(conn, route_id=rid, group_key=key)
-        bodies = {row["id"]: noc_pb2.Incident.FromString(row["body"])
-                  for row in await store.incidents(conn, ids=[m["incident_id"] for m in mem])}
-        firing = [bodies[m["incident_id"]] for m in mem if m["firing"] and m["incident_id"] in bodies]
-        resolved = [bodies[m["incident_id"]] for m in mem if not m["firing"] and m["incident_id"] in bodies]
-        sent = False
-        if domain.should_send(times, rule, now):
-            loud = [i for i in firing if domain.silenced_by(silences, domain.facts_of(i), now) is None]
-            told_resolved = resolved if (rule.send_resolved and times.sent is not None) else []
-            told_resolved = [i for i in told_resolved if domain.silenced_by(silences, domain.facts_of(i), now) is None]
-            if loud:
-                await self._notify(conn, kind=domain.KIND_FIRING, channel_ids=list(rule.channel_ids),
-                                   incidents=loud + told_resolved, route_id=rid, group_key=key, now=now)
-            elif told_resolved:
-                await self._notify(conn, kind=domain.KIND_RESOLVED, channel_ids=list(rule.channel_ids),
-                                   incidents=told_resolved, route_id=rid, group_key=key, now=now)
-            elif firing:  # every firing incident is silenced: logged, not sent
-                await self._notify(conn, kind=domain.KIND_FIRING, channel_ids=list(rule.channel_ids),
-                                   incidents=firing, route_id=rid, group_key=key, now=now, silenced=True)
-            sent = True
-        new = domain.after_flush(times, sent=sent, now=now, firing=bool(firing))
-        nf = domain.next_flush(new, rule)
-        if nf is None or not firing:
-            await store.delete_group(conn, route_id=rid, group_key=key)
-        else:
-            if resolved:
-                await store.drop_resolved_members(conn, route_id=rid, group_key=key)
-            await store.save_group(conn, route_id=rid, group_key=key, created=g["created"], flushed=_at(new.flushed),
-                                   sent=_at(new.sent), changed=False, firing=True, next_flush=_at(nf))
+    async def _flush_many(self, conn: asyncpg.Connection, groups: list[asyncpg.Record],
+                          silences: list[domain.SilenceSpec], now: float) -> None:
+        """Evaluate due groups (Alertmanager's rules, domain.py) in a few round trips: their
+        members, incidents and channels read at once, the notifications and timers written at once."""
+        rules = {r["id"]: rule_of(r) for r in await store.routes(conn)}
+        keys = [(g["route_id"], g["group_key"]) for g in groups]
+        by_group: dict[tuple[uuid.UUID, str], list[asyncpg.Record]] = {}
+        for m in await store.members_of(conn, keys=keys):
+            by_group.setdefault((m["route_id"], m["group_key"]), []).append(m)
+        ids = sorted({m["incident_id"] for ms in by_group.values() for m in ms})
+        bodies = {row["id"]: noc_pb2.Incident.FromString(row["body"]) for row in await store.incidents(conn, ids=ids)}
+        wanted = {u for rid, _ in keys if rid in rules for c in rules[rid].channel_ids if (u := _uuid(c)) is not None}
+        channels = {c["id"]: c for c in await store.channels(conn, ids=sorted(wanted))}
+        out: list[dict[str, Any]] = []
+        deleted: list[tuple[uuid.UUID, str]] = []
+        dropped: list[tuple[uuid.UUID, str]] = []
+        saved: list[tuple[Any, ...]] = []
+        for g in groups:
+            rid, key = g["route_id"], g["group_key"]
+            rule = rules.get(rid)
+            if rule is None:  # the route was deleted
+                deleted.append((rid, key))
+                continue
+            times = self._times(g)
+            mem = by_group.get((rid, key), [])
+            firing = [bodies[m["incident_id"]] for m in mem if m["firing"] and m["incident_id"] in bodies]
+            resolved = [bodies[m["incident_id"]] for m in mem if not m["firing"] and m["incident_id"] in bodies]
+            sent = False
+            if domain.should_send(times, rule, now):
+                loud = [i for i in firing if domain.silenced_by(silences, domain.facts_of(i), now) is None]
+                told = resolved if (rule.send_resolved and times.sent is not None) else []
+                told = [i for i in told if domain.silenced_by(silences, domain.facts_of(i), now) is None]
+                chans = [channels[u] for c in rule.channel_ids if (u := _uuid(c)) is not None and u in channels]
+                if loud:
+                    self._make(out, chans, kind=domain.KIND_FIRING, incidents=loud + told, route_id=rid,
+                               group_key=key, now=now)
+                elif told:
+                    self._make(out, chans, kind=domain.KIND_RESOLVED, incidents=told, route_id=rid, group_key=key,
+                               now=now)
+                elif firing:  # every firing incident is silenced: logged, not sent
+                    self._make(out, chans, kind=domain.KIND_FIRING, incidents=firing, route_id=rid, group_key=key,
+                               now=now, silenced=True)
+                sent = True
+            new = domain.after_flush(times, sent=sent, now=now, firing=bool(firing))
+            nf = domain.next_flush(new, rule)
+            if nf is None or not firing:
+                deleted.append((rid, key))
+            else:
+                if resolved:
+                    dropped.append((rid, key))
+                saved.append((rid, key, _at(new.flushed), _at(new.sent), _at(nf)))
+        await store.insert_notifications(conn, rows=out)
+        await store.finish_groups(conn, deleted=deleted, dropped=dropped, saved=saved)
 
     async def _escalate(self, conn: asyncpg.Connection, e: asyncpg.Record, silences: list[domain.SilenceSpec],
                         now: float) -> None:
@@ -429,27 +445,34 @@ class Notifier:
                       incidents: list[noc_pb2.Incident], route_id: uuid.UUID, group_key: str, now: float,
                       step: int = 0, rnd: int = 0, silenced: bool = False) -> int:
         """One notification per channel, with the incidents that channel may receive (a tenant's
-        channel: only its tenant's, scoped). Returns how many were made."""
+        channel: only its tenant's, scoped), written now. Returns how many were made."""
         ids = [c if isinstance(c, uuid.UUID) else _uuid(str(c)) for c in channel_ids]
-        made = 0
-        for ch in await store.channels(conn, ids=[i for i in ids if i is not None]):
+        chans = await store.channels(conn, ids=[i for i in ids if i is not None])
+        out: list[dict[str, Any]] = []
+        self._make(out, chans, kind=kind, incidents=incidents, route_id=route_id, group_key=group_key, now=now,
+                   step=step, rnd=rnd, silenced=silenced)
+        await store.insert_notifications(conn, rows=out)
+        return len(out)
+
+    def _make(self, out: list[dict[str, Any]], chans: list[Any], *, kind: int, incidents: list[noc_pb2.Incident],
+              route_id: uuid.UUID, group_key: str, now: float, step: int = 0, rnd: int = 0,
+              silenced: bool = False) -> None:
+        created = datetime.fromtimestamp(now, tz=UTC).isoformat().replace("+00:00", "Z")
+        for ch in chans:
             incs = domain.scoped(incidents, ch["tenant_id"])
             if not incs:
-                continue
+                continue  # a tenant's channel hears only of its tenant's incidents
             nid = uuid.uuid4()
-            created = datetime.fromtimestamp(now, tz=UTC).isoformat().replace("+00:00", "Z")
             body = domain.webhook_body(notification_id=str(nid), kind=kind, channel_id=str(ch["id"]),
                                        tenant_id=ch["tenant_id"], route_id=str(route_id), group_key=group_key,
                                        incidents=incs, created=created, step=step, round_=rnd)
-            await store.insert_notification(
-                conn, id=nid, channel_id=ch["id"], tenant_id=ch["tenant_id"], kind=kind, route_id=route_id,
-                group_key=group_key, incident_ids=[i.id for i in incs], step=step, round=rnd,
-                summary=body["summary"], payload=json.dumps(body), state=domain.SILENCED if silenced else domain.PENDING)
-            made += 1
+            out.append({"id": nid, "channel_id": ch["id"], "tenant_id": ch["tenant_id"], "kind": kind,
+                        "route_id": route_id, "group_key": group_key, "incident_ids": [i.id for i in incs],
+                        "step": step, "round": rnd, "summary": body["summary"], "payload": json.dumps(body),
+                        "state": domain.SILENCED if silenced else domain.PENDING})
             COUNTS.labels("silenced" if silenced else "notifications").inc()
             if not silenced:
                 self.stats["notifications"] += 1
-        return made
 
     # -- the sender
 

@@ -48,21 +48,21 @@ async def active_silences(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 # ---------------------------------------------------------------------------------- incidents
 
 
-async def mark_processed(conn: asyncpg.Connection, *, event_id: str) -> bool:
-    """False when the event was processed before (a redelivery)."""
-    done = await conn.execute("INSERT INTO notifications.processed_event (event_id) VALUES ($1) "
-                              "ON CONFLICT DO NOTHING", event_id)
-    return done != "INSERT 0 0"
-
-
-async def upsert_incident(conn: asyncpg.Connection, *, incident_id: str, body: bytes, update_time: datetime) -> bool:
-    """Keep the newest copy; False when the stored one is newer (an out-of-order event)."""
+async def record_event(conn: asyncpg.Connection, *, event_id: str, incident_id: str, body: bytes,
+                       update_time: datetime) -> str:
+    """One round trip: record the event id and keep the incident's newest copy. "duplicate" (the
+    event was processed before), "stale" (the stored copy is newer) or "applied"."""
     row = await conn.fetchrow(
-        "INSERT INTO notifications.incident (id, body, update_time) VALUES ($1, $2, $3)"
+        "WITH p AS (INSERT INTO notifications.processed_event (event_id) VALUES ($1) ON CONFLICT DO NOTHING"
+        " RETURNING 1), i AS (INSERT INTO notifications.incident (id, body, update_time)"
+        " SELECT $2, $3, $4 WHERE EXISTS (SELECT 1 FROM p)"
         " ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body, update_time = EXCLUDED.update_time"
-        " WHERE notifications.incident.update_time <= EXCLUDED.update_time RETURNING id",
-        incident_id, body, update_time)
-    return row is not None
+        " WHERE notifications.incident.update_time <= EXCLUDED.update_time RETURNING 1)"
+        " SELECT EXISTS (SELECT 1 FROM p) AS fresh, EXISTS (SELECT 1 FROM i) AS applied",
+        event_id, incident_id, body, update_time)
+    if not row["fresh"]:
+        return "duplicate"
+    return "applied" if row["applied"] else "stale"
 
 
 async def incidents(conn: asyncpg.Connection, *, ids: list[str]) -> list[asyncpg.Record]:
@@ -81,10 +81,58 @@ async def lock_group(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key
                                " FOR UPDATE", route_id, group_key)
 
 
-async def member(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str, incident_id: str
-                 ) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM notifications.group_member WHERE route_id = $1 AND group_key = $2"
-                               " AND incident_id = $3", route_id, group_key, incident_id)
+async def lock_group_and_member(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str,
+                                incident_id: str) -> asyncpg.Record | None:
+    """The group (locked) with `member_firing`: the incident's membership (NULL: not a member).
+    None when the group does not exist (nor, then, its members)."""
+    return await conn.fetchrow(
+        "SELECT g.*, (SELECT m.firing FROM notifications.group_member m WHERE m.route_id = g.route_id"
+        " AND m.group_key = g.group_key AND m.incident_id = $3) AS member_firing"
+        " FROM notifications.alert_group g WHERE g.route_id = $1 AND g.group_key = $2 FOR UPDATE OF g",
+        route_id, group_key, incident_id)
+
+
+async def join_group(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str, incident_id: str,
+                     created: datetime, flushed: datetime | None, sent: datetime | None, changed: bool,
+                     firing: bool, next_flush: datetime | None) -> None:
+    """One round trip: the incident is a firing member, and the group's timers are saved."""
+    await conn.execute(
+        "WITH m AS (INSERT INTO notifications.group_member (route_id, group_key, incident_id, firing)"
+        " VALUES ($1, $2, $3, true) ON CONFLICT (route_id, group_key, incident_id) DO UPDATE SET firing = true)"
+        " INSERT INTO notifications.alert_group (route_id, group_key, created, flushed, sent, changed, firing,"
+        " next_flush) VALUES ($1, $2, $4, $5, $6, $7, $8, $9) ON CONFLICT (route_id, group_key) DO UPDATE SET"
+        " flushed = EXCLUDED.flushed, sent = EXCLUDED.sent, changed = EXCLUDED.changed, firing = EXCLUDED.firing,"
+        " next_flush = EXCLUDED.next_flush",
+        route_id, group_key, incident_id, created, flushed, sent, changed, firing, next_flush)
+
+
+async def members_of(conn: asyncpg.Connection, *, keys: list[tuple[uuid.UUID, str]]) -> list[asyncpg.Record]:
+    """The members of several groups at once."""
+    return await conn.fetch(
+        "SELECT m.route_id, m.group_key, m.incident_id, m.firing FROM notifications.group_member m"
+        " JOIN unnest($1::uuid[], $2::text[]) AS k(route_id, group_key) USING (route_id, group_key)"
+        " ORDER BY m.incident_id", [k[0] for k in keys], [k[1] for k in keys])
+
+
+async def finish_groups(conn: asyncpg.Connection, *, deleted: list[tuple[uuid.UUID, str]],
+                        dropped: list[tuple[uuid.UUID, str]], saved: list[tuple[Any, ...]]) -> None:
+    """After a scheduler batch: groups done, resolved members told, timers moved (few round trips)."""
+    if deleted:
+        await conn.execute(
+            "WITH k AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS k(route_id, group_key)),"
+            " m AS (DELETE FROM notifications.group_member USING k WHERE group_member.route_id = k.route_id"
+            " AND group_member.group_key = k.group_key)"
+            " DELETE FROM notifications.alert_group USING k WHERE alert_group.route_id = k.route_id"
+            " AND alert_group.group_key = k.group_key", [d[0] for d in deleted], [d[1] for d in deleted])
+    if dropped:
+        await conn.execute(
+            "DELETE FROM notifications.group_member m USING unnest($1::uuid[], $2::text[]) AS k(route_id, group_key)"
+            " WHERE m.route_id = k.route_id AND m.group_key = k.group_key AND NOT m.firing",
+            [d[0] for d in dropped], [d[1] for d in dropped])
+    if saved:
+        await conn.executemany(
+            "UPDATE notifications.alert_group SET flushed = $3, sent = $4, changed = false, firing = true,"
+            " next_flush = $5 WHERE route_id = $1 AND group_key = $2", saved)
 
 
 async def set_member(conn: asyncpg.Connection, *, route_id: uuid.UUID, group_key: str, incident_id: str,
@@ -176,6 +224,24 @@ async def next_due(conn: asyncpg.Connection) -> datetime | None:
 
 
 # ------------------------------------------------------------------------------ notifications
+
+
+NOTIFICATION_INSERT = (
+    "INSERT INTO notifications.notification (id, channel_id, tenant_id, kind, route_id, group_key, incident_ids,"
+    " escalation_step, escalation_round, summary, payload, state, finish_time)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::smallint,"
+    " CASE WHEN $12::smallint = 5 THEN now() END)")
+
+
+def notification_args(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["id"], row["channel_id"], row["tenant_id"], row["kind"], row["route_id"], row["group_key"],
+            row["incident_ids"], row.get("step", 0), row.get("round", 0), row["summary"], row["payload"],
+            row.get("state", 1))
+
+
+async def insert_notifications(conn: asyncpg.Connection, *, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.executemany(NOTIFICATION_INSERT, [notification_args(r) for r in rows])
 
 
 async def insert_notification(conn: asyncpg.Connection, **row: Any) -> None:
