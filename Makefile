@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-notify clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-notify bench-noc clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-bi: $(STAMP)
 # an incident storm through the notifier to 50 webhook receivers (bench/notify.py)
 bench-notify: $(STAMP)
 	$(BIN)/python -m bench.notify
+
+bench-noc: $(STAMP)
+	$(BIN)/python -m bench.noc
 
 clean:
 	rm -rf $(VENV) .towerco .pytest_cache build *.egg-info

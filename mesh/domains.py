@@ -47,6 +47,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("files", schema="files", service="services.files"),
     Domain("notifications", schema="notifications", service="services.notifications",
            workers=("workers.notifier",)),
+    Domain("noc", schema="noc", service="services.noc"),
 )
 
 

@@ -11,13 +11,16 @@ Each site has telemetry (dc_bus_v, and tenant_link_up per tenant) and a calendar
 naming its tenants; acme and beta have an availability policy.
 
 The Notifications service runs too: acme, beta and the towerco each have a channel with a
-delivered notification, and a route, escalation policy, on-call schedule and silence named after
+delivered notification of their NOC incidents, and a route, escalation policy, on-call schedule and silence named after
 acme and after beta (the towerco's own configuration: staff read it, a tenant sees none).
 
 The AIOps, BI and Files services run as well (the gateway exposes them): every site has an
 anomaly and a prediction (written as the aiops engine writes them: rows and their outbox events;
 SEC-AB also has one for beta's link alone), acme and beta have a penalty rule set and an exported
 SLA statement of the seeded month, and each tenant has a site document per leased site.
+
+The NOC service runs too: the seeded anomalies reach it as events (one power incident per site),
+and beta has an incident of its own on SEC-AB (an alarm it posted with tenant_id beta).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from gwfake import serve_gateway  # noqa: E402
 TENANTS = ("acme", "beta", "gamma")
 LEASES = {"SEC-A": ("acme",), "SEC-B": ("beta",), "SEC-AB": ("acme", "beta"), "SEC-N": ()}
 PARTITIONS = 16
-SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi", "notifications")  # started in this order, all behind the gateway
+SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi", "noc", "notifications")  # started in this order, all behind the gateway
 
 
 @dataclass
@@ -71,6 +74,8 @@ class SecStack:
     anomalies: dict[str, str] = field(default_factory=dict)  # site -> id ("SEC-AB/beta": beta's link)
     predictions: dict[str, str] = field(default_factory=dict)  # site -> id
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (site or "export", tenant) -> file id
+    incidents: dict[str, str] = field(default_factory=dict)  # site -> NOC incident id ("SEC-AB/beta": beta's own)
+    alarms: dict[str, str] = field(default_factory=dict)  # site -> NOC alarm id ("SEC-AB/beta": beta's own)
     # notifications: (kind, tenant) -> id; kind one of channel, notification, route, policy,
     # schedule, silence; tenant "acme", "beta" or "" (the towerco's own channel and its notification)
     notify: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -214,7 +219,6 @@ async def _seed(stack: SecStack) -> None:
             resp = await bi.ExportSlaStatement(bi_pb2.ExportSlaStatementRequest(
                 tenant_id=t, month=stack.month, format=bi_pb2.EXPORT_FORMAT_CSV), metadata=admin, timeout=30)
             stack.files[("export", t)] = resp.file.id
-    await _seed_notifications(stack)
 
 
 async def _seed_notifications(stack: SecStack) -> None:
@@ -228,6 +232,9 @@ async def _seed_notifications(stack: SecStack) -> None:
     admin = stack.md("admin")
     async with grpc.aio.insecure_channel(stack.targets["notifications"]) as ch:
         api = notifications_pb2_grpc.NotificationsServiceStub(ch)
+        told = {"acme": [stack.incidents["SEC-A"], stack.incidents["SEC-AB"]],
+                "beta": [stack.incidents["SEC-B"], stack.incidents["SEC-AB/beta"], stack.incidents["SEC-AB"]],
+                "": [stack.incidents["SEC-N"]] if "SEC-N" in stack.incidents else []}
         for tenant in ("acme", "beta", ""):
             label = tenant or "towerco"
             c = (await api.CreateChannel(npb.CreateChannelRequest(channel=npb.Channel(
@@ -238,7 +245,7 @@ async def _seed_notifications(stack: SecStack) -> None:
             async with stack.pool.acquire() as conn:
                 await notifier_store.insert_notification(
                     conn, id=nid, channel_id=uuid.UUID(c.id), tenant_id=tenant, kind=1, route_id=None,
-                    group_key=f"site=SEC-{label}", incident_ids=[f"incident-{label}"], summary=f"{label} incident",
+                    group_key=f"tenant={label}", incident_ids=told[tenant], summary=f"{label} incident",
                     payload='{"kind": "firing"}', state=3)
             stack.notify[("notification", tenant)] = str(nid)
         for tenant in ("acme", "beta"):
@@ -262,6 +269,31 @@ async def _seed_notifications(stack: SecStack) -> None:
                                  ("silence", tenant): lid})
 
 
+async def _seed_noc(stack: SecStack) -> None:
+    """The NOC's incidents: the seeded anomalies reach it as events (one power incident per site,
+    beta's link joining the SEC-AB one), and beta posts an alarm of its own on SEC-AB (tenant_id
+    beta: an incident only beta may see)."""
+    from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
+
+    assert stack.pool is not None
+    await _wait_for(stack.pool, "SELECT count(DISTINCT site_id) FROM noc.incident", len(LEASES))
+    await _wait_for(stack.pool, "SELECT count(*) FROM noc.alarm", len(LEASES) + 1)
+    async with stack.pool.acquire() as conn:
+        for r in await conn.fetch("SELECT DISTINCT ON (site_id) site_id, id, incident_id FROM noc.alarm "
+                                  "WHERE tenant_id = '' ORDER BY site_id, first_seen"):
+            stack.incidents[r["site_id"]] = str(r["incident_id"])
+            stack.alarms[r["site_id"]] = str(r["id"])
+    async with grpc.aio.insecure_channel(stack.targets["noc"]) as ch:
+        noc = noc_pb2_grpc.NocServiceStub(ch)
+        resp = await noc.PostAlarm(noc_pb2.PostAlarmRequest(
+            source="sec-nms", source_alarm_id="beta-own-1", site_id="SEC-AB", tenant_id="beta",
+            alarm_type=noc_pb2.ALARM_TYPE_EQUIPMENT, probable_cause="tenant_cabinet_alarm",
+            perceived_severity=noc_pb2.PERCEIVED_SEVERITY_MINOR, text="tenant cabinet alarm"),
+            metadata=stack.md("service"))
+        stack.incidents["SEC-AB/beta"] = resp.incident_id
+        stack.alarms["SEC-AB/beta"] = resp.alarm.id
+
+
 async def _wait_for(pool: asyncpg.Pool, sql: str, want: int, wait_s: float = 60.0) -> None:
     deadline = time.monotonic() + wait_s
     got = -1
@@ -282,6 +314,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
     from services.bi.server import setup as bi_setup
     from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
+    from services.noc.server import setup as noc_setup
     from services.notifications.server import setup as notifications_setup
     from services.sites.server import setup as sites_setup
     from services.telemetry.server import setup as telemetry_setup
@@ -313,7 +346,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
         targets = dict(base.targets)
         settings = dataclasses.replace(base, targets=targets)
         for svc, setup in (("sites", sites_setup), ("telemetry", telemetry_setup), ("kpi", kpi_setup),
-                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup),
+                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup), ("noc", noc_setup),
                            ("notifications", notifications_setup)):
             srv = await bootstrap.start(svc, setup, port=0, metrics_port=-1, settings=settings)
             running.append(srv)
@@ -336,6 +369,10 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
             await _wait_for(pool, "SELECT count(*) FROM telemetry.samples", n_samples)
             await _wait_for(pool, "SELECT count(*) FROM kpi.tenancy", sum(len(ts) for ts in LEASES.values()))
             await _wait_for(pool, "SELECT count(DISTINCT site_id) FROM kpi.tenancy_hour", 3)
+            # the aiops_engine's relay (not running here) publishes the seeded anomalies for the NOC
+            await outbox.OutboxRelay(pool, js, schema="aiops").publish_pending()
+            await _seed_noc(stack)
+            await _seed_notifications(stack)  # its notifications tell of the NOC's incidents
             yield stack
     finally:
         for obj in (ingestor, calc):
