@@ -88,7 +88,7 @@ PROCESSES: tuple[Process, ...] = (
     Process("notifier", "worker", "workers.notifier.worker", health="metrics"),
     # Developer-only: the local SMTP sink and webhook receiver (workers/notifier/sink.py) the seeded
     # demo channels deliver to; `towerco notifications tail` prints what arrives.
-    Process("notification_sink", "tool", "workers.notifier.sink", compose=False),
+    Process("notify_sink", "tool", "workers.notifier.sink", compose=False),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.
