@@ -62,8 +62,9 @@ def signal_of(env: events_pb2.Envelope) -> domain.Signal | None:
 
 class AnomalyConsumer:
     def __init__(self, js: JetStreamContext, correlator: Correlator, *, durable: str = "noc-anomalies",
-                 batch: int = 500, ack_wait_s: float = 60.0) -> None:
+                 batch: int = 500, ack_wait_s: float = 60.0, lanes: int = 2) -> None:
         self.correlator = correlator
+        self.lanes = lanes
         self.consumer = events.PullConsumer(
             js, stream=events.EVENTS_STREAM, durable=durable, filter_subject=subjects.AIOPS_ANOMALY_EVENTS,
             handler=self.handle, batch=batch, ack_wait=ack_wait_s, fetch_timeout=1.0)
@@ -82,7 +83,7 @@ class AnomalyConsumer:
         delay = 1.0
         while True:
             try:
-                results = await self.correlator.process(signals)
+                results = await self.correlator.process(signals, lanes=self.lanes)
                 break
             except Exception as exc:
                 if not sites_down(exc):

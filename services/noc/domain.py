@@ -410,6 +410,10 @@ class Decisions:
         self.alarms[alarm.id] = alarm
         self.bumped_alarms.pop(alarm.id, None)
 
+    def bump_alarm(self, alarm: AlarmRec) -> None:
+        if alarm.id not in self.alarms:
+            self.bumped_alarms[alarm.id] = alarm
+
     def bump(self, alarm: AlarmRec, inc: IncidentRec, now: float) -> None:
         """A repeat: the alarm's count and last seen, the incident's alarm count and last seen."""
         if alarm.id not in self.alarms:
@@ -643,6 +647,11 @@ def _raise(view: SiteView, sig: Signal, *, params: Params, out: Decisions, new_i
         out.dirty(alarm)
 
     inc = next((i for i in view.incidents if i.id == alarm.incident_id and i.active), None)
+    if inc is None and was_active and alarm.incident_id:
+        # a re-send of an alarm that stayed active while an operator resolved (or closed) its
+        # incident: counted, but it reopens nothing (only a raise after a clear is a recurrence)
+        out.bump_alarm(alarm)
+        return Outcome(alarm, alarm.incident_id, "repeat of an alarm of a resolved incident")
     group = _group(kind, step, view)
     if inc is None:
         inc = next((i for i in view.incidents if i.active and i.kind == group), None)

@@ -4,9 +4,11 @@ timeline, the sources seen (idempotency) and the serialisation of correlation.
 Rows are read into and written from the domain's records (services/noc/domain.py), so the
 correlator's working set is exactly what these tables hold: nothing lives only in memory.
 
-Serialisation: correlation of a site, and the regional rule of a region, run under
-transaction-scoped advisory locks (`lock`), always taken regions first then sites, each in sorted
-order, so two writers never wait on each other in a cycle. Tenant scoping: every read takes
+Serialisation: every writer (correlation, operator actions, the periodic task) takes the
+transaction-scoped advisory locks (`lock`) of the regions and the sites whose incidents it may
+change, regions first then sites, each in sorted order, so two writers never wait on each other
+in a cycle and the regional rule (which links other sites' incidents of its region) never loses
+an update. Tenant scoping: every read takes
 `tenant` (None only for towerco staff); an incident is visible to a tenant when it impacts one of
 its tenancies (`tenant_ids`), an alarm when its site is leased by the tenant and it is not another
 tenant's own (`tenant_id`)."""
