@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-cluster bench-noc clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-cluster bench-noc bench-notify clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench-kpi: $(STAMP)
 
 bench-bi: $(STAMP)
 	$(BIN)/python -m bench.bi
+
+# an incident storm through the notifier to 50 webhook receivers (bench/notify.py)
+bench-notify: $(STAMP)
+	$(BIN)/python -m bench.notify
 
 bench-noc: $(STAMP)
 	$(BIN)/python -m bench.noc

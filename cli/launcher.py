@@ -496,6 +496,19 @@ class Supervisor:
             else:
                 self.seed_result["penalty_rule_sets_created"] = n
                 self.say(f"seed: {n} demo penalty rule set(s)")
+        notifications = self.children.get("notifications")
+        if notifications is not None:
+            from cli.seed import seed_notifications
+
+            try:
+                made = await seed_notifications(notifications.endpoint or self.settings.target("notifications"),
+                                                token=self.tokens["admin"])
+            except Exception as exc:  # notifications can be configured by hand (README)
+                self.say(f"notification channels not seeded: {type(exc).__name__}: {exc}")
+            else:
+                self.seed_result["notification_channels_created"] = made
+                self.say(f"seed: {made} demo notification channel(s) to the local sink "
+                         "(`towerco notifications tail`)")
 
     async def _shutdown(self) -> None:
         self.phase = "stopping"

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "cli.simulate",
     "gateway": "gateway.cli",
     "aiops": "workers.aiops_engine.cli",
+    "notifications": "workers.notifier.cli",
 }
 OPTIONAL_COMMANDS: frozenset[str] = frozenset({"simulate"})
 

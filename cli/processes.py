@@ -84,6 +84,11 @@ PROCESSES: tuple[Process, ...] = (
     Process("noc", "service", "services.noc.server", port="noc", health="grpc"),
     Process("bi", "service", "services.bi.server", port="bi", health="grpc"),
     Process("bi_engine", "worker", "workers.bi_engine.worker", health="metrics"),
+    Process("notifications", "service", "services.notifications.server", port="notifications", health="grpc"),
+    Process("notifier", "worker", "workers.notifier.worker", health="metrics"),
+    # Developer-only: the local SMTP sink and webhook receiver (workers/notifier/sink.py) the seeded
+    # demo channels deliver to; `towerco notifications tail` prints what arrives.
+    Process("notify_sink", "tool", "workers.notifier.sink", compose=False),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when
     # cli/simulate.py exists (`towerco up --no-simulate` skips it); it is run as
     # `python -m cli.simulate <args>` with the stack's environment and must run until SIGTERM.

@@ -382,6 +382,44 @@ async def seed_penalty_rules(target: str, *, token: str, tenants: tuple[str, ...
     return created
 
 
+async def seed_notifications(target: str, *, token: str, rpc_timeout_s: float = 10.0) -> int:
+    """The demo notification set-up, once (Notifications API at `target`): a signed webhook to the
+    local sink and an email to its SMTP server, a route of every MAJOR or worse incident to both
+    (grouped by region), and an escalation policy paging the NOC mailbox, then the webhook, while
+    nobody acknowledges. Returns how many channels were created (0 when they exist)."""
+    from towerco.noc.v1 import noc_pb2
+    from towerco.notifications.v1 import notifications_pb2 as npb
+    from towerco.notifications.v1 import notifications_pb2_grpc
+
+    import sdk
+    from mesh import config
+
+    sink = config.load(config.SinkSettings)
+    async with sdk.Client(target, token=token, breaker=False) as client:
+        api = client.stub(notifications_pb2_grpc.NotificationsServiceStub)
+        have = await api.ListChannels(npb.ListChannelsRequest(), timeout=rpc_timeout_s)
+        if any(c.name.startswith("demo ") for c in have.channels):
+            return 0
+        hook = (await api.CreateChannel(npb.CreateChannelRequest(channel=npb.Channel(
+            name="demo webhook (local sink)", kind=npb.CHANNEL_KIND_WEBHOOK,
+            webhook_url=f"http://127.0.0.1:{sink.http_port}/hooks/noc", signing_secret=sink.secret)),
+            timeout=rpc_timeout_s)).channel
+        mail = (await api.CreateChannel(npb.CreateChannelRequest(channel=npb.Channel(
+            name="demo NOC mailbox (local sink)", kind=npb.CHANNEL_KIND_EMAIL, email_address="noc@towerco.local")),
+            timeout=rpc_timeout_s)).channel
+        policy = (await api.CreateEscalationPolicy(npb.CreateEscalationPolicyRequest(policy=npb.EscalationPolicy(
+            name="demo NOC paging", repeat=1, steps=[
+                npb.EscalationStep(channel_ids=[mail.id], escalate_after_seconds=300),
+                npb.EscalationStep(channel_ids=[hook.id], escalate_after_seconds=600)])),
+            timeout=rpc_timeout_s)).policy
+        await api.CreateRoute(npb.CreateRouteRequest(route=npb.Route(
+            name="demo: major incidents to the NOC", position=100, channel_ids=[hook.id, mail.id],
+            match=npb.IncidentMatcher(min_severity=noc_pb2.INCIDENT_SEVERITY_MAJOR), group_by=["region"],
+            group_wait_seconds=30, group_interval_seconds=300, repeat_interval_seconds=4 * 3600, send_resolved=True,
+            escalation_policy_id=policy.id)), timeout=rpc_timeout_s)
+    return 2
+
+
 def _running_sites_target(settings: Any) -> str:
     """The Sites endpoint of the running `towerco up` of this home, unless the environment names one."""
     from cli import state

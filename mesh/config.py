@@ -12,6 +12,8 @@ Every variable is declared here once, with its type, default and meaning, in one
   FilesSettings          the Files service
   LeaseSettings          partition leases of the stateful workers' replicas
   NocSettings            the NOC service (correlation windows, consumer, caches)
+  NotifierSettings       the notifier worker (delivery, retries, SMTP)
+  SinkSettings           the local SMTP and webhook sink of the embedded stack
   GatewaySettings        the REST/WebSocket gateway
 
 `get_settings()` is the process-wide `Settings` (read once); a section is read with
@@ -45,7 +47,7 @@ METRICS_PORT_OFFSET = 2000
 # Prometheus ports of the workers (no gRPC port to offset from); TOWERCO_<NAME>_METRICS_PORT moves
 # one, a value <= 0 turns it off (`towerco status` then has nothing to check).
 WORKER_METRICS_PORTS: dict[str, int] = {"ingestor": 9101, "kpi_calculator": 9102, "aiops_engine": 9103,
-                                         "bi_engine": 9104}
+                                         "bi_engine": 9104, "notifier": 9105}
 DEV_JWT_SECRET = "towerco-dev-secret-not-for-production"
 DAY_S = 86400.0
 
@@ -352,6 +354,39 @@ class LeaseSettings:
 
 
 @dataclass(frozen=True)
+class NotifierSettings:
+    durable: str = env("TOWERCO_NOTIFIER_DURABLE", "notifier", "name of its consumer of the incident events")
+    smtp_host: str = env("TOWERCO_NOTIFIER_SMTP_HOST", "127.0.0.1", "SMTP server email channels are sent through")
+    smtp_port: int = env("TOWERCO_NOTIFIER_SMTP_PORT", 2525, "its port (the embedded stack's sink listens on 2525)")
+    smtp_username: str = env("TOWERCO_NOTIFIER_SMTP_USERNAME", "", "SMTP login (none when unset)", shown="unset")
+    smtp_password: str = env("TOWERCO_NOTIFIER_SMTP_PASSWORD", "", "SMTP password", shown="unset")
+    smtp_starttls: bool = env("TOWERCO_NOTIFIER_SMTP_STARTTLS", False, "upgrade the SMTP connection with STARTTLS")
+    mail_from: str = env("TOWERCO_NOTIFIER_MAIL_FROM", "towerco-noc@localhost", "From address of notification emails")
+    tick_s: float = env("TOWERCO_NOTIFIER_TICK_S", 0.5, "longest sleep between looks at due timers and deliveries",
+                        check=_positive, requirement="must be positive")
+    max_attempts: int = env("TOWERCO_NOTIFIER_MAX_ATTEMPTS", 8, "delivery attempts before a notification is dead",
+                            check=lambda v: 1 <= v <= 100, requirement="must be between 1 and 100")
+    retry_base_s: float = env("TOWERCO_NOTIFIER_RETRY_BASE_S", 2.0, "first retry delay (doubles, with jitter)",
+                              check=_positive, requirement="must be positive")
+    retry_max_s: float = env("TOWERCO_NOTIFIER_RETRY_MAX_S", 600.0, "longest retry delay",
+                             check=_positive, requirement="must be positive")
+    timeout_s: float = env("TOWERCO_NOTIFIER_TIMEOUT_S", 10.0, "deadline of one delivery attempt",
+                           check=_positive, requirement="must be positive")
+    lease_s: float = env("TOWERCO_NOTIFIER_LEASE_S", 60.0, "an attempt claimed this long ago and not finished "
+                         "(its process died) is retried", check=_positive, requirement="must be positive")
+    concurrency: int = env("TOWERCO_NOTIFIER_CONCURRENCY", 32, "deliveries in flight at once",
+                           check=lambda v: 1 <= v <= 1000, requirement="must be between 1 and 1000")
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    smtp_port: int = env("TOWERCO_SINK_SMTP_PORT", 2525, "port of the embedded stack's local SMTP sink")
+    http_port: int = env("TOWERCO_SINK_HTTP_PORT", 8025, "port of its local webhook receiver")
+    secret: str = env("TOWERCO_SINK_SECRET", "towerco-dev-webhook-secret", "signing secret of the demo webhook "
+                      "channel (the sink verifies it)", shown="dev secret")
+
+
+@dataclass(frozen=True)
 class NocSettings:
     """The NOC service: correlation windows (services/noc/domain.Params, docs/noc.md), the anomaly
     consumer, the periodic task and the caches of site facts and SLA exposure."""
@@ -431,6 +466,8 @@ SECTIONS: dict[type, str] = {
     BiEngineSettings: "bi_engine",
     FilesSettings: "files",
     NocSettings: "noc",
+    NotifierSettings: "notifier",
+    SinkSettings: "notification sink, seed",
     GatewaySettings: "gateway",
 }
 

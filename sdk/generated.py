@@ -12,6 +12,7 @@ from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
 from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
+from towerco.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
@@ -539,6 +540,271 @@ class NocServiceBlocking(BlockingService):
         return self._iterate(self._service.list_all(request, page_size=page_size, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
 
+class NotificationsService(AsyncService):
+    """towerco.notifications.v1.NotificationsService: Notifications: NOC incidents delivered by webhook and email, once per notification. Routing rules pick the channels for an incident (in order, first match unless `continue_matching`), grouping batches incidents with Alertmanager's group wait / group interval / repeat interval, escalation policies page step after step until the incident is acknowledged, on-call schedules say who a step pages, silences mute what they match, and every notification keeps its delivery log. Payloads, signature and semantics: docs/notifications.md.  admin and noc_operator write; viewer reads everything. A tenant viewer sees only its tenant's channels and their notifications (anything else answers NOT_FOUND; lists leave it out); routes, escalation policies, schedules and silences are the towerco's own and invisible to a tenant."""
+
+    SERVICE = "towerco.notifications.v1.NotificationsService"
+    STUB = notifications_pb2_grpc.NotificationsServiceStub
+    PAGES = {
+        "towerco.notifications.v1.ListChannelsRequest": Page("ListChannels", "channels"),
+        "towerco.notifications.v1.ListRoutesRequest": Page("ListRoutes", "routes"),
+        "towerco.notifications.v1.ListEscalationPoliciesRequest": Page("ListEscalationPolicies", "policies"),
+        "towerco.notifications.v1.ListSchedulesRequest": Page("ListSchedules", "schedules"),
+        "towerco.notifications.v1.ListSilencesRequest": Page("ListSilences", "silences"),
+        "towerco.notifications.v1.ListNotificationsRequest": Page("ListNotifications", "notifications"),
+    }
+
+    async def CreateChannel(self, request: notifications_pb2.CreateChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateChannelResponse:
+        """Create a channel: a webhook (URL and HMAC-SHA256 signing secret) or an email address, the towerco's own (no tenant) or a tenant's (it only ever receives that tenant's incidents)."""
+        return cast(notifications_pb2.CreateChannelResponse, await self._unary("CreateChannel", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetChannel(self, request: notifications_pb2.GetChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetChannelResponse:
+        """One channel (its signing secret is never returned)."""
+        return cast(notifications_pb2.GetChannelResponse, await self._unary("GetChannel", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListChannels(self, request: notifications_pb2.ListChannelsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListChannelsResponse:
+        """Channels, by name."""
+        return cast(notifications_pb2.ListChannelsResponse, await self._unary("ListChannels", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DeleteChannel(self, request: notifications_pb2.DeleteChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteChannelResponse:
+        """Delete a channel (routes and escalation steps naming it skip it from then on)."""
+        return cast(notifications_pb2.DeleteChannelResponse, await self._unary("DeleteChannel", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CreateRoute(self, request: notifications_pb2.CreateRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateRouteResponse:
+        """Create a routing rule."""
+        return cast(notifications_pb2.CreateRouteResponse, await self._unary("CreateRoute", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetRoute(self, request: notifications_pb2.GetRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetRouteResponse:
+        """One routing rule."""
+        return cast(notifications_pb2.GetRouteResponse, await self._unary("GetRoute", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListRoutes(self, request: notifications_pb2.ListRoutesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListRoutesResponse:
+        """Routing rules in evaluation order."""
+        return cast(notifications_pb2.ListRoutesResponse, await self._unary("ListRoutes", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DeleteRoute(self, request: notifications_pb2.DeleteRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteRouteResponse:
+        """Delete a routing rule."""
+        return cast(notifications_pb2.DeleteRouteResponse, await self._unary("DeleteRoute", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CreateEscalationPolicy(self, request: notifications_pb2.CreateEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateEscalationPolicyResponse:
+        """Create an escalation policy."""
+        return cast(notifications_pb2.CreateEscalationPolicyResponse, await self._unary("CreateEscalationPolicy", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetEscalationPolicy(self, request: notifications_pb2.GetEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetEscalationPolicyResponse:
+        """One escalation policy."""
+        return cast(notifications_pb2.GetEscalationPolicyResponse, await self._unary("GetEscalationPolicy", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListEscalationPolicies(self, request: notifications_pb2.ListEscalationPoliciesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListEscalationPoliciesResponse:
+        """Escalation policies, by name."""
+        return cast(notifications_pb2.ListEscalationPoliciesResponse, await self._unary("ListEscalationPolicies", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DeleteEscalationPolicy(self, request: notifications_pb2.DeleteEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteEscalationPolicyResponse:
+        """Delete an escalation policy (running escalations of it stop)."""
+        return cast(notifications_pb2.DeleteEscalationPolicyResponse, await self._unary("DeleteEscalationPolicy", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CreateSchedule(self, request: notifications_pb2.CreateScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateScheduleResponse:
+        """Create an on-call schedule."""
+        return cast(notifications_pb2.CreateScheduleResponse, await self._unary("CreateSchedule", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetSchedule(self, request: notifications_pb2.GetScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetScheduleResponse:
+        """One on-call schedule."""
+        return cast(notifications_pb2.GetScheduleResponse, await self._unary("GetSchedule", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListSchedules(self, request: notifications_pb2.ListSchedulesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListSchedulesResponse:
+        """On-call schedules, by name."""
+        return cast(notifications_pb2.ListSchedulesResponse, await self._unary("ListSchedules", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def DeleteSchedule(self, request: notifications_pb2.DeleteScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteScheduleResponse:
+        """Delete an on-call schedule."""
+        return cast(notifications_pb2.DeleteScheduleResponse, await self._unary("DeleteSchedule", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def AddOverride(self, request: notifications_pb2.AddOverrideRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.AddOverrideResponse:
+        """Add an override to a schedule: someone else is on call over a time range."""
+        return cast(notifications_pb2.AddOverrideResponse, await self._unary("AddOverride", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetOnCall(self, request: notifications_pb2.GetOnCallRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetOnCallResponse:
+        """Who is on call on a schedule now, or at a given time."""
+        return cast(notifications_pb2.GetOnCallResponse, await self._unary("GetOnCall", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def CreateSilence(self, request: notifications_pb2.CreateSilenceRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateSilenceResponse:
+        """Create a silence: notifications of incidents it matches are not sent during its range."""
+        return cast(notifications_pb2.CreateSilenceResponse, await self._unary("CreateSilence", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetSilence(self, request: notifications_pb2.GetSilenceRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetSilenceResponse:
+        """One silence."""
+        return cast(notifications_pb2.GetSilenceResponse, await self._unary("GetSilence", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListSilences(self, request: notifications_pb2.ListSilencesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListSilencesResponse:
+        """Silences, newest first."""
+        return cast(notifications_pb2.ListSilencesResponse, await self._unary("ListSilences", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ExpireSilence(self, request: notifications_pb2.ExpireSilenceRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ExpireSilenceResponse:
+        """End a silence now."""
+        return cast(notifications_pb2.ExpireSilenceResponse, await self._unary("ExpireSilence", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def ListNotifications(self, request: notifications_pb2.ListNotificationsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListNotificationsResponse:
+        """Notifications, newest first, filtered (without their attempts)."""
+        return cast(notifications_pb2.ListNotificationsResponse, await self._unary("ListNotifications", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def GetNotification(self, request: notifications_pb2.GetNotificationRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetNotificationResponse:
+        """One notification with its delivery log (every attempt)."""
+        return cast(notifications_pb2.GetNotificationResponse, await self._unary("GetNotification", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def TestSend(self, request: notifications_pb2.TestSendRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.TestSendResponse:
+        """Send a test notification to a channel (admin, noc_operator): queued for the notifier like any other, delivered and logged the same way."""
+        return cast(notifications_pb2.TestSendResponse, await self._unary("TestSend", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListChannelsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[notifications_pb2.Channel]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListRoutesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[notifications_pb2.Route]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListEscalationPoliciesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[notifications_pb2.EscalationPolicy]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListSchedulesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[notifications_pb2.Schedule]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListSilencesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[notifications_pb2.Silence]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListNotificationsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[notifications_pb2.Notification]: ...
+
+    def list_all(self, request: notifications_pb2.ListChannelsRequest | notifications_pb2.ListRoutesRequest | notifications_pb2.ListEscalationPoliciesRequest | notifications_pb2.ListSchedulesRequest | notifications_pb2.ListSilencesRequest | notifications_pb2.ListNotificationsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> AsyncIterator[Any]:
+        """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
+        return self._list_all(request, page_size, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
+class NotificationsServiceBlocking(BlockingService):
+    """towerco.notifications.v1.NotificationsService, blocking: each call waits for its result."""
+
+    _service: NotificationsService
+
+    def CreateChannel(self, request: notifications_pb2.CreateChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateChannelResponse:
+        """Create a channel: a webhook (URL and HMAC-SHA256 signing secret) or an email address, the towerco's own (no tenant) or a tenant's (it only ever receives that tenant's incidents)."""
+        return self._call(self._service.CreateChannel(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetChannel(self, request: notifications_pb2.GetChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetChannelResponse:
+        """One channel (its signing secret is never returned)."""
+        return self._call(self._service.GetChannel(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListChannels(self, request: notifications_pb2.ListChannelsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListChannelsResponse:
+        """Channels, by name."""
+        return self._call(self._service.ListChannels(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DeleteChannel(self, request: notifications_pb2.DeleteChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteChannelResponse:
+        """Delete a channel (routes and escalation steps naming it skip it from then on)."""
+        return self._call(self._service.DeleteChannel(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CreateRoute(self, request: notifications_pb2.CreateRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateRouteResponse:
+        """Create a routing rule."""
+        return self._call(self._service.CreateRoute(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetRoute(self, request: notifications_pb2.GetRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetRouteResponse:
+        """One routing rule."""
+        return self._call(self._service.GetRoute(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListRoutes(self, request: notifications_pb2.ListRoutesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListRoutesResponse:
+        """Routing rules in evaluation order."""
+        return self._call(self._service.ListRoutes(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DeleteRoute(self, request: notifications_pb2.DeleteRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteRouteResponse:
+        """Delete a routing rule."""
+        return self._call(self._service.DeleteRoute(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CreateEscalationPolicy(self, request: notifications_pb2.CreateEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateEscalationPolicyResponse:
+        """Create an escalation policy."""
+        return self._call(self._service.CreateEscalationPolicy(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetEscalationPolicy(self, request: notifications_pb2.GetEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetEscalationPolicyResponse:
+        """One escalation policy."""
+        return self._call(self._service.GetEscalationPolicy(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListEscalationPolicies(self, request: notifications_pb2.ListEscalationPoliciesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListEscalationPoliciesResponse:
+        """Escalation policies, by name."""
+        return self._call(self._service.ListEscalationPolicies(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DeleteEscalationPolicy(self, request: notifications_pb2.DeleteEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteEscalationPolicyResponse:
+        """Delete an escalation policy (running escalations of it stop)."""
+        return self._call(self._service.DeleteEscalationPolicy(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CreateSchedule(self, request: notifications_pb2.CreateScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateScheduleResponse:
+        """Create an on-call schedule."""
+        return self._call(self._service.CreateSchedule(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetSchedule(self, request: notifications_pb2.GetScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetScheduleResponse:
+        """One on-call schedule."""
+        return self._call(self._service.GetSchedule(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListSchedules(self, request: notifications_pb2.ListSchedulesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListSchedulesResponse:
+        """On-call schedules, by name."""
+        return self._call(self._service.ListSchedules(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def DeleteSchedule(self, request: notifications_pb2.DeleteScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.DeleteScheduleResponse:
+        """Delete an on-call schedule."""
+        return self._call(self._service.DeleteSchedule(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def AddOverride(self, request: notifications_pb2.AddOverrideRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.AddOverrideResponse:
+        """Add an override to a schedule: someone else is on call over a time range."""
+        return self._call(self._service.AddOverride(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetOnCall(self, request: notifications_pb2.GetOnCallRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetOnCallResponse:
+        """Who is on call on a schedule now, or at a given time."""
+        return self._call(self._service.GetOnCall(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def CreateSilence(self, request: notifications_pb2.CreateSilenceRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.CreateSilenceResponse:
+        """Create a silence: notifications of incidents it matches are not sent during its range."""
+        return self._call(self._service.CreateSilence(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetSilence(self, request: notifications_pb2.GetSilenceRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetSilenceResponse:
+        """One silence."""
+        return self._call(self._service.GetSilence(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListSilences(self, request: notifications_pb2.ListSilencesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListSilencesResponse:
+        """Silences, newest first."""
+        return self._call(self._service.ListSilences(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ExpireSilence(self, request: notifications_pb2.ExpireSilenceRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ExpireSilenceResponse:
+        """End a silence now."""
+        return self._call(self._service.ExpireSilence(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def ListNotifications(self, request: notifications_pb2.ListNotificationsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListNotificationsResponse:
+        """Notifications, newest first, filtered (without their attempts)."""
+        return self._call(self._service.ListNotifications(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def GetNotification(self, request: notifications_pb2.GetNotificationRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetNotificationResponse:
+        """One notification with its delivery log (every attempt)."""
+        return self._call(self._service.GetNotification(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def TestSend(self, request: notifications_pb2.TestSendRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.TestSendResponse:
+        """Send a test notification to a channel (admin, noc_operator): queued for the notifier like any other, delivered and logged the same way."""
+        return self._call(self._service.TestSend(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListChannelsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[notifications_pb2.Channel]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListRoutesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[notifications_pb2.Route]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListEscalationPoliciesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[notifications_pb2.EscalationPolicy]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListSchedulesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[notifications_pb2.Schedule]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListSilencesRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[notifications_pb2.Silence]: ...
+
+    @overload
+    def list_all(self, request: notifications_pb2.ListNotificationsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[notifications_pb2.Notification]: ...
+
+    def list_all(self, request: notifications_pb2.ListChannelsRequest | notifications_pb2.ListRoutesRequest | notifications_pb2.ListEscalationPoliciesRequest | notifications_pb2.ListSchedulesRequest | notifications_pb2.ListSilencesRequest | notifications_pb2.ListNotificationsRequest, *, page_size: int = 0, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> Iterator[Any]:
+        """Every item of a paginated List RPC, page after page (the RPC is picked by the request's type; page_size 0: the server's default)."""
+        return self._iterate(self._service.list_all(request, page_size=page_size, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+
 class SitesService(AsyncService):
     """towerco.sites.v1.SitesService: The register of sites, tenants (mobile operators), tenancies, power configurations and site calendars. Admins write sites, tenants and tenancies; NOC operators write calendar windows; viewers read everything; a tenant viewer sees only the sites its tenant is on."""
 
@@ -819,6 +1085,7 @@ class AsyncServices:
     files: FilesService
     kpi: KpiService
     noc: NocService
+    notifications: NotificationsService
     sites: SitesService
     telemetry: TelemetryService
 
@@ -831,6 +1098,7 @@ class BlockingServices:
     files: FilesServiceBlocking
     kpi: KpiServiceBlocking
     noc: NocServiceBlocking
+    notifications: NotificationsServiceBlocking
     sites: SitesServiceBlocking
     telemetry: TelemetryServiceBlocking
 
@@ -842,6 +1110,7 @@ SERVICES: dict[str, tuple[type[AsyncService], type[BlockingService]]] = {
     "files": (FilesService, FilesServiceBlocking),
     "kpi": (KpiService, KpiServiceBlocking),
     "noc": (NocService, NocServiceBlocking),
+    "notifications": (NotificationsService, NotificationsServiceBlocking),
     "sites": (SitesService, SitesServiceBlocking),
     "telemetry": (TelemetryService, TelemetryServiceBlocking),
 }

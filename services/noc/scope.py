@@ -10,6 +10,7 @@ from __future__ import annotations
 from towerco.noc.v1 import noc_pb2
 
 from mesh.auth import Identity, can_see
+from mesh.incident_scope import incident_for_tenant
 
 
 def scope_incident(incident: noc_pb2.Incident, identity: Identity) -> noc_pb2.Incident | None:
@@ -19,14 +20,7 @@ def scope_incident(incident: noc_pb2.Incident, identity: Identity) -> noc_pb2.In
         return incident
     if not can_see(identity, incident.tenant_ids):
         return None
-    out = noc_pb2.Incident()
-    out.CopyFrom(incident)
-    mine = [i for i in incident.impacts if i.tenant_id == identity.tenant]
-    del out.impacts[:]
-    out.impacts.extend(mine)
-    del out.tenant_ids[:]
-    out.tenant_ids.append(identity.tenant)
-    return out
+    return incident_for_tenant(incident, identity.tenant)  # the rule itself lives in mesh (the notifier uses it)
 
 
 def scope_alarm(alarm: noc_pb2.Alarm, identity: Identity) -> noc_pb2.Alarm | None:

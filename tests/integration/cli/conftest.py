@@ -81,6 +81,9 @@ def _make(tmp_path: Path, *, database_url: str = "", nats_url: str = "") -> Iter
     env["TOWERCO_GATEWAY_PORT"] = str(_free_pair())
     for name in WORKER_METRICS_PORTS:
         env[f"TOWERCO_{name.upper()}_METRICS_PORT"] = str(_free_pair())
+    # the local notification sink, and the notifier sending to it
+    env["TOWERCO_SINK_SMTP_PORT"] = env["TOWERCO_NOTIFIER_SMTP_PORT"] = str(_free_pair())
+    env["TOWERCO_SINK_HTTP_PORT"] = str(_free_pair())
     towerco = Towerco(home=tmp_path / "home", env=env, cwd=tmp_path)
     try:
         yield towerco

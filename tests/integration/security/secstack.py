@@ -10,6 +10,10 @@ data of any other test, and the seeded fleet is known row by row:
 Each site has telemetry (dc_bus_v, and tenant_link_up per tenant) and a calendar window
 naming its tenants; acme and beta have an availability policy.
 
+The Notifications service runs too: acme, beta and the towerco each have a channel with a
+delivered notification of their NOC incidents, and a route, escalation policy, on-call schedule and silence named after
+acme and after beta (the towerco's own configuration: staff read it, a tenant sees none).
+
 The AIOps, BI and Files services run as well (the gateway exposes them): every site has an
 anomaly and a prediction (written as the aiops engine writes them: rows and their outbox events;
 SEC-AB also has one for beta's link alone), acme and beta have a penalty rule set and an exported
@@ -55,7 +59,7 @@ from gwfake import serve_gateway  # noqa: E402
 TENANTS = ("acme", "beta", "gamma")
 LEASES = {"SEC-A": ("acme",), "SEC-B": ("beta",), "SEC-AB": ("acme", "beta"), "SEC-N": ()}
 PARTITIONS = 16
-SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi", "noc")  # started in this order, behind the gateway
+SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi", "noc", "notifications")  # started in this order, all behind the gateway
 
 
 @dataclass
@@ -72,6 +76,9 @@ class SecStack:
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (site or "export", tenant) -> file id
     incidents: dict[str, str] = field(default_factory=dict)  # site -> NOC incident id ("SEC-AB/beta": beta's own)
     alarms: dict[str, str] = field(default_factory=dict)  # site -> NOC alarm id ("SEC-AB/beta": beta's own)
+    # notifications: (kind, tenant) -> id; kind one of channel, notification, route, policy,
+    # schedule, silence; tenant "acme", "beta" or "" (the towerco's own channel and its notification)
+    notify: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def month(self) -> str:
@@ -222,6 +229,54 @@ async def _seed(stack: SecStack) -> None:
             stack.files[("export", t)] = resp.file.id
 
 
+async def _seed_notifications(stack: SecStack) -> None:
+    """Channels per tenant (and an internal one) with one delivered notification each, written as
+    the notifier writes them (workers/notifier/store.py); configuration named after acme and beta."""
+    from towerco.notifications.v1 import notifications_pb2 as npb
+    from towerco.notifications.v1 import notifications_pb2_grpc
+
+    from workers.notifier import store as notifier_store
+
+    admin = stack.md("admin")
+    async with grpc.aio.insecure_channel(stack.targets["notifications"]) as ch:
+        api = notifications_pb2_grpc.NotificationsServiceStub(ch)
+        told = {"acme": [stack.incidents["SEC-A"], stack.incidents["SEC-AB"]],
+                "beta": [stack.incidents["SEC-B"], stack.incidents["SEC-AB/beta"], stack.incidents["SEC-AB"]],
+                "": [stack.incidents["SEC-N"]] if "SEC-N" in stack.incidents else []}
+        for tenant in ("acme", "beta", ""):
+            label = tenant or "towerco"
+            c = (await api.CreateChannel(npb.CreateChannelRequest(channel=npb.Channel(
+                name=f"{label} noc mailbox", kind=npb.CHANNEL_KIND_EMAIL, email_address=f"noc@{label}.test",
+                tenant_id=tenant)), metadata=admin)).channel
+            stack.notify[("channel", tenant)] = c.id
+            nid = uuid.uuid4()
+            async with stack.pool.acquire() as conn:
+                await notifier_store.insert_notification(
+                    conn, id=nid, channel_id=uuid.UUID(c.id), tenant_id=tenant, kind=1, route_id=None,
+                    group_key=f"tenant={label}", incident_ids=told[tenant], summary=f"{label} incident",
+                    payload='{"kind": "firing"}', state=3)
+            stack.notify[("notification", tenant)] = str(nid)
+        for tenant in ("acme", "beta"):
+            mine = stack.notify[("channel", tenant)]
+            sched = npb.Schedule(name=f"{tenant} on-call", rotations=[npb.Rotation(
+                name=f"{tenant} rotation", shift_seconds=86400, members=[npb.OnCallMember(
+                    name=f"{tenant} engineer", channel_id=mine)])])
+            sched.rotations[0].start_time.FromSeconds(stack.hour0 - 86400)
+            sid = (await api.CreateSchedule(npb.CreateScheduleRequest(schedule=sched), metadata=admin)).schedule.id
+            pol = (await api.CreateEscalationPolicy(npb.CreateEscalationPolicyRequest(policy=npb.EscalationPolicy(
+                name=f"{tenant} paging", steps=[npb.EscalationStep(channel_ids=[mine], schedule_id=sid,
+                                                                   escalate_after_seconds=600)])),
+                metadata=admin)).policy.id
+            rid = (await api.CreateRoute(npb.CreateRouteRequest(route=npb.Route(
+                name=f"{tenant} incidents", channel_ids=[mine], escalation_policy_id=pol,
+                match=npb.IncidentMatcher(tenant_ids=[tenant]))), metadata=admin)).route.id
+            sil = npb.Silence(comment=f"{tenant} maintenance", matchers=[npb.Matcher(name="tenant", value=tenant)])
+            sil.end_time.FromSeconds(int(time.time()) + 86400)
+            lid = (await api.CreateSilence(npb.CreateSilenceRequest(silence=sil), metadata=admin)).silence.id
+            stack.notify.update({("schedule", tenant): sid, ("policy", tenant): pol, ("route", tenant): rid,
+                                 ("silence", tenant): lid})
+
+
 async def _seed_noc(stack: SecStack) -> None:
     """The NOC's incidents: the seeded anomalies reach it as events (one power incident per site,
     beta's link joining the SEC-AB one), and beta posts an alarm of its own on SEC-AB (tenant_id
@@ -268,6 +323,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
     from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
     from services.noc.server import setup as noc_setup
+    from services.notifications.server import setup as notifications_setup
     from services.sites.server import setup as sites_setup
     from services.telemetry.server import setup as telemetry_setup
     from workers.ingestor.consumer import Ingestor
@@ -298,7 +354,8 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
         targets = dict(base.targets)
         settings = dataclasses.replace(base, targets=targets)
         for svc, setup in (("sites", sites_setup), ("telemetry", telemetry_setup), ("kpi", kpi_setup),
-                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup), ("noc", noc_setup)):
+                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup), ("noc", noc_setup),
+                           ("notifications", notifications_setup)):
             srv = await bootstrap.start(svc, setup, port=0, metrics_port=-1, settings=settings)
             running.append(srv)
             targets[svc] = f"127.0.0.1:{srv.port}"  # the next services find the earlier ones
@@ -323,6 +380,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
             # the aiops_engine's relay (not running here) publishes the seeded anomalies for the NOC
             await outbox.OutboxRelay(pool, js, schema="aiops").publish_pending()
             await _seed_noc(stack)
+            await _seed_notifications(stack)  # its notifications tell of the NOC's incidents
             yield stack
     finally:
         for obj in (ingestor, calc):

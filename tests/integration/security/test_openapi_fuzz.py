@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 HERE = Path(__file__).resolve().parent / "schemathesis"
 
@@ -69,6 +70,7 @@ def _config(spec: dict, path: Path) -> list[str]:
     return skipped
 
 
+@pytest.mark.timeout(600)  # every operation of seven services, on 2 shared cores
 async def test_schemathesis_every_operation_every_check(sec, tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=sec.base) as client:
         spec = (await client.get("/api/v1/openapi.json")).json()
