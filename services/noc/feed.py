@@ -242,6 +242,9 @@ class _Watch:
                     await self._close()
                     continue
                 except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    if self.feed.nc.is_closed:  # the process is shutting down: nothing to wait for
+                        raise Unavailable(f"shutting down; resume with after_sequence={self.cursor}",
+                                          retry_after_s=1) from exc
                     now = time.monotonic()
                     down_since = down_since or now
                     if now - down_since > self.feed.outage_s:

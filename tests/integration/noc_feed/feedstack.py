@@ -190,7 +190,8 @@ async def feed_stack(session_stack, tmp: Path, *, heartbeat_s: float = 1.0) -> A
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERCO_")}
         env.update(NOC_ENV, DATABASE_URL=database_url, NATS_URL=nats.url, TOWERCO_HOME=str(tmp / "home"),
                    TOWERCO_LOG_LEVEL="warning", TOWERCO_GATEWAY_PORT=str(gw_port),
-                   TOWERCO_GATEWAY_RATE_LIMIT="0", TOWERCO_GATEWAY_HEARTBEAT_S=str(heartbeat_s))
+                   TOWERCO_GATEWAY_RATE_LIMIT="0", TOWERCO_GATEWAY_HEARTBEAT_S=str(heartbeat_s),
+                   TOWERCO_GATEWAY_STREAM_RESUME_S="90")
         for n, p in ports.items():
             env[f"TOWERCO_{n.upper()}_PORT"] = str(p)
             env[f"TOWERCO_{n.upper()}_TARGET"] = f"127.0.0.1:{p}"
