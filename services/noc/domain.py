@@ -231,6 +231,7 @@ class Signal:
     text: str = ""
     kind: int = 0  # incident kind; 0: from the cause table
     step: str = ""
+    explicit_time: bool = True  # the source gave the time (else "now": not part of the content)
 
     @property
     def clears(self) -> bool:
@@ -239,13 +240,15 @@ class Signal:
     def content_hash(self) -> str:
         """What makes a (source, source_alarm_id) the same alarm when posted again."""
         raw = json.dumps([self.site_id, self.probable_cause, self.alarm_type, self.severity, self.dedup_key,
-                          self.clear_key, self.specific_problem, self.tenant_id, self.text, round(self.time, 3)])
+                          self.clear_key, self.specific_problem, self.tenant_id, self.text,
+                          round(self.time, 3) if self.explicit_time else None])
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def signal_from_external(*, source: str, source_alarm_id: str, site_id: str, time: float, probable_cause: str,
                          alarm_type: int, severity: int, dedup_key: str = "", clear_key: str = "",
-                         specific_problem: str = "", tenant_id: str = "", text: str = "") -> Signal:
+                         specific_problem: str = "", tenant_id: str = "", text: str = "",
+                         explicit_time: bool = True) -> Signal:
     """A PostAlarm signal with its defaults: dedup key source/site/probable cause(/tenant), clear
     key = the dedup key."""
     cause = cause_of(probable_cause, alarm_type)
@@ -253,7 +256,8 @@ def signal_from_external(*, source: str, source_alarm_id: str, site_id: str, tim
     return Signal(source=source, source_alarm_id=source_alarm_id, site_id=site_id, time=time,
                   probable_cause=probable_cause, alarm_type=alarm_type or cause.alarm_type, severity=severity,
                   dedup_key=dedup, clear_key=clear_key or dedup, specific_problem=specific_problem,
-                  tenant_id=tenant_id, text=text or cause.text, kind=cause.kind, step=cause.step)
+                  tenant_id=tenant_id, text=text or cause.text, kind=cause.kind, step=cause.step,
+                  explicit_time=explicit_time)
 
 
 def signal_from_anomaly(*, anomaly_id: str, site_id: str, detector: str, metrics: Sequence[str], tenant_id: str,
@@ -526,13 +530,12 @@ def refresh_incident(inc: IncidentRec, alarms: Sequence[AlarmRec], facts: SiteFa
         inc.severity = sev
     down_all = inc.kind == POWER and any(a.step in DOWN_STEPS for a in active)
     down_tenants = [a.tenant_id for a in active if a.step == "tenant_link_down" and a.tenant_id]
-    only = None
-    if inc.kind == TENANT_LINK:
-        only = {a.tenant_id for a in mine if a.tenant_id} or None
+    # an incident made only of per-tenant signals (a tenant's link, a tenant's own equipment) is
+    # that tenant's alone: only its tenancies are impacted and only it may see the incident
+    only = {a.tenant_id for a in mine} if mine and all(a.tenant_id for a in mine) else None
     impacts = impacts_of(facts, down_all=down_all, down_tenants=down_tenants, sla=sla, t=now, only_tenants=only)
     inc.impacts = impacts
-    inc.tenant_ids = sorted({i.tenant_id for i in impacts} | ({a.tenant_id for a in mine if a.tenant_id}
-                                                              if inc.kind == TENANT_LINK else set(facts.tenant_ids)))
+    inc.tenant_ids = sorted(only if only is not None else {i.tenant_id for i in impacts} | set(facts.tenant_ids))
     inc.title = title_of(inc, mine[0].text if mine else "")
     out.touch(inc, now)
 
@@ -668,12 +671,22 @@ def _join_rule(group: int, step: str) -> str:
     return "same site and class as an open incident"
 
 
+def _same_problem(inc: IncidentRec, alarm: AlarmRec) -> bool:
+    """Whether an alarm recurs an earlier incident's problem: its power-chain step was in that
+    incident's chain, or (off the chain) its probable cause was that incident's root cause."""
+    step = alarm.step
+    if step:
+        return step in inc.chain
+    return alarm.probable_cause == inc.root_code
+
+
 def _recurrence(view: SiteView, group: int, t: float, params: Params, out: Decisions,
                 alarm: AlarmRec) -> IncidentRec | None:
     """A resolved incident of the same site and class resolved within the reopen window is
     reopened (and returned)."""
     cands = [i for i in view.incidents if i.kind == group and i.state == RESOLVED and not i.merged_into
-             and i.resolve_time is not None and t - i.resolve_time <= params.reopen_window_s]
+             and i.resolve_time is not None and t - i.resolve_time <= params.reopen_window_s
+             and _same_problem(i, alarm)]
     if not cands:
         return None
     inc = max(cands, key=lambda i: i.resolve_time or 0.0)
@@ -690,7 +703,8 @@ def _recurrence(view: SiteView, group: int, t: float, params: Params, out: Decis
 def _open(view: SiteView, sig: Signal, group: int, t: float, params: Params, out: Decisions, new_id: IdFactory,
           alarm: AlarmRec, window_end: float | None) -> IncidentRec:
     earlier = [i for i in view.incidents if i.kind == group and not i.merged_into and not i.active
-               and t - (i.resolve_time or i.close_time or i.last_seen) <= params.link_window_s]
+               and t - (i.resolve_time or i.close_time or i.last_seen) <= params.link_window_s
+               and _same_problem(i, alarm)]
     inc = IncidentRec(id=new_id(), title="", kind=group, severity=SEV_WARNING, state=OPEN, site_id=view.facts.site_id,
                       site_ids=[view.facts.site_id], region=view.facts.region, first_seen=t, last_seen=t,
                       alarm_count=1, suppressed=window_end is not None, suppressed_until=window_end, update_time=t)

@@ -51,6 +51,14 @@ def _check_id(value: str, what: str) -> str:
         raise NotFound(f"{what} {value!r} not found", what, value) from None
 
 
+def _norm_id(value: str) -> str:
+    """An id in canonical form when it is a UUID; as given otherwise (it then names nothing)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
+
+
 def _range(rng: common_pb2.TimeRange, has: bool) -> tuple[datetime | None, datetime | None]:
     if not has:
         return None, None
@@ -223,7 +231,8 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             source=request.source, source_alarm_id=request.source_alarm_id, site_id=request.site_id, time=t,
             probable_cause=request.probable_cause, alarm_type=request.alarm_type, severity=request.perceived_severity,
             dedup_key=request.dedup_key, clear_key=request.clear_key, specific_problem=request.specific_problem,
-            tenant_id=request.tenant_id, text=request.text)
+            tenant_id=request.tenant_id, text=request.text,
+            explicit_time=request.HasField("event_time"))
         try:
             [res] = await self.correlator.process([sig], require_alarm=True)
         except domain.IllegalTransition as exc:
@@ -339,12 +348,6 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
 
     async def SplitIncident(self, request: noc_pb2.SplitIncidentRequest, context: Any
                             ) -> noc_pb2.SplitIncidentResponse:
-        for i, a in enumerate(request.alarm_ids):
-            try:
-                uuid.UUID(a)
-            except ValueError:
-                raise InvalidArgument("invalid alarm id", [FieldViolation(f"alarm_ids[{i}]", "must be an alarm id")]
-                                      ) from None
         facts_cache = self.correlator.facts
 
         async def run(conn: asyncpg.Connection, inc: domain.IncidentRec, out: domain.Decisions, who: Identity,
@@ -353,7 +356,7 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             facts = None
             if facts_cache is not None and inc.site_id:
                 facts = await facts_cache.get(inc.site_id)
-            new, _ = domain.split(inc, [str(uuid.UUID(a)) for a in request.alarm_ids], alarms, title=request.title,
+            new, _ = domain.split(inc, [_norm_id(a) for a in request.alarm_ids], alarms, title=request.title,
                                   actor=who.subject, now=now, new_id=lambda: str(uuid.uuid4()),
                                   facts=facts or domain.SiteFacts(inc.site_id, inc.region), out=out)
             return new

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -30,6 +32,9 @@ from mesh.auth import mint_token
 from mesh.config import Settings, reset_settings
 from mesh.embedded import EmbeddedNats
 from mesh.migrate import migrate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+from gwfake import serve_gateway  # noqa: E402
 
 T = TypeVar("T")
 # short windows so timers fire within a test (the defaults are minutes)
@@ -54,6 +59,7 @@ class NocStack:
     sites: sites_pb2_grpc.SitesServiceStub
     noc: noc_pb2_grpc.NocServiceStub
     channels: list[grpc.aio.Channel]
+    base: str = ""  # the gateway's base URL (REST)
 
     def token(self, role: str, tenant: str = "*", subject: str = "") -> str:
         return mint_token(subject=subject or f"{role}-{tenant}", tenant=tenant, roles=[role], settings=self.settings)
@@ -187,8 +193,14 @@ async def noc_stack(session_stack, env: dict[str, str] | None = None) -> AsyncIt
         sch = grpc.aio.insecure_channel(targets["sites"])
         nch = grpc.aio.insecure_channel(targets["noc"])
         channels += [sch, nch]
-        yield NocStack(settings, targets, pool, js, sites_pb2_grpc.SitesServiceStub(sch),
-                       noc_pb2_grpc.NocServiceStub(nch), channels)
+        from gateway.app import create_app
+        from gateway.config import GatewayConfig
+
+        app = create_app(GatewayConfig(services=("sites", "kpi", "noc"), targets=dict(targets), rate_per_s=0),
+                         settings)
+        async with serve_gateway(app) as url:
+            yield NocStack(settings, targets, pool, js, sites_pb2_grpc.SitesServiceStub(sch),
+                           noc_pb2_grpc.NocServiceStub(nch), channels, url)
     finally:
         for ch in channels:
             await ch.close()
