@@ -110,6 +110,15 @@ class _Head:
     other_limits: bool  # max_msgs / max_bytes / per-subject limits also remove messages
 
 
+def _raise_if_cancelling() -> None:
+    """Pass on a cancellation that a library turned into another error (nats-py's next_msg can
+    answer a cancel that races its timeout with TimeoutError on Python 3.11): a cancelled call
+    must end, not recreate its consumer."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def request_problems(request: noc_pb2.WatchIncidentsRequest) -> list[FieldViolation]:
     """The request's field violations (the validation interceptor checks the field rules too;
     these are the ones it cannot express, plus its own rules for direct callers)."""
@@ -231,6 +240,7 @@ class _Watch:
             down_since: float | None = None
             delay = 0.2
             while True:
+                _raise_if_cancelling()
                 try:
                     if self.sub is None:
                         await self._open(check=True)
@@ -338,9 +348,9 @@ class _Watch:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         if name:
-            # shielded: a cancelled call still removes its consumer
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._delete(name))
+            # shielded: a cancelled call still removes its consumer (the deletion goes on in the
+            # background); the cancellation itself is passed on, never swallowed
+            await asyncio.shield(asyncio.ensure_future(self._delete(name)))
 
     async def _delete(self, name: str) -> None:
         with contextlib.suppress(Exception):
@@ -353,6 +363,7 @@ class _Watch:
         try:
             msg = await self.sub.next_msg(timeout=self.feed.stale_s)
         except nats.errors.TimeoutError:
+            _raise_if_cancelling()
             raise _Reset("stale") from None
         headers = msg.headers or {}
         status = headers.get(api.Header.STATUS)
