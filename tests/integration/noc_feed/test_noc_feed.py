@@ -195,9 +195,8 @@ async def test_live_only_starts_at_the_end(js, feed, closing):
     stream = feed.watch(Req(live_only=True), STAFF)
     closing.append(stream)
     reader = asyncio.ensure_future(take(stream, 1))
-    await asyncio.sleep(0)  # let the call open its consumer before publishing (not needed for
-    # correctness: the start is fixed at the stream's end when the call began, so a change
-    # published meanwhile is included)
+    # the start is the stream's end when the call reads it, just before opening its consumer
+    await eventually(lambda: consumers(js), timeout=15, what="the call's consumer")
     after = await publish_incident(js, incident_event(title="after"))
     [m] = await reader
     assert m.sequence == after and m.incident.title == "after"
