@@ -364,6 +364,8 @@ class NocSettings:
                         "checked", check=_positive, requirement="must be > 0")
     batch: int = env("TOWERCO_NOC_BATCH", 500, "anomaly events correlated in one transaction, at most",
                      check=lambda v: v >= 1, requirement="must be at least 1")
+    lanes: int = env("TOWERCO_NOC_LANES", 2, "concurrent correlation transactions per batch (its regions split "
+                     "between them)", check=lambda v: v >= 1, requirement="must be at least 1")
     ack_wait_s: float = env("TOWERCO_NOC_ACK_WAIT_S", 60.0, "redelivery delay of an unacknowledged batch")
     durable: str = env("TOWERCO_NOC_DURABLE", "noc-anomalies", "the anomaly consumer's durable name")
     facts_refresh_s: float = env("TOWERCO_NOC_FACTS_REFRESH_S", 600.0, "the whole register is re-listed this "

@@ -7,14 +7,19 @@ redelivery: each signal's (source "aiops", anomaly id[/cleared]) is recorded in 
 in the batch's transaction, so a batch redelivered after a crash changes nothing the second time.
 The batch is acknowledged only after its transaction committed; an undecodable message is
 dead-lettered (events.Poison); an anomaly of a site the register does not know is logged and
-dropped (nothing could be correlated for it).
+dropped (nothing could be correlated for it). While the Sites service cannot answer for a site
+the facts cache does not hold, the batch waits in hand (retried with backoff; the consumer keeps
+it from redelivery with in-progress acks) rather than being failed towards the DLQ.
 """
+
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
+import grpc
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from towerco.aiops.v1 import aiops_pb2
@@ -25,6 +30,12 @@ from services.noc import domain
 from services.noc.correlator import Correlator
 
 log = logging.getLogger("towerco.noc.consumer")
+
+SITES_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def sites_down(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in SITES_DOWN
 
 
 def signal_of(env: events_pb2.Envelope) -> domain.Signal | None:
@@ -51,8 +62,9 @@ def signal_of(env: events_pb2.Envelope) -> domain.Signal | None:
 
 class AnomalyConsumer:
     def __init__(self, js: JetStreamContext, correlator: Correlator, *, durable: str = "noc-anomalies",
-                 batch: int = 500, ack_wait_s: float = 60.0) -> None:
+                 batch: int = 500, ack_wait_s: float = 60.0, lanes: int = 2) -> None:
         self.correlator = correlator
+        self.lanes = lanes
         self.consumer = events.PullConsumer(
             js, stream=events.EVENTS_STREAM, durable=durable, filter_subject=subjects.AIOPS_ANOMALY_EVENTS,
             handler=self.handle, batch=batch, ack_wait=ack_wait_s, fetch_timeout=1.0)
@@ -68,7 +80,19 @@ class AnomalyConsumer:
             sig = signal_of(env)
             if sig is not None:
                 signals.append(sig)
-        for r in await self.correlator.process(signals):
+        delay = 1.0
+        while True:
+            try:
+                results = await self.correlator.process(signals, lanes=self.lanes)
+                break
+            except Exception as exc:
+                if not sites_down(exc):
+                    raise
+                log.warning("noc: the Sites service cannot answer (%s); batch of %d kept, retrying in %.0fs",
+                            exc.code().name, len(signals), delay)  # type: ignore[attr-defined]
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        for r in results:
             if r.unknown_site:
                 log.warning("noc: anomaly %s of unknown site %s dropped", r.signal.source_alarm_id, r.signal.site_id)
         self.handled += len(msgs)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import functools
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -193,7 +193,12 @@ class Sla:
 
 def month_minutes(t: float) -> int:
     d = datetime.fromtimestamp(t, tz=UTC)
-    return calendar.monthrange(d.year, d.month)[1] * 1440
+    return _month_minutes(d.year, d.month)
+
+
+@functools.lru_cache(maxsize=64)
+def _month_minutes(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1] * 1440
 
 
 def month_start(t: float) -> float:
@@ -239,10 +244,10 @@ class Signal:
 
     def content_hash(self) -> str:
         """What makes a (source, source_alarm_id) the same alarm when posted again."""
-        raw = json.dumps([self.site_id, self.probable_cause, self.alarm_type, self.severity, self.dedup_key,
-                          self.clear_key, self.specific_problem, self.tenant_id, self.text,
-                          round(self.time, 3) if self.explicit_time else None])
-        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+        raw = "\x1f".join(map(str, (self.site_id, self.probable_cause, self.alarm_type, self.severity,
+                                       self.dedup_key, self.clear_key, self.specific_problem, self.tenant_id,
+                                       self.text, round(self.time, 3) if self.explicit_time else None)))
+        return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
 
 def signal_from_external(*, source: str, source_alarm_id: str, site_id: str, time: float, probable_cause: str,
@@ -392,10 +397,30 @@ class Decisions:
     joins: list[tuple[str, str, float, str]] = field(default_factory=list)  # incident, alarm, time, rule
     timeline: list[Entry] = field(default_factory=list)
     changes: list[tuple[str, str, Entry]] = field(default_factory=list)  # incident id, change, entry
+    # records changed only by repeats (count, last seen): the store updates just those columns
+    bumped_alarms: dict[str, AlarmRec] = field(default_factory=dict)
+    bumped_incidents: dict[str, IncidentRec] = field(default_factory=dict)
 
     def touch(self, inc: IncidentRec, now: float) -> None:
         inc.update_time = max(inc.update_time, now)
         self.incidents[inc.id] = inc
+        self.bumped_incidents.pop(inc.id, None)
+
+    def dirty(self, alarm: AlarmRec) -> None:
+        self.alarms[alarm.id] = alarm
+        self.bumped_alarms.pop(alarm.id, None)
+
+    def bump_alarm(self, alarm: AlarmRec) -> None:
+        if alarm.id not in self.alarms:
+            self.bumped_alarms[alarm.id] = alarm
+
+    def bump(self, alarm: AlarmRec, inc: IncidentRec, now: float) -> None:
+        """A repeat: the alarm's count and last seen, the incident's alarm count and last seen."""
+        if alarm.id not in self.alarms:
+            self.bumped_alarms[alarm.id] = alarm
+        inc.update_time = max(inc.update_time, now)
+        if inc.id not in self.incidents:
+            self.bumped_incidents[inc.id] = inc
 
     def log(self, inc: IncidentRec, entry: Entry, change: str | None = None) -> Entry:
         self.timeline.append(entry)
@@ -573,7 +598,7 @@ def _clear(view: SiteView, sig: Signal, *, params: Params, out: Decisions, sla: 
     alarm.state, alarm.clear_time = CLEARED_STATE, t
     alarm.transitions += 1
     alarm.flap_times = _prune([*alarm.flap_times, t], t, params.flap_window_s)
-    out.alarms[alarm.id] = alarm
+    out.dirty(alarm)
     inc = next((i for i in view.incidents if i.id == alarm.incident_id), None)
     if inc is None:
         return Outcome(alarm, alarm.incident_id, "cleared")
@@ -594,6 +619,7 @@ def _raise(view: SiteView, sig: Signal, *, params: Params, out: Decisions, new_i
     window_end = view.facts.window_end(t)
     alarm = view.alarms.get(sig.dedup_key)
     rule = ""
+    was_active = alarm is not None and alarm.active
     if alarm is not None and alarm.active:
         alarm.count += 1
         alarm.last_seen = max(alarm.last_seen, t)
@@ -617,9 +643,15 @@ def _raise(view: SiteView, sig: Signal, *, params: Params, out: Decisions, new_i
                          suppressed=window_end is not None)
         view.alarms[sig.dedup_key] = alarm
         out.new_alarms.add(alarm.id)
-    out.alarms[alarm.id] = alarm
+    if not was_active:
+        out.dirty(alarm)
 
     inc = next((i for i in view.incidents if i.id == alarm.incident_id and i.active), None)
+    if inc is None and was_active and alarm.incident_id:
+        # a re-send of an alarm that stayed active while an operator resolved (or closed) its
+        # incident: counted, but it reopens nothing (only a raise after a clear is a recurrence)
+        out.bump_alarm(alarm)
+        return Outcome(alarm, alarm.incident_id, "repeat of an alarm of a resolved incident")
     group = _group(kind, step, view)
     if inc is None:
         inc = next((i for i in view.incidents if i.active and i.kind == group), None)
@@ -632,9 +664,18 @@ def _raise(view: SiteView, sig: Signal, *, params: Params, out: Decisions, new_i
             out.joins.append((inc.id, alarm.id, t, rule))
         inc.alarm_count += 1
         inc.last_seen = max(inc.last_seen, t)
-        out.log(inc, Entry(inc.id, t, CORRELATOR, T_ALARM_JOINED, f"{alarm.probable_cause}: {rule}", alarm.id),
-                "updated")
+        if joined_now:
+            out.log(inc, Entry(inc.id, t, CORRELATOR, T_ALARM_JOINED, f"{alarm.probable_cause}: {rule}", alarm.id),
+                    "updated")
+        elif was_active:  # a repeat of an active alarm of the incident: counts only (no entry, no event)
+            out.bump(alarm, inc, t)
+            return Outcome(alarm, inc.id, rule)
+        else:
+            out.touch(inc, t)
+        if was_active:
+            out.dirty(alarm)
     else:
+        out.dirty(alarm)
         inc = _recurrence(view, group, t, params, out, alarm)
         if inc is None:
             inc = _open(view, sig, group, t, params, out, new_id, alarm, window_end)
@@ -895,7 +936,7 @@ def merge(target: IncidentRec, sources: Sequence[IncidentRec], alarms: Sequence[
     for a in alarms:
         if a.incident_id in ids:
             a.incident_id = target.id
-            out.alarms[a.id] = a
+            out.dirty(a)
             out.joins.append((target.id, a.id, now, f"merged by {actor}"))
     for s in sources:
         target.alarm_count += s.alarm_count
@@ -945,7 +986,7 @@ def split(inc: IncidentRec, alarm_ids: Sequence[str], alarms: Sequence[AlarmRec]
     out.new_incidents.add(new.id)
     for a in moved:
         a.incident_id = new.id
-        out.alarms[a.id] = a
+        out.dirty(a)
         out.joins.append((new.id, a.id, now, f"split by {actor}"))
     inc.alarm_count = max(0, inc.alarm_count - new.alarm_count)
     rest = [a for a in mine.values() if a.incident_id == inc.id]

@@ -59,7 +59,8 @@ def build(rt: Runtime) -> Noc:
     facts = SiteFactsCache(client, refresh_s=env.facts_refresh_s)
     correlator = Correlator(rt.pool, facts=facts, sla=SlaCache(kpi_fetcher(kpi), ttl_s=env.sla_ttl_s),
                             params=params_from(env))
-    consumer = AnomalyConsumer(rt.js, correlator, durable=env.durable, batch=env.batch, ack_wait_s=env.ack_wait_s)
+    consumer = AnomalyConsumer(rt.js, correlator, durable=env.durable, batch=env.batch, ack_wait_s=env.ack_wait_s,
+                               lanes=env.lanes)
 
     async def close() -> None:
         await consumer.stop()

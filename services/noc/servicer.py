@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from grpc_interceptor.exceptions import Unimplemented
 from towerco.common.v1 import common_pb2
 from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
 
@@ -34,6 +35,7 @@ READ_ROLES = ("viewer", "tenant_viewer")
 ACT_ROLES = ("noc_operator",)
 POST_ROLES = ("noc_operator", "service")
 MAX_FUTURE_S = 300.0
+MAX_PAST_S = 30 * 86400.0  # an older alarm is history, not something to correlate
 TIMELINE_ALARMS = 200
 
 Action = Callable[[asyncpg.Connection, domain.IncidentRec, domain.Decisions, Identity, float], Awaitable[Any]]
@@ -215,6 +217,9 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
         if t > now + MAX_FUTURE_S:
             raise InvalidArgument("event_time is in the future", [FieldViolation(
                 "event_time", f"must be at most {MAX_FUTURE_S:.0f}s in the future")])
+        if t < now - MAX_PAST_S:
+            raise InvalidArgument("event_time is too old", [FieldViolation(
+                "event_time", f"must be at most {MAX_PAST_S / 86400:.0f} days in the past")])
         if self.correlator.facts is None:
             raise Unavailable("the site register is not available")
         try:
@@ -269,8 +274,7 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             for o in others:
                 if o not in found:
                     raise NotFound(f"incident {o} not found", "incident", o)
-            await store.lock(conn, regions=[r.region for r in recs if r.kind == domain.REGIONAL],
-                             sites=[r.site_id for r in recs if r.site_id])
+            await store.lock(conn, regions=[r.region for r in recs], sites=[r.site_id for r in recs if r.site_id])
             fresh = await store.get_incident(conn, tenant=None, incident_id=iid, for_update=True)
             assert fresh is not None
             out = domain.Decisions()
@@ -362,6 +366,15 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             return new
         rec, new = await self._act(request.incident_id, run)
         return noc_pb2.SplitIncidentResponse(incident=await self._answer(rec), new_incident=await self._answer(new))
+
+    # -- the live feed
+
+    async def WatchIncidents(self, request: noc_pb2.WatchIncidentsRequest, context: Any
+                             ) -> AsyncIterator[noc_pb2.WatchIncidentsResponse]:
+        """Served by the live feed (services/noc/feed.py, wired in server.py), which replaces this
+        handler; until it is there, a clean UNIMPLEMENTED (not an INTERNAL from the generated base)."""
+        raise Unimplemented("WatchIncidents is served by the NOC live feed, which this process does not run")
+        yield  # an async generator, as a server-streaming handler must be
 
     # -- statistics
 

@@ -4,9 +4,11 @@ timeline, the sources seen (idempotency) and the serialisation of correlation.
 Rows are read into and written from the domain's records (services/noc/domain.py), so the
 correlator's working set is exactly what these tables hold: nothing lives only in memory.
 
-Serialisation: correlation of a site, and the regional rule of a region, run under
-transaction-scoped advisory locks (`lock`), always taken regions first then sites, each in sorted
-order, so two writers never wait on each other in a cycle. Tenant scoping: every read takes
+Serialisation: every writer (correlation, operator actions, the periodic task) takes the
+transaction-scoped advisory locks (`lock`) of the regions and the sites whose incidents it may
+change, regions first then sites, each in sorted order, so two writers never wait on each other
+in a cycle and the regional rule (which links other sites' incidents of its region) never loses
+an update. Tenant scoping: every read takes
 `tenant` (None only for towerco staff); an incident is visible to a tenant when it impacts one of
 its tenancies (`tenant_ids`), an alarm when its site is leased by the tenant and it is not another
 tenant's own (`tenant_id`)."""
@@ -124,6 +126,39 @@ def _upsert(table: str, cols: Sequence[str], casts: dict[str, str]) -> str:
     return f"INSERT INTO noc.{table} ({', '.join(cols)}) VALUES ({params}) ON CONFLICT (id) DO UPDATE SET {sets}"
 
 
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat()
+
+
+def _alarm_json(a: domain.AlarmRec) -> dict[str, Any]:
+    d = {c: getattr(a, c) for c in ALARM_COLS}
+    for c in _TIME_ALARM:
+        d[c] = _iso(d[c])
+    d["incident_id"] = a.incident_id or None
+    return d
+
+
+def _incident_json(i: domain.IncidentRec) -> dict[str, Any]:
+    d = {c: getattr(i, c) for c in INCIDENT_COLS}
+    for c in _TIME_INCIDENT:
+        d[c] = _iso(d[c])
+    for c in _UUID_INCIDENT:
+        d[c] = d[c] or None
+    d["impacts"] = [x.to_json() for x in i.impacts]
+    return d
+
+
+def _upsert_json(table: str, cols: Sequence[str]) -> str:
+    """One statement for many rows: a JSON array of row objects (arrays, jsonb and timestamps
+    converted by PostgreSQL), inserted or updated by id."""
+    names = ", ".join(cols)
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "id")
+    return (f"INSERT INTO noc.{table} ({names}) SELECT {names} FROM jsonb_populate_recordset(NULL::noc.{table}, "
+            f"$1::jsonb) ON CONFLICT (id) DO UPDATE SET {sets}")
+
+
+_ALARM_UPSERT_JSON = _upsert_json("alarm", ALARM_COLS)
+_INCIDENT_UPSERT_JSON = _upsert_json("incident", INCIDENT_COLS)
 _ALARM_UPSERT = _upsert("alarm", ALARM_COLS, {"id": "::uuid", "incident_id": "::uuid"})
 _INCIDENT_UPSERT = _upsert("incident", INCIDENT_COLS, {"id": "::uuid", "impacts": "::jsonb", "parent_id": "::uuid",
                                                        "recurrence_of": "::uuid", "merged_into": "::uuid"})
@@ -245,9 +280,21 @@ async def due_incidents(conn: asyncpg.Connection, *, now: float, params: domain.
 async def save(conn: asyncpg.Connection, *, out: domain.Decisions) -> None:
     """Write what correlation or an operator decided: alarms, incidents, joins, timeline."""
     if out.alarms:
-        await conn.executemany(_ALARM_UPSERT, [_alarm_values(a) for a in out.alarms.values()])
+        await conn.execute(_ALARM_UPSERT_JSON, json.dumps([_alarm_json(a) for a in out.alarms.values()]))
     if out.incidents:
-        await conn.executemany(_INCIDENT_UPSERT, [_incident_values(i) for i in out.incidents.values()])
+        await conn.execute(_INCIDENT_UPSERT_JSON, json.dumps([_incident_json(i) for i in out.incidents.values()]))
+    if out.bumped_alarms:
+        a = list(out.bumped_alarms.values())
+        await conn.execute(
+            "UPDATE noc.alarm AS t SET count = u.c, last_seen = u.l, severity = u.s FROM unnest($1::uuid[], "
+            "$2::bigint[], $3::timestamptz[], $4::int2[]) AS u(i, c, l, s) WHERE t.id = u.i",
+            [x.id for x in a], [x.count for x in a], [ts(x.last_seen) for x in a], [x.severity for x in a])
+    if out.bumped_incidents:
+        i = list(out.bumped_incidents.values())
+        await conn.execute(
+            "UPDATE noc.incident AS t SET alarm_count = u.c, last_seen = u.l, update_time = u.w FROM unnest("
+            "$1::uuid[], $2::bigint[], $3::timestamptz[], $4::timestamptz[]) AS u(i, c, l, w) WHERE t.id = u.i",
+            [x.id for x in i], [x.alarm_count for x in i], [ts(x.last_seen) for x in i], [ts(x.update_time) for x in i])
     if out.joins:
         await conn.execute(
             "INSERT INTO noc.incident_alarm (incident_id, alarm_id, joined_at, rule) "

@@ -60,6 +60,18 @@ class NocStack:
     noc: noc_pb2_grpc.NocServiceStub
     channels: list[grpc.aio.Channel]
     base: str = ""  # the gateway's base URL (REST)
+    servers: dict[str, bootstrap.RunningServer] = dataclasses.field(default_factory=dict)
+
+    async def restart_noc(self) -> None:
+        """Stop the NOC process's server (its consumer, timers and relay with it) and start a
+        fresh one on the same database and NATS: what survives is what is in PostgreSQL."""
+        from services.noc.server import setup as noc_setup
+
+        port = self.servers["noc"].port
+        await self.servers["noc"].stop(grace=1.0, drain_s=0)
+        # the same port, so the gateway and the existing channel find the new process
+        self.servers["noc"] = await bootstrap.start("noc", noc_setup, port=port, metrics_port=-1,
+                                                    settings=self.settings)
 
     def token(self, role: str, tenant: str = "*", subject: str = "") -> str:
         return mint_token(subject=subject or f"{role}-{tenant}", tenant=tenant, roles=[role], settings=self.settings)
@@ -199,8 +211,13 @@ async def noc_stack(session_stack, env: dict[str, str] | None = None) -> AsyncIt
         app = create_app(GatewayConfig(services=("sites", "kpi", "noc"), targets=dict(targets), rate_per_s=0),
                          settings)
         async with serve_gateway(app) as url:
-            yield NocStack(settings, targets, pool, js, sites_pb2_grpc.SitesServiceStub(sch),
-                           noc_pb2_grpc.NocServiceStub(nch), channels, url)
+            ns = NocStack(settings, targets, pool, js, sites_pb2_grpc.SitesServiceStub(sch),
+                          noc_pb2_grpc.NocServiceStub(nch), channels, url,
+                          servers={s.service: s for s in running})
+            try:
+                yield ns
+            finally:
+                running[:] = list(ns.servers.values())
     finally:
         for ch in channels:
             await ch.close()

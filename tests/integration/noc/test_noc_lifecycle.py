@@ -83,6 +83,7 @@ async def test_post_alarm_bad_input_is_invalid_argument_with_field_violations(no
         (_post("x3", source="Bad Source"), "source"),
         (_post("x4", probable_cause=""), "probable_cause"),
         (_post("x5", event_time=ts(time.time() + 3600)), "event_time"),
+        (_post("x7", event_time=ts(-62135596800)), "event_time"),  # 0001-01-01
     ]
     for req, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as err:

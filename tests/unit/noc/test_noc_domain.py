@@ -422,3 +422,17 @@ def test_stats_mtta_mttr_mtbf_and_noise_reduction():
     assert {g.key: g.incidents for g in tenants} == {"acme": 2, "beta": 1}
     empty, _ = d.noc_stats([], [], range_s=10)
     assert empty.incidents == 0 and empty.noise_reduction == 0
+
+
+def test_a_resend_of_a_still_active_alarm_does_not_reopen_a_resolved_incident():
+    w = World()
+    w.send(anomaly("rule.door_open", T0, aid="d1"))
+    [inc] = w.incidents()
+    d.transition(inc, "resolve", actor="op", now=T0 + 10, note="stale", out=d.Decisions())
+    got, out = w.send(anomaly("rule.door_open", T0 + 20, aid="d2"))
+    assert inc.state == d.RESOLVED and got.alarm is not None and got.alarm.count == 2
+    assert not out.changes and not out.incidents
+    # a raise after a clear is a recurrence: it reopens
+    w.send(anomaly("rule.door_open", T0 + 30, aid="d1", cleared=True))
+    w.send(anomaly("rule.door_open", T0 + 40, aid="d3"))
+    assert inc.state == d.OPEN and inc.reopen_count == 1
