@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-cluster bench-noc bench-notify clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-cluster bench-noc bench-notify bench-incident-latency clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,3 +79,6 @@ bench-detect: $(STAMP)
 
 bench-cluster: $(STAMP)
 	$(BIN)/python -m bench.cluster
+
+bench-incident-latency: $(STAMP)
+	$(BIN)/python -m bench.incident_latency
