@@ -2,8 +2,9 @@
 //
 // Frames (gateway/live.py): {"result": WatchIncidentsResponse}, {"heartbeat": {...}},
 // {"error": google.rpc.Status}; close 1000 when the stream ended, 4000 + HTTP status otherwise
-// (4401 bad token, 4403, 4503 NOC down, 4008 slow consumer). The token goes in the first frame
-// ({"token": ...}), so it is never part of a URL.
+// (4401 bad token, 4403, 4400 bad request or cursor out of range, 4503 NOC down, 4008 slow
+// consumer). No frame at all for two heartbeat intervals means a dead link: reconnect. The
+// token goes in the first frame ({"token": ...}), so it is never part of a URL.
 //
 // Nothing lost, nothing twice:
 //  * the first connection asks for live changes only (liveOnly) and then loads the current
@@ -23,6 +24,7 @@ import { tsKey } from "./format.js";
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const RECONCILE_AFTER_MS = 2000;
+const SILENCE_MS = 40000; // no frame, not even a heartbeat (every 15 s), for this long: the link is dead
 const WATCH_PATH = "/api/v1/incidents:watch";
 
 export class IncidentFeed extends EventTarget {
@@ -101,9 +103,16 @@ export class IncidentFeed extends EventTarget {
         this.reconcileTimer = setTimeout(() => this.reconcile(), RECONCILE_AFTER_MS);
       }
     };
-    ws.onmessage = (ev) => this._frame(ev.data);
+    let watchdog = 0;
+    const arm = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => { if (this.ws === ws) ws.close(4000, "no frame, not even a heartbeat"); }, SILENCE_MS);
+    };
+    arm();
+    ws.onmessage = (ev) => { arm(); this._frame(ev.data); };
     ws.onerror = () => {}; // onclose follows with the code
     ws.onclose = (ev) => {
+      clearTimeout(watchdog);
       this.ws = null;
       if (this.stopped) return;
       if (opened && Date.now() - opened > 10000) this.attempt = 0; // it was up for a while
@@ -112,8 +121,13 @@ export class IncidentFeed extends EventTarget {
         this.dispatchEvent(new CustomEvent("denied"));
         return;
       }
+      if (ev.code === 4403) {
+        this._set("denied", "your role may not read the incident feed");
+        return;
+      }
       if (ev.code === 4400 && this.lastSeq > 0) {
-        // the server cannot resume from there (the change left retention): start afresh
+        // OUT_OF_RANGE: the cursor left retention (CURSOR_EXPIRED) or belongs to a recreated
+        // stream (CURSOR_AHEAD): start afresh, live first, then the list (docs/console.md)
         this.lastSeq = 0;
       }
       const why = ev.reason || (ev.code === 1000 ? "the feed ended" : `closed (${ev.code})`);

@@ -117,7 +117,9 @@ export async function render(root, [id], ctx) {
           paths: spec.step && window.uPlot.paths?.stepped ? window.uPlot.paths.stepped({ align: 1 }) : undefined }))],
         axes: [{}, { size: 64 }],
       };
-      plots.push(new window.uPlot(opts, [xs, ...columns], box));
+      const plot = new window.uPlot(opts, [xs, ...columns], box);
+      box.uplot = plot; // for the browser tests (zoom) and the curious, from devtools
+      plots.push(plot);
     }
   };
 
