@@ -93,7 +93,10 @@ export async function render(root, [id], ctx) {
     }
     const series = new Map((data.series || []).filter((s) => !s.tenantId).map((s) => [s.metric, s.points || []]));
     clearChildren(charts);
+    const lo = start.getTime() / 1000;
+    const hi = end.getTime() / 1000;
     for (const spec of CHARTS) {
+      if (spec.metrics.includes("fuel_level_l") && !Number(power.fuelTankL || 0)) continue; // no tank, no fuel
       const box = h("figure", { class: "chart", dataset: { metrics: spec.metrics.join(",") } }, h("figcaption", {}, spec.title));
       charts.append(box);
       const xs = [...new Set(spec.metrics.flatMap((m) => (series.get(m) || []).map((p) => Date.parse(p.time) / 1000)))].sort((a, b) => a - b);
@@ -111,8 +114,11 @@ export async function render(root, [id], ctx) {
       }
       const width = Math.max(300, box.clientWidth || charts.clientWidth / 2 - 20);
       const opts = {
-        width, height: 180, cursor: { drag: { x: true, y: false } }, legend: { show: true },
-        scales: { x: { time: true } },
+        width, height: 180, tzDate: (t) => window.uPlot.tzDate(new Date(t * 1e3), "Etc/UTC"), // UTC, as the rest
+        cursor: { drag: { x: true, y: false } }, legend: { show: true },
+        // auto-ranging shows the chosen window whatever the data covers (uPlot applies range
+        // only when it auto-ranges: a zoom is explicit, and double-click goes back to the window)
+        scales: { x: { time: true, range: () => [lo, hi] } },
         series: [{}, ...spec.metrics.map((m, i) => ({ label: m, stroke: spec.colors[i], width: 1.5,
           paths: spec.step && window.uPlot.paths?.stepped ? window.uPlot.paths.stepped({ align: 1 }) : undefined }))],
         axes: [{}, { size: 64 }],
@@ -136,7 +142,9 @@ export async function render(root, [id], ctx) {
     try {
       replace(el, h("h2", {}, title), await load());
     } catch (err) {
-      replace(el, h("h2", {}, title), h("p", { class: "error" }, err instanceof ApiError ? err.describe() : err.message));
+      const text = err instanceof ApiError && err.status === 503 ? `the service is unavailable just now (${err.message})`
+        : err instanceof ApiError ? err.describe() : err.message;
+      replace(el, h("h2", {}, title), h("p", { class: "error" }, text));
     }
   };
 
