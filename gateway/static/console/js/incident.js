@@ -116,23 +116,36 @@ export async function render(root, [id], ctx) {
           : "Read-only for tenant users."));
     }
     const active = inc.state === OPEN || inc.state === ACK;
-    const note = h("input", { id: "ack-note", placeholder: "note (optional)", maxlength: 2000 });
-    const assignee = h("input", { id: "assignee", placeholder: "assignee", value: inc.assignee || "", maxlength: 128 });
-    const comment = h("textarea", { id: "comment", rows: 3, placeholder: "comment", maxlength: 4000 });
-    const resolution = h("input", { id: "resolve-note", placeholder: "what fixed it", maxlength: 2000 });
+    const { note, assignee, comment, resolution } = inputs(inc);
     return h("section", { class: "panel", id: "actions" }, h("h2", {}, "Actions"),
       inc.state === OPEN ? h("div", { class: "action-row" }, note,
-        h("button", { class: "action", id: "ack", onclick: () => act("acknowledge", { note: note.value }) }, "Acknowledge")) : null,
+        h("button", { class: "action", id: "ack", onclick: () => act("acknowledge", { note: note.value }, clearField("note")) }, "Acknowledge")) : null,
       active ? h("div", { class: "action-row" }, assignee,
         h("button", { class: "action", id: "assign", onclick: () => act("assign", { assignee: assignee.value.trim() }) }, "Assign")) : null,
       h("div", { class: "action-row" }, comment,
         h("button", { class: "action", id: "comment-send", onclick: () => {
           if (!comment.value.trim()) { toast("write a comment first", "error"); return; }
-          act("comment", { text: comment.value.trim() });
+          act("comment", { text: comment.value.trim() }, clearField("comment"));
         } }, "Comment")),
       active ? h("div", { class: "action-row" }, resolution,
-        h("button", { class: "action danger", id: "resolve", onclick: () => act("resolve", { note: resolution.value }) }, "Resolve")) : null);
+        h("button", { class: "action danger", id: "resolve", onclick: () => act("resolve", { note: resolution.value }, clearField("resolution")) }, "Resolve")) : null);
   };
+
+  // the form fields live as long as the page: a change arriving while someone types redraws the
+  // incident around them, never over what they typed
+  let fields = null;
+  const inputs = (inc) => {
+    if (!fields) {
+      fields = {
+        note: h("input", { id: "ack-note", placeholder: "note (optional)", maxlength: 2000 }),
+        assignee: h("input", { id: "assignee", placeholder: "assignee", value: inc.assignee || "", maxlength: 128 }),
+        comment: h("textarea", { id: "comment", rows: 3, placeholder: "comment", maxlength: 4000 }),
+        resolution: h("input", { id: "resolve-note", placeholder: "what fixed it", maxlength: 2000 }),
+      };
+    }
+    return fields;
+  };
+  const clearField = (name) => () => { if (fields) fields[name].value = ""; };
 
   const onChange = (ev) => {
     if (ev.detail?.incident?.id === id && !ev.detail.local && !busy) load().catch(() => {});
