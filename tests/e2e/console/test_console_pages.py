@@ -164,3 +164,28 @@ async def test_a_tenant_viewer_sees_only_its_tenant(up, browser_factory, api) ->
     assert "safaricom" in await page.locator("#availability h2").inner_text()
     await shot(page, "07-tenant-kpis")
     assert page.problems == []
+
+
+async def test_the_feed_applies_each_sequence_once_and_never_goes_back_in_time(up, browser_factory) -> None:
+    """feed.js's bookkeeping, run in the browser on the module the console loads: a repeated or
+    older sequence is dropped, and an incident is only replaced by a version at least as new
+    (a list answer and a live change may cross)."""
+    page = await browser_factory()
+    result = await page.evaluate("""async () => {
+      const { IncidentFeed } = await import('/console/js/feed.js');
+      const feed = new IncidentFeed({ token: 'unused' });
+      const frame = (seq, time, title) => JSON.stringify({ result: { sequence: String(seq),
+        change: 'INCIDENT_CHANGE_UPDATED', incident: { id: 'i1', title, updateTime: time } } });
+      feed._frame(frame(5, '2026-12-02T10:00:00.5Z', 'five'));
+      feed._frame(frame(5, '2026-12-02T10:00:00.5Z', 'five again'));
+      feed._frame(frame(4, '2026-12-02T10:00:09Z', 'four'));
+      feed._frame(frame(9, '2026-12-02T10:00:01.25Z', 'nine'));
+      feed._frame(JSON.stringify({ heartbeat: { time: '2026-12-02T10:00:02Z' } }));
+      feed.offer({ id: 'i1', title: 'stale list', updateTime: '2026-12-02T10:00:01.2Z' });
+      const kept = feed.incidents.get('i1').title;
+      feed.offer({ id: 'i1', title: 'newer list', updateTime: '2026-12-02T10:00:01.250001Z' });
+      return { lastSeq: feed.lastSeq, applied: feed.applied, dropped: feed.dropped, kept,
+               now: feed.incidents.get('i1').title, recent: feed.recent.map((r) => r.seq) };
+    }""")
+    assert result == {"lastSeq": 9, "applied": 2, "dropped": 2, "kept": "nine", "now": "newer list", "recent": [9, 5]}
+    assert page.problems == []
