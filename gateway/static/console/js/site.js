@@ -116,9 +116,10 @@ export async function render(root, [id], ctx) {
       const opts = {
         width, height: 180, tzDate: (t) => window.uPlot.tzDate(new Date(t * 1e3), "Etc/UTC"), // UTC, as the rest
         cursor: { drag: { x: true, y: false } }, legend: { show: true },
-        // auto-ranging shows the chosen window whatever the data covers (uPlot applies range
-        // only when it auto-ranges: a zoom is explicit, and double-click goes back to the window)
-        scales: { x: { time: true, range: () => [lo, hi] } },
+        // auto-ranging (uPlot asks with exactly the data's extent) shows the chosen window
+        // whatever the data covers, and so does the double-click reset; a zoom is kept as dragged
+        scales: { x: { time: true, range: (_u, min, max) =>
+          (min === xs[0] && max === xs[xs.length - 1] ? [lo, hi] : [min, max]) } },
         series: [{}, ...spec.metrics.map((m, i) => ({ label: m, stroke: spec.colors[i], width: 1.5,
           paths: spec.step && window.uPlot.paths?.stepped ? window.uPlot.paths.stepped({ align: 1 }) : undefined }))],
         axes: [{}, { size: 64 }],
