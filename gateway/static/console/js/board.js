@@ -1,9 +1,9 @@
 // The live incident board: every incident the feed knows, filtered by severity, region, state
 // and tenant, updated as changes arrive; the latest changes beside it.
 
-import { listAll } from "./api.js";
+import { api, listAll } from "./api.js";
 import { h, replace } from "./dom.js";
-import { ago, enumLabel, SEVERITIES, sev, severityRank, state, STATES, tsKey } from "./format.js";
+import { ago, enumLabel, isoMinute, SEVERITIES, sev, severityRank, span, state, STATES, tsKey } from "./format.js";
 
 const ACTIVE = new Set(["INCIDENT_STATE_OPEN", "INCIDENT_STATE_ACKNOWLEDGED"]);
 const filters = { minSeverity: "", region: "", state: "active", tenant: "" }; // kept across visits
@@ -53,6 +53,7 @@ export async function render(root, _params, ctx) {
   if (!session.staff) filters.tenant = "";
   const tbody = h("tbody", { id: "incident-rows" });
   const summary = h("p", { class: "summary", id: "board-summary" });
+  const stats = h("p", { class: "stats", id: "noc-stats" });
   const recent = h("ol", { class: "recent", id: "recent-changes" });
   const regionOptions = [["", "all regions"]];
   const tenantOptions = [["", "all tenants"]];
@@ -61,7 +62,7 @@ export async function render(root, _params, ctx) {
     h("thead", {}, h("tr", {}, ["severity", "incident", "state", "site", "region", "tenants", "alarms",
       "first seen", "changed", "assignee"].map((c) => h("th", {}, c)))), tbody);
   const boardEl = h("section", { class: "board", id: "board" },
-    h("div", { class: "board-main" }, h("h1", {}, "Incidents"), bar, summary, table),
+    h("div", { class: "board-main" }, h("div", { class: "panel-head" }, h("h1", {}, "Incidents"), stats), bar, summary, table),
     h("aside", { class: "board-side panel" }, h("h2", {}, "Latest changes"), recent));
   replace(root, boardEl);
 
@@ -114,6 +115,23 @@ export async function render(root, _params, ctx) {
   for (const name of ["change", "loaded", "state"]) feed.addEventListener(name, name === "change" ? onChange : schedule);
   draw();
   const ticker = setInterval(schedule, 30000); // keep "x min ago" fresh
+  // the last 24 hours in figures (GetNocStats: MTTA, MTTR, noise reduction)
+  const loadStats = async () => {
+    try {
+      const now = new Date(Date.now() + 60000);
+      const r = await api("/api/v1/noc/stats", { query: { range: {
+        startTime: isoMinute(new Date(now.getTime() - 86400e3)), endTime: isoMinute(now) } } });
+      const o = r.overall || {};
+      const n = Number(o.incidents || 0);
+      stats.textContent = `last 24 h: ${n} incidents from ${Number(o.rawAlarms || 0)} alarms` +
+        (n ? ` · noise reduction ${(100 * Number(o.noiseReduction || 0)).toFixed(0)} %` : "") +
+        (o.mttaSeconds ? ` · MTTA ${span(o.mttaSeconds)}` : "") + (o.mttrSeconds ? ` · MTTR ${span(o.mttrSeconds)}` : "");
+    } catch {
+      stats.textContent = "";
+    }
+  };
+  loadStats();
+  const statsTimer = setInterval(loadStats, 60000);
 
   Promise.all([sites(ctx).catch(() => []), tenants(ctx).catch(() => [])]).then(([all, ts]) => {
     const regions = [...new Set(all.map((s) => s.region).filter(Boolean))].sort();
@@ -124,6 +142,7 @@ export async function render(root, _params, ctx) {
 
   return () => {
     clearInterval(ticker);
+    clearInterval(statsTimer);
     if (frame) cancelAnimationFrame(frame);
     feed.removeEventListener("change", onChange);
     feed.removeEventListener("loaded", schedule);
