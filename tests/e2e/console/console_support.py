@@ -60,6 +60,18 @@ async def shot(page, name: str) -> Path:
     return path
 
 
+def record_timing(name: str, seconds: float) -> None:
+    """Keep a measured duration in test-artifacts/console/timings.json (for the report; the
+    tests' limits are generous deadlines, not speed targets)."""
+    import json
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / "timings.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = round(seconds, 3)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 async def wait_js(page, expression: str, within: float = 30.0, what: str = "") -> object:
     """Poll a JavaScript expression until it is truthy. (Playwright's wait_for_function compiles
     its predicate with eval inside the page, which the console's CSP rightly refuses; evaluate

@@ -14,7 +14,7 @@ import uuid
 
 import grpc
 import pytest
-from console_support import await_until, shot, wait_js
+from console_support import await_until, record_timing, shot, wait_js
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -77,6 +77,7 @@ async def test_an_injected_fault_appears_live_and_is_handled_from_the_page(up, b
         await page.locator(f'#incident-rows tr[data-id="{inc_id}"]').wait_for(timeout=SEEN_WITHIN_S * 1000)
     elapsed = time.monotonic() - t0
     assert elapsed < SEEN_WITHIN_S
+    record_timing("post_alarm_to_both_boards_s", elapsed)
     await shot(operator, "08-board-live")
 
     await operator.locator(f'#incident-rows tr[data-id="{inc_id}"] td.title a').click()
@@ -162,6 +163,7 @@ async def test_the_board_resumes_after_the_gateway_restarts_with_nothing_missing
     connects = int(await board.get_attribute("data-connects") or 0)
 
     old_pid = up.stack()["processes"]["gateway"]["pid"]
+    killed = time.monotonic()
     os.killpg(old_pid, signal.SIGKILL)  # the supervisor restarts it (1 s backoff)
     await wait_js(page, "['reconnecting', 'unavailable'].includes(document.querySelector('#conn').dataset.state)",
                   within=30)
@@ -185,6 +187,7 @@ async def test_the_board_resumes_after_the_gateway_restarts_with_nothing_missing
     await wait_js(page, f"Number(document.querySelector('#board').dataset.connects) > {connects}", within=90)
     await wait_js(page, "document.querySelector('#conn').dataset.state === 'live'", within=30)
     await page.locator(f'#incident-rows tr[data-id="{during}"]').wait_for(timeout=SEEN_WITHIN_S * 1000)
+    record_timing("gateway_kill_to_missed_incident_on_board_s", time.monotonic() - killed)
     for inc in (before, during):
         assert await _rows(page, inc) == 1
     ids = await page.locator("#incident-rows tr.incident").evaluate_all("els => els.map(e => e.dataset.id)")
