@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi clean
+.PHONY: up down status test test-fast gen lint typecheck sdk-wheel breaking bench-mesh bench-ingest bench-gateway bench-kpi bench-detect bench-bi bench-noc clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ bench-kpi: $(STAMP)
 
 bench-bi: $(STAMP)
 	$(BIN)/python -m bench.bi
+
+bench-noc: $(STAMP)
+	$(BIN)/python -m bench.noc
 
 clean:
 	rm -rf $(VENV) .towerco .pytest_cache build *.egg-info

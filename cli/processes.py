@@ -81,6 +81,7 @@ PROCESSES: tuple[Process, ...] = (
     Process("aiops", "service", "services.aiops.server", port="aiops", health="grpc"),
     Process("aiops_engine", "worker", "workers.aiops_engine.worker", health="metrics"),
     Process("files", "service", "services.files.server", port="files", health="grpc"),
+    Process("noc", "service", "services.noc.server", port="noc", health="grpc"),
     Process("bi", "service", "services.bi.server", port="bi", health="grpc"),
     Process("bi_engine", "worker", "workers.bi_engine.worker", health="metrics"),
     # Developer-only: the telemetry simulator. `towerco up` starts it after the seed when

@@ -10,6 +10,7 @@ Every variable is declared here once, with its type, default and meaning, in one
   BiSettings             the BI domain's tariffs and emission factors (BI service, bi_engine)
   BiEngineSettings       the bi_engine worker
   FilesSettings          the Files service
+  NocSettings            the NOC service (correlation windows, consumer, caches)
   GatewaySettings        the REST/WebSocket gateway
 
 `get_settings()` is the process-wide `Settings` (read once); a section is read with
@@ -334,6 +335,47 @@ class AiopsEngineSettings:
 
 
 @dataclass(frozen=True)
+class NocSettings:
+    """The NOC service: correlation windows (services/noc/domain.Params, docs/noc.md), the anomaly
+    consumer, the periodic task and the caches of site facts and SLA exposure."""
+
+    dedup_window_s: float = env("TOWERCO_NOC_DEDUP_WINDOW_S", 300.0, "a cleared alarm raised again within "
+                                "this is the same alarm (count grows)", check=lambda v: v >= 0,
+                                requirement="must be >= 0")
+    flap_window_s: float = env("TOWERCO_NOC_FLAP_WINDOW_S", 600.0, "transitions counted for flapping over this; "
+                               "flapping stops after this long without one", check=_positive,
+                               requirement="must be > 0")
+    flap_threshold: int = env("TOWERCO_NOC_FLAP_THRESHOLD", 4, "transitions within the flapping window that "
+                              "make an incident flapping", check=lambda v: v >= 2, requirement="must be >= 2")
+    regional_window_s: float = env("TOWERCO_NOC_REGIONAL_WINDOW_S", 300.0, "mains failures of one region "
+                                   "within this are one regional outage", check=_positive, requirement="must be > 0")
+    regional_min_sites: int = env("TOWERCO_NOC_REGIONAL_MIN_SITES", 3, "sites of a region losing mains together "
+                                  "that make a regional outage", check=lambda v: v >= 2, requirement="must be >= 2")
+    auto_resolve_hold_s: float = env("TOWERCO_NOC_AUTO_RESOLVE_HOLD_S", 300.0, "an incident whose alarms all "
+                                     "stayed clear this long is resolved automatically", check=lambda v: v >= 0,
+                                     requirement="must be >= 0")
+    reopen_window_s: float = env("TOWERCO_NOC_REOPEN_WINDOW_S", 3600.0, "a recurrence this soon after resolution "
+                                 "reopens the incident (later ones open a linked incident)",
+                                 check=lambda v: v >= 0, requirement="must be >= 0")
+    link_window_s: float = env("TOWERCO_NOC_LINK_WINDOW_S", DAY_S, "how far back a new incident looks for the "
+                               "earlier one it recurs (recurrence_of)", check=lambda v: v >= 0,
+                               requirement="must be >= 0")
+    tick_s: float = env("TOWERCO_NOC_TICK_S", 5.0, "how often auto-resolve timers, window ends and flapping are "
+                        "checked", check=_positive, requirement="must be > 0")
+    batch: int = env("TOWERCO_NOC_BATCH", 500, "anomaly events correlated in one transaction, at most",
+                     check=lambda v: v >= 1, requirement="must be at least 1")
+    lanes: int = env("TOWERCO_NOC_LANES", 2, "concurrent correlation transactions per batch (its regions split "
+                     "between them)", check=lambda v: v >= 1, requirement="must be at least 1")
+    ack_wait_s: float = env("TOWERCO_NOC_ACK_WAIT_S", 60.0, "redelivery delay of an unacknowledged batch")
+    durable: str = env("TOWERCO_NOC_DURABLE", "noc-anomalies", "the anomaly consumer's durable name")
+    facts_refresh_s: float = env("TOWERCO_NOC_FACTS_REFRESH_S", 600.0, "the whole register is re-listed this "
+                                 "often (events keep it fresh in between)", check=_positive,
+                                 requirement="must be > 0")
+    sla_ttl_s: float = env("TOWERCO_NOC_SLA_TTL_S", 300.0, "a tenant's month-to-date availability (SLA "
+                           "exposure) is cached this long", check=lambda v: v >= 0, requirement="must be >= 0")
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """The gateway's variables (gateway/config.py's GatewayConfig.from_env reads this section)."""
 
@@ -370,6 +412,7 @@ SECTIONS: dict[type, str] = {
     BiSettings: "bi, bi_engine",
     BiEngineSettings: "bi_engine",
     FilesSettings: "files",
+    NocSettings: "noc",
     GatewaySettings: "gateway",
 }
 

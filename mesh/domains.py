@@ -45,6 +45,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("aiops", schema="aiops", service="services.aiops", workers=("workers.aiops_engine",)),
     Domain("bi", schema="bi", service="services.bi", workers=("workers.bi_engine",)),
     Domain("files", schema="files", service="services.files"),
+    Domain("noc", schema="noc", service="services.noc"),
 )
 
 

@@ -64,6 +64,7 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
     lines = {line.split()[0]: line for line in status.stdout.splitlines()[2:]}
     assert set(lines) >= {"postgres", "nats", "sites"}
     assert " ok " in lines["sites"] and "SERVING" in lines["sites"]
+    assert " ok " in lines["noc"] and "SERVING" in lines["noc"], lines.get("noc")
     as_json = json.loads(t.run("status", "--json").stdout)
     assert all(row["healthy"] for row in as_json["processes"])
     # workers are checked too: their Prometheus endpoint and event-loop heartbeat
@@ -95,6 +96,17 @@ async def test_up_detached_status_seed_down_on_the_embedded_stack(towerco_embedd
                                    headers={"Authorization": f"Bearer {recorded['tokens']['admin']}"})
         assert reply.status_code == 200, reply.text
         assert {"rule.mains_lost", "stat.telemetry_gap"} <= {d["name"] for d in reply.json()["detectors"]}
+        # the NOC is up behind the gateway and knows the seeded register (PostAlarm on a seeded site)
+        async with httpx.AsyncClient(timeout=10) as http:
+            admin = {"Authorization": f"Bearer {recorded['tokens']['admin']}"}
+            reply = await http.post(f"{gateway}/api/v1/alarms", headers=admin, json={
+                "source": "stack-test", "sourceAlarmId": "1", "siteId": sites[0].id,
+                "alarmType": "ALARM_TYPE_EQUIPMENT", "probableCause": "site_down",
+                "perceivedSeverity": "PERCEIVED_SEVERITY_CRITICAL"})
+            assert reply.status_code == 200, reply.text
+            incident = reply.json()["incidentId"]
+            reply = await http.get(f"{gateway}/api/v1/incidents/{incident}", headers=admin)
+        assert reply.status_code == 200 and reply.json()["kind"] == "INCIDENT_KIND_POWER", reply.text
 
     # Seeding again creates nothing new (and, with no port in the environment, finds the running
     # stack's Sites endpoint in stack.json).

@@ -14,6 +14,9 @@ The AIOps, BI and Files services run as well (the gateway exposes them): every s
 anomaly and a prediction (written as the aiops engine writes them: rows and their outbox events;
 SEC-AB also has one for beta's link alone), acme and beta have a penalty rule set and an exported
 SLA statement of the seeded month, and each tenant has a site document per leased site.
+
+The NOC service runs too: the seeded anomalies reach it as events (one power incident per site),
+and beta has an incident of its own on SEC-AB (an alarm it posted with tenant_id beta).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from gwfake import serve_gateway  # noqa: E402
 TENANTS = ("acme", "beta", "gamma")
 LEASES = {"SEC-A": ("acme",), "SEC-B": ("beta",), "SEC-AB": ("acme", "beta"), "SEC-N": ()}
 PARTITIONS = 16
-SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi")  # started in this order, all behind the gateway
+SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi", "noc")  # started in this order, behind the gateway
 
 
 @dataclass
@@ -67,6 +70,8 @@ class SecStack:
     anomalies: dict[str, str] = field(default_factory=dict)  # site -> id ("SEC-AB/beta": beta's link)
     predictions: dict[str, str] = field(default_factory=dict)  # site -> id
     files: dict[tuple[str, str], str] = field(default_factory=dict)  # (site or "export", tenant) -> file id
+    incidents: dict[str, str] = field(default_factory=dict)  # site -> NOC incident id ("SEC-AB/beta": beta's own)
+    alarms: dict[str, str] = field(default_factory=dict)  # site -> NOC alarm id ("SEC-AB/beta": beta's own)
 
     @property
     def month(self) -> str:
@@ -209,6 +214,31 @@ async def _seed(stack: SecStack) -> None:
             stack.files[("export", t)] = resp.file.id
 
 
+async def _seed_noc(stack: SecStack) -> None:
+    """The NOC's incidents: the seeded anomalies reach it as events (one power incident per site,
+    beta's link joining the SEC-AB one), and beta posts an alarm of its own on SEC-AB (tenant_id
+    beta: an incident only beta may see)."""
+    from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
+
+    assert stack.pool is not None
+    await _wait_for(stack.pool, "SELECT count(DISTINCT site_id) FROM noc.incident", len(LEASES))
+    await _wait_for(stack.pool, "SELECT count(*) FROM noc.alarm", len(LEASES) + 1)
+    async with stack.pool.acquire() as conn:
+        for r in await conn.fetch("SELECT DISTINCT ON (site_id) site_id, id, incident_id FROM noc.alarm "
+                                  "WHERE tenant_id = '' ORDER BY site_id, first_seen"):
+            stack.incidents[r["site_id"]] = str(r["incident_id"])
+            stack.alarms[r["site_id"]] = str(r["id"])
+    async with grpc.aio.insecure_channel(stack.targets["noc"]) as ch:
+        noc = noc_pb2_grpc.NocServiceStub(ch)
+        resp = await noc.PostAlarm(noc_pb2.PostAlarmRequest(
+            source="sec-nms", source_alarm_id="beta-own-1", site_id="SEC-AB", tenant_id="beta",
+            alarm_type=noc_pb2.ALARM_TYPE_EQUIPMENT, probable_cause="tenant_cabinet_alarm",
+            perceived_severity=noc_pb2.PERCEIVED_SEVERITY_MINOR, text="tenant cabinet alarm"),
+            metadata=stack.md("service"))
+        stack.incidents["SEC-AB/beta"] = resp.incident_id
+        stack.alarms["SEC-AB/beta"] = resp.alarm.id
+
+
 async def _wait_for(pool: asyncpg.Pool, sql: str, want: int, wait_s: float = 60.0) -> None:
     deadline = time.monotonic() + wait_s
     got = -1
@@ -229,6 +259,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
     from services.bi.server import setup as bi_setup
     from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
+    from services.noc.server import setup as noc_setup
     from services.sites.server import setup as sites_setup
     from services.telemetry.server import setup as telemetry_setup
     from workers.ingestor.consumer import Ingestor
@@ -259,7 +290,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
         targets = dict(base.targets)
         settings = dataclasses.replace(base, targets=targets)
         for svc, setup in (("sites", sites_setup), ("telemetry", telemetry_setup), ("kpi", kpi_setup),
-                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup)):
+                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup), ("noc", noc_setup)):
             srv = await bootstrap.start(svc, setup, port=0, metrics_port=-1, settings=settings)
             running.append(srv)
             targets[svc] = f"127.0.0.1:{srv.port}"  # the next services find the earlier ones
@@ -281,6 +312,9 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
             await _wait_for(pool, "SELECT count(*) FROM telemetry.samples", n_samples)
             await _wait_for(pool, "SELECT count(*) FROM kpi.tenancy", sum(len(ts) for ts in LEASES.values()))
             await _wait_for(pool, "SELECT count(DISTINCT site_id) FROM kpi.tenancy_hour", 3)
+            # the aiops_engine's relay (not running here) publishes the seeded anomalies for the NOC
+            await outbox.OutboxRelay(pool, js, schema="aiops").publish_pending()
+            await _seed_noc(stack)
             yield stack
     finally:
         for obj in (ingestor, calc):
