@@ -23,6 +23,7 @@ class GatewayConfig:
     ready_cache_s: float = 2.0
     stream_queue: int = 256
     heartbeat_s: float = 15.0
+    stream_resume_s: float = 30.0
     breaker: bool = True
 
     @classmethod
@@ -48,4 +49,5 @@ class GatewayConfig:
             ready_cache_s=env.ready_cache_s,
             stream_queue=env.stream_queue,
             heartbeat_s=env.heartbeat_s,
+            stream_resume_s=env.stream_resume_s,
         )

@@ -16,6 +16,15 @@ Auth: the `Authorization: Bearer` header, or `?access_token=<jwt>` (browsers can
 on EventSource/WebSocket), or — WebSocket only — a first client frame `{"token": "<jwt>"}` sent
 within 10 s. The gateway never logs query strings, so the token does not end up in logs.
 
+Resume inside the gateway: when the upstream of a resumable stream fails with UNAVAILABLE (or is
+cancelled by the server, e.g. the service process died or restarted) after it was established,
+the gateway keeps the client's SSE/WebSocket open (heartbeats go on) and re-opens the upstream
+with `after_sequence` = the last sequence it sent (a `live_only` start is cleared then: the
+cursor says where to go on), with backoff, for up to TOWERCO_GATEWAY_STREAM_RESUME_S (30 s); only
+then does the client get the error. A refusal at once (the service down when the client
+connects) and a `live_only` stream that has sent nothing yet (no cursor to continue from
+without a gap) are not resumed.
+
 Each client has a bounded queue (TOWERCO_GATEWAY_STREAM_QUEUE messages). A client that falls
 that far behind is cut: WebSocket close code 4008 ("slow consumer"), SSE an error event with
 RESOURCE_EXHAUSTED. Close codes for upstream failures are 4000 + the HTTP status of the gRPC
@@ -52,8 +61,13 @@ CLOSE_AUTH_TIMEOUT = 4401
 FIRST_MESSAGE_TIMEOUT_S = 10.0
 FIRST_ITEM_WAIT_S = 0.5  # SSE: how long to wait for an immediate upstream refusal before the 200
 
+RESUME_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+RESUME_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+
 STREAMS = Gauge("towerco_gateway_streams", "Open SSE/WebSocket streams", ["transport"])
 SLOW = Counter("towerco_gateway_slow_consumers_total", "Streams cut because the client fell behind", ["transport"])
+RESUMED = Counter("towerco_gateway_stream_upstream_resumes_total",
+                  "Upstreams of resumable streams re-opened from the last sequence sent")
 
 _END = object()
 
@@ -66,14 +80,37 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-class _Pump:
-    """Reads the upstream stream into a bounded queue; overflow marks the client slow."""
+def resumed_request(msg: Message, field: str, last: int | None) -> Message | None:
+    """The request continuing a resumable stream after sequence `last` (None: nothing was sent
+    yet): the original with `field` = last and a `live_only` start cleared; None when it cannot
+    continue without a gap (a live_only stream that has sent nothing)."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    live = "live_only" in out.DESCRIPTOR.fields_by_name
+    if last is None:
+        return None if live and out.live_only else out
+    setattr(out, field, last)
+    if live:
+        out.ClearField("live_only")
+    return out
 
-    def __init__(self, call: Any, size: int, breaker: Any = None, permit: Any = None):
+
+Reopen = Any  # (last sequence sent or None) -> (call, breaker, permit) | None
+
+
+class _Pump:
+    """Reads the upstream stream into a bounded queue; overflow marks the client slow. With
+    `reopen`, an upstream that becomes unavailable after it was established is re-opened from the
+    last sequence sent for up to `resume_s` seconds (module doc)."""
+
+    def __init__(self, call: Any, size: int, breaker: Any = None, permit: Any = None, *,
+                 reopen: Reopen = None, resume_s: float = 0.0):
         self.call = call
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=size)
         self.overflow = asyncio.Event()
         self._breaker, self._permit = breaker, permit
+        self._reopen, self._resume_s = reopen, resume_s
+        self._closing = False
         self.task = asyncio.ensure_future(self._run())
 
     def _verdict(self, code: grpc.StatusCode | None) -> None:
@@ -94,21 +131,48 @@ class _Pump:
             self._verdict(None)
 
     async def _pump(self) -> None:
-        try:
-            async for msg in self.call:
-                self._verdict(grpc.StatusCode.OK)
-                try:
-                    self.queue.put_nowait(msg)
-                except asyncio.QueueFull:
-                    self.overflow.set()
-                    self.call.cancel()
-                    return
-            item: Any = _END
-        except grpc.RpcError as exc:
-            item = exc
-            self._verdict(exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN)
-        except asyncio.CancelledError:
-            raise
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        last: int | None = None  # the last sequence queued for the client
+        failing_since: float | None = None
+        attempt = 0
+        while True:
+            try:
+                async for msg in self.call:
+                    self._verdict(grpc.StatusCode.OK)
+                    failing_since, attempt = None, 0
+                    try:
+                        self.queue.put_nowait(msg)
+                    except asyncio.QueueFull:
+                        self.overflow.set()
+                        self.call.cancel()
+                        return
+                    if self._reopen is not None:
+                        last = msg.sequence
+                item: Any = _END
+            except grpc.RpcError as exc:
+                item = exc
+                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+                self._verdict(code)
+                now = loop.time()
+                if (self._reopen is not None and self._resume_s > 0 and not self._closing and code in RESUME_CODES
+                        and (last is not None or now - started >= FIRST_ITEM_WAIT_S)):
+                    failing_since = failing_since if failing_since is not None else now
+                    if now - failing_since < self._resume_s:
+                        await asyncio.sleep(RESUME_DELAYS_S[min(attempt, len(RESUME_DELAYS_S) - 1)])
+                        attempt += 1
+                        try:
+                            nxt = self._reopen(last)
+                        except grpc.RpcError:  # the breaker is open: wait on
+                            continue
+                        if nxt is not None:
+                            self.call, self._breaker, self._permit = nxt
+                            RESUMED.inc()
+                            log.info("stream_upstream_resumed", after_sequence=last, attempt=attempt)
+                            continue
+            except asyncio.CancelledError:
+                raise
+            break
         # the end marker may wait for room: the consumer is still draining
         with contextlib.suppress(asyncio.CancelledError):
             while True:
@@ -132,6 +196,7 @@ class _Pump:
             return None
 
     async def close(self) -> None:
+        self._closing = True
         self.call.cancel()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -152,10 +217,20 @@ class Live:
     def open(self, route: Route, msg: Message, call: Call) -> _Pump:
         """Start the upstream stream through the target's circuit breaker."""
         gw = self.gw
-        cb = gw.breaker(route.upstream)
-        permit = cb.acquire() if cb is not None else None  # raises CircuitOpenError when open
-        upstream = gw.unary(route)(msg, timeout=call.timeout, metadata=call.metadata())
-        return _Pump(upstream, gw.config.stream_queue, cb, permit)
+
+        def start(request: Message) -> tuple[Any, Any, Any]:
+            cb = gw.breaker(route.upstream)
+            permit = cb.acquire() if cb is not None else None  # raises CircuitOpenError when open
+            return gw.unary(route)(request, timeout=call.timeout, metadata=call.metadata()), cb, permit
+
+        def reopen(last: int | None) -> tuple[Any, Any, Any] | None:
+            again = resumed_request(msg, route.resume_field, last)
+            return None if again is None else start(again)
+
+        upstream, cb, permit = start(msg)
+        resumable = bool(route.resume_field) and gw.config.stream_resume_s > 0
+        return _Pump(upstream, gw.config.stream_queue, cb, permit, reopen=reopen if resumable else None,
+                     resume_s=gw.config.stream_resume_s)
 
     # ------------------------------------------------------------------------------------ SSE
     async def sse(self, call: Call, route: Route, msg: Message, receive, send) -> int:

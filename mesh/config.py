@@ -398,6 +398,10 @@ class GatewaySettings:
     stream_queue: int = env("TOWERCO_GATEWAY_STREAM_QUEUE", 256,
                             "messages buffered per streaming client before it is cut")
     heartbeat_s: float = env("TOWERCO_GATEWAY_HEARTBEAT_S", 15.0, "SSE/WebSocket heartbeat interval")
+    stream_resume_s: float = env("TOWERCO_GATEWAY_STREAM_RESUME_S", 30.0, "how long a resumable SSE/WebSocket "
+                                 "stream keeps re-opening its upstream after the service became unavailable, "
+                                 "from the last sequence sent, before it closes (0: close at once)",
+                                 check=lambda v: v >= 0, requirement="must be >= 0")
     workers: int = env("TOWERCO_GATEWAY_WORKERS", 1, "worker processes of `python -m gateway`")
 
 

@@ -118,6 +118,15 @@ class FailedPrecondition(RichError, gx.FailedPrecondition):
         self.reason = reason
 
 
+class OutOfRange(RichError, gx.OutOfRange):
+    """A position the caller named is outside what exists, e.g. a resume cursor older than what a
+    stream still keeps; `reason` says which, in CAPS."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
+
+
 class PermissionDenied(RichError, gx.PermissionDenied):
     """The caller is authenticated but may not do this."""
 

@@ -4,8 +4,9 @@ Applies the noc schema (services/noc/migrations), then runs, in this process: th
 NocService, the anomaly consumer (EVENTS towerco.aiops.anomaly.>, durable TOWERCO_NOC_DURABLE),
 the periodic task (auto-resolve timers, calendar window ends, flapping calm; every
 TOWERCO_NOC_TICK_S), the site facts cache (Sites over gRPC with the NOC's service token, kept
-fresh by towerco.sites.> events) and the SLA cache (KPI service), and the outbox relay that
-publishes towerco.noc.incident.<change>.
+fresh by towerco.sites.> events) and the SLA cache (KPI service), the outbox relay that
+publishes towerco.noc.incident.<change>, and the live feed those events feed (WatchIncidents,
+services/noc/feed.py, one ephemeral JetStream consumer per call).
 
 `build(rt)` returns the pieces so another module (the live feed, services/noc/feed.py) can be
 added to the same process without changing them: setup() below is the only place they are wired.
@@ -27,6 +28,7 @@ from services.noc import domain
 from services.noc.consumer import AnomalyConsumer
 from services.noc.correlator import SCHEMA, Correlator
 from services.noc.facts import SiteFactsCache, SlaCache, kpi_fetcher
+from services.noc.feed import IncidentFeed
 from services.noc.servicer import NocServicer
 
 SERVICE = "noc"
@@ -66,7 +68,7 @@ def build(rt: Runtime) -> Noc:
         await kpi.close()
 
     rt.on_shutdown(close)
-    return Noc(env, correlator, NocServicer(rt.pool, correlator), consumer, facts, client)
+    return Noc(env, correlator, NocServicer(rt.pool, correlator, feed=IncidentFeed(rt.nc)), consumer, facts, client)
 
 
 async def setup(rt: Runtime) -> list[ServiceSpec]:

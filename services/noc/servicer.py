@@ -7,9 +7,8 @@ tenant filter: an incident or alarm a tenant may not see is NOT_FOUND (checked b
 so a refusal never confirms it exists); a list filtered on another tenant is an empty page;
 PERMISSION_DENIED only for a visible incident the role may not change.
 
-WatchIncidents is not implemented here (the generated base answers UNIMPLEMENTED): the live
-feed is services/noc/feed.py, wired by server.py. The constructor takes the pool and the
-correlator, nothing else.
+WatchIncidents delegates to the live feed (services/noc/feed.py: JetStream-backed, resumable,
+scoped by the same rule), which server.py builds on the process's NATS connection.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from mesh.auth import Identity, current_identity, require_role, tenant_scope
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.noc import convert, domain, store
 from services.noc.correlator import Correlator
+from services.noc.feed import IncidentFeed
 from services.noc.scope import scope_alarm, scope_incident
 
 READ_ROLES = ("viewer", "tenant_viewer")
@@ -97,12 +97,19 @@ def _scope(identity: Identity) -> str | None:
 
 class NocServicer(noc_pb2_grpc.NocServiceServicer):
     """NocService over the noc schema. `pool`: the service's asyncpg pool; `correlator`: the
-    correlation engine (services/noc/correlator.py) shared with the anomaly consumer."""
+    correlation engine (services/noc/correlator.py) shared with the anomaly consumer; `feed`:
+    the live incident feed (services/noc/feed.py)."""
 
-    def __init__(self, pool: asyncpg.Pool, correlator: Correlator, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, pool: asyncpg.Pool, correlator: Correlator, *, feed: IncidentFeed,
+                 clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
         self.correlator = correlator
+        self.feed = feed
         self.clock = clock
+
+    def WatchIncidents(self, request: noc_pb2.WatchIncidentsRequest, context: Any
+                       ) -> AsyncIterator[noc_pb2.WatchIncidentsResponse]:
+        return self.feed.watch(request, current_identity())
 
     # -- reads
 

@@ -53,9 +53,11 @@ async def test_sse_resume_with_last_event_id(gw) -> None:
     assert events[0]["id"] == "8"
 
 
-async def test_sse_error_event_when_upstream_dies_mid_stream(gw) -> None:
-    client, _ = gw
-    _, events = await sse_events(client, "/v1/ticks?count=10&failAfter=2&intervalMs=10")
+async def test_sse_error_event_when_upstream_dies_mid_stream(make_gateway, token) -> None:
+    # without the gateway's own resume (stream_resume_s=0; test_gateway_resume.py covers it on)
+    async with make_gateway(stream_resume_s=0) as (client, *_):
+        client.headers["authorization"] = f"Bearer {token}"
+        _, events = await sse_events(client, "/v1/ticks?count=10&failAfter=2&intervalMs=10")
     assert [e.get("id") for e in events[:2]] == ["1", "2"]
     assert events[2]["event"] == "error"
     err = orjson.loads(events[2]["data"])
@@ -122,7 +124,7 @@ async def test_websocket_auth_by_first_message_and_query(make_gateway, token) ->
 
 
 async def test_websocket_upstream_dies_mid_stream(make_gateway, token) -> None:
-    async with make_gateway() as (client, servicer, app, base, server):
+    async with make_gateway(stream_resume_s=0) as (client, servicer, app, base, server):
         headers = {"authorization": f"Bearer {token}"}
         async with websockets.connect(ws_url(base, "/v1/ticks?count=0&intervalMs=20"), additional_headers=headers) as ws:
             assert "result" in orjson.loads(await ws.recv())
