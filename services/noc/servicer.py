@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from grpc_interceptor.exceptions import Unimplemented
 from towerco.common.v1 import common_pb2
 from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
 
@@ -366,15 +365,6 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             return new
         rec, new = await self._act(request.incident_id, run)
         return noc_pb2.SplitIncidentResponse(incident=await self._answer(rec), new_incident=await self._answer(new))
-
-    # -- the live feed
-
-    async def WatchIncidents(self, request: noc_pb2.WatchIncidentsRequest, context: Any
-                             ) -> AsyncIterator[noc_pb2.WatchIncidentsResponse]:
-        """Served by the live feed (services/noc/feed.py, wired in server.py), which replaces this
-        handler; until it is there, a clean UNIMPLEMENTED (not an INTERNAL from the generated base)."""
-        raise Unimplemented("WatchIncidents is served by the NOC live feed, which this process does not run")
-        yield  # an async generator, as a server-streaming handler must be
 
     # -- statistics
 
