@@ -16,12 +16,14 @@ export async function render(root, [id], ctx) {
   replace(root, view);
   let busy = false;
 
+  let generation = 0; // only the latest load draws: an older answer arriving late is dropped
   const load = async () => {
+    const mine = ++generation;
     const [inc, alarms] = await Promise.all([
       feed.fetch(id),
       listAll("/api/v1/alarms", "alarms", { incidentId: id }, 500).catch(() => []),
     ]);
-    draw(inc, alarms);
+    if (mine === generation) draw(inc, alarms);
   };
 
   const act = async (verb, body, done) => {
@@ -36,9 +38,9 @@ export async function render(root, [id], ctx) {
       await load();
     } catch (err) {
       toast(`${verb} failed: ${err instanceof ApiError ? err.describe() : err.message}`, "error");
-      for (const b of view.querySelectorAll("button.action")) b.disabled = false;
     } finally {
       busy = false;
+      for (const b of view.querySelectorAll("button.action")) b.disabled = false;
     }
   };
 
@@ -105,40 +107,71 @@ export async function render(root, [id], ctx) {
         h("time", {}, when(e.time)), " ", h("b", {}, enumLabel(e.kind, "TIMELINE_KIND_")),
         " by ", e.actor || "?", e.text ? h("p", {}, e.text) : null))));
 
-    replace(view, head, h("div", { class: "cols" }, h("div", {}, cause, impacts, alarmTable), h("div", {},
-      actions(inc), timeline)));
+    if (!view.firstChild) {
+      // the skeleton is built once; later changes refill its boxes, and the actions panel is
+      // never rebuilt, so a change arriving mid-click or mid-typing cannot swallow either
+      replace(view, boxes.head, h("div", { class: "cols" }, h("div", {}, boxes.cause, boxes.impacts, boxes.alarms),
+        h("div", {}, actionsPanel(), boxes.timeline)));
+    }
+    boxes.head.replaceWith(head);
+    boxes.head = head;
+    for (const [key, el] of [["cause", cause], ["impacts", impacts], ["alarms", alarmTable], ["timeline", timeline]]) {
+      boxes[key].replaceWith(el);
+      boxes[key] = el;
+    }
+    updateActions(inc);
   };
+  const boxes = { head: h("header"), cause: h("section"), impacts: h("section"), alarms: h("section"), timeline: h("section") };
 
-  const actions = (inc) => {
+  let panel = null;
+  let rows = null;
+  const actionsPanel = () => {
+    if (panel) return panel;
     if (!session.canOperate) {
-      return h("section", { class: "panel", id: "actions" }, h("h2", {}, "Actions"),
+      panel = h("section", { class: "panel", id: "actions" }, h("h2", {}, "Actions"),
         h("p", { class: "muted" }, session.staff ? "Your role reads incidents; noc_operator or admin act on them."
           : "Read-only for tenant users."));
+      return panel;
     }
-    const active = inc.state === OPEN || inc.state === ACK;
-    const { note, assignee, comment, resolution } = inputs(inc);
-    return h("section", { class: "panel", id: "actions" }, h("h2", {}, "Actions"),
-      inc.state === OPEN ? h("div", { class: "action-row" }, note,
-        h("button", { class: "action", id: "ack", onclick: () => act("acknowledge", { note: note.value }, clearField("note")) }, "Acknowledge")) : null,
-      active ? h("div", { class: "action-row" }, assignee,
-        h("button", { class: "action", id: "assign", onclick: () => act("assign", { assignee: assignee.value.trim() }) }, "Assign")) : null,
-      h("div", { class: "action-row" }, comment,
+    const { note, assignee, comment, resolution } = inputs();
+    rows = {
+      ack: h("div", { class: "action-row" }, note,
+        h("button", { class: "action", id: "ack", onclick: () => act("acknowledge", { note: note.value }, clearField("note")) }, "Acknowledge")),
+      assign: h("div", { class: "action-row" }, assignee,
+        h("button", { class: "action", id: "assign", onclick: () => act("assign", { assignee: assignee.value.trim() }) }, "Assign")),
+      comment: h("div", { class: "action-row" }, comment,
         h("button", { class: "action", id: "comment-send", onclick: () => {
           if (!comment.value.trim()) { toast("write a comment first", "error"); return; }
           act("comment", { text: comment.value.trim() }, clearField("comment"));
         } }, "Comment")),
-      active ? h("div", { class: "action-row" }, resolution,
-        h("button", { class: "action danger", id: "resolve", onclick: () => act("resolve", { note: resolution.value }, clearField("resolution")) }, "Resolve")) : null);
+      resolve: h("div", { class: "action-row" }, resolution,
+        h("button", { class: "action danger", id: "resolve", onclick: () => act("resolve", { note: resolution.value }, clearField("resolution")) }, "Resolve")),
+    };
+    panel = h("section", { class: "panel", id: "actions" }, h("h2", {}, "Actions"), rows.ack, rows.assign, rows.comment, rows.resolve);
+    return panel;
+  };
+  let assigneeSeeded = false;
+  const updateActions = (inc) => {
+    if (!rows) return;
+    const active = inc.state === OPEN || inc.state === ACK;
+    rows.ack.hidden = inc.state !== OPEN;
+    rows.assign.hidden = !active;
+    rows.resolve.hidden = !active;
+    if (!assigneeSeeded) {
+      fields.assignee.value = inc.assignee || "";
+      assigneeSeeded = true;
+    }
+    if (!busy) for (const b of panel.querySelectorAll("button.action")) b.disabled = false;
   };
 
   // the form fields live as long as the page: a change arriving while someone types redraws the
   // incident around them, never over what they typed
   let fields = null;
-  const inputs = (inc) => {
+  const inputs = () => {
     if (!fields) {
       fields = {
         note: h("input", { id: "ack-note", placeholder: "note (optional)", maxlength: 2000 }),
-        assignee: h("input", { id: "assignee", placeholder: "assignee", value: inc.assignee || "", maxlength: 128 }),
+        assignee: h("input", { id: "assignee", placeholder: "assignee", maxlength: 128 }),
         comment: h("textarea", { id: "comment", rows: 3, placeholder: "comment", maxlength: 4000 }),
         resolution: h("input", { id: "resolve-note", placeholder: "what fixed it", maxlength: 2000 }),
       };
@@ -148,7 +181,7 @@ export async function render(root, [id], ctx) {
   const clearField = (name) => () => { if (fields) fields[name].value = ""; };
 
   const onChange = (ev) => {
-    if (ev.detail?.incident?.id === id && !ev.detail.local && !busy) load().catch(() => {});
+    if (ev.detail?.incident?.id === id && !ev.detail.local) load().catch(() => {});
   };
   feed.addEventListener("change", onChange);
   try {
