@@ -175,6 +175,7 @@ def render_summary(recorded: dict[str, Any], *, foreground: bool) -> str:
     gateway = recorded.get("gateway_url")
     if gateway:
         lines.append(f"  curl -H \"Authorization: Bearer $TOKEN\" {gateway}/api/v1/sites/NBO-0001")
+        lines.append(f"  open {gateway}/   # the NOC web console: sign in with a token above")
         lines.append(f"  open {gateway}/api/v1/docs   # Swagger UI: Authorize with the admin token")
     seed = recorded.get("seed")
     if seed and not seed.get("ok"):

@@ -2,8 +2,8 @@
 
 Transcoded routes are served by a small ASGI core (no per-request framework routing or
 middleware stack: this path is the hot one). Everything else — /health, /ready, /metrics,
-/api/v1/openapi.json and the Swagger UI at /api/v1/docs with its bundled assets — is a FastAPI
-app the core hands over to. Streaming RPCs go to gateway.live (SSE and WebSocket).
+/api/v1/openapi.json, the Swagger UI at /api/v1/docs with its bundled assets and the web console
+at / (gateway/console.py) — is a FastAPI app the core hands over to. Streaming RPCs go to gateway.live (SSE and WebSocket).
 
 Per API request: correlation id -> CORS -> route -> bearer JWT (401 before any upstream call;
 routes answering google.api.HttpBody, i.e. downloads, also take it as ?access_token=)
@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.staticfiles import StaticFiles
 
-from gateway import edge, live, openapi
+from gateway import console, edge, live, openapi
 from gateway.call import RESERVED_QUERY, TOKEN_PARAM, Call, headers_of, query_of
 from gateway.config import GatewayConfig
 from gateway.transcode import codec, errors, request, routes
@@ -42,7 +42,7 @@ log = structlog.get_logger("gateway")
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 DOCS_PATH = "/api/v1/docs"
-FIXED_PATHS = frozenset({"/health", "/ready", "/metrics", OPENAPI_PATH, DOCS_PATH, "/", "/favicon.ico"})
+FIXED_PATHS = frozenset({"/health", "/ready", "/metrics", OPENAPI_PATH, DOCS_PATH, "/favicon.ico"})
 
 REQUESTS = Counter("towerco_gateway_requests_total", "HTTP requests by route and status", ["route", "status"])
 LATENCY = Histogram(
@@ -240,6 +240,9 @@ class Gateway:
 
         if path in FIXED_PATHS or path.startswith(DOCS_PATH + "/"):
             await self.inner(scope, receive, _with_headers(send, [(b"x-correlation-id", cid.encode())] + cors))
+            return
+        if console.is_console(path):  # the web console's page and assets, with its CSP
+            await self.inner(scope, receive, _with_headers(send, [(b"x-correlation-id", cid.encode()), *console.HEADERS]))
             return
 
         started = time.perf_counter()
@@ -454,6 +457,7 @@ class Gateway:
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         static = resources.files("fastapi_offline") / "static"
         app.mount(DOCS_PATH + "/static", StaticFiles(directory=str(static)), name="docs-static")
+        console.mount(app)
 
         @app.get("/health")
         async def health() -> JSONResponse:
@@ -477,10 +481,6 @@ class Gateway:
         @app.get(DOCS_PATH)
         async def docs() -> HTMLResponse:
             return HTMLResponse(SWAGGER_HTML)
-
-        @app.get("/")
-        async def root() -> Response:
-            return Response(status_code=307, headers={"location": DOCS_PATH})
 
         @app.get("/favicon.ico")
         async def favicon() -> Response:
