@@ -265,3 +265,56 @@ async def until(pred, *, within: float, every: float = 0.2, what: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {within:.0f}s" + (f" (last error {last})" if last else ""))
         await asyncio.sleep(every)
+
+
+@dataclass
+class IncidentFeed:
+    """The gateway's WebSocket incident feed (WatchIncidents), held open during the faults: on any
+    close it reconnects with afterSequence = the last sequence received (the feed's resume), so
+    what it received is every change once, across a NOC kill."""
+
+    url: str
+    token: str
+    query: str = ""
+    received: list[dict] = field(default_factory=list)
+    connects: int = 0
+    closes: list[int] = field(default_factory=list)
+    cursor: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        import json
+
+        import websockets
+
+        delay = 0.2
+        while not self.stop.is_set():
+            q = f"afterSequence={self.cursor}" + (f"&{self.query}" if self.query else "")
+            try:
+                async with websockets.connect(f"{self.url}?{q}", open_timeout=10, additional_headers={
+                        "Authorization": f"Bearer {self.token}"}) as ws:
+                    self.connects += 1
+                    delay = 0.2
+                    async for raw in ws:
+                        frame = json.loads(raw)
+                        if "result" in frame:
+                            self.received.append(frame["result"])
+                            self.cursor = int(frame["result"]["sequence"])
+                    self.closes.append(ws.close_code or 1000)
+            except websockets.ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else 1006
+                self.closes.append(code)
+                if code in (4400, 4401, 4403):
+                    raise AssertionError(f"the incident feed was refused ({code})") from exc
+            except (OSError, TimeoutError, websockets.InvalidHandshake):
+                self.closes.append(-1)  # the gateway unreachable: try again
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def opened(self) -> dict[str, int]:
+        """incident id -> how many times its opening arrived."""
+        got: dict[str, int] = {}
+        for m in self.received:
+            if m.get("change") == "INCIDENT_CHANGE_OPENED":
+                got[m["incident"]["id"]] = got.get(m["incident"]["id"], 0) + 1
+        return got

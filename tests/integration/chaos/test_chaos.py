@@ -20,24 +20,39 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import time
 import uuid
 from datetime import UTC, datetime
 
 import grpc
+import nats.errors
 import orjson
 import pytest
-from chaos_support import FaultRecord, Probe, Proc, Sender, pg_action, report_table, service_port, until
+from chaos_support import (
+    FaultRecord,
+    IncidentFeed,
+    Probe,
+    Proc,
+    Sender,
+    pg_action,
+    report_table,
+    service_port,
+    until,
+)
+from towerco.events.v1 import events_pb2
+from towerco.noc.v1 import noc_pb2
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 from towerco.telemetry.v1 import telemetry_pb2 as tpb
 
 from bench.procs import wait_grpc
-from mesh import db, events
+from mesh import db, events, subjects
 from mesh.auth import mint_token
 from mesh.config import Settings
 from mesh.embedded import EmbeddedNatsCluster, free_port
 from mesh.migrate import migrate
+from services.noc import domain as noc_domain
 from workers.kpi_calculator import domain as kpi_domain
 
 pytestmark = pytest.mark.slow
@@ -78,6 +93,7 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
     service = mint_token(subject="chaos", tenant="*", roles=["service"], settings=settings)
 
     sites_port, tel_ports, gw_port = service_port(), [service_port(), service_port()], free_port()
+    noc_port = service_port()
     env = {k: v for k, v in stack.env().items() if not k.startswith("TOWERCO_")}
     env.update(NATS_URL=cluster.url, TOWERCO_NATS_REPLICAS="3", TOWERCO_PARTITIONS=str(PARTITIONS),
                TOWERCO_LOG_LEVEL="warning", TOWERCO_SITES_PORT=str(sites_port),
@@ -92,7 +108,7 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
     pool = await db.create_pool(stack.database_url, min_size=1, max_size=4)
     nc = await events.connect(cluster.url, name="chaos")
     js = nc.jetstream()
-    sender = probe = None
+    sender = probe = feed = None
     tasks: list[asyncio.Task] = []
     try:
         await events.ensure_streams(js, replicas=3)
@@ -106,9 +122,15 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
                 await st.CreateSite(sites_pb2.CreateSiteRequest(site=sites_pb2.Site(
                     id=sid, name=sid, region=f"chaos-{u}", location={"latitude": -1.0, "longitude": 36.0})),
                     metadata=md, timeout=30)
+        # the NOC: its anomaly consumer on the cluster, the register from Sites; no KPI service runs
+        # (the chaos sites have no tenancy, so there is no SLA exposure to ask for; a KPI service
+        # that cannot answer is tolerated anyway: exposure "unknown", services/noc/facts.py)
+        proc("noc", "services.noc.server", TOWERCO_NOC_PORT=str(noc_port), TOWERCO_NOC_DURABLE=f"chaos-noc-{u}",
+             TOWERCO_NOC_ACK_WAIT_S=str(ACK_WAIT_S), TOWERCO_KPI_TARGET=f"127.0.0.1:{free_port()}").start()
         for i, port in enumerate(tel_ports):
             proc(f"telemetry-{i + 1}", "services.telemetry.server", TOWERCO_TELEMETRY_PORT=str(port)).start()
-        proc("gateway", "gateway.server", TOWERCO_GATEWAY_PORT=str(gw_port), TOWERCO_GATEWAY_SERVICES="sites",
+        proc("gateway", "gateway.server", TOWERCO_GATEWAY_PORT=str(gw_port), TOWERCO_GATEWAY_SERVICES="sites,noc",
+             TOWERCO_NOC_TARGET=f"127.0.0.1:{noc_port}",
              TOWERCO_GATEWAY_RATE_LIMIT="0", TOWERCO_GATEWAY_TIMEOUT_S="5").start()
         for i in (1, 2):
             proc(f"ingestor-{i}", "workers.ingestor.worker", TOWERCO_INGESTOR_ACK_WAIT_S=str(ACK_WAIT_S),
@@ -119,7 +141,7 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
             proc(f"aiops_engine-{i}", "workers.aiops_engine.worker", TOWERCO_AIOPS_PARTITIONS="auto",
                  TOWERCO_AIOPS_REPLICA=f"r{i}", TOWERCO_AIOPS_DURABLE_PREFIX=aiops_group,
                  TOWERCO_AIOPS_ACK_WAIT_S=str(ACK_WAIT_S), TOWERCO_AIOPS_RETRAIN_S="0").start()
-        for port in tel_ports:
+        for port in (*tel_ports, noc_port):
             await wait_grpc(f"127.0.0.1:{port}", 120)
 
         async def shared(schema: str, group: str):
@@ -143,7 +165,9 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         sender = Sender([f"127.0.0.1:{p}" for p in tel_ports], service, site_ids, t0, dips)
         probe = Probe(f"http://127.0.0.1:{gw_port}/api/v1/sites/{site_ids[0]}", admin)
         await until(lambda: _http_ok(probe.url, admin), within=60, what="gateway answering")
-        tasks = [asyncio.create_task(sender.run()), asyncio.create_task(probe.run())]
+        feed = IncidentFeed(f"ws://127.0.0.1:{gw_port}/api/v1/incidents:watch", admin, query=f"region=chaos-{u}")
+        tasks = [asyncio.create_task(sender.run()), asyncio.create_task(probe.run()),
+                 asyncio.create_task(feed.run())]
         await until(lambda: sender.steps >= 10, within=60, what="the sender going")
         clock0 = time.monotonic()
         rows: list[FaultRecord] = []
@@ -163,6 +187,22 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         async def stream_leader() -> str:
             info = await js.stream_info(events.TELEMETRY_STREAM)
             return info.cluster.leader if info.cluster else ""
+
+        async def noc_alarms() -> int:
+            async with pool.acquire() as conn:
+                return int(await conn.fetchval("SELECT count(*) FROM noc.alarm_source s JOIN noc.alarm a "
+                                               "ON a.id = s.alarm_id WHERE a.site_id = ANY($1::text[])", site_ids))
+
+        # 0. kill -9 the NOC once it correlated the first anomaly, while the next ones flow; restart
+        await until(noc_alarms, within=90, what="the NOC correlating the first anomaly")
+        before = await noc_alarms()
+        t = time.monotonic()
+        procs["noc"].kill9()
+        await asyncio.sleep(2.0)
+        procs["noc"].start()
+        await until(lambda: _grew_to(noc_alarms, before), within=90, what="the restarted NOC correlating again")
+        record("kill -9 noc, restart (anomalies flowing)", t, time.monotonic() - t,
+               f"{before} alarm(s) before the kill; the restart resumed the durable consumer")
 
         # 1. kill -9 a NATS node that leads nothing of TELEMETRY, then restart it
         leader = await stream_leader()
@@ -281,8 +321,8 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         await asyncio.sleep(2.0)
         sender.stop.set()
         probe.stop.set()
-        await asyncio.gather(*tasks)
-        tasks = []
+        await asyncio.gather(*tasks[:2])
+        tasks = tasks[2:]
 
         # -------------------------------------------------------------- exact accounting
         await until(lambda: _reached(stored, sender.acked), within=120, what="every acknowledged sample stored")
@@ -300,6 +340,12 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
             return True
 
         await until(drained, within=120, what="the kpi and aiops consumers drained")
+
+        async def noc_drained() -> bool:
+            info = await js.consumer_info(events.EVENTS_STREAM, f"chaos-noc-{u}")
+            return not (info.num_pending or info.num_ack_pending)
+
+        await until(noc_drained, within=120, what="the NOC's anomaly consumer drained")
         await asyncio.sleep(1.0)
 
         async with pool.acquire() as conn:
@@ -329,6 +375,20 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
         assert set(found) == expected, f"anomalies {sorted(found)} != expected {sorted(expected)}"
         assert all(n == 1 for n in found.values()), found
 
+        incidents = await check_incidents(pool, js, site_ids, f"chaos-{u}", {s for s, _ in expected})
+        inc_ids = incidents.pop("ids")
+        await until(lambda: set(feed.opened()) >= inc_ids, within=60, what="every opening on the WebSocket feed")
+        await asyncio.sleep(1.0)  # a repeat would arrive now
+        feed.stop.set()
+        for task in tasks:
+            task.cancel()
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = []
+        assert not [e for e in ended if isinstance(e, Exception)], f"the feed client failed: {ended}"
+        assert feed.opened() == dict.fromkeys(inc_ids, 1), f"openings on the feed: {feed.opened()}"
+        seqs = [int(m["sequence"]) for m in feed.received]
+        assert seqs == sorted(set(seqs)), "the feed repeated or reordered a change"
+
         dlq = await js.stream_info(events.DLQ_STREAM)
         assert dlq.state.messages == 0, "something was dead-lettered"
 
@@ -346,7 +406,13 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
             ("gateway", f"{len(probe.results)} requests: "
                         + ", ".join(f"{s} x{n}" for s, n in sorted(collections.Counter(
                             s for _, s, _ in probe.results).items()))),
-            ("incidents", "not checked: the NOC service is not built yet"),
+            ("noc", f"{incidents['alarms']} alarms = {incidents['anomalies']} anomalies (one per anomaly id); "
+                    f"{incidents['incidents']} power incidents, one per dipping site, each opened once "
+                    f"(outbox and JetStream), none duplicated, none uncorrelated"),
+            ("incident feed", f"WebSocket through the gateway: {len(feed.received)} changes, each opening once, "
+                              f"sequences increasing; {feed.connects} connection(s) over the faults "
+                              "(the gateway resumes its upstream across the NOC kill; a reconnect resumes by "
+                              "afterSequence)"),
             ("run", f"{datetime.now(UTC):%H:%M:%S} UTC, faults over {time.monotonic() - clock0:.0f}s"),
         ])
         with capsys.disabled():
@@ -356,6 +422,8 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
             sender.stop.set()
         if probe is not None:
             probe.stop.set()
+        if feed is not None:
+            feed.stop.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -365,6 +433,94 @@ async def test_faults_on_a_cluster_lose_and_double_nothing(stack, cluster, tmp_p
             pg_action(stack.pg, "start()")
         await nc.close()
         await pool.close()
+
+
+async def check_incidents(pool, js, site_ids: list[str], region: str, dipped: set[str]) -> dict:
+    """The NOC's exact accounting: one alarm per stored anomaly (by source alarm id), every alarm
+    in exactly one incident, one incident per (site, kind) the anomalies make (dc_bus_low: one
+    POWER incident per dipping site, root cause DC bus low), no incident of the region without an
+    alarm (nor a regional parent: no mains failed), and each incident's opening published once."""
+    async with pool.acquire() as conn:
+        anomalies = await conn.fetch("SELECT id::text AS id, site_id, detector, metrics, tenant_id FROM aiops.anomaly "
+                                     "WHERE site_id = ANY($1::text[])", site_ids)
+        sources = await conn.fetch("SELECT s.source_alarm_id, s.alarm_id::text AS alarm_id FROM noc.alarm_source s "
+                                   "JOIN noc.alarm a ON a.id = s.alarm_id WHERE s.source = 'aiops' "
+                                   "AND a.site_id = ANY($1::text[])", site_ids)
+        alarms = await conn.fetch("SELECT id::text AS id, site_id, dedup_key, source_alarm_id, "
+                                  "incident_id::text AS incident_id FROM noc.alarm WHERE site_id = ANY($1::text[])",
+                                  site_ids)
+        incidents = await conn.fetch("SELECT id::text AS id, site_id, kind, root_code, alarm_count FROM noc.incident "
+                                     "WHERE site_id = ANY($1::text[]) OR region = $2", site_ids, region)
+        joins = await conn.fetch("SELECT incident_id::text AS incident_id, alarm_id::text AS alarm_id "
+                                 "FROM noc.incident_alarm WHERE alarm_id = ANY($1::uuid[])", [a["id"] for a in alarms])
+        opened = await conn.fetch("SELECT envelope FROM noc.outbox WHERE subject = $1",
+                                  subjects.noc_incident_subject("opened"))
+    by_id = {a["id"]: a for a in anomalies}
+    raised = [r["source_alarm_id"] for r in sources if not r["source_alarm_id"].endswith("/cleared")]
+    assert sorted(raised) == sorted(by_id), f"NOC alarm sources {sorted(raised)} != anomalies {sorted(by_id)}"
+    assert all(r["source_alarm_id"].removesuffix("/cleared") in by_id for r in sources), "a clear of no anomaly"
+    keys = collections.Counter((a["site_id"], a["dedup_key"]) for a in alarms)
+    assert all(n == 1 for n in keys.values()), f"an alarm twice: {keys}"
+    want_alarms = {(a["site_id"], noc_domain.signal_from_anomaly(
+        anomaly_id=a["id"], site_id=a["site_id"], detector=a["detector"], metrics=list(a["metrics"]),
+        tenant_id=a["tenant_id"], severity=0,
+        time=0.0, summary="", cleared=False).dedup_key) for a in anomalies}
+    assert set(keys) == want_alarms, f"alarms {sorted(keys)} != {sorted(want_alarms)}"
+    assert all(a["incident_id"] for a in alarms), "an alarm left uncorrelated"
+    inc_ids = {i["id"] for i in incidents}
+    assert all(a["incident_id"] in inc_ids for a in alarms), "an alarm joined to an incident that does not exist"
+    joined = collections.Counter(j["alarm_id"] for j in joins)
+    assert all(joined[a["id"]] == 1 for a in alarms), f"an alarm joined to several incidents (or none): {joined}"
+    assert {(j["incident_id"], j["alarm_id"]) for j in joins} == {(a["incident_id"], a["id"]) for a in alarms}
+    with_alarms = {a["incident_id"] for a in alarms}
+    assert inc_ids == with_alarms, f"incidents without an alarm: {sorted(inc_ids - with_alarms)}"
+    kinds = collections.Counter((i["site_id"], i["kind"]) for i in incidents)
+    assert all(n == 1 for n in kinds.values()), f"a duplicate incident: {kinds}"
+    want = {(a["site_id"], noc_domain.detector_cause(a["detector"]).kind) for a in anomalies}
+    assert set(kinds) == want, f"incidents {sorted(kinds)} != expected {sorted(want)}"
+    power = {i["site_id"]: i for i in incidents if i["kind"] == noc_domain.POWER}
+    assert set(power) == dipped, f"power incidents at {sorted(power)}, DC bus dips at {sorted(dipped)}"
+    assert all(i["root_code"] == "dc_low" for i in power.values()), [dict(i) for i in power.values()]
+
+    def opened_ids(datas) -> collections.Counter:
+        got: collections.Counter = collections.Counter()
+        for data in datas:
+            ev = noc_pb2.IncidentEvent()
+            if events_pb2.Envelope.FromString(data).payload.Unpack(ev) and ev.incident.id in inc_ids:
+                got[ev.incident.id] += 1
+        return got
+
+    in_outbox = opened_ids(r["envelope"] for r in opened)
+    assert in_outbox == collections.Counter(inc_ids), f"openings in the NOC outbox: {in_outbox}"
+    # what the outbox relay published: read the stream until every opening arrived, then 2 s more
+    # (a duplicate would show)
+    sub = await js.pull_subscribe(subjects.noc_incident_subject("opened"), stream=events.EVENTS_STREAM)
+    datas: list[bytes] = []
+
+    async def read(until_all: bool) -> bool:
+        try:
+            msgs = await sub.fetch(100, timeout=1)
+        except nats.errors.TimeoutError:
+            msgs = []
+        datas.extend(m.data for m in msgs)
+        for m in msgs:
+            await m.ack()
+        return until_all and set(opened_ids(datas)) >= inc_ids
+
+    try:
+        with contextlib.suppress(AssertionError):
+            await until(lambda: read(True), within=60, what="every opening on JetStream")
+        await read(False)
+        await read(False)
+    finally:
+        await sub.unsubscribe()
+    on_stream = opened_ids(datas)
+    assert on_stream == collections.Counter(inc_ids), f"openings on JetStream: {on_stream}"
+    return {"anomalies": len(by_id), "alarms": len(alarms), "incidents": len(incidents), "ids": inc_ids}
+
+
+async def _grew_to(count, before: int) -> bool:
+    return (await count()) > before
 
 
 async def _http_ok(url: str, token: str) -> bool:
