@@ -1,19 +1,25 @@
 """The chaos suite: the platform on a 3-node NATS JetStream cluster (streams at replicas 3) with
 two replicas of the telemetry service, the ingestor, the kpi_calculator and the aiops_engine
-(partitions shared by leases), the Sites service and the gateway, each its own process. While a
-sender ingests at a steady rate with known ground truth, the faults come one after another:
+(partitions shared by leases), the Sites service, the NOC service and the gateway, each its own
+process. While a sender ingests at a steady rate with known ground truth, the faults come one
+after another:
 
-  kill -9 a NATS node (then restart it) · kill -9 the TELEMETRY stream leader (then restart it)
-  · kill -9 an ingestor, a kpi_calculator, an aiops_engine replica and a telemetry service replica
-  (each restarted, as a supervisor would) · restart PostgreSQL · SIGSTOP an ingestor past its ack
-  wait · SIGSTOP a kpi_calculator replica past its lease ttl.
+  kill -9 the NOC (then restart it) while anomalies flow · kill -9 a NATS node (then restart it)
+  · kill -9 the TELEMETRY stream leader (then restart it) · kill -9 an ingestor, a
+  kpi_calculator, an aiops_engine replica and a telemetry service replica (each restarted, as a
+  supervisor would) · restart PostgreSQL · SIGSTOP an ingestor past its ack wait · SIGSTOP a
+  kpi_calculator replica past its lease ttl.
 
 At the end, exact accounting: acknowledged samples = stored samples (count and sum); the KPI
 minute aggregates equal a clean recomputation from the stored samples; every expected anomaly
-(a DC bus dip below the band) is stored exactly once; nothing was dead-lettered; every gateway
-request during the faults either succeeded or failed fast with 503, and the gateway recovered
-without anyone touching it. A fault report table is printed. (Incidents, the NOC's, are not in
-this suite yet: the NOC service is being built.)
+(a DC bus dip below the band) is stored exactly once; the NOC holds one alarm per anomaly id and
+exactly the incidents its correlation rules make of them (a dc_bus_low anomaly: one POWER
+incident per site, root cause dc_low), none duplicated, none without an alarm, no alarm outside
+an incident, each incident's opening published once (outbox, JetStream) and received once by a
+WebSocket WatchIncidents feed held open through the gateway over the faults; nothing was
+dead-lettered; every gateway request during the faults either succeeded or failed fast with
+503, and the gateway recovered without anyone touching it. A fault report table is printed.
+The sites have no tenancy, so the NOC asks the KPI service for no SLA exposure (none runs).
 """
 
 from __future__ import annotations
