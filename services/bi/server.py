@@ -9,6 +9,7 @@ from towerco.aiops.v1 import aiops_pb2_grpc
 from towerco.bi.v1 import bi_pb2_grpc
 from towerco.files.v1 import files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2_grpc
+from towerco.noc.v1 import noc_pb2_grpc
 from towerco.sites.v1 import sites_pb2_grpc
 
 from mesh.auth import service_token
@@ -41,14 +42,16 @@ async def setup(rt: Runtime) -> list[ServiceSpec]:
     kpi = Client(rt.settings.target("kpi"), breaker=report_breaker)
     sites = Client(rt.settings.target("sites"), breaker=report_breaker)
     aiops = Client(rt.settings.target("aiops"), breaker=report_breaker)  # fuel theft, with the caller's token
+    noc = Client(rt.settings.target("noc"), breaker=report_breaker)  # the statement's NOC figures, likewise
     # exports are filed as the BI service itself (a tenant's viewer may not upload)
     files = Client(rt.settings.target("files"), token=lambda: service_token(SERVICE))
-    for c in (kpi, sites, aiops, files):
+    for c in (kpi, sites, aiops, noc, files):
         rt.on_shutdown(c.close)
     servicer = BiServicer(rt.pool, kpi=kpi.stub(kpi_pb2_grpc.KpiServiceStub),
                           sites=sites.stub(sites_pb2_grpc.SitesServiceStub),
                           files=files.stub(files_pb2_grpc.FilesServiceStub),
-                          aiops=aiops.stub(aiops_pb2_grpc.AiopsServiceStub), tariff=tariff_from_env())
+                          aiops=aiops.stub(aiops_pb2_grpc.AiopsServiceStub),
+                          noc=noc.stub(noc_pb2_grpc.NocServiceStub), tariff=tariff_from_env())
     return [ServiceSpec(FULL_NAME, servicer, bi_pb2_grpc.add_BiServiceServicer_to_server)]
 
 

@@ -20,6 +20,7 @@ from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.common.v1 import common_pb2
 from towerco.files.v1 import files_pb2, files_pb2_grpc
 from towerco.kpi.v1 import kpi_pb2, kpi_pb2_grpc
+from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
 from towerco.sites.v1 import sites_pb2, sites_pb2_grpc
 
 from mesh.auth import Identity, require_role, tenant_scope
@@ -39,6 +40,7 @@ T = TypeVar("T")
 log = logging.getLogger("towerco.bi")
 THEFT_PAGE = 1000
 THEFT_TIMEOUT_S = 20.0
+NOC_TIMEOUT_S = 10.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -173,9 +175,11 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
     def __init__(self, pool: asyncpg.Pool, *, kpi: kpi_pb2_grpc.KpiServiceStub,
                  sites: sites_pb2_grpc.SitesServiceStub, files: files_pb2_grpc.FilesServiceStub | None = None,
                  aiops: aiops_pb2_grpc.AiopsServiceStub | None = None,
+                 noc: noc_pb2_grpc.NocServiceStub | None = None,
                  tariff: domain.Tariff, clock: Callable[[], float] = time.time) -> None:
         self.pool = pool
         self.aiops = aiops  # suspected fuel theft, asked with the caller's token
+        self.noc = noc  # the statement's NOC figures, asked with the caller's token
         self.files = files  # called as the BI service itself: a tenant's viewer may not upload
         self.kpi = kpi
         self.sites = sites
@@ -241,10 +245,14 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         # shares one), asked in full before the lines
         pages: asyncio.Queue = asyncio.Queue()
         whole = asyncio.ensure_future(tenant_availability_pages(self.kpi, tenant_id, lo, hi, skip_outages, pages))
+        noc_call = asyncio.ensure_future(self._noc(tenant_id, _range(lo, hi)))
         try:
-            return await self._build_statement(tenant_id, month, lo, hi, rules, pages, skip_outages, out)
+            st = await self._build_statement(tenant_id, month, lo, hi, rules, pages, skip_outages, out)
+            st.noc.CopyFrom(await noc_call)
+            return st
         finally:
             whole.cancel()
+            noc_call.cancel()
 
     async def _build_statement(self, tenant_id: str, month: str, lo: int, hi: int, rules: domain.RuleSet,
                                pages: asyncio.Queue, skip_outages: bool, out: bi_pb2.SlaStatement | None
@@ -329,6 +337,22 @@ class BiServicer(bi_pb2_grpc.BiServiceServicer):
         x.band, x.band_percent, x.band_penalty_minor = p.band, p.band_percent, p.band_penalty_minor
         x.incidents, x.incident_penalty_minor = p.incidents, p.incident_penalty_minor
         x.capped, x.penalty_minor = p.capped, p.penalty_minor
+
+    async def _noc(self, tenant_id: str, rng: common_pb2.TimeRange) -> bi_pb2.NocSummary:
+        """The tenant's NOC figures for the month, asked with the caller's token (so the NOC scopes
+        them too). Never fails the statement: when the NOC cannot be asked (down, refusing, slow)
+        the summary says the figures are unknown (known = false) instead of zero."""
+        if self.noc is None:
+            return bi_pb2.NocSummary(known=False)
+        try:
+            resp = await self.noc.GetNocStats(noc_pb2.GetNocStatsRequest(range=rng, tenant_id=tenant_id),
+                                              timeout=NOC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("noc not answering for the statement of %s: %s", tenant_id, exc.code().name)
+            return bi_pb2.NocSummary(known=False)
+        o = resp.overall
+        return bi_pb2.NocSummary(known=True, incidents=o.incidents, acknowledged=o.acknowledged,
+                                 resolved=o.resolved, mtta_seconds=o.mtta_seconds, mttr_seconds=o.mttr_seconds)
 
     async def statement(self, tenant_id: str, month: str, *, skip_outages: bool = False,
                         out: bi_pb2.SlaStatement | None = None) -> bi_pb2.SlaStatement:
@@ -772,6 +796,22 @@ STATEMENT_PDF_COLUMNS = tuple(STATEMENT_COLUMNS.index(c) for c in (
     "incident_penalty_minor", "capped", "penalty_minor"))
 
 
+NOC_COLUMNS = ("noc_known", "noc_incidents", "noc_acknowledged", "noc_resolved", "noc_mtta_seconds",
+               "noc_mttr_seconds")
+
+
+def noc_row(n: bi_pb2.NocSummary) -> tuple:
+    """The statement's NOC figures as one row; empty cells when the NOC did not answer."""
+    if not n.known:
+        return (False, "", "", "", "", "")
+    return (True, n.incidents, n.acknowledged, n.resolved, n.mtta_seconds, n.mttr_seconds)
+
+
+def _duration(s: float) -> str:
+    m = round(s / 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
 def statement_report(st: bi_pb2.SlaStatement) -> exports.Report:
     """The statement as tables: every number exactly as the API gives it (fees in minor units)."""
     rows = []
@@ -797,10 +837,15 @@ def statement_report(st: bi_pb2.SlaStatement) -> exports.Report:
     facts.append(("Computed", st.compute_time.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")))
     if st.HasField("close_time"):
         facts.append(("Closed", f"{st.close_time.ToDatetime():%Y-%m-%d %H:%M UTC} by {st.closed_by}"))
+    n = st.noc
+    facts.append(("NOC incidents", str(n.incidents) if n.known else "unknown (NOC not answering)"))
+    if n.known:
+        facts.append(("NOC MTTA / MTTR", f"{_duration(n.mtta_seconds)} / {_duration(n.mttr_seconds)}"))
     extra = [exports.Section("Outage evidence", ("site_id", "start", "end", "cause", "minutes"), evidence,
                              pdf_max_rows=PDF_EVIDENCE_ROWS),
              exports.Section("Totals", ("currency", "fee_minor", "penalty_minor"),
-                             [(t.currency_code, t.fee_minor, t.penalty_minor) for t in st.totals])]
+                             [(t.currency_code, t.fee_minor, t.penalty_minor) for t in st.totals]),
+             exports.Section("NOC", NOC_COLUMNS, [noc_row(n)])]
     if st.adjustments:
         extra.append(exports.Section(
             "Adjustments since closing", ("site_id", "reason", "availability_delta", "penalty_delta_minor", "currency"),

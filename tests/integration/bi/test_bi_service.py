@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -81,6 +82,7 @@ async def world(stack, tmp_path_factory):
     from services.bi.server import setup as bi_setup
     from services.files.server import setup as files_setup
     from services.kpi.server import setup as kpi_setup
+    from services.noc.server import setup as noc_setup
     from services.sites.server import setup as sites_setup
     from services.telemetry.server import setup as telemetry_setup
     from workers.ingestor.consumer import Ingestor
@@ -103,16 +105,21 @@ async def world(stack, tmp_path_factory):
     running.append(files_srv)
     aiops_srv = await bootstrap.start("aiops", aiops_setup, port=0, metrics_port=-1, settings=base)
     running.append(aiops_srv)
+    # the NOC (its incidents' tenants come from the register): the statements carry its figures
+    noc_srv = await bootstrap.start("noc", noc_setup, port=0, metrics_port=-1, settings=dataclasses.replace(
+        base, targets=dict(base.targets, sites=f"127.0.0.1:{sites_srv.port}", kpi=f"127.0.0.1:{kpi_srv.port}")))
+    running.append(noc_srv)
     settings = dataclasses.replace(base, targets=dict(base.targets, sites=f"127.0.0.1:{sites_srv.port}",
                                                       kpi=f"127.0.0.1:{kpi_srv.port}",
                                                       files=f"127.0.0.1:{files_srv.port}",
-                                                      aiops=f"127.0.0.1:{aiops_srv.port}"))
+                                                      aiops=f"127.0.0.1:{aiops_srv.port}",
+                                                      noc=f"127.0.0.1:{noc_srv.port}"))
     bi_srv = await bootstrap.start("bi", bi_setup, port=0, metrics_port=-1, settings=settings)
     running.append(bi_srv)
     tel_srv = await bootstrap.start("telemetry", telemetry_setup, port=0, metrics_port=-1, settings=settings)
     running.append(tel_srv)
     w = World(settings, {"sites": sites_srv.port, "kpi": kpi_srv.port, "bi": bi_srv.port, "files": files_srv.port,
-                         "telemetry": tel_srv.port, "aiops": aiops_srv.port}, pool, js)
+                         "telemetry": tel_srv.port, "aiops": aiops_srv.port, "noc": noc_srv.port}, pool, js)
     ingestor = Ingestor(pool, js, config=IngestorConfig(batch=100))
     ingest_task = asyncio.create_task(ingestor.run())
     admin = w.md("admin")
@@ -253,6 +260,51 @@ async def test_tenants_see_only_their_own(world):
     assert ost.rule_set_version == 0
 
 
+async def test_statement_carries_the_tenants_noc_figures(world):
+    """An alarm on a site the tenant leases, seen last month, acknowledged and resolved now: the
+    month's statement shows the incident with its MTTA and MTTR, as the NOC computes them."""
+    from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
+
+    noc = world.stub("noc", noc_pb2_grpc.NocServiceStub)
+    posted = await noc.PostAlarm(noc_pb2.PostAlarmRequest(
+        source="bi-nms", source_alarm_id=f"bi-{U}", site_id=SITE_A, alarm_type=noc_pb2.ALARM_TYPE_EQUIPMENT,
+        probable_cause="rectifier_failure", perceived_severity=noc_pb2.PERCEIVED_SEVERITY_MAJOR,
+        event_time=ts((H0 + 30) * 60), text="rectifier failure"), metadata=world.md("service"))
+    assert posted.incident_id
+    op = world.md("noc_operator")
+    await noc.AcknowledgeIncident(noc_pb2.AcknowledgeIncidentRequest(incident_id=posted.incident_id), metadata=op)
+    await noc.ResolveIncident(noc_pb2.ResolveIncidentRequest(incident_id=posted.incident_id), metadata=op)
+    for md in (world.md("viewer"), world.md("tenant_viewer", tenant=TENANT)):
+        async def figures(md=md):
+            return (await world.statement(metadata=md)).noc
+
+        n = await eventually(figures, lambda n: n.known and n.incidents >= 1 and n.resolved >= 1, within=60)
+        assert n.acknowledged >= 1 and n.mtta_seconds > 0 and n.mttr_seconds >= n.mtta_seconds
+    # this month has no incident of the tenant: known, and zero
+    now = await world.statement(month=THIS_MONTH)
+    assert now.noc.known and now.noc.incidents == 0
+
+
+async def test_statement_without_the_noc_says_its_figures_are_unknown(world):
+    """A BI service whose NOC does not answer still serves the statement, with known = false."""
+    from services.bi.server import setup as bi_setup
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    srv = await bootstrap.start("bi", bi_setup, port=0, metrics_port=-1, settings=dataclasses.replace(
+        world.settings, targets=dict(world.settings.targets, noc=f"127.0.0.1:{dead}")))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            r = await bi_pb2_grpc.BiServiceStub(ch).GetSlaStatement(
+                bi_pb2.GetSlaStatementRequest(tenant_id=TENANT, month=MONTH), metadata=world.md("viewer"))
+    finally:
+        await srv.stop(grace=1, drain_s=0)
+    st = r.statement
+    assert [x.site_id for x in st.tenancies] == [SITE_A, SITE_B]
+    assert not st.noc.known and st.noc.incidents == 0
+
+
 async def test_bad_rules_and_months_are_invalid_arguments(world):
     admin = world.md("admin")
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -293,6 +345,7 @@ async def test_closing_a_month_freezes_it_and_late_data_is_an_adjustment(world):
     assert closed.status == bi_pb2.STATEMENT_STATUS_CLOSED and closed.closed_by == "bi-tester"
     assert [(x.site_id, x.penalty_minor) for x in closed.tenancies] == [
         (x.site_id, x.penalty_minor) for x in before.tenancies]
+    assert closed.noc.known and closed.noc == before.noc  # the month's NOC figures, frozen with it
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await world.bi.CloseMonth(bi_pb2.CloseMonthRequest(tenant_id=TENANT, month=MONTH), metadata=admin)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -317,6 +370,20 @@ async def test_closing_a_month_freezes_it_and_late_data_is_an_adjustment(world):
     assert adj.site_id == SITE_A and adj.reason == "late data" and adj.currency_code == "KES"
     assert adj.availability_delta == pytest.approx((180 - 55) / 180 - 90 / 120)
     assert adj.penalty_delta_minor == 250_000 - 230_000
+    # another incident of the month after closing: the NOC counts it, the frozen statement does not
+    from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
+
+    noc = world.stub("noc", noc_pb2_grpc.NocServiceStub)
+    await noc.PostAlarm(noc_pb2.PostAlarmRequest(
+        source="bi-nms", source_alarm_id=f"bi-late-{U}", site_id=SITE_B, alarm_type=noc_pb2.ALARM_TYPE_ENVIRONMENTAL,
+        probable_cause="high_temperature", perceived_severity=noc_pb2.PERCEIVED_SEVERITY_MINOR,
+        event_time=ts((H0 + 90) * 60)), metadata=world.md("service"))
+
+    async def live_noc():
+        return (await noc.GetNocStats(noc_pb2.GetNocStatsRequest(range=closed.range, tenant_id=TENANT),
+                                      metadata=world.md("viewer"))).overall.incidents
+    await eventually(live_noc, lambda n: n > closed.noc.incidents, within=60)
+    assert (await world.statement()).noc == closed.noc  # the frozen statement keeps what it was closed with
 
 
 async def test_rest_through_the_gateway(world):
@@ -569,11 +636,17 @@ async def test_exports_opened_back_match_the_api(world):
     assert sum(1 for e in ev if e[0] == SITE_A) == len(want[SITE_A].outages) and ev
     assert [c.value for c in wb["Totals"][2]] == [st.totals[0].currency_code, st.totals[0].fee_minor,
                                                   st.totals[0].penalty_minor]
+    n = st.noc
+    assert n.known and n.incidents >= 1  # the NOC figures: a sheet of their own, and in the PDF's header
+    assert [c.value for c in wb["NOC"][2]] == [True, n.incidents, n.acknowledged, n.resolved, n.mtta_seconds,
+                                               n.mttr_seconds]
 
     text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(got["PDF"])).pages)
     assert TENANT in text and MONTH in text and SITE_A in text
     assert f"KES {st.totals[0].penalty_minor / 100:,.2f}" in text  # the total penalty, typeset
     assert "Total penalty" in text
+    words = " ".join(text.split())
+    assert f"NOC incidents {n.incidents}" in words and "NOC MTTA / MTTR" in words
 
     esheet = energy["Sites"]
     eh = [c.value for c in esheet[1]]

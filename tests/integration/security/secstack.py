@@ -59,7 +59,7 @@ from gwfake import serve_gateway  # noqa: E402
 TENANTS = ("acme", "beta", "gamma")
 LEASES = {"SEC-A": ("acme",), "SEC-B": ("beta",), "SEC-AB": ("acme", "beta"), "SEC-N": ()}
 PARTITIONS = 16
-SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "bi", "noc", "notifications")  # started in this order, all behind the gateway
+SERVICES = ("sites", "telemetry", "kpi", "files", "aiops", "noc", "bi", "notifications")  # started in this order (BI asks the NOC), all behind the gateway
 
 
 @dataclass
@@ -354,7 +354,7 @@ async def security_stack(session_stack, *, gateway_overrides: dict | None = None
         targets = dict(base.targets)
         settings = dataclasses.replace(base, targets=targets)
         for svc, setup in (("sites", sites_setup), ("telemetry", telemetry_setup), ("kpi", kpi_setup),
-                           ("files", files_setup), ("aiops", aiops_setup), ("bi", bi_setup), ("noc", noc_setup),
+                           ("files", files_setup), ("aiops", aiops_setup), ("noc", noc_setup), ("bi", bi_setup),
                            ("notifications", notifications_setup)):
             srv = await bootstrap.start(svc, setup, port=0, metrics_port=-1, settings=settings)
             running.append(srv)

@@ -50,3 +50,24 @@ def test_pdf_is_typeset_with_its_facts_rows_and_cap():
     assert "and 400 more rows" in text
     assert "capped" not in text.split("Outage evidence")[0]  # only the pdf_columns are typeset
     assert f"page {len(pdf.pages)}" in pdf.pages[-1].extract_text()
+
+
+def test_statement_report_shows_the_noc_figures_or_says_they_are_unknown():
+    from towerco.bi.v1 import bi_pb2
+
+    from services.bi.servicer import statement_report
+
+    st = bi_pb2.SlaStatement(tenant_id="acme", month="2026-11", noc=bi_pb2.NocSummary(
+        known=True, incidents=3, acknowledged=2, resolved=1, mtta_seconds=600.0, mttr_seconds=5400.0))
+    rep = statement_report(st)
+    facts = dict(rep.facts)
+    assert facts["NOC incidents"] == "3" and facts["NOC MTTA / MTTR"] == "10 min / 1 h 30 min"
+    noc = next(s for s in rep.extra if s.heading == "NOC")
+    assert noc.rows == [(True, 3, 2, 1, 600.0, 5400.0)]
+    wb = load_workbook(io.BytesIO(exports.render(rep, "xlsx")))
+    assert [c.value for c in wb["NOC"][2]] == [True, 3, 2, 1, 600.0, 5400.0]
+
+    unknown = statement_report(bi_pb2.SlaStatement(tenant_id="acme", month="2026-11"))  # NOC not answering
+    facts = dict(unknown.facts)
+    assert facts["NOC incidents"].startswith("unknown") and "NOC MTTA / MTTR" not in facts
+    assert next(s for s in unknown.extra if s.heading == "NOC").rows == [(False, "", "", "", "", "")]

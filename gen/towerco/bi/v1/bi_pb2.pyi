@@ -906,6 +906,7 @@ class SlaStatement(_message.Message):
     CLOSE_TIME_FIELD_NUMBER: _builtins.int
     CLOSED_BY_FIELD_NUMBER: _builtins.int
     ADJUSTMENTS_FIELD_NUMBER: _builtins.int
+    NOC_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant."""
     month: _builtins.str
@@ -942,6 +943,12 @@ class SlaStatement(_message.Message):
     def adjustments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Adjustment]:
         """For a closed month: lines whose figures changed since closing (late data). Empty when open."""
 
+    @_builtins.property
+    def noc(self) -> Global___NocSummary:
+        """The tenant's NOC figures for the month (NocService.GetNocStats, asked with the caller's
+        token); a closed month keeps the figures it was closed with.
+        """
+
     def __init__(
         self,
         *,
@@ -957,14 +964,59 @@ class SlaStatement(_message.Message):
         close_time: _timestamp_pb2.Timestamp | None = ...,
         closed_by: _builtins.str = ...,
         adjustments: _abc.Iterable[Global___Adjustment] | None = ...,
+        noc: Global___NocSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "compute_time", b"compute_time", "range", b"range"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "compute_time", b"compute_time", "noc", b"noc", "range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments", b"adjustments", "close_time", b"close_time", "closed_by", b"closed_by", "compute_time", b"compute_time", "month", b"month", "range", b"range", "rule_set_version", b"rule_set_version", "status", b"status", "tenancies", b"tenancies", "tenancies_below_sla", b"tenancies_below_sla", "tenant_id", b"tenant_id", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustments", b"adjustments", "close_time", b"close_time", "closed_by", b"closed_by", "compute_time", b"compute_time", "month", b"month", "noc", b"noc", "range", b"range", "rule_set_version", b"rule_set_version", "status", b"status", "tenancies", b"tenancies", "tenancies_below_sla", b"tenancies_below_sla", "tenant_id", b"tenant_id", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SlaStatement: _TypeAlias = SlaStatement  # noqa: Y015
+
+@_typing.final
+class NocSummary(_message.Message):
+    """A tenant's NOC figures for a statement's month: incidents first seen in the month that impact
+    the tenant, with their mean times to acknowledge and resolve.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_FIELD_NUMBER: _builtins.int
+    INCIDENTS_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    MTTA_SECONDS_FIELD_NUMBER: _builtins.int
+    MTTR_SECONDS_FIELD_NUMBER: _builtins.int
+    known: _builtins.bool
+    """False when the NOC service did not answer: the figures below are then unknown, not zero."""
+    incidents: _builtins.int
+    """Incidents first seen in the month impacting the tenant (merged ones not counted)."""
+    acknowledged: _builtins.int
+    """Of them, acknowledged."""
+    resolved: _builtins.int
+    """Of them, resolved."""
+    mtta_seconds: _builtins.float
+    """Mean time to acknowledge, seconds (acknowledged incidents)."""
+    mttr_seconds: _builtins.float
+    """Mean time to resolve, seconds (resolved incidents)."""
+    def __init__(
+        self,
+        *,
+        known: _builtins.bool = ...,
+        incidents: _builtins.int = ...,
+        acknowledged: _builtins.int = ...,
+        resolved: _builtins.int = ...,
+        mtta_seconds: _builtins.float = ...,
+        mttr_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "incidents", b"incidents", "known", b"known", "mtta_seconds", b"mtta_seconds", "mttr_seconds", b"mttr_seconds", "resolved", b"resolved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NocSummary: _TypeAlias = NocSummary  # noqa: Y015
 
 @_typing.final
 class GetSlaStatementRequest(_message.Message):
