@@ -43,6 +43,7 @@ from workers.notifier import domain
 from workers.notifier.sink import WebhookReceiver
 
 RECEIVERS = 50
+EIDS: dict[str, str] = {}
 SECRET = "bench-signing-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +77,7 @@ async def storm(js, n: int, seconds: float, regions: list[str], sent_at: dict[st
             await asyncio.sleep(delay)
         iid, data, eid = incident_event(regions[i % len(regions)], f"TWR-{i:05d}")
         sent_at[iid] = time.time()
+        EIDS[iid] = eid
         await events.publish(js, subjects.noc_incident_subject("opened"), data, msg_id=eid)
     return time.perf_counter() - t0
 
@@ -158,7 +160,9 @@ async def run(n: int, seconds: float) -> dict:
                     await api.CreateRoute(pb.CreateRouteRequest(route=pb.Route(
                         name=f"{reg}", match=pb.IncidentMatcher(regions=[reg]), channel_ids=[c.id], **grouping)),
                         metadata=md)
-        proc = subprocess.Popen([sys.executable, "-m", "workers.notifier.worker"], cwd=ROOT,  # noqa: ASYNC220
+        prof = os.environ.get("BENCH_NOTIFY_PROFILE")
+        wrap = [str(Path(sys.executable).parent / "pyinstrument"), "-o", prof, "-r", "text"] if prof else [sys.executable]
+        proc = subprocess.Popen([*wrap, "-m", "workers.notifier.worker"], cwd=ROOT,  # noqa: ASYNC220
                                 env=dict(env, TOWERCO_NOTIFIER_TICK_S="0.2", TOWERCO_NOTIFIER_CONCURRENCY="64"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(3.0)  # the notifier's consumer is up
@@ -179,6 +183,17 @@ async def run(n: int, seconds: float) -> dict:
                 if inc["id"] in sent_at:
                     lat.append(x.time - sent_at[inc["id"]])
         span = max(x.time for x in reqs) - t_pub if reqs else float("nan")
+        if os.environ.get("BENCH_NOTIFY_DUMP"):
+            async with pool.acquire() as conn:
+                rows = await conn.fetch("SELECT n.incident_ids[1] AS iid, extract(epoch from n.create_time) AS c,"
+                                        " extract(epoch from a.start_time) AS s FROM notifications.notification n"
+                                        " JOIN notifications.delivery_attempt a ON a.notification_id = n.id")
+                pe = {r["event_id"]: float(r["p"]) for r in await conn.fetch(
+                    "SELECT event_id, extract(epoch from process_time) AS p FROM notifications.processed_event")}
+            db_t = {r["iid"]: (pe.get(EIDS.get(r["iid"], ""), 0), float(r["c"]), float(r["s"])) for r in rows}
+            recv = {inc["id"]: x.time for x in reqs for inc in x.json()["incidents"]}
+            dump = json.dumps([[sent_at[i], *db_t.get(i, (0, 0, 0)), recv.get(i, 0)] for i in sent_at])
+            await asyncio.to_thread(Path(os.environ["BENCH_NOTIFY_DUMP"]).write_text, dump)
 
         g_at: dict[str, float] = {}
         await storm(js, n, seconds, group_regions, g_at)

@@ -153,7 +153,10 @@ class Notifier:
         self.js = js
         self.cfg = config or NotifierConfig()
         self.database_url = database_url
-        self._wake = asyncio.Event()
+        self._wake_schedule = asyncio.Event()  # a timer may be due: the consumer wrote one, or a peer said so
+        self._wake_send = asyncio.Event()  # a notification may be due, or a send slot came free
+        self._saturated = False  # every send slot was taken at the sender's last claim
+        self._rule_cache: dict[uuid.UUID, tuple[bytes, datetime, domain.Rule]] = {}
         self._stopping = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
@@ -167,9 +170,14 @@ class Notifier:
     # -- lifecycle
 
     async def run(self) -> None:
-        self._http = httpx.AsyncClient(timeout=self.cfg.timeout_s, follow_redirects=False)
+        # keep-alive connections for every concurrent send: with the default (20 idle kept) a storm to
+        # more receivers than that reopened TCP connections all the time
+        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency,
+                              keepalive_expiry=30.0)
+        self._http = httpx.AsyncClient(timeout=self.cfg.timeout_s, follow_redirects=False, limits=limits)
         tasks = [asyncio.create_task(self.consumer.run(), name="notifier-consume"),
-                 asyncio.create_task(self._pump(), name="notifier-pump")]
+                 asyncio.create_task(self._schedule_loop(), name="notifier-schedule"),
+                 asyncio.create_task(self._send_loop(), name="notifier-send")]
         if self.database_url:
             listener = PgListener(store.WAKE_CHANNEL, on_notify=self.wake, database_url=self.database_url,
                                   application_name="towerco:notifier")
@@ -196,7 +204,23 @@ class Notifier:
         await self.consumer.stop(grace=5.0)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Wake the scheduler and the sender now (a NOTIFY from a peer or the service, or stopping)."""
+        self._wake_schedule.set()
+        self._wake_send.set()
+
+    async def _rules(self, conn: asyncpg.Connection) -> list[domain.Rule]:
+        """The routes in order, parsed once per version of each (the rows are read every time, so a
+        route changed through the service counts from the next batch on)."""
+        out: list[domain.Rule] = []
+        seen: dict[uuid.UUID, tuple[bytes, datetime, domain.Rule]] = {}
+        for r in await store.routes(conn):
+            body, created = bytes(r["body"]), r["create_time"]
+            hit = self._rule_cache.get(r["id"])
+            rule = hit[2] if hit is not None and hit[0] == body and hit[1] == created else rule_of(r)
+            seen[r["id"]] = (body, created, rule)
+            out.append(rule)
+        self._rule_cache = seen
+        return out
 
     # -- consuming
 
@@ -211,14 +235,19 @@ class Notifier:
             if not ev.incident.id:
                 raise events.Poison("incident event without an incident id", [m])
             parsed.append((env.id, ev))
+        made = self.stats["notifications"]
         async with self.pool.acquire() as conn, conn.transaction():
             now = (await conn.fetchval("SELECT now()")).timestamp()
-            rules = [rule_of(r) for r in await store.routes(conn)]
+            rules = await self._rules(conn)
             for event_id, ev in parsed:
                 await self._apply(conn, event_id, ev, rules, now)
                 self.stats["events"] += 1
                 COUNTS.labels("events").inc()
-        self.wake()
+        # committed: the timers it set (group wait 0 means due now) go to the scheduler at once,
+        # not at its next poll; notifications it wrote itself (escalation stopped) to the sender
+        self._wake_schedule.set()
+        if self.stats["notifications"] != made:
+            self._wake_send.set()
 
     async def _apply(self, conn: asyncpg.Connection, event_id: str, ev: noc_pb2.IncidentEvent,
                      rules: list[domain.Rule], now: float) -> None:
@@ -315,32 +344,56 @@ class Notifier:
 
     # -- the scheduler
 
-    async def _pump(self) -> None:
+    async def _sleep(self, event: asyncio.Event, due_in: float | None) -> None:
+        """Until `event` is set, the next timer is due (`due_in` seconds) or the poll tick ends
+        (the safety net: timers set by another replica or before a restart)."""
+        sleep = self.cfg.tick_s if due_in is None else max(0.0, min(self.cfg.tick_s, due_in))
+        if sleep > 0 and not event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=sleep)
+
+    async def _schedule_loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.clear()
+            self._wake_schedule.clear()
+            due_in: float | None = None
             try:
-                while True:  # deliveries go out between batches of timers, so a storm never starves them
-                    flushed = await self.schedule_once()
-                    await self._dispatch()
-                    if not flushed:
-                        break
+                while await self.schedule_once() >= BATCH:
+                    pass  # a full batch: more may be due
                 async with self.pool.acquire() as conn:
-                    nxt = await store.next_due(conn)
-                    now = await conn.fetchval("SELECT now()")
+                    due_in = await store.next_timer_in(conn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away: try again soon
-                log.warning("notifier pump failed (%s: %s); retrying", type(exc).__name__, exc)
-                nxt, now = None, None
-            sleep = self.cfg.tick_s
-            if nxt is not None and now is not None:
-                sleep = max(0.0, min(sleep, (nxt - now).total_seconds()))
-            if sleep > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=sleep)
+                log.warning("notifier scheduler failed (%s: %s); retrying", type(exc).__name__, exc)
+            await self._sleep(self._wake_schedule, due_in)
+
+    async def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake_send.clear()
+            due_in: float | None = None
+            try:
+                if await self._dispatch():
+                    async with self.pool.acquire() as conn:
+                        due_in = await store.next_delivery_in(conn)
+                else:
+                    due_in = self.cfg.tick_s  # every slot busy: a finished send wakes this loop
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may be away: try again soon
+                log.warning("notifier sender failed (%s: %s); retrying", type(exc).__name__, exc)
+            await self._sleep(self._wake_send, due_in)
 
     async def schedule_once(self) -> int:
-        """Flush due groups and run due escalation steps (one transaction); how many."""
+        """Flush due groups and run due escalation steps (one transaction); how many. The sender is
+        woken once the notifications they made are committed."""
+        made = self.stats["notifications"]
+        try:
+            return await self._schedule_batch()
+        finally:
+            if self.stats["notifications"] != made:
+                self._wake_send.set()
+
+    async def _schedule_batch(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             now = (await conn.fetchval("SELECT now()")).timestamp()
             groups = await store.claim_due_groups(conn, limit=BATCH)
@@ -358,7 +411,7 @@ class Notifier:
                           silences: list[domain.SilenceSpec], now: float) -> None:
         """Evaluate due groups (Alertmanager's rules, domain.py) in a few round trips: their
         members, incidents and channels read at once, the notifications and timers written at once."""
-        rules = {r["id"]: rule_of(r) for r in await store.routes(conn)}
+        rules = {uuid.UUID(r.id): r for r in await self._rules(conn)}
         keys = [(g["route_id"], g["group_key"]) for g in groups]
         by_group: dict[tuple[uuid.UUID, str], list[asyncpg.Record]] = {}
         for m in await store.members_of(conn, keys=keys):
@@ -476,22 +529,28 @@ class Notifier:
 
     # -- the sender
 
-    async def _dispatch(self) -> None:
-        free = self.cfg.concurrency - len(self._sends)
-        if free <= 0:
-            return
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await store.claim_deliveries(conn, limit=free, lease_s=self.cfg.lease_s)
-        for row in rows:
-            task = asyncio.create_task(self._deliver(row))
-            self._sends.add(task)
-            task.add_done_callback(self._sent)
+    async def _dispatch(self) -> bool:
+        """Claim due notifications for the free send slots and start sending them. False when no
+        slot is left (more may be due: a finished send wakes the sender)."""
+        while (free := self.cfg.concurrency - len(self._sends)) > 0:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await store.claim_deliveries(conn, limit=free, lease_s=self.cfg.lease_s)
+            for row in rows:
+                task = asyncio.create_task(self._deliver(row))
+                self._sends.add(task)
+                task.add_done_callback(self._sent)
+            if len(rows) < free:
+                self._saturated = False
+                return True  # everything due is on its way
+        self._saturated = True
+        return False
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed: %s", task.exception())
-        self.wake()
+        if self._saturated:
+            self._wake_send.set()  # the sender waits for a free slot
 
     async def _deliver(self, row: asyncpg.Record) -> None:
         attempt = row["attempts"]
@@ -541,6 +600,7 @@ class Notifier:
         else:
             self.stats["retried"] += 1
             COUNTS.labels("retried").inc()
+            self._wake_send.set()  # the sender's sleep ends at the retry's due time
             log.warning("notification %s attempt %d failed (%s); retry in %.1fs", row["id"], attempt, error, retry_in)
 
     def _body(self, row: asyncpg.Record) -> dict[str, Any]:

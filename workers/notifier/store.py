@@ -214,12 +214,21 @@ async def claim_due_escalations(conn: asyncpg.Connection, *, limit: int) -> list
         " ORDER BY due LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
 
 
-async def next_due(conn: asyncpg.Connection) -> datetime | None:
-    """The earliest timer of any kind (the scheduler sleeps until then, or until woken)."""
+async def next_timer_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the earliest group or escalation timer (<= 0: due now; None: none set), for
+    the scheduler's sleep between wake-ups."""
     return await conn.fetchval(
-        "SELECT min(t) FROM (SELECT min(next_flush) AS t FROM notifications.alert_group"
-        " UNION ALL SELECT min(due) FROM notifications.escalation WHERE state = 1"
-        " UNION ALL SELECT min(due) FROM notifications.notification WHERE state = 1"
+        "SELECT extract(epoch FROM min(t) - now())::float8 FROM (SELECT min(next_flush) AS t"
+        " FROM notifications.alert_group UNION ALL SELECT min(due) FROM notifications.escalation"
+        " WHERE state = 1) AS x")
+
+
+async def next_delivery_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the earliest delivery is due: a pending notification (a retry's backoff) or
+    a claimed one whose lease ends (its process died). For the sender's sleep."""
+    return await conn.fetchval(
+        "SELECT extract(epoch FROM min(t) - now())::float8 FROM (SELECT min(due) AS t"
+        " FROM notifications.notification WHERE state = 1"
         " UNION ALL SELECT min(lease_until) FROM notifications.notification WHERE state = 2) AS x")
 
 
