@@ -95,9 +95,9 @@ PROCESSES: tuple[Process, ...] = (
     # In args, "{sites}" becomes the demo fleet size (`towerco up --sites N`, default 300), e.g.
     # args=("--sites", "{sites}"). `cli.main.standalone(module)` gives the module a __main__.
     Process("simulator", "tool", "cli.simulate", stage=1, compose=False,
-            # demo fault rates (x3 the defaults): across the 300 demo sites a fault starts about
-            # once a minute, so a new user sees incidents arrive within a few minutes
-            args=("--sites", "{sites}", "--interval", "15", "--faults", "x3", "--quiet")),
+            # demo fault rates (x4 the defaults): across the 300 demo sites a fault starts about
+            # every minute or two, so a new user sees incidents arrive within minutes
+            args=("--sites", "{sites}", "--interval", "15", "--faults", "x4", "--quiet")),
 )
 
 BY_NAME: dict[str, Process] = {p.name: p for p in PROCESSES}
