@@ -31,11 +31,9 @@ class Kpi:
 
 
 async def _until(cond, timeout: float = 10.0) -> None:  # noqa: ANN001
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.005)
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
 
 
 async def test_first_ask_waits_then_cached() -> None:
