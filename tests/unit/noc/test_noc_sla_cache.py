@@ -30,10 +30,9 @@ class Kpi:
         return {f"s1/{tenant}": domain.Sla(self.value, 43200, True), f"s2/{tenant}": domain.Sla(self.value, 43200, True)}
 
 
-async def _until(cond, timeout: float = 10.0) -> None:  # noqa: ANN001
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.005)
+async def _refreshed(cache: SlaCache) -> None:
+    """Wait for the background refreshes in flight (a deadline: they must end)."""
+    await asyncio.wait_for(asyncio.gather(*cache._refreshing.values()), 10.0)
 
 
 async def test_first_ask_waits_then_cached() -> None:
@@ -57,7 +56,7 @@ async def test_expired_entry_is_served_stale_and_refreshed_once_in_background() 
     assert again["s1-t1"].availability == 0.99
     assert kpi.calls == ["t1", "t1"]  # one refresh in flight, not one per alarm
     kpi.gate.set()
-    await _until(lambda: cache._by_tenant["t1"][1]["s1/t1"].availability == 0.5)
+    await _refreshed(cache)
     assert (await cache.for_sites([_facts("s1", "t1")]))["s1-t1"].availability == 0.5
 
 
@@ -68,7 +67,7 @@ async def test_unknown_exposure_is_retried_in_background_after_the_negative_ttl(
     assert await cache.for_sites([_facts("s1", "t1")]) == {}
     kpi.fail, now[0] = False, 1000.0 + NEGATIVE_TTL_S + 1
     assert await cache.for_sites([_facts("s1", "t1")]) == {}  # still unknown for this alarm
-    await _until(lambda: "s1/t1" in cache._by_tenant["t1"][1])
+    await _refreshed(cache)
     assert (await cache.for_sites([_facts("s1", "t1")]))["s1-t1"].availability == 0.99
 
 
