@@ -333,11 +333,7 @@ class AiopsEngineSettings:
     replica: str = env("TOWERCO_AIOPS_REPLICA", "", "name of this replica (its register-event consumer, its "
                        "lease member name)", shown="from the partitions; host name with auto")
     durable_prefix: str = env("TOWERCO_AIOPS_DURABLE_PREFIX", "aiops-engine", "prefix of the consumer names")
-    batch: int = env("TOWERCO_AIOPS_BATCH", 100, "TELEMETRY messages fetched at once, at most")
-    txn_samples: int = env("TOWERCO_AIOPS_TXN_SAMPLES", 5000, "samples judged in one transaction, at most: a "
-                           "fetched batch is committed in runs of whole messages of about this many samples, so "
-                           "a fresh sample's anomaly leaves without waiting for the whole batch",
-                           check=lambda v: v >= 1, requirement="must be at least 1")
+    batch: int = env("TOWERCO_AIOPS_BATCH", 100, "TELEMETRY messages handled in one transaction, at most")
     ack_wait_s: float = env("TOWERCO_AIOPS_ACK_WAIT_S", 30.0, "redelivery delay of a batch a dead replica held")
     tick_s: float = env("TOWERCO_AIOPS_TICK_S", 5.0, "how often silent sites are judged (telemetry gap)")
     live_lag_s: float = env("TOWERCO_AIOPS_LIVE_LAG_S", 120.0, "a partition whose newest sample is at most "

@@ -57,7 +57,6 @@ class EngineConfig:
     replica: str = "all"
     durable_prefix: str = "aiops-engine"
     batch: int = 100
-    txn_samples: int = 5000  # samples per transaction, at most (whole messages; at least one)
     ack_wait_s: float = 30.0
     tick_s: float = 5.0
     live_lag_s: float = 120.0
@@ -80,8 +79,7 @@ class EngineConfig:
         replica = env.replica or (socket.gethostname() if leased else subjects.replica_name(parts, partition_count))
         return cls(partitions=tuple(parts), replica=replica, leased=leased, lease_ttl_s=lease.ttl_s,
                    lease_heartbeat_s=lease.heartbeat_s, durable_prefix=env.durable_prefix or "aiops-engine",
-                   batch=max(1, env.batch), txn_samples=max(1, env.txn_samples), ack_wait_s=env.ack_wait_s,
-                   tick_s=env.tick_s,
+                   batch=max(1, env.batch), ack_wait_s=env.ack_wait_s, tick_s=env.tick_s,
                    live_lag_s=env.live_lag_s, adjust_s=env.adjust_s, retrain_s=env.retrain_s)
 
 
@@ -158,22 +156,6 @@ def prediction_pb(row: asyncpg.Record) -> aiops_pb2.Prediction:
     if row["actual_time"] is not None:
         p.actual_time.FromDatetime(row["actual_time"])
     return p
-
-
-def runs_of(batches: list[tuple[str, telemetry_pb2.TelemetryBatch]], max_samples: int
-            ) -> list[list[tuple[str, telemetry_pb2.TelemetryBatch]]]:
-    """The fetched messages cut, in stream order, into runs of whole messages of at most
-    `max_samples` samples each (a bigger message is a run by itself): one transaction each."""
-    runs: list[list[tuple[str, telemetry_pb2.TelemetryBatch]]] = []
-    size = 0
-    for item in batches:
-        n = len(item[1].samples)
-        if not runs or size + n > max_samples:
-            runs.append([])
-            size = 0
-        runs[-1].append(item)
-        size += n
-    return runs
 
 
 # --------------------------------------------------------------------------- the engine
@@ -353,9 +335,8 @@ class AiopsEngine:
             except Exception as exc:  # noqa: BLE001 - undecodable: nothing to retry
                 raise events.Poison(f"not a TelemetryBatch: {exc}", msgs=[m]) from exc
             batches.append((key, batch))
-        for run in runs_of(batches, self.config.txn_samples):
-            async with self.locks[partition]:
-                await self._fold(run, partition)
+        async with self.locks[partition]:
+            await self._fold(batches, partition)
 
     async def _fold(self, batches: list[tuple[str, telemetry_pb2.TelemetryBatch]], partition: int) -> None:
         touched: set[str] = set()
