@@ -51,6 +51,8 @@ from mesh import config, db
 from mesh.subjects import DLQ_SUBJECTS, EVENTS_SUBJECTS, TELEMETRY_SUBJECTS, dlq_subject
 
 log = logging.getLogger("towerco.events")
+# after a pull consumer's first message, how long it waits for more to fill its batch
+AVAILABLE_WAIT_S = 0.05
 
 TELEMETRY_STREAM = "TELEMETRY"
 EVENTS_STREAM = "EVENTS"
@@ -413,7 +415,7 @@ class PullConsumer:
                     if self._sub is None:
                         await self._subscribe()
                     assert self._sub is not None
-                    msgs = await self._sub.fetch(self.batch, timeout=self.fetch_timeout)
+                    msgs = await self._fetch()
                 except TimeoutError:  # nats.errors.TimeoutError too
                     delay = 0.2
                     continue  # nothing to do: the fetch itself waited fetch_timeout
@@ -453,6 +455,24 @@ class PullConsumer:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+    async def _fetch(self) -> list[Msg]:
+        """Wait (up to fetch_timeout) for the first message, then take what else is already there,
+        up to batch. One fetch of `batch` would hold a lone message until its expiry when the
+        server answers the no-wait probe empty (a fault sample waited up to fetch_timeout)."""
+        assert self._sub is not None
+        msgs = await self._sub.fetch(1, timeout=self.fetch_timeout)
+        if self.batch > 1:
+            try:
+                msgs += await self._sub.fetch(self.batch - 1, timeout=AVAILABLE_WAIT_S)
+            except asyncio.CancelledError:
+                for m in msgs:  # stopping: hand the first one back now rather than after ack_wait
+                    with contextlib.suppress(Exception):
+                        await m.nak()
+                raise
+            except Exception:  # noqa: BLE001 - nothing more right now (or NATS trouble): go with the first
+                pass
+        return msgs
 
     async def _subscribe(self) -> None:
         await ensure_consumer(self.js, stream=self.stream, durable=self.durable,

@@ -12,7 +12,9 @@ date availability is cached per tenant for TOWERCO_NOC_SLA_TTL_S (300 s): one
 GetTenantAvailability per tenant and TTL gives every tenancy of that tenant. An impact's
 `availability_percent` and `budget_remaining_minutes` are therefore up to the TTL old. When the
 KPI service cannot answer, the exposure is "unknown" (availability 0, the whole month's budget)
-for a short negative TTL, and correlation goes on.
+for a short negative TTL, and correlation goes on. Only a tenant never asked before waits for the
+KPI service: an expired entry is served while it is refreshed in the background, and every
+tenant of the register is asked for at start (`warm`).
 """
 
 from __future__ import annotations
@@ -169,7 +171,12 @@ def kpi_fetcher(client: Client) -> Fetcher:
 
 
 class SlaCache:
-    """Month-to-date availability per tenancy, cached per tenant (see the module doc)."""
+    """Month-to-date availability per tenancy, cached per tenant (see the module doc).
+
+    Only a tenant never asked before waits for the KPI service on the correlation path; an
+    expired entry (answer or "unknown") is served as it is while one refresh per tenant runs in
+    the background, so a TTL expiry never holds an alarm up. `warm` asks for every tenant of
+    the register at start, before the first alarm needs it."""
 
     def __init__(self, fetch: Fetcher | None, *, ttl_s: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -177,22 +184,46 @@ class SlaCache:
         self.ttl_s = ttl_s
         self.clock = clock
         self._by_tenant: dict[str, tuple[float, dict[str, domain.Sla]]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+
+    async def _load(self, tenants: Iterable[str]) -> None:
+        if self.fetch is None:
+            return
+        todo = list(tenants)
+        now = self.clock()
+        fetch = self.fetch
+        results = await asyncio.gather(*(fetch(t, now) for t in todo), return_exceptions=True)
+        for tenant, res in zip(todo, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("noc: no availability for %s (%s); exposure unknown", tenant, res)
+                self._by_tenant[tenant] = (now + NEGATIVE_TTL_S, {})
+            else:
+                self._by_tenant[tenant] = (now + self.ttl_s, res)
+
+    def _refresh(self, tenant: str) -> None:
+        if tenant in self._refreshing:
+            return
+        task = asyncio.get_running_loop().create_task(self._load([tenant]), name=f"noc-sla-{tenant}")
+        self._refreshing[tenant] = task
+        task.add_done_callback(lambda _t: self._refreshing.pop(tenant, None))
+
+    async def warm(self, facts: Iterable[domain.SiteFacts]) -> None:
+        """Ask for every tenant of these sites not cached yet (the register, at start)."""
+        tenants = {t.tenant_id for f in facts for t in f.tenancies}
+        await self._load(sorted(t for t in tenants if t not in self._by_tenant))
 
     async def for_sites(self, facts: Iterable[domain.SiteFacts]) -> dict[str, domain.Sla]:
         """tenancy id -> Sla for every tenancy of these sites (unknown ones left out)."""
         facts = list(facts)
         tenants = {t.tenant_id for f in facts for t in f.tenancies}
-        now = self.clock()
-        todo = [t for t in tenants if self._by_tenant.get(t, (0.0, {}))[0] <= now]
-        if todo and self.fetch is not None:
-            fetch = self.fetch
-            results = await asyncio.gather(*(fetch(t, now) for t in todo), return_exceptions=True)
-            for tenant, res in zip(todo, results, strict=True):
-                if isinstance(res, BaseException):
-                    log.warning("noc: no availability for %s (%s); exposure unknown", tenant, res)
-                    self._by_tenant[tenant] = (now + NEGATIVE_TTL_S, {})
-                else:
-                    self._by_tenant[tenant] = (now + self.ttl_s, res)
+        if self.fetch is not None:
+            now = self.clock()
+            missing = sorted(t for t in tenants if t not in self._by_tenant)
+            for t in sorted(tenants):
+                if t in self._by_tenant and self._by_tenant[t][0] <= now:
+                    self._refresh(t)  # stale: served as it is, refreshed in the background
+            if missing:
+                await self._load(missing)
         out: dict[str, domain.Sla] = {}
         for f in facts:
             for ten in f.tenancies:

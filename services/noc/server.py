@@ -88,6 +88,12 @@ async def setup(rt: Runtime) -> list[ServiceSpec]:
 
     rt.on_shutdown(unsubscribe)
     rt.spawn(noc.facts.keep_fresh(), name="noc-site-facts")
+
+    async def warm_sla() -> None:  # the first alarm of each tenant must not wait for the KPI service
+        await noc.facts.loaded.wait()
+        await noc.correlator.sla.warm(noc.facts.facts.values())
+
+    rt.spawn(warm_sla(), name="noc-sla-warm")
     rt.spawn(noc.consumer.run(), name="noc-anomaly-consumer")
     rt.spawn(noc.correlator.run_ticks(noc.settings.tick_s), name="noc-tick")
     relay = outbox.OutboxRelay(rt.pool, rt.js, schema=SCHEMA, database_url=rt.settings.database_url)
