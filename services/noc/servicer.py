@@ -264,15 +264,16 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
         iid = _check_id(incident_id, "incident")
         others = [_check_id(x, "incident") for x in (also or [])]
         async with self.pool.acquire() as conn, conn.transaction():
-            rec = await store.get_incident(conn, tenant=_scope(identity), incident_id=iid)
+            scope = _scope(identity)
+            rec = await store.get_incident(conn, tenant=scope, incident_id=iid)
             if rec is None:  # checked before the role, so a refusal never confirms it exists
                 raise NotFound(f"incident {incident_id} not found", "incident", incident_id)
-            require_role(*ACT_ROLES)
-            recs = [rec, *await store.incidents_by_id(conn, ids=[o for o in others if o != iid])]
+            recs = [rec, *await store.incidents_by_id(conn, ids=[o for o in others if o != iid], tenant=scope)]
             found = {r.id for r in recs}
-            for o in others:
+            for o in others:  # every incident named is found (and visible) before the role is asked
                 if o not in found:
                     raise NotFound(f"incident {o} not found", "incident", o)
+            require_role(*ACT_ROLES)
             await store.lock(conn, regions=[r.region for r in recs], sites=[r.site_id for r in recs if r.site_id])
             fresh = await store.get_incident(conn, tenant=None, incident_id=iid, for_update=True)
             assert fresh is not None

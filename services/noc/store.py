@@ -241,10 +241,13 @@ async def child_ids(conn: asyncpg.Connection, *, parent_ids: Sequence[str]) -> d
     return {str(r["parent_id"]): list(r["ids"]) for r in rows}
 
 
-async def incidents_by_id(conn: asyncpg.Connection, *, ids: Sequence[str]) -> list[domain.IncidentRec]:
+async def incidents_by_id(conn: asyncpg.Connection, *, ids: Sequence[str], tenant: str | None = None
+                          ) -> list[domain.IncidentRec]:
+    """The incidents of `ids` that exist (and, with `tenant`, that impact that tenant)."""
     if not ids:
         return []
-    rows = await conn.fetch("SELECT * FROM noc.incident WHERE id = ANY($1::uuid[])", list(ids))
+    rows = await conn.fetch("SELECT * FROM noc.incident WHERE id = ANY($1::uuid[]) "
+                            "AND ($2::text IS NULL OR $2 = ANY(tenant_ids))", list(ids), tenant)
     return [incident_rec(r) for r in rows]
 
 

@@ -12,6 +12,8 @@ import httpx
 from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.files.v1 import files_pb2, files_pb2_grpc
+from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
+from towerco.notifications.v1 import notifications_pb2, notifications_pb2_grpc
 
 ACME = ("tenant_viewer", "acme")
 
@@ -28,13 +30,20 @@ async def test_a_tenant_acting_on_another_tenants_thing_gets_not_found(sec) -> N
     md = sec.md(*ACME)
     beta_file = sec.files[("SEC-B", "beta")]
     beta_anomaly = sec.anomalies["SEC-B"]
+    beta_incident = sec.incidents["SEC-B"]
+    beta_own = sec.incidents["SEC-AB/beta"]  # on a site acme leases too, but beta's alone
+    beta_channel = sec.notify[("channel", "beta")]
     missing = str(uuid.uuid4())
     async with grpc.aio.insecure_channel(sec.targets["bi"]) as bi_ch, \
             grpc.aio.insecure_channel(sec.targets["aiops"]) as ai_ch, \
-            grpc.aio.insecure_channel(sec.targets["files"]) as fi_ch:
+            grpc.aio.insecure_channel(sec.targets["files"]) as fi_ch, \
+            grpc.aio.insecure_channel(sec.targets["noc"]) as noc_ch, \
+            grpc.aio.insecure_channel(sec.targets["notifications"]) as nt_ch:
         bi = bi_pb2_grpc.BiServiceStub(bi_ch)
         aiops = aiops_pb2_grpc.AiopsServiceStub(ai_ch)
         files = files_pb2_grpc.FilesServiceStub(fi_ch)
+        noc = noc_pb2_grpc.NocServiceStub(noc_ch)
+        notify = notifications_pb2_grpc.NotificationsServiceStub(nt_ch)
         fmt = bi_pb2.EXPORT_FORMAT_CSV
         feedback = aiops_pb2.FEEDBACK_KIND_FALSE_POSITIVE
         cases = {
@@ -47,6 +56,16 @@ async def test_a_tenant_acting_on_another_tenants_thing_gets_not_found(sec) -> N
             "delete beta's file": files.DeleteFile(files_pb2.DeleteFileRequest(file_id=beta_file), metadata=md),
             "link to beta's file": files.CreateDownloadLink(files_pb2.CreateDownloadLinkRequest(file_id=beta_file),
                                                             metadata=md),
+            "acknowledge beta's incident": noc.AcknowledgeIncident(noc_pb2.AcknowledgeIncidentRequest(
+                incident_id=beta_incident), metadata=md),
+            "comment on beta's own incident on a shared site": noc.CommentIncident(noc_pb2.CommentIncidentRequest(
+                incident_id=beta_own, text="x"), metadata=md),
+            "merge beta's incident into acme's": noc.MergeIncidents(noc_pb2.MergeIncidentsRequest(
+                incident_id=sec.incidents["SEC-A"], source_incident_ids=[beta_incident]), metadata=md),
+            "delete beta's channel": notify.DeleteChannel(notifications_pb2.DeleteChannelRequest(
+                channel_id=beta_channel), metadata=md),
+            "test-send to beta's channel": notify.TestSend(notifications_pb2.TestSendRequest(
+                channel_id=beta_channel), metadata=md),
         }
         got = {name: await _grpc_code(call) for name, call in cases.items()}
     assert got == dict.fromkeys(cases, grpc.StatusCode.NOT_FOUND), got
@@ -58,6 +77,7 @@ async def test_a_tenant_acting_on_another_tenants_thing_gets_not_found(sec) -> N
             "feedback": await client.post(f"/api/v1/anomalies/{beta_anomaly}:feedback",
                                           json={"kind": "FEEDBACK_KIND_FALSE_POSITIVE"}),
             "delete file": await client.delete(f"/api/v1/files/{beta_file}"),
+            "acknowledge": await client.post(f"/api/v1/incidents/{beta_incident}:acknowledge", json={}),
         }
     assert {k: r.status_code for k, r in rest.items()} == dict.fromkeys(rest, 404), {k: r.text for k, r in rest.items()}
     assert all(r.json()["code"] == 5 for r in rest.values())  # google.rpc.Status NOT_FOUND
@@ -74,4 +94,12 @@ async def test_a_visible_thing_the_role_may_not_change_is_permission_denied(sec)
     async with grpc.aio.insecure_channel(sec.targets["files"]) as ch:
         code = await _grpc_code(files_pb2_grpc.FilesServiceStub(ch).DeleteFile(
             files_pb2.DeleteFileRequest(file_id=own_file), metadata=sec.md(*ACME)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    # and an incident impacting acme: it reads it, it may not acknowledge it
+    async with grpc.aio.insecure_channel(sec.targets["noc"]) as ch:
+        noc = noc_pb2_grpc.NocServiceStub(ch)
+        seen = await noc.GetIncident(noc_pb2.GetIncidentRequest(incident_id=sec.incidents["SEC-A"]),
+                                     metadata=sec.md(*ACME))
+        code = await _grpc_code(noc.AcknowledgeIncident(noc_pb2.AcknowledgeIncidentRequest(
+            incident_id=seen.incident.id), metadata=sec.md(*ACME)))
     assert code == grpc.StatusCode.PERMISSION_DENIED
