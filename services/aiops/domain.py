@@ -3,10 +3,7 @@ who may see what."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 CONFIRMED, FALSE_POSITIVE, EXPECTED_BEHAVIOUR = 1, 2, 3
 RULE_LAYER = 1
@@ -48,22 +45,6 @@ def visible(tenant_scope: str | None, tenant_ids: Iterable[str], tenant_id: str 
         return True
     return tenant_scope in set(tenant_ids) and (not tenant_id or tenant_id == tenant_scope)
 
-
-def encode_cursor(t: datetime, row_id: str) -> str:
-    raw = f"{int(t.timestamp() * 1_000_000)}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[datetime, str] | None:
-    """None for an empty token; ValueError for one this list did not issue."""
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        us, row_id = raw.split("|", 1)
-        return datetime.fromtimestamp(int(us) / 1_000_000, tz=UTC), row_id
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("not a token of this list") from exc
 
 
 def page_size(size: int) -> int:

@@ -8,16 +8,14 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 import asyncpg
 from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
-from towerco.common.v1 import common_pb2
 
-from mesh import outbox, subjects
+from mesh import outbox, paging, subjects
 from mesh.auth import Identity, current_identity, require_role, tenant_scope
-from mesh.errors import FieldViolation, InvalidArgument, NotFound
+from mesh.errors import NotFound
 from mesh.listener import PgListener
 from services.aiops import domain, store
 
@@ -86,22 +84,6 @@ def prediction_pb(row: asyncpg.Record, identity: Identity) -> aiops_pb2.Predicti
     return p
 
 
-def _range(rng: common_pb2.TimeRange, has: bool) -> tuple[Any, Any]:
-    if not has:
-        return None, None
-    lo = rng.start_time.ToDatetime(tzinfo=UTC) if rng.HasField("start_time") else None
-    hi = rng.end_time.ToDatetime(tzinfo=UTC) if rng.HasField("end_time") else None
-    if lo is not None and hi is not None and hi <= lo:
-        raise InvalidArgument("invalid time range", [FieldViolation("range", "end_time must be after start_time")])
-    return lo, hi
-
-
-def _cursor(token: str) -> tuple[Any, str] | None:
-    try:
-        return domain.decode_cursor(token)
-    except ValueError:
-        raise InvalidArgument("invalid page token",
-                              [FieldViolation("page.token", "is not a token of this list")]) from None
 
 
 def _check_id(value: str, field: str) -> str:
@@ -122,8 +104,8 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
                             ) -> aiops_pb2.ListAnomaliesResponse:
         identity = _reader()
         scope = tenant_scope(identity, request.tenant_id)
-        lo, hi = _range(request.range, request.HasField("range"))
-        after = _cursor(request.page.token)
+        lo, hi = paging.time_bounds(request.range, request.HasField("range"))
+        after = paging.page_after(request.page.token)
         size = domain.page_size(request.page.size)
         async with self.pool.acquire() as conn:
             rows = await store.list_anomalies(
@@ -133,7 +115,7 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
         resp = aiops_pb2.ListAnomaliesResponse(anomalies=[anomaly_pb(r, identity) for r in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
-            resp.page.next_token = domain.encode_cursor(last["start_time"], str(last["id"]))
+            resp.page.next_token = paging.encode_keyset(last["start_time"], str(last["id"]))
         return resp
 
     async def GetAnomaly(self, request: aiops_pb2.GetAnomalyRequest, context: Any) -> aiops_pb2.GetAnomalyResponse:
@@ -149,8 +131,8 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
                               ) -> aiops_pb2.ListPredictionsResponse:
         identity = _reader()
         scope = tenant_scope(identity, request.tenant_id)
-        lo, hi = _range(request.range, request.HasField("range"))
-        after = _cursor(request.page.token)
+        lo, hi = paging.time_bounds(request.range, request.HasField("range"))
+        after = paging.page_after(request.page.token)
         size = domain.page_size(request.page.size)
         async with self.pool.acquire() as conn:
             rows = await store.list_predictions(
@@ -159,7 +141,7 @@ class AiopsServicer(aiops_pb2_grpc.AiopsServiceServicer):
         resp = aiops_pb2.ListPredictionsResponse(predictions=[prediction_pb(r, identity) for r in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
-            resp.page.next_token = domain.encode_cursor(last["predict_time"], str(last["id"]))
+            resp.page.next_token = paging.encode_keyset(last["predict_time"], str(last["id"]))
         return resp
 
     async def GetPrediction(self, request: aiops_pb2.GetPredictionRequest, context: Any

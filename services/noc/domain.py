@@ -1,7 +1,7 @@
 """NOC decisions, pure (no I/O): the detector -> probable cause table, alarm correlation into
 incidents (dedup, flapping, the site's power chain, regional outages, calendar suppression,
-unreachable vs down, auto-resolve, recurrence), the incident lifecycle, page cursors and the NOC
-statistics. docs/noc.md explains every rule; tests/unit/noc/ exercises them.
+unreachable vs down, auto-resolve, recurrence), the incident lifecycle and the NOC statistics
+(page tokens: mesh/paging). docs/noc.md explains every rule; tests/unit/noc/ exercises them.
 
 The correlator works on plain records (AlarmRec, IncidentRec) of one site's working set (its
 active and recent alarms and incidents, SiteView) and of its region (RegionView), as the store
@@ -12,8 +12,6 @@ incident changes to publish. The store writes exactly that back in the same tran
 
 from __future__ import annotations
 
-import base64
-import binascii
 import calendar
 import functools
 import hashlib
@@ -1008,27 +1006,6 @@ def split(inc: IncidentRec, alarm_ids: Sequence[str], alarms: Sequence[AlarmRec]
                                related_incident_id=new.id), "updated")
     return new, entry
 
-
-# --------------------------------------------------------------------------- cursors
-
-
-def encode_cursor(t: float, row_id: str) -> str:
-    raw = f"{int(round(t * 1_000_000))}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[datetime, str] | None:
-    """None for an empty token; ValueError for one this list did not issue."""
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        us, row_id = raw.split("|", 1)
-        if len(row_id) != 36:
-            raise ValueError("bad id")
-        return datetime.fromtimestamp(int(us) / 1_000_000, tz=UTC), row_id
-    except (binascii.Error, ValueError, UnicodeDecodeError, OverflowError, OSError) as exc:
-        raise ValueError("not a token of this list") from exc
 
 
 def page_size(size: int) -> int:

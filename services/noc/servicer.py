@@ -16,13 +16,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from towerco.common.v1 import common_pb2
 from towerco.noc.v1 import noc_pb2, noc_pb2_grpc
 
+from mesh import paging
 from mesh.auth import Identity, current_identity, require_role, tenant_scope
 from mesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from services.noc import convert, domain, store
@@ -60,22 +59,6 @@ def _norm_id(value: str) -> str:
         return value
 
 
-def _range(rng: common_pb2.TimeRange, has: bool) -> tuple[datetime | None, datetime | None]:
-    if not has:
-        return None, None
-    lo = rng.start_time.ToDatetime(tzinfo=UTC) if rng.HasField("start_time") else None
-    hi = rng.end_time.ToDatetime(tzinfo=UTC) if rng.HasField("end_time") else None
-    if lo is not None and hi is not None and hi <= lo:
-        raise InvalidArgument("invalid time range", [FieldViolation("range", "end_time must be after start_time")])
-    return lo, hi
-
-
-def _cursor(token: str) -> tuple[datetime, str] | None:
-    try:
-        return domain.decode_cursor(token)
-    except ValueError:
-        raise InvalidArgument("invalid page token",
-                              [FieldViolation("page.token", "is not a token of this list")]) from None
 
 
 def _page_size(size: int) -> int:
@@ -125,8 +108,8 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
     async def ListIncidents(self, request: noc_pb2.ListIncidentsRequest, context: Any
                             ) -> noc_pb2.ListIncidentsResponse:
         identity = _reader()
-        lo, hi = _range(request.range, request.HasField("range"))
-        after = _cursor(request.page.token)
+        lo, hi = paging.time_bounds(request.range, request.HasField("range"))
+        after = paging.page_after(request.page.token)
         size = _page_size(request.page.size)
         if request.parent_id:
             try:
@@ -146,7 +129,7 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
             resp = noc_pb2.ListIncidentsResponse(incidents=await self._incident_pb(conn, rows[:size], identity))
         if len(rows) > size:
             last = rows[size - 1]
-            resp.page.next_token = domain.encode_cursor(last.first_seen, last.id)
+            resp.page.next_token = paging.encode_keyset(last.first_seen, last.id)
         return resp
 
     async def GetIncident(self, request: noc_pb2.GetIncidentRequest, context: Any) -> noc_pb2.GetIncidentResponse:
@@ -171,8 +154,8 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
 
     async def ListAlarms(self, request: noc_pb2.ListAlarmsRequest, context: Any) -> noc_pb2.ListAlarmsResponse:
         identity = _reader()
-        lo, hi = _range(request.range, request.HasField("range"))
-        after = _cursor(request.page.token)
+        lo, hi = paging.time_bounds(request.range, request.HasField("range"))
+        after = paging.page_after(request.page.token)
         size = _page_size(request.page.size)
         incident = ""
         if request.incident_id:
@@ -194,7 +177,7 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
                 resp.alarms.append(m)
         if len(rows) > size:
             last = rows[size - 1]
-            resp.page.next_token = domain.encode_cursor(last.first_seen, last.id)
+            resp.page.next_token = paging.encode_keyset(last.first_seen, last.id)
         return resp
 
     async def GetAlarm(self, request: noc_pb2.GetAlarmRequest, context: Any) -> noc_pb2.GetAlarmResponse:
@@ -371,7 +354,7 @@ class NocServicer(noc_pb2_grpc.NocServiceServicer):
 
     async def GetNocStats(self, request: noc_pb2.GetNocStatsRequest, context: Any) -> noc_pb2.GetNocStatsResponse:
         identity = _reader()
-        lo, hi = _range(request.range, True)
+        lo, hi = paging.time_bounds(request.range, True)
         if lo is None or hi is None:
             raise InvalidArgument("the range needs both bounds", [
                 FieldViolation("range", "start_time and end_time are required")])
