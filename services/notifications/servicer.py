@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from towerco.notifications.v1 import notifications_pb2 as pb
 from towerco.notifications.v1 import notifications_pb2_grpc
 
+from mesh import oncall
 from mesh.auth import Identity, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound
 from services.notifications import domain, store
@@ -364,14 +365,13 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
             row = await self._schedule(conn, request.schedule_id)
         s = pb.Schedule.FromString(row["body"])
         at = _dt(request.at_time) if request.HasField("at_time") else datetime.now(UTC)
-        oc = _on_call(s, at.timestamp())
+        oc = oncall.on_call(oncall.schedule_spec(s), at.timestamp())
         resp = pb.GetOnCallResponse()
         if oc is not None:
-            member, source, start, end = oc
-            resp.member.CopyFrom(member)
-            resp.source = source
-            resp.shift_start_time.FromNanoseconds(int(start * 1e9))
-            resp.shift_end_time.FromNanoseconds(int(end * 1e9))
+            resp.member.name, resp.member.channel_id = oc.member.name, oc.member.channel_id
+            resp.source = oc.source
+            resp.shift_start_time.FromNanoseconds(int(oc.start * 1e9))
+            resp.shift_end_time.FromNanoseconds(int(oc.end * 1e9))
         return resp
 
     # ---------------------------------------------------------------------------- silences
@@ -478,19 +478,3 @@ def _maybe_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-def _on_call(s: pb.Schedule, at: float) -> tuple[pb.OnCallMember, str, float, float] | None:
-    """Who is on call (the rule of workers/notifier/domain.on_call, over the proto: the service
-    may not import the worker; tests/unit/notifications checks both agree)."""
-    for o in reversed(s.overrides):
-        start, end = o.start_time.ToNanoseconds() / 1e9, o.end_time.ToNanoseconds() / 1e9
-        if start <= at < end:
-            return o.member, "override", start, end
-    for i in range(len(s.rotations) - 1, -1, -1):
-        r = s.rotations[i]
-        start0 = r.start_time.ToNanoseconds() / 1e9
-        if not r.members or r.shift_seconds <= 0 or at < start0:
-            continue
-        k = int((at - start0) // r.shift_seconds)
-        start = start0 + k * r.shift_seconds
-        return r.members[k % len(r.members)], r.name or f"rotation {i + 1}", start, start + r.shift_seconds
-    return None

@@ -42,7 +42,7 @@ from towerco.events.v1 import events_pb2
 from towerco.noc.v1 import noc_pb2
 from towerco.notifications.v1 import notifications_pb2 as npb
 
-from mesh import config, events, subjects
+from mesh import config, events, oncall, subjects
 from mesh.listener import PgListener
 from workers.notifier import domain, store
 
@@ -109,16 +109,7 @@ def policy_of(row: asyncpg.Record) -> domain.Policy:
 
 
 def schedule_of(row: asyncpg.Record) -> domain.ScheduleSpec:
-    s = npb.Schedule.FromString(row["body"])
-
-    def sec(ts: Any) -> float:
-        return float(ts.ToNanoseconds()) / 1e9
-
-    return domain.ScheduleSpec(
-        rotations=tuple(domain.RotationSpec(tuple(domain.Member(m.name, m.channel_id) for m in r.members),
-                                            sec(r.start_time), float(r.shift_seconds), r.name) for r in s.rotations),
-        overrides=tuple(domain.OverrideSpec(domain.Member(o.member.name, o.member.channel_id), sec(o.start_time),
-                                            sec(o.end_time)) for o in s.overrides))
+    return oncall.schedule_spec(npb.Schedule.FromString(row["body"]))
 
 
 def silence_of(row: asyncpg.Record) -> domain.SilenceSpec:

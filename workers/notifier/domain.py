@@ -1,5 +1,5 @@
 """The notifier's decisions, pure (no I/O, explicit clocks): routing, grouping timers with
-Alertmanager's meaning, escalation steps, who is on call, silences, the webhook body and its
+Alertmanager's meaning, escalation steps, who is on call (the rule: mesh/oncall), silences, the webhook body and its
 signature, retry delays. docs/notifications.md states the same rules for people.
 
 Times are epoch seconds (floats) so tests drive every clock by hand."""
@@ -12,13 +12,19 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
 from towerco.noc.v1 import noc_pb2
 
 from mesh.incident_scope import incident_for_tenant
+from mesh.oncall import Member as Member
+from mesh.oncall import OnCall as OnCall
+from mesh.oncall import OverrideSpec as OverrideSpec
+from mesh.oncall import RotationSpec as RotationSpec
+from mesh.oncall import ScheduleSpec as ScheduleSpec
+from mesh.oncall import on_call as on_call
 
 PAYLOAD_VERSION = "1"
 SIGNATURE_HEADER = "X-Towerco-Signature"
@@ -252,61 +258,6 @@ def advance(policy: Policy, esc: Escalation, now: float) -> Escalation | None:
         if rnd > policy.repeat:
             return None
     return Escalation(step=nxt, round=rnd, due=now + delay)
-
-
-# --------------------------------------------------------------------------- on call
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    channel_id: str = ""
-
-
-@dataclass(frozen=True)
-class RotationSpec:
-    members: tuple[Member, ...]
-    start: float
-    shift_s: float
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class OverrideSpec:
-    member: Member
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class OnCall:
-    member: Member
-    source: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    rotations: tuple[RotationSpec, ...]
-    overrides: tuple[OverrideSpec, ...] = field(default_factory=tuple)
-
-
-def on_call(schedule: ScheduleSpec, at: float) -> OnCall | None:
-    """Who is on call at `at`: the latest added override covering it, else the highest rotation
-    that has started (a later rotation is a layer over earlier ones), whose members take turns
-    from its start, one shift each (hand-over at start + k × shift). None when nobody is."""
-    for o in reversed(schedule.overrides):
-        if o.start <= at < o.end:
-            return OnCall(o.member, "override", o.start, o.end)
-    for i in range(len(schedule.rotations) - 1, -1, -1):
-        r = schedule.rotations[i]
-        if not r.members or r.shift_s <= 0 or at < r.start:
-            continue
-        k = int((at - r.start) // r.shift_s)
-        start = r.start + k * r.shift_s
-        return OnCall(r.members[k % len(r.members)], r.name or f"rotation {i + 1}", start, start + r.shift_s)
-    return None
 
 
 # --------------------------------------------------------------------------- silences
