@@ -228,7 +228,7 @@ class Notifier:
             parsed.append((env.id, ev))
         made = self.stats["notifications"]
         async with self.pool.acquire() as conn, conn.transaction():
-            now = (await conn.fetchval("SELECT now()")).timestamp()
+            now = await store.db_now(conn)
             rules = await self._rules(conn)
             for event_id, ev in parsed:
                 await self._apply(conn, event_id, ev, rules, now)
@@ -258,8 +258,7 @@ class Notifier:
                 if rule.channel_ids:
                     await self._join(conn, rule, domain.group_key(rule, facts), inc.id, now)
         else:
-            for row in await conn.fetch("SELECT route_id, group_key FROM notifications.group_member"
-                                        " WHERE incident_id = $1 AND firing", inc.id):
+            for row in await store.firing_groups_of(conn, incident_id=inc.id):
                 r = await store.route(conn, route_id=row["route_id"])
                 if r is not None:
                     await self._leave(conn, rule_of(r), row["group_key"], inc.id)
@@ -386,7 +385,7 @@ class Notifier:
 
     async def _schedule_batch(self) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
-            now = (await conn.fetchval("SELECT now()")).timestamp()
+            now = await store.db_now(conn)
             groups = await store.claim_due_groups(conn, limit=BATCH)
             escs = await store.claim_due_escalations(conn, limit=BATCH)
             if not groups and not escs:

@@ -304,3 +304,15 @@ async def finish_attempt(conn: asyncpg.Connection, *, notification_id: uuid.UUID
 
 async def wake(conn: asyncpg.Connection) -> None:
     await conn.execute(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
+
+
+async def db_now(conn: asyncpg.Connection) -> float:
+    """The database's clock (epoch seconds): every replica times its rows by the same clock."""
+    return float((await conn.fetchval("SELECT now()")).timestamp())
+
+
+async def firing_groups_of(conn: asyncpg.Connection, *, incident_id: Any) -> list[asyncpg.Record]:
+    """(route_id, group_key) of the groups an incident is firing in."""
+    return list(await conn.fetch("SELECT route_id, group_key FROM notifications.group_member"
+                                 " WHERE incident_id = $1 AND firing", incident_id))
+
