@@ -53,6 +53,7 @@ from mesh.subjects import DLQ_SUBJECTS, EVENTS_SUBJECTS, TELEMETRY_SUBJECTS, dlq
 log = logging.getLogger("towerco.events")
 # after a pull consumer's first message, how long it waits for more to fill its batch
 AVAILABLE_WAIT_S = 0.05
+ORDERED_MARGIN_S = 0.25  # past ack_wait: the server's redelivery timer has fired
 
 TELEMETRY_STREAM = "TELEMETRY"
 EVENTS_STREAM = "EVENTS"
@@ -377,12 +378,18 @@ class PullConsumer:
     max_deliver: deliveries after which a failing message is dead-lettered (enforced here; the
     server-side consumer allows unlimited deliveries so it never silently abandons a message).
     backoff: nak delays in seconds by delivery count (the last one repeats).
+    ordered: the handler needs each subject's messages in stream order, and the consumer keeps one
+    batch in flight (max_ack_pending = batch). Then a batch a killed process held must come back
+    before anything newer: when the durable still has messages pending at subscribe time, the
+    consumer waits out ack_wait first (the server redelivers expired messages before new ones).
+    Without the wait, a holder that had fetched fewer than max_ack_pending left free slots, and
+    newer messages went out first (a site's detectors then judged its older samples as late).
     """
 
     def __init__(self, js: JetStreamContext, *, stream: str, durable: str, filter_subject: str | Sequence[str],
                  handler: Handler, batch: int = 100, ack_wait: float = 30.0, max_deliver: int = 5,
                  backoff: Sequence[float] = (1, 5, 30), fetch_timeout: float = 5.0,
-                 max_ack_pending: int = 1000) -> None:
+                 max_ack_pending: int = 1000, ordered: bool = False) -> None:
         if batch < 1 or max_deliver < 1 or ack_wait <= 0:
             raise ValueError("batch and max_deliver must be >= 1, ack_wait > 0")
         self.js = js
@@ -396,6 +403,7 @@ class PullConsumer:
         self.backoff = tuple(float(b) for b in backoff) or (1.0,)
         self.fetch_timeout = fetch_timeout
         self.max_ack_pending = max_ack_pending
+        self.ordered = ordered
         self.dlq_subject = dlq_subject(stream, durable)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = asyncio.Event()
@@ -414,7 +422,8 @@ class PullConsumer:
                 try:
                     if self._sub is None:
                         await self._subscribe()
-                    assert self._sub is not None
+                        if self._sub is None:  # stopped while waiting for an earlier holder's batch
+                            continue
                     msgs = await self._fetch()
                 except TimeoutError:  # nats.errors.TimeoutError too
                     delay = 0.2
@@ -475,9 +484,16 @@ class PullConsumer:
         return msgs
 
     async def _subscribe(self) -> None:
-        await ensure_consumer(self.js, stream=self.stream, durable=self.durable,
-                              filter_subject=self.filter_subject, ack_wait=self.ack_wait,
-                              max_deliver=-1, max_ack_pending=self.max_ack_pending)
+        info = await ensure_consumer(self.js, stream=self.stream, durable=self.durable,
+                                     filter_subject=self.filter_subject, ack_wait=self.ack_wait,
+                                     max_deliver=-1, max_ack_pending=self.max_ack_pending)
+        if self.ordered and info.num_ack_pending:
+            # they were delivered before we subscribed, so they expire within ack_wait from now
+            log.info("consumer %s: %d message(s) of an earlier holder pending; waiting %.1fs for their "
+                     "redelivery before anything newer", self.durable, info.num_ack_pending, self.ack_wait)
+            await self._sleep(self.ack_wait + ORDERED_MARGIN_S)
+            if self._stopping.is_set():
+                return
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
     async def _drop_sub(self) -> None:

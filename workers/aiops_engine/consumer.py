@@ -243,7 +243,7 @@ class AiopsEngine:
             ack_wait=self.config.ack_wait_s, max_deliver=self.config.max_deliver, backoff=self.config.backoff,
             # one fetch in flight: after a crash its messages are redelivered (after ack_wait)
             # before anything newer, so each site's samples are judged in order
-            max_ack_pending=self.config.batch)
+            max_ack_pending=self.config.batch, ordered=True)
 
     def _forget_partition(self, p: int) -> None:
         for sid in [s for s in self.states if subjects.partition_of(s, self.partition_count) == p]:

@@ -85,6 +85,37 @@ async def test_consumer_acks_in_order_and_resumes_from_durable_position(js, topi
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_ordered_consumer_takes_a_dead_holders_batch_back_before_anything_newer(js, topic, ordered):
+    """A process fetched 2 of a 5-slot consumer's messages and died. An ordered consumer gets
+    those 2 again before the newer 8; an unordered one is given the newer ones first (the free
+    slots), which is what the aiops_engine's in-order detectors cannot take."""
+    subject = f"{topic}.o"
+    for i in range(10):
+        await events.publish(js, subject, str(i).encode(), msg_id=f"{topic}-o{i}")
+    durable = f"d{uuid.uuid4().hex[:10]}"
+    await events.ensure_consumer(js, stream="EVENTS", durable=durable, filter_subject=subject, ack_wait=1.0,
+                                 max_ack_pending=5)
+    raw = await js.pull_subscribe_bind(durable=durable, stream="EVENTS")
+    held = await raw.fetch(2, timeout=3)  # the dead holder: fetched, never acked
+    assert [int(m.data) for m in held] == [0, 1]
+    await raw.unsubscribe()
+    seen: list[int] = []
+
+    async def handler(msgs):
+        seen.extend(int(m.data) for m in msgs)
+
+    c = events.PullConsumer(js, stream="EVENTS", durable=durable, filter_subject=subject, handler=handler,
+                            batch=5, ack_wait=1.0, fetch_timeout=0.5, max_ack_pending=5, ordered=ordered)
+    start(c)
+    await wait_for(lambda: len(seen) >= 10)
+    await c.stop()
+    if ordered:
+        assert seen == list(range(10))
+    else:
+        assert seen[:3] == [2, 3, 4] and sorted(seen) == list(range(10))
+
+
 async def test_nak_with_backoff_then_success(js, topic):
     subject = f"{topic}.flaky"
     await events.publish(js, subject, b"x", msg_id=f"{topic}-x")
