@@ -17,8 +17,9 @@ ingest -> detection -> the AIOps feed, "noc+feed" is that anomaly -> the inciden
 Phases, in the same run on the same processes:
   idle     no background load: the baseline
   loaded   the telemetry simulator (`python -m cli.simulate`, speed 0, a backfill of --backfill
-           hours of the sites outside the fault region, no faults of its own) ingesting through the
-           ingest API as fast as it can, its rate measured from the telemetry service's
+           hours of the sites of one region outside the faults' regions, no faults of its own)
+           ingesting through the ingest API at --rate samples/s (the simulator's cap; 24,000, so
+           that the measured rate clears the target with a margin), the rate measured from the telemetry service's
            towerco_telemetry_samples_total{outcome="accepted"} over the phase; the issue's target
            is >= 20,000 samples/s of background and p99 <= 1 s
 Faults are injected one at a time, every --every seconds, each on its own site (fresh state, no
@@ -31,7 +32,8 @@ fleet seeded through the Sites API (`python -m cli.main seed`). Logs stay in the
 The table goes to stdout, then ONE JSON line with the figures.
 
 Options: --sites N (seeded fleet, 600), --faults N per phase (40), --every S (1.0), --ingestors N
-(2), --engines N (aiops_engine replicas, 2), --backfill H (48), --timeout S per fault (20),
+(2), --engines N (aiops_engine replicas, 2), --backfill H (48), --rate N (background samples/s,
+24,000; 0 = as fast as the simulator can), --timeout S per fault (20),
 --warmup S (load before the loaded phase's first fault, 15).
 """
 
@@ -299,7 +301,7 @@ async def orchestrate(args) -> dict:
 
         sim = Proc("simulator", modules["simulator"], env, tmp, extra=[
             "--region", BACKGROUND_REGION, "--interval", "15", "--speed", "0", "--faults", "none",
-            f"--start=-{args.backfill:g}h", "--seed", "3"])
+            f"--start=-{args.backfill:g}h", "--seed", "3", "--rate", f"{args.rate:g}"])
         tport = ports["telemetry"] + 2000
         a0, m0 = await _accepted(tport), time.monotonic()
         while time.monotonic() - m0 < args.warmup:
@@ -365,6 +367,7 @@ def main() -> None:
     ap.add_argument("--ingestors", type=int, default=2)
     ap.add_argument("--engines", type=int, default=2)
     ap.add_argument("--backfill", type=float, default=48.0)
+    ap.add_argument("--rate", type=float, default=24_000.0)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--without-noc", action="store_true", help=argparse.SUPPRESS)  # diagnostic: anomaly path only

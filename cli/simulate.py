@@ -12,7 +12,8 @@ samples reach the stream in time order.
 Time: simulated time starts at --start (default now) and advances --interval per step, --speed
 times faster than the wall clock (0 = as fast as possible). It never runs ahead of the wall clock
 (the API refuses samples from the future): a backfill from a past --start catches up with now and
-then continues in real time. --duration bounds the simulated seconds (0 = until stopped).
+then continues in real time. --duration bounds the simulated seconds (0 = until stopped). --rate
+caps the samples sent per second of wall time (a steady background load for benchmarks).
 
 Ground truth: every injected fault is written as one JSON line {"type", "site_id", "start",
 "end", "detail"} (ISO 8601 UTC; end null when it outlasted the run) to --truth.
@@ -62,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
     parser.add_argument("--faults", default="", help="fault rates: type=rate,... | xN | none (see docs/telemetry.md)")
     parser.add_argument("--speed", type=float, default=1.0, help="times faster than real time; 0 = as fast as possible")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="at most this many samples per second of wall time (0: no cap)")
     parser.add_argument("--start", default="now",
                         help="simulated start: now, an ISO time, or relative as --start=-6h / --start=-2d (now)")
     parser.add_argument("--truth", default="", help="ground-truth JSONL (default $TOWERCO_HOME/simulator/faults.jsonl)")
@@ -76,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cli.fleet.model import FaultSpecError, parse_faults
 
-    if args.interval <= 0 or args.speed < 0 or args.duration < 0 or args.sites < 0:
-        print("towerco simulate: --interval must be > 0; --speed, --duration and --sites >= 0", file=sys.stderr)
+    if args.interval <= 0 or args.speed < 0 or args.duration < 0 or args.sites < 0 or args.rate < 0:
+        print("towerco simulate: --interval must be > 0; --speed, --duration, --sites and --rate >= 0",
+              file=sys.stderr)
         return 2
     try:
         rates = parse_faults(args.faults)
@@ -238,6 +242,8 @@ async def _main(args: argparse.Namespace, rates: dict[str, float], start: float)
             waits = [next_t - time.time()]  # never ahead of the wall clock
             if args.speed > 0:
                 waits.append(wall0 + (next_t - start) / args.speed - time.monotonic())
+            if args.rate > 0:  # the samples sent so far, at the cap, end at this wall time
+                waits.append(wall0 + sent / args.rate - time.monotonic())
             wait = max(waits)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):

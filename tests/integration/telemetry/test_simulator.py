@@ -67,6 +67,27 @@ async def test_bad_arguments_are_refused(stack, p):
     assert bad.returncode == 2 and "bad fault" in bad.stderr
     bad = await simulate(stack, p, "--start", "tomorrow")
     assert bad.returncode == 2 and "--start" in bad.stderr
+    bad = await simulate(stack, p, "--rate", "-5")
+    assert bad.returncode == 2 and "--rate" in bad.stderr
+
+
+async def test_rate_caps_the_samples_per_second(stack, p):
+    """--rate holds a backfill (which would otherwise go as fast as it can) to the cap: the run
+    cannot end before its samples, less the first step's, were due at that rate."""
+    prefix = f"SR{uuid.uuid4().hex[:5].upper()}"
+    sites = await p.create_sites(6, prefix=prefix, tenants=(f"t{uuid.uuid4().hex[:6]}",))
+    start = datetime.fromtimestamp(time.time() // 60 * 60 - 2 * 3600, UTC).isoformat()
+    rate = 1_000.0
+    t0 = time.monotonic()
+    done = await simulate(stack, p, "--sites", "0", "--site-prefix", prefix, "--interval", "60",
+                          "--duration", "1800", "--seed", "9", "--speed", "0", f"--start={start}",
+                          "--faults", "none", "--truth", "/dev/null", "--rate", f"{rate:g}")
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    sent = int(re.search(r"(\d+) samples sent", done.stderr.splitlines()[-1]).group(1))
+    first_step = len(sites) * 11
+    assert sent >= 20 * first_step
+    assert elapsed >= (sent - first_step) / rate, (elapsed, sent)
 
 
 async def test_two_fleets_with_the_same_seed_and_start_both_store_everything(stack, p):
