@@ -22,6 +22,11 @@ returning acks it all. An exception:
     backoff delay, and dead-lettered once it has been delivered `max_deliver` times.
 A dead-lettered message is copied to `dlq.<stream>.<durable>` with headers Towerco-Dlq-Reason,
 -Stream, -Consumer, -Subject, -Sequence and -Deliveries, then terminated.
+
+Something a worker gave up on that is not a stream message (the notifier's notification that
+exhausted its delivery attempts) is dead-lettered the same way through its outbox, with
+`dead_letter_headers` (no -Subject/-Sequence: there is no original message to replay) and a
+Towerco-Dlq-Kind that says what it is.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ DLQ_CONSUMER = "Towerco-Dlq-Consumer"
 DLQ_SUBJECT = "Towerco-Dlq-Subject"
 DLQ_SEQUENCE = "Towerco-Dlq-Sequence"
 DLQ_DELIVERIES = "Towerco-Dlq-Deliveries"
+DLQ_KIND = "Towerco-Dlq-Kind"  # what a dead letter that is not a stream message is, e.g. "notification"
+DLQ_REASON_MAX = 1000
 
 Envelope = events_pb2.Envelope
 
@@ -311,6 +318,22 @@ async def publish_envelope(js: JetStreamContext, envelope: Envelope, *,
     """Publish an Envelope on its own subject with Nats-Msg-Id = its id."""
     return await publish(js, envelope.subject, envelope.SerializeToString(), msg_id=envelope.id,
                          headers=headers if headers is not None else headers_out(), timeout=timeout)
+
+
+def dead_letter_headers(reason: str, *, stream: str, consumer: str, deliveries: int,
+                        extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Towerco-Dlq-* headers of a dead letter: the reason on one line, trimmed (at most 1000
+    characters), the stream and durable consumer it was given up by, and how many deliveries
+    (or attempts) were made."""
+    headers = dict(extra or {})
+    headers.update({
+        # NATS keeps no leading or trailing blanks in a header value
+        DLQ_REASON: reason.replace("\r", " ").replace("\n", " ").strip()[:DLQ_REASON_MAX],
+        DLQ_STREAM_HEADER: stream,
+        DLQ_CONSUMER: consumer,
+        DLQ_DELIVERIES: str(deliveries),
+    })
+    return headers
 
 
 # --------------------------------------------------------------------------- consumers
@@ -627,14 +650,9 @@ class PullConsumer:
         if original_id:
             headers["Towerco-Dlq-Msg-Id"] = original_id
         seq = _seq(msg)
-        headers.update({
-            DLQ_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
-            DLQ_STREAM_HEADER: self.stream,
-            DLQ_CONSUMER: self.durable,
-            DLQ_SUBJECT: msg.subject,
-            DLQ_SEQUENCE: str(seq),
-            DLQ_DELIVERIES: str(_deliveries(msg)),
-        })
+        headers = dead_letter_headers(reason, stream=self.stream, consumer=self.durable, deliveries=_deliveries(msg),
+                                      extra=headers)
+        headers.update({DLQ_SUBJECT: msg.subject, DLQ_SEQUENCE: str(seq)})
         try:
             await publish(self.js, self.dlq_subject, msg.data, msg_id=f"{self.stream}:{self.durable}:{seq}",
                           headers=headers)

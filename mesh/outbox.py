@@ -2,6 +2,8 @@
 in ONE PostgreSQL transaction; a relay publishes committed events to JetStream afterwards.
 
 So a rollback publishes nothing, and a NATS outage loses nothing (rows wait in the table).
+Rows are events for the EVENTS stream (`towerco.>`) or dead letters for the DLQ stream
+(`dlq.<stream>.<durable>`, with the headers of `events.dead_letter_headers`).
 
     -- in services/<name>/migrations/0001_init.sql, include the text of outbox_ddl("<schema>")
 
@@ -46,7 +48,7 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from mesh import config, db, events
+from mesh import config, db, events, subjects
 from mesh.events import Envelope
 from mesh.listener import PgListener
 
@@ -134,8 +136,9 @@ async def enqueue_many(conn: asyncpg.Connection, *, schema: str, items: Sequence
         raise RuntimeError("outbox.enqueue must run inside the caller's transaction")
     s = _check_schema(schema)
     for e in items:
-        if not e.subject.startswith("towerco."):
-            raise ValueError(f"event subject {e.subject!r} is not on the EVENTS stream (towerco.>)")
+        if not e.subject.startswith((f"{subjects.EVENTS_PREFIX}.", f"{subjects.DLQ_PREFIX}.")):
+            raise ValueError(f"event subject {e.subject!r} is not on the EVENTS stream (towerco.>) "
+                             "nor a dead letter (dlq.>)")
     if not items:
         return []
     # The lock (held to commit) orders outbox writers; the CTE makes it precede nextval.

@@ -36,6 +36,8 @@ AIOPS_ANOMALY_EVENTS = "towerco.aiops.anomaly.>"              # the NOC's input 
 NOC_INCIDENT_PREFIX = "towerco.noc.incident"                  # .<change>: opened, updated, ...
 NOC_INCIDENT_EVENTS = f"{NOC_INCIDENT_PREFIX}.>"              # every incident change (feed, notifier)
 NOC_INCIDENT_CHANGES = ("opened", "updated", "acknowledged", "resolved", "closed", "reopened")
+# the Envelope type of a dead notification's dead letter (on dlq.EVENTS.<durable>, not on EVENTS)
+NOTIFICATION_DEAD = "towerco.notifications.notification.dead"
 
 
 def partition_of(site_id: str, partitions: int) -> int:

@@ -562,6 +562,10 @@ class NotificationsService(AsyncService):
         """One channel (its signing secret is never returned)."""
         return cast(notifications_pb2.GetChannelResponse, await self._unary("GetChannel", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
 
+    async def UpdateChannel(self, request: notifications_pb2.UpdateChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateChannelResponse:
+        """Change a channel's name, URL, signing secret or address (its kind and tenant never change). The signing secret may be set, never read."""
+        return cast(notifications_pb2.UpdateChannelResponse, await self._unary("UpdateChannel", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
     async def ListChannels(self, request: notifications_pb2.ListChannelsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListChannelsResponse:
         """Channels, by name."""
         return cast(notifications_pb2.ListChannelsResponse, await self._unary("ListChannels", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
@@ -577,6 +581,10 @@ class NotificationsService(AsyncService):
     async def GetRoute(self, request: notifications_pb2.GetRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetRouteResponse:
         """One routing rule."""
         return cast(notifications_pb2.GetRouteResponse, await self._unary("GetRoute", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def UpdateRoute(self, request: notifications_pb2.UpdateRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateRouteResponse:
+        """Change a routing rule (the notifier follows it from its next batch of events on)."""
+        return cast(notifications_pb2.UpdateRouteResponse, await self._unary("UpdateRoute", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
 
     async def ListRoutes(self, request: notifications_pb2.ListRoutesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListRoutesResponse:
         """Routing rules in evaluation order."""
@@ -594,6 +602,10 @@ class NotificationsService(AsyncService):
         """One escalation policy."""
         return cast(notifications_pb2.GetEscalationPolicyResponse, await self._unary("GetEscalationPolicy", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
 
+    async def UpdateEscalationPolicy(self, request: notifications_pb2.UpdateEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateEscalationPolicyResponse:
+        """Change an escalation policy (running escalations take their next step from the new steps)."""
+        return cast(notifications_pb2.UpdateEscalationPolicyResponse, await self._unary("UpdateEscalationPolicy", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
     async def ListEscalationPolicies(self, request: notifications_pb2.ListEscalationPoliciesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListEscalationPoliciesResponse:
         """Escalation policies, by name."""
         return cast(notifications_pb2.ListEscalationPoliciesResponse, await self._unary("ListEscalationPolicies", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
@@ -609,6 +621,10 @@ class NotificationsService(AsyncService):
     async def GetSchedule(self, request: notifications_pb2.GetScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetScheduleResponse:
         """One on-call schedule."""
         return cast(notifications_pb2.GetScheduleResponse, await self._unary("GetSchedule", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
+
+    async def UpdateSchedule(self, request: notifications_pb2.UpdateScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateScheduleResponse:
+        """Change an on-call schedule's name or rotations (overrides are added with AddOverride)."""
+        return cast(notifications_pb2.UpdateScheduleResponse, await self._unary("UpdateSchedule", request, _options(timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)))
 
     async def ListSchedules(self, request: notifications_pb2.ListSchedulesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListSchedulesResponse:
         """On-call schedules, by name."""
@@ -690,6 +706,10 @@ class NotificationsServiceBlocking(BlockingService):
         """One channel (its signing secret is never returned)."""
         return self._call(self._service.GetChannel(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
+    def UpdateChannel(self, request: notifications_pb2.UpdateChannelRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateChannelResponse:
+        """Change a channel's name, URL, signing secret or address (its kind and tenant never change). The signing secret may be set, never read."""
+        return self._call(self._service.UpdateChannel(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
     def ListChannels(self, request: notifications_pb2.ListChannelsRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListChannelsResponse:
         """Channels, by name."""
         return self._call(self._service.ListChannels(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
@@ -705,6 +725,10 @@ class NotificationsServiceBlocking(BlockingService):
     def GetRoute(self, request: notifications_pb2.GetRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetRouteResponse:
         """One routing rule."""
         return self._call(self._service.GetRoute(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def UpdateRoute(self, request: notifications_pb2.UpdateRouteRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateRouteResponse:
+        """Change a routing rule (the notifier follows it from its next batch of events on)."""
+        return self._call(self._service.UpdateRoute(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
     def ListRoutes(self, request: notifications_pb2.ListRoutesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListRoutesResponse:
         """Routing rules in evaluation order."""
@@ -722,6 +746,10 @@ class NotificationsServiceBlocking(BlockingService):
         """One escalation policy."""
         return self._call(self._service.GetEscalationPolicy(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
+    def UpdateEscalationPolicy(self, request: notifications_pb2.UpdateEscalationPolicyRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateEscalationPolicyResponse:
+        """Change an escalation policy (running escalations take their next step from the new steps)."""
+        return self._call(self._service.UpdateEscalationPolicy(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
     def ListEscalationPolicies(self, request: notifications_pb2.ListEscalationPoliciesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListEscalationPoliciesResponse:
         """Escalation policies, by name."""
         return self._call(self._service.ListEscalationPolicies(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
@@ -737,6 +765,10 @@ class NotificationsServiceBlocking(BlockingService):
     def GetSchedule(self, request: notifications_pb2.GetScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.GetScheduleResponse:
         """One on-call schedule."""
         return self._call(self._service.GetSchedule(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
+
+    def UpdateSchedule(self, request: notifications_pb2.UpdateScheduleRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.UpdateScheduleResponse:
+        """Change an on-call schedule's name or rotations (overrides are added with AddOverride)."""
+        return self._call(self._service.UpdateSchedule(request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready))
 
     def ListSchedules(self, request: notifications_pb2.ListSchedulesRequest, *, timeout: float | None = None, metadata: Metadata | None = None, wait_for_ready: bool | None = None) -> notifications_pb2.ListSchedulesResponse:
         """On-call schedules, by name."""

@@ -1,11 +1,14 @@
 """Notifications service decisions, pure: what makes a channel, route, policy, schedule or
-silence valid beyond the field rules of the contract, and page cursors."""
+silence valid beyond the field rules of the contract, which fields an update may change (the
+update masks, resolved and applied by mesh/masks.py), and page cursors."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
+
+from mesh.masks import MaskRules
 
 WEBHOOK, EMAIL = 1, 2
 MIN_SECRET_LEN = 16
@@ -32,6 +35,60 @@ def channel_problems(*, kind: int, webhook_url: str, signing_secret: str, email_
         if signing_secret:
             out.append(("channel.signing_secret", "must be empty for an email channel"))
     return out
+
+
+def missing(prefix: str, **values: object) -> list[tuple[str, str]]:
+    """(field, "is required") for each value left empty: what Create needs and an update may not
+    take away. (Checked here, not by declarative `required` rules, so that a PATCH may leave the
+    fields out.)"""
+    out: list[tuple[str, str]] = []
+    for name, value in values.items():
+        empty = not value.strip() if isinstance(value, str) else not value
+        if empty:
+            out.append((f"{prefix}.{name}", "is required"))
+    return out
+
+
+# ------------------------------------------------------------------------------- update masks
+# The paths each Update RPC may name: the same lists as the `mask_paths` of the requests'
+# update_mask in the contract (tests/unit/notifications hold them equal). Channels are rows (a
+# path sets the column of its name); routes, policies and schedules are stored messages (a path
+# is copied from the request's message into the stored one: FieldMask.MergeMessage).
+
+_OUTPUT = ("id", "create_time")
+
+CHANNEL_MASK = MaskRules(
+    entity="channel",
+    paths={p: (p,) for p in ("name", "webhook_url", "signing_secret", "email_address")},
+    immutable=frozenset({*_OUTPUT, "kind", "tenant_id", "has_signing_secret"}),
+    reasons={"kind": "a channel never changes kind: create another",
+             "tenant_id": "a channel never moves to another tenant: create another"},
+)
+
+_MATCH = ("min_severity", "regions", "tenant_ids", "site_ids", "kinds")
+ROUTE_MASK = MaskRules(
+    entity="route",
+    paths={p: (p,) for p in ("name", "position", "match", *(f"match.{m}" for m in _MATCH), "continue_matching",
+                             "channel_ids", "escalation_policy_id", "group_by", "group_wait_seconds",
+                             "group_interval_seconds", "repeat_interval_seconds", "send_resolved")},
+    immutable=frozenset(_OUTPUT),
+)
+
+POLICY_MASK = MaskRules(
+    entity="escalation policy",
+    paths={p: (p,) for p in ("name", "steps", "repeat")},
+    immutable=frozenset(_OUTPUT),
+)
+
+SCHEDULE_MASK = MaskRules(
+    entity="schedule",
+    paths={p: (p,) for p in ("name", "rotations")},
+    immutable=frozenset({*_OUTPUT, "overrides"}),
+    reasons={"overrides": "overrides are added with AddOverride"},
+)
+
+MASKS: dict[str, MaskRules] = {"channel": CHANNEL_MASK, "route": ROUTE_MASK, "policy": POLICY_MASK,
+                               "schedule": SCHEDULE_MASK}
 
 
 def regex_problem(value: str) -> str | None:

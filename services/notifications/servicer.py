@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 from towerco.notifications.v1 import notifications_pb2 as pb
 from towerco.notifications.v1 import notifications_pb2_grpc
 
-from mesh import oncall
+from mesh import masks, oncall, validation
 from mesh.auth import Identity, require_role, tenant_scope
 from mesh.errors import FieldViolation, InvalidArgument, NotFound
 from services.notifications import domain, store
@@ -62,6 +63,24 @@ def _next(offset: int, size: int, n: int) -> str:
 def _invalid(problems: list[tuple[str, str]]) -> None:
     if problems:
         raise InvalidArgument("invalid request", [FieldViolation(f, d) for f, d in problems])
+
+
+def _id_required(value: str, field: str) -> None:
+    if not value:
+        _invalid([(field, "is required")])
+
+
+def _merge(current: Message, incoming: Message, columns: tuple[str, ...]) -> None:
+    """Copy the masked fields of `incoming` into `current` (a masked message or list is replaced
+    as a whole, an unset one cleared)."""
+    field_mask_pb2.FieldMask(paths=list(columns)).MergeMessage(
+        incoming, current, replace_message_field=True, replace_repeated_field=True)
+
+
+def _declared(request: Message) -> list[tuple[str, str]]:
+    """The contract's declarative rules on a whole (merged) entity, wrapped in its Create request,
+    so an update is held to the same rules as a create."""
+    return [(v.field, v.description) for v in validation.violations(request)]
 
 
 def _dt(ts: Any) -> datetime:
@@ -112,16 +131,17 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
     async def CreateChannel(self, request: pb.CreateChannelRequest, context: Any) -> pb.CreateChannelResponse:
         require_role(*WRITE_ROLES)
         c = request.channel
-        _invalid(domain.channel_problems(kind=c.kind, webhook_url=c.webhook_url, signing_secret=c.signing_secret,
-                                         email_address=c.email_address))
+        _invalid(_channel_problems(c))
         async with self.pool.acquire() as conn:
             row = await store.insert_channel(conn, tenant_id=c.tenant_id, name=c.name, kind=c.kind,
                                              webhook_url=c.webhook_url, signing_secret=c.signing_secret,
                                              email_address=c.email_address)
         return pb.CreateChannelResponse(channel=channel_pb(row))
 
-    async def _channel(self, conn: asyncpg.Connection, identity: Identity, channel_id: str) -> asyncpg.Record:
-        row = await store.get_channel(conn, channel_id=_id(channel_id, "channel"), tenant=tenant_scope(identity))
+    async def _channel(self, conn: asyncpg.Connection, identity: Identity, channel_id: str, *,
+                       for_update: bool = False) -> asyncpg.Record:
+        row = await store.get_channel(conn, channel_id=_id(channel_id, "channel"), tenant=tenant_scope(identity),
+                                      for_update=for_update)
         if row is None:
             raise NotFound(f"channel {channel_id!r} not found", "channel", channel_id)
         return row
@@ -143,6 +163,26 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
         resp = pb.ListChannelsResponse(channels=[channel_pb(r) for r in rows[:size]])
         resp.page.next_token = _next(offset, size, len(rows))
         return resp
+
+    async def UpdateChannel(self, request: pb.UpdateChannelRequest, context: Any) -> pb.UpdateChannelResponse:
+        """The caller's tenant scope first (another tenant's channel is NOT_FOUND, before the role),
+        then the mask, then the merged channel by the rules of CreateChannel."""
+        identity = _reader()
+        c = request.channel
+        _id_required(c.id, "channel.id")
+        rules = domain.CHANNEL_MASK
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await self._channel(conn, identity, c.id, for_update=True)
+            require_role(*WRITE_ROLES)
+            columns = masks.resolve_mask(rules, masks.request_paths(request, c, rules))
+            incoming = {k: getattr(c, k) for k in store.CHANNEL_COLUMNS}
+            merged = masks.apply_mask(dict(current), incoming, columns)
+            _invalid(_channel_problems(pb.Channel(
+                name=merged["name"], kind=merged["kind"], tenant_id=merged["tenant_id"],
+                webhook_url=merged["webhook_url"], signing_secret=merged["signing_secret"],
+                email_address=merged["email_address"]), declared=True))
+            row = await store.update_channel(conn, channel_id=current["id"], values={k: merged[k] for k in columns})
+        return pb.UpdateChannelResponse(channel=channel_pb(row))
 
     async def DeleteChannel(self, request: pb.DeleteChannelRequest, context: Any) -> pb.DeleteChannelResponse:
         identity = _reader()
@@ -195,14 +235,50 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
         r.ClearField("id")
         r.ClearField("create_time")
         async with self.pool.acquire() as conn, conn.transaction():
-            problems = await self._check_channels(conn, list(r.channel_ids), "route.channel_ids")
-            problems += await self._check_ref(conn, "policy", r.escalation_policy_id, "route.escalation_policy_id")
-            if not r.channel_ids and not r.escalation_policy_id:
-                problems.append(("route.channel_ids", "a route needs channels or an escalation policy"))
-            _invalid(problems)
+            _invalid(await self._route_problems(conn, r))
             row = await store.insert_config(conn, table="route", row_id=uuid.uuid4(), name=r.name,
                                             body=r.SerializeToString(), position=r.position)
         return pb.CreateRouteResponse(route=_config_pb(pb.Route, row))
+
+    async def _route_problems(self, conn: asyncpg.Connection, r: pb.Route, *, declared: bool = False
+                              ) -> list[tuple[str, str]]:
+        """What makes a route invalid (CreateRoute's rules; `declared`: the contract's too, for a
+        merged update): a name, channels that exist and/or a policy that exists."""
+        problems = _declared(pb.CreateRouteRequest(route=r)) if declared else []
+        problems += domain.missing("route", name=r.name)
+        problems += await self._check_channels(conn, list(r.channel_ids), "route.channel_ids")
+        problems += await self._check_ref(conn, "policy", r.escalation_policy_id, "route.escalation_policy_id")
+        if not r.channel_ids and not r.escalation_policy_id:
+            problems.append(("route.channel_ids", "a route needs channels or an escalation policy"))
+        return problems
+
+    async def _update_config(self, request: Message, entity: Message, *, table: str, what: str, field: str,
+                             check: Any) -> asyncpg.Record:
+        """The update of a route, policy or schedule: staff only (a tenant is answered NOT_FOUND,
+        before the role), the mask, the stored message with the masked fields replaced, checked
+        by `check` (the rules of its Create) and stored."""
+        row_id = getattr(entity, "id")  # noqa: B009
+        _id_required(row_id, f"{field}.id")
+        _staff_reader(what, row_id)
+        require_role(*WRITE_ROLES)
+        rules = domain.MASKS[table]
+        columns = masks.resolve_mask(rules, masks.request_paths(request, entity, rules))
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await store.get_config(conn, table=table, row_id=_id(row_id, what), for_update=True)
+            if current is None:
+                raise NotFound(f"{what} {row_id!r} not found", what, row_id)
+            merged = type(entity).FromString(current["body"])
+            _merge(merged, entity, columns)
+            _invalid(await check(conn, merged, declared=True))
+            row = await store.update_config(conn, table=table, row_id=current["id"], name=merged.name,
+                                            body=merged.SerializeToString(),
+                                            position=getattr(merged, "position", None))
+        return row
+
+    async def UpdateRoute(self, request: pb.UpdateRouteRequest, context: Any) -> pb.UpdateRouteResponse:
+        row = await self._update_config(request, request.route, table="route", what="route", field="route",
+                                        check=self._route_problems)
+        return pb.UpdateRouteResponse(route=_config_pb(pb.Route, row))
 
     async def GetRoute(self, request: pb.GetRouteRequest, context: Any) -> pb.GetRouteResponse:
         _staff_reader("route", request.route_id)
@@ -241,18 +317,31 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
         p.ClearField("id")
         p.ClearField("create_time")
         async with self.pool.acquire() as conn, conn.transaction():
-            problems: list[tuple[str, str]] = []
-            for i, step in enumerate(p.steps):
-                problems += await self._check_channels(conn, list(step.channel_ids), f"policy.steps[{i}].channel_ids")
-                problems += await self._check_ref(conn, "schedule", step.schedule_id, f"policy.steps[{i}].schedule_id")
-                if not step.channel_ids and not step.schedule_id:
-                    problems.append((f"policy.steps[{i}]", "a step needs channels or a schedule"))
-                if step.escalate_after_seconds < 1:
-                    problems.append((f"policy.steps[{i}].escalate_after_seconds", "must be at least 1"))
-            _invalid(problems)
+            _invalid(await self._policy_problems(conn, p))
             row = await store.insert_config(conn, table="policy", row_id=uuid.uuid4(), name=p.name,
                                             body=p.SerializeToString())
         return pb.CreateEscalationPolicyResponse(policy=_config_pb(pb.EscalationPolicy, row))
+
+    async def _policy_problems(self, conn: asyncpg.Connection, p: pb.EscalationPolicy, *, declared: bool = False
+                               ) -> list[tuple[str, str]]:
+        """What makes a policy invalid (CreateEscalationPolicy's rules): a name, at least one step,
+        each with channels or a schedule that exist and a delay of at least a second."""
+        problems = _declared(pb.CreateEscalationPolicyRequest(policy=p)) if declared else []
+        problems += domain.missing("policy", name=p.name, steps=len(p.steps))
+        for i, step in enumerate(p.steps):
+            problems += await self._check_channels(conn, list(step.channel_ids), f"policy.steps[{i}].channel_ids")
+            problems += await self._check_ref(conn, "schedule", step.schedule_id, f"policy.steps[{i}].schedule_id")
+            if not step.channel_ids and not step.schedule_id:
+                problems.append((f"policy.steps[{i}]", "a step needs channels or a schedule"))
+            if step.escalate_after_seconds < 1:
+                problems.append((f"policy.steps[{i}].escalate_after_seconds", "must be at least 1"))
+        return list(dict.fromkeys(problems))
+
+    async def UpdateEscalationPolicy(self, request: pb.UpdateEscalationPolicyRequest, context: Any
+                                     ) -> pb.UpdateEscalationPolicyResponse:
+        row = await self._update_config(request, request.policy, table="policy", what="escalation policy",
+                                        field="policy", check=self._policy_problems)
+        return pb.UpdateEscalationPolicyResponse(policy=_config_pb(pb.EscalationPolicy, row))
 
     async def GetEscalationPolicy(self, request: pb.GetEscalationPolicyRequest, context: Any
                                   ) -> pb.GetEscalationPolicyResponse:
@@ -296,20 +385,32 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
         s.ClearField("id")
         s.ClearField("create_time")
         async with self.pool.acquire() as conn, conn.transaction():
-            problems: list[tuple[str, str]] = []
-            for i, r in enumerate(s.rotations):
-                if r.shift_seconds < 60:
-                    problems.append((f"schedule.rotations[{i}].shift_seconds", "must be at least 60"))
-                ids = [m.channel_id for m in r.members if m.channel_id]
-                problems += [(f"schedule.rotations[{i}].members.channel_id", d)
-                             for _, d in await self._check_channels(conn, ids, "members")]
-            for i, o in enumerate(s.overrides):
-                problems += [(f"schedule.overrides[{i}].member.channel_id", d) for _, d in
-                             await self._check_channels(conn, [o.member.channel_id] if o.member.channel_id else [], "m")]
-            _invalid(problems)
+            _invalid(await self._schedule_problems(conn, s))
             row = await store.insert_config(conn, table="schedule", row_id=uuid.uuid4(), name=s.name,
                                             body=s.SerializeToString())
         return pb.CreateScheduleResponse(schedule=_config_pb(pb.Schedule, row))
+
+    async def _schedule_problems(self, conn: asyncpg.Connection, s: pb.Schedule, *, declared: bool = False
+                                 ) -> list[tuple[str, str]]:
+        """What makes a schedule invalid (CreateSchedule's rules): a name, at least one rotation,
+        shifts of a minute or more, members' and overrides' channels that exist."""
+        problems = _declared(pb.CreateScheduleRequest(schedule=s)) if declared else []
+        problems += domain.missing("schedule", name=s.name, rotations=len(s.rotations))
+        for i, r in enumerate(s.rotations):
+            if r.shift_seconds < 60:
+                problems.append((f"schedule.rotations[{i}].shift_seconds", "must be at least 60"))
+            ids = [m.channel_id for m in r.members if m.channel_id]
+            problems += [(f"schedule.rotations[{i}].members.channel_id", d)
+                         for _, d in await self._check_channels(conn, ids, "members")]
+        for i, o in enumerate(s.overrides):
+            problems += [(f"schedule.overrides[{i}].member.channel_id", d) for _, d in
+                         await self._check_channels(conn, [o.member.channel_id] if o.member.channel_id else [], "m")]
+        return list(dict.fromkeys(problems))
+
+    async def UpdateSchedule(self, request: pb.UpdateScheduleRequest, context: Any) -> pb.UpdateScheduleResponse:
+        row = await self._update_config(request, request.schedule, table="schedule", what="schedule",
+                                        field="schedule", check=self._schedule_problems)
+        return pb.UpdateScheduleResponse(schedule=_config_pb(pb.Schedule, row))
 
     async def GetSchedule(self, request: pb.GetScheduleRequest, context: Any) -> pb.GetScheduleResponse:
         _staff_reader("schedule", request.schedule_id)
@@ -469,6 +570,16 @@ class NotificationsServicer(notifications_pb2_grpc.NotificationsServiceServicer)
                                request.notification_id)
             tries = await store.attempts(conn, notification_id=nid)
         return pb.GetNotificationResponse(notification=notification_pb(row, tries))
+
+
+def _channel_problems(c: pb.Channel, *, declared: bool = False) -> list[tuple[str, str]]:
+    """What makes a channel invalid (CreateChannel's rules; `declared`: the contract's too, for a
+    merged update): a name and a kind, and the fields of its kind."""
+    problems = _declared(pb.CreateChannelRequest(channel=c)) if declared else []
+    problems += domain.missing("channel", name=c.name, kind=c.kind)
+    problems += domain.channel_problems(kind=c.kind, webhook_url=c.webhook_url, signing_secret=c.signing_secret,
+                                        email_address=c.email_address)
+    return list(dict.fromkeys(problems))
 
 
 def _maybe_uuid(value: str) -> uuid.UUID | None:

@@ -24,11 +24,29 @@ async def insert_channel(conn: asyncpg.Connection, *, tenant_id: str, name: str,
         uuid.uuid4(), tenant_id, name, kind, webhook_url, signing_secret, email_address)
 
 
-async def get_channel(conn: asyncpg.Connection, *, channel_id: uuid.UUID, tenant: str | None) -> asyncpg.Record | None:
+async def get_channel(conn: asyncpg.Connection, *, channel_id: uuid.UUID, tenant: str | None,
+                      for_update: bool = False) -> asyncpg.Record | None:
     """The channel, if visible to `tenant` (None: every tenant's and the internal ones)."""
+    lock = " FOR UPDATE" if for_update else ""
     return await conn.fetchrow(
-        "SELECT * FROM notifications.channel WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+        f"SELECT * FROM notifications.channel WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2){lock}",
         channel_id, tenant)
+
+
+CHANNEL_COLUMNS = ("name", "webhook_url", "signing_secret", "email_address")  # what an update may set
+
+
+async def update_channel(conn: asyncpg.Connection, *, channel_id: uuid.UUID, values: dict[str, Any]
+                         ) -> asyncpg.Record | None:
+    """Set the given columns (of CHANNEL_COLUMNS) of a channel; the row after, None if it is gone."""
+    names = [c for c in CHANNEL_COLUMNS if c in values]
+    if set(values) - set(names):
+        raise ValueError(f"not updatable: {sorted(set(values) - set(names))}")
+    if not names:
+        return await conn.fetchrow("SELECT * FROM notifications.channel WHERE id = $1", channel_id)
+    sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(names, start=2))
+    return await conn.fetchrow(f"UPDATE notifications.channel SET {sets} WHERE id = $1 RETURNING *",
+                               channel_id, *(values[c] for c in names))
 
 
 async def list_channels(conn: asyncpg.Connection, *, tenant: str | None, offset: int, limit: int) -> list[asyncpg.Record]:
@@ -71,6 +89,17 @@ async def list_config(conn: asyncpg.Connection, *, table: str, offset: int, limi
 
 async def update_config_body(conn: asyncpg.Connection, *, table: str, row_id: uuid.UUID, body: bytes) -> None:
     await conn.execute(f"UPDATE {CONFIG_TABLES[table]} SET body = $2 WHERE id = $1", row_id, body)
+
+
+async def update_config(conn: asyncpg.Connection, *, table: str, row_id: uuid.UUID, name: str, body: bytes,
+                        position: int | None = None) -> asyncpg.Record | None:
+    """Replace a route's, policy's or schedule's message (and the columns copied from it: its
+    name, a route's position); the row after, None if it is gone."""
+    t = CONFIG_TABLES[table]
+    if table == "route":
+        return await conn.fetchrow(f"UPDATE {t} SET name = $2, body = $3, position = $4 WHERE id = $1 RETURNING *",
+                                   row_id, name, body, position or 0)
+    return await conn.fetchrow(f"UPDATE {t} SET name = $2, body = $3 WHERE id = $1 RETURNING *", row_id, name, body)
 
 
 async def delete_config(conn: asyncpg.Connection, *, table: str, row_id: uuid.UUID) -> bool:

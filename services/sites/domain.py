@@ -4,7 +4,7 @@ What lives here:
 - who may read and write what (roles, tenant scope, NOT_FOUND instead of PERMISSION_DENIED so a
   tenant viewer cannot learn that another tenant's site exists);
 - field-mask rules for PATCH (which paths change which columns; output-only and id paths are
-  refused, unknown paths are refused);
+  refused, unknown paths are refused; resolved and applied by mesh/masks.py);
 - invariants checked after a mask is applied (a PATCH must not leave a site without a name);
 - page sizes and opaque, tamper-evident page tokens bound to the query they came from;
 - calendar window rules;
@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 from mesh import subjects
 from mesh.auth import tenant_scope
+from mesh.masks import MaskRules
 
 # ---------------------------------------------------------------------------------------------
 # Errors
@@ -167,19 +168,6 @@ def change_visible(tenant_scope: str | None, envelope_tenants: Iterable[str]) ->
 # Field masks
 
 
-@dataclass(frozen=True)
-class MaskRules:
-    """How the paths of an update mask map to columns for one entity."""
-
-    entity: Entity
-    paths: Mapping[str, tuple[str, ...]]  # updatable path -> columns it sets
-    immutable: frozenset[str]  # id and output-only paths (and their sub-paths)
-
-    @property
-    def top_level(self) -> list[str]:
-        return [p for p in self.paths if "." not in p]
-
-
 _POWER_COLUMNS = {
     "grid": "grid",
     "dg_capacity_kva": "dg_capacity_kva",
@@ -241,58 +229,6 @@ WINDOW_MASK = MaskRules(
 )
 
 MASKS: dict[str, MaskRules] = {r.entity: r for r in (SITE_MASK, TENANT_MASK, TENANCY_MASK, WINDOW_MASK)}
-
-
-def resolve_mask(rules: MaskRules, paths: Sequence[str], *, field: str = "update_mask") -> tuple[str, ...]:
-    """The columns an update mask changes, in a stable order.
-
-    "*" means every updatable field. Id and output-only paths, unknown paths and an empty mask are
-    refused with INVALID_ARGUMENT; each violation is on `update_mask.paths[i]` and names the path.
-    """
-    violations: list[tuple[str, str]] = []
-    columns: list[str] = []
-    if not paths:
-        raise Invalid([(field, f"names no field of the {rules.entity} to change")])
-    for i, raw in enumerate(paths):
-        path = raw.strip()
-        where = f"{field}.paths[{i}]"
-        if path == "*":
-            for top in rules.top_level:
-                columns.extend(rules.paths[top])
-            continue
-        root = path.split(".", 1)[0]
-        if path in rules.paths:
-            columns.extend(rules.paths[path])
-        elif root in rules.immutable:
-            violations.append((where, f"{path!r} cannot be changed (id or output-only field)"))
-        else:
-            violations.append((where, f"{path!r} is not a field of the {rules.entity} that can be changed"))
-    if violations:
-        raise Invalid(violations)
-    seen: dict[str, None] = {}
-    for c in columns:
-        seen.setdefault(c, None)
-    return tuple(seen)
-
-
-def infer_mask(rules: MaskRules, present_paths: Iterable[str]) -> list[str]:
-    """The mask of an update sent without one: every present (non-default) field path, minus the
-    id and output-only fields that identify the entity or that the server owns."""
-    out: list[str] = []
-    for path in present_paths:
-        if path.split(".", 1)[0] in rules.immutable:
-            continue
-        if path in rules.paths and path not in out:
-            out.append(path)
-    return out
-
-
-def apply_mask(current: Mapping[str, Any], incoming: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
-    """The row after the update: the current row with the masked columns taken from `incoming`."""
-    merged = dict(current)
-    for c in columns:
-        merged[c] = incoming[c]
-    return merged
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from google.protobuf.message import Message
 from towerco.sites.v1 import sites_pb2 as pb
 from towerco.sites.v1 import sites_pb2_grpc
 
-from mesh import auth, db, errors, outbox
+from mesh import auth, db, errors, masks, outbox
 from mesh.listener import PgListener
 from services.sites import domain as d
 from services.sites import store
@@ -130,21 +130,6 @@ def _dt(msg: Message, field: str) -> datetime | None:
     return getattr(msg, field).ToDatetime(tzinfo=UTC)
 
 
-def present_paths(msg: Message, prefix: str = "") -> list[str]:
-    """Field-mask paths of every non-default field (sub-message fields as `a.b`; a present but
-    empty sub-message as its own path; well-known types such as Timestamp are leaves)."""
-    out: list[str] = []
-    for fd, value in msg.ListFields():
-        path = prefix + fd.name
-        is_message = fd.type == FieldDescriptor.TYPE_MESSAGE
-        repeated = fd.is_repeated
-        if is_message and not repeated and not fd.message_type.full_name.startswith("google.protobuf."):
-            out.extend(present_paths(value, path + ".") or [path])
-        else:
-            out.append(path)
-    return out
-
-
 def string_fields(msg: Message, prefix: str = "") -> list[tuple[str, str]]:
     """(path, value) of every non-empty string in a message, nested and repeated ones included."""
     out: list[tuple[str, str]] = []
@@ -231,13 +216,6 @@ def window_proto(row: Mapping[str, Any], tenant_ids: list[str] | None = None) ->
     )
 
 
-def _mask_paths(request: Message, entity_msg: Message, rules: d.MaskRules) -> list[str]:
-    """The request's update_mask, or (none / empty) every non-default field of the entity."""
-    if request.HasField("update_mask") and request.update_mask.paths:
-        return list(request.update_mask.paths)
-    return d.infer_mask(rules, present_paths(entity_msg))
-
-
 def _next_token(tokens: d.PageTokens, rows: list[dict[str, Any]], size: int, fp: str,
                 key: Callable[[dict[str, Any]], list[Any]]) -> str:
     if len(rows) > size:
@@ -258,7 +236,7 @@ class Entity:
 
     name: d.Entity
     key: str                                     # Get/Delete request field and store keyword: "site_id"
-    mask: d.MaskRules
+    mask: masks.MaskRules
     row: Callable[[Any], Row]                    # message -> row
     proto: Callable[[Mapping[str, Any]], Any]    # row -> message (complete, for events)
     check: Callable[[Row, bool], None]           # (row, creating): refuse or normalise in place
@@ -467,13 +445,13 @@ class SitesServicer(sites_pb2_grpc.SitesServiceServicer):
         if not key:
             raise d.Invalid([(f"{entity.field}.id", "is required")])
         await self._check_write(caller, entity.name, key, self._visible(entity, caller, key))
-        columns = d.resolve_mask(entity.mask, _mask_paths(request, message, entity.mask))
+        columns = masks.resolve_mask(entity.mask, masks.request_paths(request, message, entity.mask))
         incoming = entity.row(message)
         async with self._tx() as conn:
             current = await entity.get(conn, **{entity.key: key}, tenant=caller.tenant_scope, for_update=True)
             if current is None:
                 raise _not_found(entity.name, key)
-            merged = d.apply_mask(current, incoming, columns)
+            merged = masks.apply_mask(current, incoming, columns)
             entity.check(merged, False)
             related = await entity.related(self, conn, caller, merged, "updated") if entity.related else []
             updated = await entity.update(conn, **{entity.key: key}, values={c: merged[c] for c in columns})

@@ -12,9 +12,12 @@ Three parts, all state in PostgreSQL (the notifications schema):
 * the sender: claims due notifications (claim-then-send: the attempt is counted and recorded as
   (notification, attempt) before anything leaves), sends them (webhook: httpx, signed; email:
   aiosmtplib, plain text + HTML from Jinja2 templates), records the outcome, and retries with
-  exponential backoff and jitter until the last attempt, then dead-letters (state DEAD with the
-  reason). An attempt whose process died is retried when its lease ends, with the same
-  Idempotency-Key (the notification id), so a receiver can drop it if the first one did arrive.
+  exponential backoff and jitter until the last attempt, then dead-letters: state DEAD with the
+  reason, and in the same transaction its dead letter (the Notification with its attempts, the
+  reason in Towerco-Dlq-Reason) into the notifications outbox, which the notifier's relay
+  publishes to dlq.EVENTS.<durable> on the DLQ stream. An attempt whose process died is retried
+  when its lease ends, with the same Idempotency-Key (the notification id), so a receiver can
+  drop it if the first one did arrive.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import aiosmtplib
 import asyncpg
 import httpx
 import jinja2
+from google.protobuf import timestamp_pb2
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
@@ -42,7 +46,7 @@ from towerco.events.v1 import events_pb2
 from towerco.noc.v1 import noc_pb2
 from towerco.notifications.v1 import notifications_pb2 as npb
 
-from mesh import config, events, oncall, subjects
+from mesh import config, events, oncall, outbox, subjects
 from mesh.listener import PgListener
 from workers.notifier import domain, store
 
@@ -53,6 +57,8 @@ COUNTS = Counter("towerco_notifier", "What the notifier did: events, duplicate_e
                  "retried, dead, silenced.", ["what"])
 LATENCY = Histogram("towerco_notifier_delivery_seconds", "One delivery attempt's duration", ["kind"])
 ACTIVE, STOPPED, EXHAUSTED = 1, 2, 3
+SCHEMA = "notifications"  # its outbox carries the dead letters
+SOURCE = "notifier"
 WEBHOOK, EMAIL = 1, 2
 BATCH = 100
 
@@ -119,6 +125,30 @@ def silence_of(row: asyncpg.Record) -> domain.SilenceSpec:
                               row["start_time"].timestamp(), row["end_time"].timestamp())
 
 
+def _pb_time(t: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if t is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(t)
+    return out
+
+
+def dead_notification(row: asyncpg.Record, tries: list[asyncpg.Record], *, error: str, finished: datetime
+                      ) -> npb.Notification:
+    """The Notification a dead letter carries: the claimed row as it is now dead, with its
+    delivery log."""
+    n = npb.Notification(
+        id=str(row["id"]), channel_id=str(row["channel_id"]), tenant_id=row["tenant_id"], kind=row["kind"],
+        route_id=str(row["route_id"]) if row["route_id"] else "", group_key=row["group_key"],
+        incident_ids=list(row["incident_ids"]), escalation_step=row["escalation_step"],
+        escalation_round=row["escalation_round"], state=domain.DEAD, attempts=row["attempts"], last_error=error,
+        summary=row["summary"], create_time=_pb_time(row["create_time"]), finish_time=_pb_time(finished))
+    for a in tries:
+        n.deliveries.add(attempt=a["attempt"], start_time=_pb_time(a["start_time"]), response_code=a["response_code"],
+                         latency_ms=a["latency_ms"], error=a["error"], ok=bool(a["ok"]))
+    return n
+
+
 def _uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
@@ -151,6 +181,7 @@ class Notifier:
         self._stopping = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self.dlq_subject = subjects.dlq_subject(events.EVENTS_STREAM, self.cfg.durable)
         self.consumer = events.PullConsumer(
             js, stream=events.EVENTS_STREAM, durable=self.cfg.durable, filter_subject=subjects.NOC_INCIDENT_EVENTS,
             handler=self.handle, batch=self.cfg.batch, ack_wait=self.cfg.ack_wait_s, backoff=(0.5, 2, 10))
@@ -168,7 +199,10 @@ class Notifier:
         self._http = httpx.AsyncClient(timeout=self.cfg.timeout_s, follow_redirects=False, limits=limits)
         tasks = [asyncio.create_task(self.consumer.run(), name="notifier-consume"),
                  asyncio.create_task(self._schedule_loop(), name="notifier-schedule"),
-                 asyncio.create_task(self._send_loop(), name="notifier-send")]
+                 asyncio.create_task(self._send_loop(), name="notifier-send"),
+                 asyncio.create_task(outbox.OutboxRelay(self.pool, self.js, schema=SCHEMA,
+                                                        database_url=self.database_url).run(),
+                                     name="notifier-outbox")]
         if self.database_url:
             listener = PgListener(store.WAKE_CHANNEL, on_notify=self.wake, database_url=self.database_url,
                                   application_name="towerco:notifier")
@@ -573,9 +607,11 @@ class Notifier:
         else:
             state = domain.PENDING
             retry_in = domain.retry_delay(attempt, base_s=self.cfg.retry_base_s, cap_s=self.cfg.retry_max_s)
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
             kept = await store.finish_attempt(conn, notification_id=row["id"], attempt=attempt, ok=ok, code=code,
                                               latency_ms=latency_ms, error=error, state=state, retry_in_s=retry_in)
+            if kept and state == domain.DEAD:  # its dead letter commits with it, or neither does
+                await self._dead_letter(conn, row, error)
         if not kept:
             log.warning("notification %s attempt %d finished after its lease was taken over", row["id"], attempt)
             return
@@ -592,6 +628,20 @@ class Notifier:
             COUNTS.labels("retried").inc()
             self._wake_send.set()  # the sender's sleep ends at the retry's due time
             log.warning("notification %s attempt %d failed (%s); retry in %.1fs", row["id"], attempt, error, retry_in)
+
+    async def _dead_letter(self, conn: asyncpg.Connection, row: asyncpg.Record, reason: str) -> None:
+        """Queue a dead notification's dead letter in the outbox, inside the transaction that
+        marks it DEAD: an Envelope with the Notification (and its attempts) for
+        dlq.EVENTS.<durable>, the reason in Towerco-Dlq-Reason."""
+        tries = await store.attempts(conn, notification_id=row["id"])
+        note = dead_notification(row, tries, error=reason, finished=datetime.now(UTC))
+        headers = events.dead_letter_headers(reason, stream=events.EVENTS_STREAM, consumer=self.cfg.durable,
+                                             deliveries=row["attempts"], extra={
+                                                 events.DLQ_KIND: "notification",
+                                                 "Towerco-Notification-Id": str(row["id"]),
+                                                 "Towerco-Channel-Id": str(row["channel_id"])})
+        await outbox.enqueue(conn, schema=SCHEMA, subject=self.dlq_subject, event_type=subjects.NOTIFICATION_DEAD, source=SOURCE,
+                             payload=note, tenant_ids=[row["tenant_id"]] if row["tenant_id"] else [], headers=headers)
 
     def _body(self, row: asyncpg.Record) -> dict[str, Any]:
         payload = row["payload"]

@@ -302,6 +302,12 @@ async def finish_attempt(conn: asyncpg.Connection, *, notification_id: uuid.UUID
     return bool(kept)
 
 
+async def attempts(conn: asyncpg.Connection, *, notification_id: uuid.UUID) -> list[asyncpg.Record]:
+    """A notification's delivery log, oldest first (what its dead letter carries)."""
+    return list(await conn.fetch("SELECT * FROM notifications.delivery_attempt WHERE notification_id = $1"
+                                 " ORDER BY attempt", notification_id))
+
+
 async def wake(conn: asyncpg.Connection) -> None:
     await conn.execute(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
 

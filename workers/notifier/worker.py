@@ -1,8 +1,9 @@
 """Process wiring of the notifier: `python -m workers.notifier.worker` (or `towerco serve
 notifier`). Waits for the notifications schema (the Notifications service applies
-services/notifications/migrations), then consumes the NOC incident events and delivers
-notifications until SIGTERM/SIGINT (settings: mesh.config.NotifierSettings). Prometheus metrics
-on TOWERCO_NOTIFIER_METRICS_PORT (off when unset)."""
+services/notifications/migrations; it waits for their newest table, the outbox that carries its
+dead letters), then consumes the NOC incident events and delivers notifications until
+SIGTERM/SIGINT (settings: mesh.config.NotifierSettings). Prometheus metrics on
+TOWERCO_NOTIFIER_METRICS_PORT (off when unset)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ log = logging.getLogger("towerco.notifier")
 
 
 async def serve() -> None:
-    async with lifecycle.worker_runtime("notifier", table="notifications.notification", min_size=2,
+    async with lifecycle.worker_runtime("notifier", table="notifications.outbox", min_size=2,
                                         max_size=16) as rt:
         cfg = NotifierConfig.from_env()
         log.info("notifier consuming incident events as %s; SMTP %s:%d", cfg.durable, cfg.smtp_host, cfg.smtp_port)

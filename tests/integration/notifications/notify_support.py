@@ -72,6 +72,24 @@ async def eventually(fn: Callable[[], Awaitable[T]] | Callable[[], T], check: Ca
         await asyncio.sleep(interval)
 
 
+async def dead_letter(js, subject: str, notification_id: str, *, within: float = 30.0):
+    """The message on the DLQ stream, subject `subject`, that dead-letters this notification
+    (header Towerco-Notification-Id); AssertionError when none arrives in time."""
+    sub = await js.subscribe(subject, stream=events.DLQ_STREAM, ordered_consumer=True)
+    try:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except TimeoutError:
+                continue
+            if (msg.headers or {}).get("Towerco-Notification-Id") == notification_id:
+                return msg
+        raise AssertionError(f"no dead letter of notification {notification_id} on {subject} within {within}s")
+    finally:
+        await sub.unsubscribe()
+
+
 def fast_config(**kw) -> NotifierConfig:
     base = dict(durable=f"notifier-test-{uuid.uuid4().hex[:8]}", tick_s=0.1, retry_base_s=0.05, retry_max_s=0.3,
                 max_attempts=5, timeout_s=5.0, lease_s=3.0, batch=50)

@@ -13,7 +13,8 @@ from datetime import datetime
 
 import grpc
 import pytest
-from notify_support import eventually, fast_config, incident, publish, running_notifier
+from notify_support import dead_letter, eventually, fast_config, incident, publish, running_notifier
+from towerco.events.v1 import events_pb2
 from towerco.noc.v1 import noc_pb2
 from towerco.notifications.v1 import notifications_pb2 as pb
 from towerco.notifications.v1 import notifications_pb2_grpc
@@ -213,6 +214,24 @@ async def test_receiver_always_failing_is_dead_lettered_with_the_reason(world, c
     assert dead[0].attempts == 5 and "dead-lettered" in dead[0].last_error and "HTTP 500" in dead[0].last_error
     assert len(hits(w, path)) == 5 and not accepted(w, path)
     assert any("dead-lettered" in r.getMessage() for r in caplog.records)
+    # and on the DLQ stream, for an operator's DLQ tooling: the reason and the notification
+    durable = w["notifier"].cfg.durable
+    msg = await dead_letter(w["js"], f"dlq.EVENTS.{durable}", dead[0].id)
+    assert msg.headers["Towerco-Dlq-Reason"] == dead[0].last_error.strip()  # one line, trimmed
+    assert msg.headers["Towerco-Dlq-Kind"] == "notification" and msg.headers["Towerco-Dlq-Deliveries"] == "5"
+    assert (msg.headers["Towerco-Dlq-Stream"], msg.headers["Towerco-Dlq-Consumer"]) == ("EVENTS", durable)
+    env = events_pb2.Envelope.FromString(msg.data)
+    note = events.unpack(env, pb.Notification)
+    assert env.type == "towerco.notifications.notification.dead" and env.source == "notifier"
+    assert msg.headers["Nats-Msg-Id"] == env.id
+    assert note.id == dead[0].id and note.state == pb.DELIVERY_STATE_DEAD and note.last_error == dead[0].last_error
+    assert list(note.incident_ids) == [inc.id] and note.channel_id == dead[0].channel_id
+    assert [d.response_code for d in note.deliveries] == [500] * 5
+    async with w["pool"].acquire() as conn:  # written with the DEAD row, published by the relay
+        row = await conn.fetchrow("SELECT subject, published_at FROM notifications.outbox WHERE event_id = $1",
+                                  uuid.UUID(env.id))
+    assert row["subject"] == f"dlq.EVENTS.{durable}"
+    await eventually(lambda: _published(w, env.id), lambda t: t is not None)
 
 
 async def test_permanent_refusal_and_bad_signature_are_not_retried(world):
@@ -230,6 +249,14 @@ async def test_permanent_refusal_and_bad_signature_are_not_retried(world):
     dead = await eventually(listed, lambda ns: ns and ns[0].state == pb.DELIVERY_STATE_DEAD)
     assert dead[0].attempts == 1 and "HTTP 401" in dead[0].last_error
     assert [r.signature_ok for r in hits(w, path)] == [False]
+    msg = await dead_letter(w["js"], f"dlq.EVENTS.{w['notifier'].cfg.durable}", dead[0].id)
+    assert "refused permanently" in msg.headers["Towerco-Dlq-Reason"] and msg.headers["Towerco-Dlq-Deliveries"] == "1"
+
+
+async def _published(w, event_id: str):
+    async with w["pool"].acquire() as conn:
+        return await conn.fetchval("SELECT published_at FROM notifications.outbox WHERE event_id = $1",
+                                   uuid.UUID(event_id))
 
 
 async def test_test_send_is_delivered_and_logged(world):

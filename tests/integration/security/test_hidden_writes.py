@@ -1,4 +1,5 @@
-"""The non-GET RPCs that act on one tenant's thing (exports, feedback, file deletion and links):
+"""The non-GET RPCs that act on one tenant's thing (exports, feedback, file deletion and links,
+NOC actions, notification channels and their updates, and the towerco's notification configuration):
 a tenant viewer naming another tenant's thing gets NOT_FOUND, over gRPC and REST alike — the same
 answer as for a thing that does not exist, so neither existence nor content leaks. The GET reads
 are the isolation matrix's."""
@@ -9,6 +10,7 @@ import uuid
 
 import grpc
 import httpx
+from google.protobuf import field_mask_pb2
 from towerco.aiops.v1 import aiops_pb2, aiops_pb2_grpc
 from towerco.bi.v1 import bi_pb2, bi_pb2_grpc
 from towerco.files.v1 import files_pb2, files_pb2_grpc
@@ -66,6 +68,18 @@ async def test_a_tenant_acting_on_another_tenants_thing_gets_not_found(sec) -> N
                 channel_id=beta_channel), metadata=md),
             "test-send to beta's channel": notify.TestSend(notifications_pb2.TestSendRequest(
                 channel_id=beta_channel), metadata=md),
+            "update beta's channel": notify.UpdateChannel(notifications_pb2.UpdateChannelRequest(
+                channel=notifications_pb2.Channel(id=beta_channel, name="x")), metadata=md),
+            "update beta's channel with a bad mask": notify.UpdateChannel(notifications_pb2.UpdateChannelRequest(
+                channel=notifications_pb2.Channel(id=beta_channel, webhook_url="https://x.test/"),
+                update_mask=field_mask_pb2.FieldMask(paths=["webhook_url"])), metadata=md),
+            "update a route": notify.UpdateRoute(notifications_pb2.UpdateRouteRequest(
+                route=notifications_pb2.Route(id=sec.notify[("route", "acme")], name="x")), metadata=md),
+            "update an escalation policy": notify.UpdateEscalationPolicy(
+                notifications_pb2.UpdateEscalationPolicyRequest(policy=notifications_pb2.EscalationPolicy(
+                    id=sec.notify[("policy", "acme")], name="x")), metadata=md),
+            "update a schedule": notify.UpdateSchedule(notifications_pb2.UpdateScheduleRequest(
+                schedule=notifications_pb2.Schedule(id=sec.notify[("schedule", "acme")], name="x")), metadata=md),
         }
         got = {name: await _grpc_code(call) for name, call in cases.items()}
     assert got == dict.fromkeys(cases, grpc.StatusCode.NOT_FOUND), got
@@ -78,6 +92,12 @@ async def test_a_tenant_acting_on_another_tenants_thing_gets_not_found(sec) -> N
                                           json={"kind": "FEEDBACK_KIND_FALSE_POSITIVE"}),
             "delete file": await client.delete(f"/api/v1/files/{beta_file}"),
             "acknowledge": await client.post(f"/api/v1/incidents/{beta_incident}:acknowledge", json={}),
+            "patch beta's channel": await client.patch(f"/api/v1/notification-channels/{beta_channel}",
+                                                       json={"name": "x"}),
+            "patch a route": await client.patch(f"/api/v1/notification-routes/{sec.notify[('route', 'acme')]}",
+                                                json={"name": "x"}),
+            "patch a schedule": await client.patch(
+                f"/api/v1/oncall-schedules/{sec.notify[('schedule', 'acme')]}", json={"name": "x"}),
         }
     assert {k: r.status_code for k, r in rest.items()} == dict.fromkeys(rest, 404), {k: r.text for k, r in rest.items()}
     assert all(r.json()["code"] == 5 for r in rest.values())  # google.rpc.Status NOT_FOUND
@@ -86,6 +106,10 @@ async def test_a_tenant_acting_on_another_tenants_thing_gets_not_found(sec) -> N
         own = await files_pb2_grpc.FilesServiceStub(fi_ch).GetFile(
             files_pb2.GetFileRequest(file_id=beta_file), metadata=sec.md("tenant_viewer", "beta"))
     assert own.file.id == beta_file
+    async with grpc.aio.insecure_channel(sec.targets["notifications"]) as nt_ch:
+        kept = await notifications_pb2_grpc.NotificationsServiceStub(nt_ch).GetChannel(
+            notifications_pb2.GetChannelRequest(channel_id=beta_channel), metadata=sec.md("tenant_viewer", "beta"))
+    assert kept.channel.name != "x"
 
 
 async def test_a_visible_thing_the_role_may_not_change_is_permission_denied(sec) -> None:
@@ -94,6 +118,12 @@ async def test_a_visible_thing_the_role_may_not_change_is_permission_denied(sec)
     async with grpc.aio.insecure_channel(sec.targets["files"]) as ch:
         code = await _grpc_code(files_pb2_grpc.FilesServiceStub(ch).DeleteFile(
             files_pb2.DeleteFileRequest(file_id=own_file), metadata=sec.md(*ACME)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    # acme's own notification channel: it reads it, it may not update it
+    async with grpc.aio.insecure_channel(sec.targets["notifications"]) as ch:
+        code = await _grpc_code(notifications_pb2_grpc.NotificationsServiceStub(ch).UpdateChannel(
+            notifications_pb2.UpdateChannelRequest(channel=notifications_pb2.Channel(
+                id=sec.notify[("channel", "acme")], name="x")), metadata=sec.md(*ACME)))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     # and an incident impacting acme: it reads it, it may not acknowledge it
     async with grpc.aio.insecure_channel(sec.targets["noc"]) as ch:

@@ -113,3 +113,15 @@ def test_transient_classification():
     assert not events.is_transient(ValueError("bad payload"))
     assert not events.is_transient(events.Poison("never"))
     assert not events.is_transient(FileNotFoundError(2, "missing"))
+
+
+def test_dead_letter_headers_are_one_line_and_bounded():
+    assert events.dead_letter_headers(" HTTP 500: \n", stream="S", consumer="c", deliveries=1)[
+        "Towerco-Dlq-Reason"] == "HTTP 500:"
+    h = events.dead_letter_headers("bad\r\nthing " + "x" * 2000, stream="EVENTS", consumer="notifier",
+                                   deliveries=8, extra={"Towerco-Dlq-Kind": "notification"})
+    assert h["Towerco-Dlq-Reason"].startswith("bad  thing x") and len(h["Towerco-Dlq-Reason"]) == 1000
+    assert "\n" not in h["Towerco-Dlq-Reason"] and "\r" not in h["Towerco-Dlq-Reason"]
+    assert (h["Towerco-Dlq-Stream"], h["Towerco-Dlq-Consumer"], h["Towerco-Dlq-Deliveries"]) == ("EVENTS", "notifier", "8")
+    assert h["Towerco-Dlq-Kind"] == "notification"
+    assert "Towerco-Dlq-Subject" not in h  # only a stream message has an original subject

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -170,12 +171,14 @@ class Channel(_message.Message):
     id: _builtins.str
     """Id (UUID)."""
     name: _builtins.str
-    """A name for people."""
+    """A name for people. Required on create and never blanked by an update (checked by the
+    service, not by a declarative rule, so that a PATCH may leave it out).
+    """
     kind: Global___ChannelKind.ValueType
-    """Webhook or email."""
+    """Webhook or email. Required on create (checked by the service); it never changes."""
     tenant_id: _builtins.str
     """The tenant it belongs to; empty: the towerco's own (internal). A tenant's channel only ever
-    receives that tenant's incidents, scoped to that tenant.
+    receives that tenant's incidents, scoped to that tenant. It never changes.
     """
     webhook_url: _builtins.str
     """Webhook: the URL (http or https)."""
@@ -280,7 +283,9 @@ class Route(_message.Message):
     id: _builtins.str
     """Id (UUID)."""
     name: _builtins.str
-    """A name for people."""
+    """A name for people. Required on create and never blanked by an update (checked by the
+    service).
+    """
     position: _builtins.int
     """Evaluation order, lowest first."""
     continue_matching: _builtins.bool
@@ -392,12 +397,14 @@ class EscalationPolicy(_message.Message):
     id: _builtins.str
     """Id (UUID)."""
     name: _builtins.str
-    """A name for people."""
+    """A name for people. Required on create and never blanked by an update (checked by the
+    service).
+    """
     repeat: _builtins.int
     """Times the whole policy runs again after its last step."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___EscalationStep]:
-        """The steps, in order."""
+        """The steps, in order. At least one (checked by the service)."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -538,14 +545,16 @@ class Schedule(_message.Message):
     id: _builtins.str
     """Id (UUID)."""
     name: _builtins.str
-    """A name for people."""
+    """A name for people. Required on create and never blanked by an update (checked by the
+    service).
+    """
     @_builtins.property
     def rotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rotation]:
-        """The rotations, lowest layer first."""
+        """The rotations, lowest layer first. At least one (checked by the service)."""
 
     @_builtins.property
     def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___Override]:
-        """The overrides, oldest first."""
+        """The overrides, oldest first (added with AddOverride; an update leaves them as they are)."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -890,6 +899,62 @@ class GetChannelResponse(_message.Message):
 Global___GetChannelResponse: _TypeAlias = GetChannelResponse  # noqa: Y015
 
 @_typing.final
+class UpdateChannelRequest(_message.Message):
+    """Request for UpdateChannel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channel(self) -> Global___Channel:
+        """The channel, with its id set and the new values of the changed fields."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, e.g. "webhook_url,signing_secret". Without it: the fields set (over
+        REST, the body's keys).
+        """
+
+    def __init__(
+        self,
+        *,
+        channel: Global___Channel | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateChannelRequest: _TypeAlias = UpdateChannelRequest  # noqa: Y015
+
+@_typing.final
+class UpdateChannelResponse(_message.Message):
+    """Response of UpdateChannel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channel(self) -> Global___Channel:
+        """The channel as stored (its signing secret is never returned)."""
+
+    def __init__(
+        self,
+        *,
+        channel: Global___Channel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateChannelResponse: _TypeAlias = UpdateChannelResponse  # noqa: Y015
+
+@_typing.final
 class ListChannelsRequest(_message.Message):
     """Request for ListChannels."""
 
@@ -1081,6 +1146,62 @@ class GetRouteResponse(_message.Message):
 Global___GetRouteResponse: _TypeAlias = GetRouteResponse  # noqa: Y015
 
 @_typing.final
+class UpdateRouteRequest(_message.Message):
+    """Request for UpdateRoute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def route(self) -> Global___Route:
+        """The rule, with its id set and the new values of the changed fields."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, e.g. "channel_ids,match.regions". Without it: the fields set (over
+        REST, the body's keys).
+        """
+
+    def __init__(
+        self,
+        *,
+        route: Global___Route | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRouteRequest: _TypeAlias = UpdateRouteRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRouteResponse(_message.Message):
+    """Response of UpdateRoute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def route(self) -> Global___Route:
+        """The rule as stored."""
+
+    def __init__(
+        self,
+        *,
+        route: Global___Route | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRouteResponse: _TypeAlias = UpdateRouteResponse  # noqa: Y015
+
+@_typing.final
 class ListRoutesRequest(_message.Message):
     """Request for ListRoutes."""
 
@@ -1268,6 +1389,62 @@ class GetEscalationPolicyResponse(_message.Message):
 Global___GetEscalationPolicyResponse: _TypeAlias = GetEscalationPolicyResponse  # noqa: Y015
 
 @_typing.final
+class UpdateEscalationPolicyRequest(_message.Message):
+    """Request for UpdateEscalationPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___EscalationPolicy:
+        """The policy, with its id set and the new values of the changed fields."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, e.g. "steps" (the steps are replaced as a whole). Without it: the
+        fields set (over REST, the body's keys).
+        """
+
+    def __init__(
+        self,
+        *,
+        policy: Global___EscalationPolicy | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateEscalationPolicyRequest: _TypeAlias = UpdateEscalationPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateEscalationPolicyResponse(_message.Message):
+    """Response of UpdateEscalationPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___EscalationPolicy:
+        """The policy as stored."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___EscalationPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateEscalationPolicyResponse: _TypeAlias = UpdateEscalationPolicyResponse  # noqa: Y015
+
+@_typing.final
 class ListEscalationPoliciesRequest(_message.Message):
     """Request for ListEscalationPolicies."""
 
@@ -1453,6 +1630,62 @@ class GetScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetScheduleResponse: _TypeAlias = GetScheduleResponse  # noqa: Y015
+
+@_typing.final
+class UpdateScheduleRequest(_message.Message):
+    """Request for UpdateSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """The schedule, with its id set and the new values of the changed fields."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, e.g. "rotations" (replaced as a whole; the overrides stay). Without
+        it: the fields set (over REST, the body's keys).
+        """
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateScheduleRequest: _TypeAlias = UpdateScheduleRequest  # noqa: Y015
+
+@_typing.final
+class UpdateScheduleResponse(_message.Message):
+    """Response of UpdateSchedule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """The schedule as stored."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateScheduleResponse: _TypeAlias = UpdateScheduleResponse  # noqa: Y015
 
 @_typing.final
 class ListSchedulesRequest(_message.Message):

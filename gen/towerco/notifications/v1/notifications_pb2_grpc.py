@@ -54,6 +54,11 @@ class NotificationsServiceStub:
                 request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetChannelRequest.SerializeToString,
                 response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetChannelResponse.FromString,
                 _registered_method=True)
+        self.UpdateChannel = channel.unary_unary(
+                '/towerco.notifications.v1.NotificationsService/UpdateChannel',
+                request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateChannelRequest.SerializeToString,
+                response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateChannelResponse.FromString,
+                _registered_method=True)
         self.ListChannels = channel.unary_unary(
                 '/towerco.notifications.v1.NotificationsService/ListChannels',
                 request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.ListChannelsRequest.SerializeToString,
@@ -73,6 +78,11 @@ class NotificationsServiceStub:
                 '/towerco.notifications.v1.NotificationsService/GetRoute',
                 request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetRouteRequest.SerializeToString,
                 response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetRouteResponse.FromString,
+                _registered_method=True)
+        self.UpdateRoute = channel.unary_unary(
+                '/towerco.notifications.v1.NotificationsService/UpdateRoute',
+                request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateRouteRequest.SerializeToString,
+                response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateRouteResponse.FromString,
                 _registered_method=True)
         self.ListRoutes = channel.unary_unary(
                 '/towerco.notifications.v1.NotificationsService/ListRoutes',
@@ -94,6 +104,11 @@ class NotificationsServiceStub:
                 request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetEscalationPolicyRequest.SerializeToString,
                 response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetEscalationPolicyResponse.FromString,
                 _registered_method=True)
+        self.UpdateEscalationPolicy = channel.unary_unary(
+                '/towerco.notifications.v1.NotificationsService/UpdateEscalationPolicy',
+                request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateEscalationPolicyRequest.SerializeToString,
+                response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateEscalationPolicyResponse.FromString,
+                _registered_method=True)
         self.ListEscalationPolicies = channel.unary_unary(
                 '/towerco.notifications.v1.NotificationsService/ListEscalationPolicies',
                 request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.ListEscalationPoliciesRequest.SerializeToString,
@@ -113,6 +128,11 @@ class NotificationsServiceStub:
                 '/towerco.notifications.v1.NotificationsService/GetSchedule',
                 request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetScheduleRequest.SerializeToString,
                 response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/towerco.notifications.v1.NotificationsService/UpdateSchedule',
+                request_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateScheduleResponse.FromString,
                 _registered_method=True)
         self.ListSchedules = channel.unary_unary(
                 '/towerco.notifications.v1.NotificationsService/ListSchedules',
@@ -199,6 +219,14 @@ class NotificationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateChannel(self, request, context):
+        """Change a channel's name, URL, signing secret or address (its kind and tenant never change).
+        The signing secret may be set, never read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListChannels(self, request, context):
         """Channels, by name.
         """
@@ -222,6 +250,13 @@ class NotificationsServiceServicer:
 
     def GetRoute(self, request, context):
         """One routing rule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRoute(self, request, context):
+        """Change a routing rule (the notifier follows it from its next batch of events on).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +290,13 @@ class NotificationsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateEscalationPolicy(self, request, context):
+        """Change an escalation policy (running escalations take their next step from the new steps).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEscalationPolicies(self, request, context):
         """Escalation policies, by name.
         """
@@ -278,6 +320,13 @@ class NotificationsServiceServicer:
 
     def GetSchedule(self, request, context):
         """One on-call schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """Change an on-call schedule's name or rotations (overrides are added with AddOverride).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -374,6 +423,11 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
                     request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetChannelRequest.FromString,
                     response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetChannelResponse.SerializeToString,
             ),
+            'UpdateChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateChannel,
+                    request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateChannelRequest.FromString,
+                    response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateChannelResponse.SerializeToString,
+            ),
             'ListChannels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListChannels,
                     request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.ListChannelsRequest.FromString,
@@ -393,6 +447,11 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
                     servicer.GetRoute,
                     request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetRouteRequest.FromString,
                     response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetRouteResponse.SerializeToString,
+            ),
+            'UpdateRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRoute,
+                    request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateRouteRequest.FromString,
+                    response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateRouteResponse.SerializeToString,
             ),
             'ListRoutes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRoutes,
@@ -414,6 +473,11 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
                     request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetEscalationPolicyRequest.FromString,
                     response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetEscalationPolicyResponse.SerializeToString,
             ),
+            'UpdateEscalationPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEscalationPolicy,
+                    request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateEscalationPolicyRequest.FromString,
+                    response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateEscalationPolicyResponse.SerializeToString,
+            ),
             'ListEscalationPolicies': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEscalationPolicies,
                     request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.ListEscalationPoliciesRequest.FromString,
@@ -433,6 +497,11 @@ def add_NotificationsServiceServicer_to_server(servicer, server):
                     servicer.GetSchedule,
                     request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetScheduleRequest.FromString,
                     response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateScheduleResponse.SerializeToString,
             ),
             'ListSchedules': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSchedules,
@@ -565,6 +634,33 @@ class NotificationsService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.notifications.v1.NotificationsService/UpdateChannel',
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateChannelRequest.SerializeToString,
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateChannelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListChannels(request,
             target,
             options=(),
@@ -662,6 +758,33 @@ class NotificationsService:
             '/towerco.notifications.v1.NotificationsService/GetRoute',
             towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetRouteRequest.SerializeToString,
             towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.notifications.v1.NotificationsService/UpdateRoute',
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateRouteRequest.SerializeToString,
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateRouteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -781,6 +904,33 @@ class NotificationsService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateEscalationPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.notifications.v1.NotificationsService/UpdateEscalationPolicy',
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateEscalationPolicyRequest.SerializeToString,
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateEscalationPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListEscalationPolicies(request,
             target,
             options=(),
@@ -878,6 +1028,33 @@ class NotificationsService:
             '/towerco.notifications.v1.NotificationsService/GetSchedule',
             towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetScheduleRequest.SerializeToString,
             towerco_dot_notifications_dot_v1_dot_notifications__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerco.notifications.v1.NotificationsService/UpdateSchedule',
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateScheduleRequest.SerializeToString,
+            towerco_dot_notifications_dot_v1_dot_notifications__pb2.UpdateScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

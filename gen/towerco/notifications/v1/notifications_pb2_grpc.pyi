@@ -49,6 +49,10 @@ class NotificationsServiceStub:
     """
     GetChannel: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.GetChannelRequest, _notifications_pb2.GetChannelResponse]
     """One channel (its signing secret is never returned)."""
+    UpdateChannel: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.UpdateChannelRequest, _notifications_pb2.UpdateChannelResponse]
+    """Change a channel's name, URL, signing secret or address (its kind and tenant never change).
+    The signing secret may be set, never read.
+    """
     ListChannels: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ListChannelsRequest, _notifications_pb2.ListChannelsResponse]
     """Channels, by name."""
     DeleteChannel: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.DeleteChannelRequest, _notifications_pb2.DeleteChannelResponse]
@@ -57,6 +61,8 @@ class NotificationsServiceStub:
     """Create a routing rule."""
     GetRoute: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.GetRouteRequest, _notifications_pb2.GetRouteResponse]
     """One routing rule."""
+    UpdateRoute: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.UpdateRouteRequest, _notifications_pb2.UpdateRouteResponse]
+    """Change a routing rule (the notifier follows it from its next batch of events on)."""
     ListRoutes: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ListRoutesRequest, _notifications_pb2.ListRoutesResponse]
     """Routing rules in evaluation order."""
     DeleteRoute: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.DeleteRouteRequest, _notifications_pb2.DeleteRouteResponse]
@@ -65,6 +71,8 @@ class NotificationsServiceStub:
     """Create an escalation policy."""
     GetEscalationPolicy: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.GetEscalationPolicyRequest, _notifications_pb2.GetEscalationPolicyResponse]
     """One escalation policy."""
+    UpdateEscalationPolicy: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.UpdateEscalationPolicyRequest, _notifications_pb2.UpdateEscalationPolicyResponse]
+    """Change an escalation policy (running escalations take their next step from the new steps)."""
     ListEscalationPolicies: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ListEscalationPoliciesRequest, _notifications_pb2.ListEscalationPoliciesResponse]
     """Escalation policies, by name."""
     DeleteEscalationPolicy: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.DeleteEscalationPolicyRequest, _notifications_pb2.DeleteEscalationPolicyResponse]
@@ -73,6 +81,8 @@ class NotificationsServiceStub:
     """Create an on-call schedule."""
     GetSchedule: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.GetScheduleRequest, _notifications_pb2.GetScheduleResponse]
     """One on-call schedule."""
+    UpdateSchedule: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.UpdateScheduleRequest, _notifications_pb2.UpdateScheduleResponse]
+    """Change an on-call schedule's name or rotations (overrides are added with AddOverride)."""
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ListSchedulesRequest, _notifications_pb2.ListSchedulesResponse]
     """On-call schedules, by name."""
     DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.DeleteScheduleRequest, _notifications_pb2.DeleteScheduleResponse]
@@ -119,6 +129,10 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """
     GetChannel: _aio.UnaryUnaryMultiCallable[_notifications_pb2.GetChannelRequest, _notifications_pb2.GetChannelResponse]  # type: ignore[assignment]
     """One channel (its signing secret is never returned)."""
+    UpdateChannel: _aio.UnaryUnaryMultiCallable[_notifications_pb2.UpdateChannelRequest, _notifications_pb2.UpdateChannelResponse]  # type: ignore[assignment]
+    """Change a channel's name, URL, signing secret or address (its kind and tenant never change).
+    The signing secret may be set, never read.
+    """
     ListChannels: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListChannelsRequest, _notifications_pb2.ListChannelsResponse]  # type: ignore[assignment]
     """Channels, by name."""
     DeleteChannel: _aio.UnaryUnaryMultiCallable[_notifications_pb2.DeleteChannelRequest, _notifications_pb2.DeleteChannelResponse]  # type: ignore[assignment]
@@ -127,6 +141,8 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Create a routing rule."""
     GetRoute: _aio.UnaryUnaryMultiCallable[_notifications_pb2.GetRouteRequest, _notifications_pb2.GetRouteResponse]  # type: ignore[assignment]
     """One routing rule."""
+    UpdateRoute: _aio.UnaryUnaryMultiCallable[_notifications_pb2.UpdateRouteRequest, _notifications_pb2.UpdateRouteResponse]  # type: ignore[assignment]
+    """Change a routing rule (the notifier follows it from its next batch of events on)."""
     ListRoutes: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListRoutesRequest, _notifications_pb2.ListRoutesResponse]  # type: ignore[assignment]
     """Routing rules in evaluation order."""
     DeleteRoute: _aio.UnaryUnaryMultiCallable[_notifications_pb2.DeleteRouteRequest, _notifications_pb2.DeleteRouteResponse]  # type: ignore[assignment]
@@ -135,6 +151,8 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Create an escalation policy."""
     GetEscalationPolicy: _aio.UnaryUnaryMultiCallable[_notifications_pb2.GetEscalationPolicyRequest, _notifications_pb2.GetEscalationPolicyResponse]  # type: ignore[assignment]
     """One escalation policy."""
+    UpdateEscalationPolicy: _aio.UnaryUnaryMultiCallable[_notifications_pb2.UpdateEscalationPolicyRequest, _notifications_pb2.UpdateEscalationPolicyResponse]  # type: ignore[assignment]
+    """Change an escalation policy (running escalations take their next step from the new steps)."""
     ListEscalationPolicies: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListEscalationPoliciesRequest, _notifications_pb2.ListEscalationPoliciesResponse]  # type: ignore[assignment]
     """Escalation policies, by name."""
     DeleteEscalationPolicy: _aio.UnaryUnaryMultiCallable[_notifications_pb2.DeleteEscalationPolicyRequest, _notifications_pb2.DeleteEscalationPolicyResponse]  # type: ignore[assignment]
@@ -143,6 +161,8 @@ class NotificationsServiceAsyncStub(NotificationsServiceStub):
     """Create an on-call schedule."""
     GetSchedule: _aio.UnaryUnaryMultiCallable[_notifications_pb2.GetScheduleRequest, _notifications_pb2.GetScheduleResponse]  # type: ignore[assignment]
     """One on-call schedule."""
+    UpdateSchedule: _aio.UnaryUnaryMultiCallable[_notifications_pb2.UpdateScheduleRequest, _notifications_pb2.UpdateScheduleResponse]  # type: ignore[assignment]
+    """Change an on-call schedule's name or rotations (overrides are added with AddOverride)."""
     ListSchedules: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListSchedulesRequest, _notifications_pb2.ListSchedulesResponse]  # type: ignore[assignment]
     """On-call schedules, by name."""
     DeleteSchedule: _aio.UnaryUnaryMultiCallable[_notifications_pb2.DeleteScheduleRequest, _notifications_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
@@ -200,6 +220,16 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """One channel (its signing secret is never returned)."""
 
     @_abc_1.abstractmethod
+    def UpdateChannel(
+        self,
+        request: _notifications_pb2.UpdateChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.UpdateChannelResponse, _abc.Awaitable[_notifications_pb2.UpdateChannelResponse]]:
+        """Change a channel's name, URL, signing secret or address (its kind and tenant never change).
+        The signing secret may be set, never read.
+        """
+
+    @_abc_1.abstractmethod
     def ListChannels(
         self,
         request: _notifications_pb2.ListChannelsRequest,
@@ -230,6 +260,14 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notifications_pb2.GetRouteResponse, _abc.Awaitable[_notifications_pb2.GetRouteResponse]]:
         """One routing rule."""
+
+    @_abc_1.abstractmethod
+    def UpdateRoute(
+        self,
+        request: _notifications_pb2.UpdateRouteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.UpdateRouteResponse, _abc.Awaitable[_notifications_pb2.UpdateRouteResponse]]:
+        """Change a routing rule (the notifier follows it from its next batch of events on)."""
 
     @_abc_1.abstractmethod
     def ListRoutes(
@@ -264,6 +302,14 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         """One escalation policy."""
 
     @_abc_1.abstractmethod
+    def UpdateEscalationPolicy(
+        self,
+        request: _notifications_pb2.UpdateEscalationPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.UpdateEscalationPolicyResponse, _abc.Awaitable[_notifications_pb2.UpdateEscalationPolicyResponse]]:
+        """Change an escalation policy (running escalations take their next step from the new steps)."""
+
+    @_abc_1.abstractmethod
     def ListEscalationPolicies(
         self,
         request: _notifications_pb2.ListEscalationPoliciesRequest,
@@ -294,6 +340,14 @@ class NotificationsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_notifications_pb2.GetScheduleResponse, _abc.Awaitable[_notifications_pb2.GetScheduleResponse]]:
         """One on-call schedule."""
+
+    @_abc_1.abstractmethod
+    def UpdateSchedule(
+        self,
+        request: _notifications_pb2.UpdateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.UpdateScheduleResponse, _abc.Awaitable[_notifications_pb2.UpdateScheduleResponse]]:
+        """Change an on-call schedule's name or rotations (overrides are added with AddOverride)."""
 
     @_abc_1.abstractmethod
     def ListSchedules(
