@@ -31,10 +31,10 @@ fleet seeded through the Sites API (`python -m cli.main seed`). Logs stay in the
 
 The table goes to stdout, then ONE JSON line with the figures.
 
-Options: --sites N (seeded fleet, 600), --faults N per phase (40), --every S (1.0), --ingestors N
-(2), --engines N (aiops_engine replicas, 2), --backfill H (48), --rate N (background samples/s,
-24,000; 0 = as fast as the simulator can), --timeout S per fault (20),
---warmup S (load before the loaded phase's first fault, 15).
+Options: --sites N (seeded fleet, 600), --faults N per phase (100, so that the p99 is not just the
+slowest one), --every S (1.0), --ingestors N (2), --engines N (aiops_engine replicas, 2),
+--backfill H (48), --rate N (background samples/s, 24,000; 0 = as fast as the simulator can),
+--timeout S per fault (20), --warmup S (load before the loaded phase's first fault, 15).
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ def _ms(x: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.incident_latency", description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=600)
-    ap.add_argument("--faults", type=int, default=40)
+    ap.add_argument("--faults", type=int, default=100)
     ap.add_argument("--every", type=float, default=1.0)
     ap.add_argument("--ingestors", type=int, default=2)
     ap.add_argument("--engines", type=int, default=2)

@@ -333,7 +333,10 @@ def summary(kind: int, incidents: Sequence[noc_pb2.Incident], *, step: int = 0, 
     if kind == KIND_TEST:
         return f"[TEST] Towerco notification test{': ' + message if message else ''}"
     label = {KIND_FIRING: "FIRING", KIND_RESOLVED: "RESOLVED", KIND_ESCALATION: f"ESCALATION step {step}",
-             KIND_ESCALATION_STOPPED: "ACKNOWLEDGED/RESOLVED"}.get(kind, "NOTICE")
+             KIND_ESCALATION_STOPPED: "ESCALATION STOPPED"}.get(kind, "NOTICE")
+    if kind == KIND_ESCALATION_STOPPED and incidents:  # say why: the incident's state now
+        label += {noc_pb2.INCIDENT_STATE_ACKNOWLEDGED: ": ACKNOWLEDGED", noc_pb2.INCIDENT_STATE_RESOLVED: ": RESOLVED",
+                  noc_pb2.INCIDENT_STATE_CLOSED: ": CLOSED"}.get(incidents[0].state, "")
     if not incidents:
         return f"[{label}] no incidents"
     first = incidents[0]

@@ -171,7 +171,7 @@ class _MailHandler:
                 html = part.get_content()
         rec = Received("email", time.time(), headers={k.lower(): str(v) for k, v in msg.items()}, body=raw,
                        mail_from=envelope.mail_from or "", rcpt_to=list(envelope.rcpt_tos),
-                       subject=str(msg.get("Subject", "")), text=text, html=html)
+                       subject=str(msg.get("Subject", "")).strip(), text=text, html=html)
         status = self.sink.respond(rec)
         if status != 250:
             return f"{status} refused by the test sink"

@@ -170,6 +170,10 @@ def test_body_and_summary():
     assert b["summary"] == "[ESCALATION step 2] CRITICAL TWR-1: mains failure (+1 more)"
     assert b["escalation"] == {"step": 2, "round": 1} and b["status"] == "firing"
     assert d.encode_body(b) == d.encode_body(dict(reversed(list(b.items()))))  # canonical
+    # the stop notice says why the paging stopped
+    for state, why in ((noc_pb2.INCIDENT_STATE_ACKNOWLEDGED, "ACKNOWLEDGED"), (noc_pb2.INCIDENT_STATE_RESOLVED, "RESOLVED")):
+        inc.state = state
+        assert d.summary(d.KIND_ESCALATION_STOPPED, [inc]).startswith(f"[ESCALATION STOPPED: {why}] CRITICAL TWR-1")
 
 
 def test_service_checks_channels_and_page_tokens():
