@@ -34,6 +34,8 @@ DEFAULT_REPEAT_INTERVAL_S = 4 * 3600.0
 SIGNATURE_TOLERANCE_S = 300.0
 
 FIRING_STATES = (noc_pb2.INCIDENT_STATE_OPEN, noc_pb2.INCIDENT_STATE_ACKNOWLEDGED)
+STOPPING_STATES = (noc_pb2.INCIDENT_STATE_ACKNOWLEDGED, noc_pb2.INCIDENT_STATE_RESOLVED,
+                   noc_pb2.INCIDENT_STATE_CLOSED)  # what ends an escalation (besides suppression)
 GROUP_FIELDS = ("incident", "site", "region", "tenant", "kind", "severity")
 
 # notification kinds (NotificationKind) and delivery states (DeliveryState), as stored
@@ -334,9 +336,9 @@ def summary(kind: int, incidents: Sequence[noc_pb2.Incident], *, step: int = 0, 
         return f"[TEST] Towerco notification test{': ' + message if message else ''}"
     label = {KIND_FIRING: "FIRING", KIND_RESOLVED: "RESOLVED", KIND_ESCALATION: f"ESCALATION step {step}",
              KIND_ESCALATION_STOPPED: "ESCALATION STOPPED"}.get(kind, "NOTICE")
-    if kind == KIND_ESCALATION_STOPPED and incidents:  # say why: the incident's state now
-        label += {noc_pb2.INCIDENT_STATE_ACKNOWLEDGED: ": ACKNOWLEDGED", noc_pb2.INCIDENT_STATE_RESOLVED: ": RESOLVED",
-                  noc_pb2.INCIDENT_STATE_CLOSED: ": CLOSED"}.get(incidents[0].state, "")
+    if kind == KIND_ESCALATION_STOPPED and incidents and incidents[0].state in STOPPING_STATES:
+        # say why (an open one was stopped by its suppression: no reason to add)
+        label += ": " + noc_pb2.IncidentState.Name(incidents[0].state).removeprefix("INCIDENT_STATE_")
     if not incidents:
         return f"[{label}] no incidents"
     first = incidents[0]

@@ -171,9 +171,12 @@ def test_body_and_summary():
     assert b["escalation"] == {"step": 2, "round": 1} and b["status"] == "firing"
     assert d.encode_body(b) == d.encode_body(dict(reversed(list(b.items()))))  # canonical
     # the stop notice says why the paging stopped
-    for state, why in ((noc_pb2.INCIDENT_STATE_ACKNOWLEDGED, "ACKNOWLEDGED"), (noc_pb2.INCIDENT_STATE_RESOLVED, "RESOLVED")):
+    for state, why in ((noc_pb2.INCIDENT_STATE_ACKNOWLEDGED, "ACKNOWLEDGED"), (noc_pb2.INCIDENT_STATE_RESOLVED, "RESOLVED"),
+                       (noc_pb2.INCIDENT_STATE_CLOSED, "CLOSED")):
         inc.state = state
         assert d.summary(d.KIND_ESCALATION_STOPPED, [inc]).startswith(f"[ESCALATION STOPPED: {why}] CRITICAL TWR-1")
+    inc.state = noc_pb2.INCIDENT_STATE_OPEN  # stopped by its suppression: no state to give
+    assert d.summary(d.KIND_ESCALATION_STOPPED, [inc]).startswith("[ESCALATION STOPPED] CRITICAL TWR-1")
 
 
 def test_service_checks_channels_and_page_tokens():
